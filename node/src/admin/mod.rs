@@ -1,0 +1,396 @@
+//! Admin plane: the axum API every node serves for the whole zone (DESIGN.md §8).
+//!
+//! [`router`] builds the routes from an [`AdminState`] of `watch` receivers, so tests drive it
+//! with `tower::ServiceExt::oneshot` and no socket; [`spawn`] serves it on a bound listener.
+//! Answers are JSON; errors are `{"error": "...", "details": [...]}`. Writes need
+//! `Authorization: Bearer <token>` whenever a token is configured.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use proto::Registration;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Secret;
+use crate::gossip::ZoneSnapshot;
+use crate::readiness::Readiness;
+
+/// Facts about this node that the admin API reports.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// Node name.
+    pub name: String,
+    /// Zone.
+    pub zone: String,
+    /// Process generation.
+    pub generation: u64,
+}
+
+/// Everything the admin routes read or trigger.
+#[derive(Clone)]
+pub struct AdminState {
+    /// This node.
+    pub node: NodeInfo,
+    /// Zone snapshots from the gossip plane.
+    pub zone_rx: watch::Receiver<Arc<ZoneSnapshot>>,
+    /// This node's readiness.
+    pub readiness_rx: watch::Receiver<Readiness>,
+    /// Set to `true` by `POST /v1/drain`.
+    pub drain_tx: Arc<watch::Sender<bool>>,
+    /// Bearer token for writes.
+    pub token: Option<Secret>,
+    /// Renders `/metrics`.
+    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    /// When the process started (for `/live`).
+    pub started: Instant,
+}
+
+/// A JSON error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: String,
+    details: Vec<String>,
+}
+
+impl ApiError {
+    /// An error with a status and a message.
+    pub fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            error: error.into(),
+            details: Vec::new(),
+        }
+    }
+
+    /// Adds detail lines.
+    pub fn with_details(mut self, details: Vec<String>) -> ApiError {
+        self.details = details;
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.error, "details": self.details})),
+        )
+            .into_response()
+    }
+}
+
+/// The admin API routes.
+pub fn router(state: AdminState) -> Router {
+    let writes = Router::new()
+        .route("/v1/drain", post(drain))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/live", get(live))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/v1/members", get(members))
+        .route("/v1/zone-egresses", get(zone_egresses))
+        .route("/v1/zone-ingresses", get(zone_ingresses))
+        .merge(writes)
+        .fallback(not_found)
+        .layer(middleware::from_fn(count_requests))
+        .with_state(state)
+}
+
+/// Handle on the running admin server.
+pub struct Handle {
+    shutdown_tx: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Serves the router on `listener` until [`Handle::shutdown`].
+pub fn spawn(listener: tokio::net::TcpListener, state: AdminState) -> Handle {
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = shutdown_rx.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    Handle { shutdown_tx, task }
+}
+
+impl Handle {
+    /// Stops accepting and waits (bounded) for in-flight requests.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+async fn count_requests(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let class = match response.status().as_u16() {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    };
+    metrics::counter!("zone_egress_admin_requests_total", "status" => class).increment(1);
+    response
+}
+
+async fn require_token(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &state.token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match presented {
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "this write needs an Authorization: Bearer <admin token> header",
+                ));
+            }
+            Some(p) if !constant_time_eq(p.as_bytes(), token.expose().as_bytes()) => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "the bearer token does not match the node's admin token",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn live(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "live": true,
+        "name": state.node.name,
+        "uptimeSeconds": state.started.elapsed().as_secs(),
+    }))
+}
+
+async fn ready(State(state): State<AdminState>) -> Response {
+    let readiness = state.readiness_rx.borrow().clone();
+    let body = json!({
+        "ready": readiness.is_ready(),
+        "name": state.node.name,
+        "zone": state.node.zone,
+        "generation": state.node.generation,
+        "reasons": readiness.reasons(),
+    });
+    let status = if readiness.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        (state.metrics)(),
+    )
+        .into_response()
+}
+
+async fn members(State(state): State<AdminState>) -> Json<Vec<proto::Member>> {
+    Json(state.zone_rx.borrow().view.members.clone())
+}
+
+async fn zone_egresses(State(state): State<AdminState>) -> Json<Vec<Registration>> {
+    let view = &state.zone_rx.borrow().view;
+    Json(
+        view.zone_egresses()
+            .into_iter()
+            .map(Registration::ZoneEgress)
+            .collect(),
+    )
+}
+
+async fn zone_ingresses(State(state): State<AdminState>) -> Json<Vec<Registration>> {
+    let view = &state.zone_rx.borrow().view;
+    Json(
+        view.zone_ingresses()
+            .into_iter()
+            .map(Registration::ZoneIngress)
+            .collect(),
+    )
+}
+
+async fn drain(State(state): State<AdminState>) -> Response {
+    let already = state.drain_tx.send_replace(true);
+    tracing::info!(already, "drain requested through the admin API");
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"draining": true, "alreadyDraining": already})),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such admin endpoint")
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use proto::{MemberEntry, ZoneView};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn state(token: Option<&str>) -> (AdminState, watch::Sender<Readiness>) {
+        let reg = r#"{"type":"ZoneEgress","name":"e1","zone":"z","networking":{"address":"127.0.0.1","port":10002,"admin":{"port":9901}}}"#;
+        let entry = MemberEntry {
+            name: "e1".into(),
+            generation: 7,
+            gossip_address: "127.0.0.1:7946".into(),
+            live: true,
+            keys: [
+                ("zone", "z"),
+                ("role", "egress"),
+                ("lifecycle", "serving"),
+                ("ready", "true"),
+                ("registration", reg),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        };
+        let snapshot = ZoneSnapshot {
+            view: ZoneView::resolve(&[entry]),
+            joined: true,
+            name_conflict: None,
+        };
+        let (_zone_tx, zone_rx) = watch::channel(Arc::new(snapshot));
+        std::mem::forget(_zone_tx);
+        let (readiness_tx, readiness_rx) = watch::channel(Readiness::default());
+        let (drain_tx, _) = watch::channel(false);
+        let state = AdminState {
+            node: NodeInfo {
+                name: "e1".into(),
+                zone: "z".into(),
+                generation: 7,
+            },
+            zone_rx,
+            readiness_rx,
+            drain_tx: Arc::new(drain_tx),
+            token: token.map(Secret::new),
+            metrics: Arc::new(|| "zone_egress_up 1\n".to_string()),
+            started: Instant::now(),
+        };
+        (state, readiness_tx)
+    }
+
+    async fn call(state: &AdminState, method: &str, uri: &str, auth: Option<&str>) -> (StatusCode, String) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let resp = router(state.clone())
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn zone_egresses_are_in_the_seed_shape() {
+        let (state, _r) = state(None);
+        let (status, body) = call(&state, "GET", "/v1/zone-egresses", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v,
+            json!([{"type":"ZoneEgress","name":"e1","zone":"z",
+                "networking":{"address":"127.0.0.1","port":10002,"admin":{"port":9901}}}])
+        );
+    }
+
+    #[tokio::test]
+    async fn members_list_state_and_role() {
+        let (state, _r) = state(None);
+        let (_, body) = call(&state, "GET", "/v1/members", None).await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v[0]["name"], "e1");
+        assert_eq!(v[0]["state"], "alive");
+        assert_eq!(v[0]["role"], "egress");
+        assert_eq!(v[0]["gossipAddress"], "127.0.0.1:7946");
+    }
+
+    #[tokio::test]
+    async fn ready_follows_readiness_with_reasons() {
+        let (state, readiness_tx) = state(None);
+        let (status, body) = call(&state, "GET", "/ready", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("reasons"), "{body}");
+        readiness_tx.send_replace(Readiness {
+            joined: true,
+            listeners_up: true,
+            ..Default::default()
+        });
+        let (status, _) = call(&state, "GET", "/ready", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = call(&state, "GET", "/live", None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn drain_needs_the_token_when_one_is_set() {
+        let (state, _r) = state(Some("s3cret"));
+        let (status, body) = call(&state, "POST", "/v1/drain", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(body.contains("\"error\""), "{body}");
+        let (status, _) = call(&state, "POST", "/v1/drain", Some("Bearer nope")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(!*state.drain_tx.borrow());
+        let (status, _) = call(&state, "POST", "/v1/drain", Some("Bearer s3cret")).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert!(*state.drain_tx.borrow());
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_json_404() {
+        let (state, _r) = state(None);
+        let (status, body) = call(&state, "GET", "/v1/nope", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("no such admin endpoint"));
+        let (status, body) = call(&state, "GET", "/metrics", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("zone_egress_up"));
+    }
+}

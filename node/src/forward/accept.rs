@@ -1,0 +1,98 @@
+//! Accept loop: bounded concurrency, in-flight tracking, stop on drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Limits;
+
+/// Handle on the forwarding listener.
+pub struct Handle {
+    stop_tx: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    permits: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+/// Starts accepting on `listener`.
+pub fn spawn(listener: TcpListener, limits: Limits) -> Handle {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let task = tokio::spawn(accept_loop(listener, permits.clone(), stop_rx));
+    Handle {
+        stop_tx,
+        task: Some(task),
+        permits,
+        max_connections: limits.max_connections,
+    }
+}
+
+impl Handle {
+    /// Closes the listener: no new connections, in-flight ones go on.
+    pub async fn stop_accepting(&mut self) {
+        let _ = self.stop_tx.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Connections being served right now.
+    pub fn in_flight(&self) -> usize {
+        self.max_connections - self.permits.available_permits()
+    }
+
+    /// Stops accepting and waits up to `grace` for in-flight connections to finish.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.stop_accepting().await;
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, self.permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = self.in_flight(),
+                "drain grace period over; closing remaining connections"
+            );
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    mut stop_rx: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop_rx.wait_for(|s| *s) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        metrics::counter!("zone_egress_connections_total").increment(1);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::counter!("zone_egress_connections_rejected_total", "reason" => "max_connections")
+                .increment(1);
+            tracing::debug!(%peer, "connection limit reached; closed");
+            continue;
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            // No routing stage yet: nothing matches (DESIGN.md §6 step 5).
+            metrics::counter!("zone_egress_connections_rejected_total", "reason" => "no_route")
+                .increment(1);
+            tracing::debug!(%peer, "no route; connection closed");
+            drop(stream);
+        });
+    }
+}

@@ -1,0 +1,23 @@
+//! The zone-egress node as a library: every plane, the node's life cycle and the CLI client.
+//!
+//! `main.rs` parses flags and config, installs tracing and the crypto provider, then calls
+//! [`run`]. Planes (each `spawn(..) -> Handle` with an async `shutdown`):
+//! * [`gossip`]: chitchat membership and the zone view;
+//! * [`admin`]: the axum admin API;
+//! * [`forward`]: the sidecar-facing listener.
+//!
+//! Planes share state through `tokio::sync::watch` snapshots only.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod forward;
+pub mod gossip;
+pub mod readiness;
+pub mod server;
+pub mod telemetry;
+
+pub use server::{RuntimeInfo, VERSION, run};

@@ -1,0 +1,85 @@
+//! The `zone-egress` binary: flags and config in, then the library does the work.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use node::cli::{Cli, Command};
+use node::config::{self, Overrides};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run(Overrides::default())) {
+        Command::Run(overrides) => run(&overrides),
+        Command::Get(args) => match node::client::get(&args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(overrides: &Overrides) -> ExitCode {
+    let config = match config::load(overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    node::telemetry::init_tracing(config.log.format);
+    // One crypto provider, chosen explicitly (CRATE-NOTES: two compiled in make rustls panic).
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        eprintln!("error: a rustls crypto provider was already installed");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let (signals_tx, signals_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(forward_signals(signals_tx));
+        node::run(config, signals_rx).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sends one message per SIGTERM or SIGINT.
+async fn forward_signals(signals_tx: tokio::sync::mpsc::UnboundedSender<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        eprintln!("error: cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if signals_tx.send(()).is_err() {
+            return;
+        }
+    }
+}

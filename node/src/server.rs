@@ -1,0 +1,350 @@
+//! A running node: binds its sockets, starts every plane, keeps readiness, drains and leaves.
+//!
+//! Order of a node's life:
+//! 1. bind admin (TCP), forwarding listener (TCP, egress role) and gossip (UDP); a port in use is
+//!    a start-up error that names the socket;
+//! 2. start gossip with the node's keys (registration, role, lifecycle `serving`, ready `false`),
+//!    the admin API and the forwarding plane; write `<data_dir>/node.json` with the bound
+//!    addresses (operators and the cluster tests read it, which is how port 0 works);
+//! 3. keep [`Readiness`] from the zone snapshots and publish it in gossip;
+//! 4. on the first SIGTERM/SIGINT (or `POST /v1/drain`): announce `draining` in gossip, keep
+//!    accepting for `drain.announce_delay` while peers learn it (skipped when alone), stop
+//!    accepting, wait up to `drain.grace` for in-flight connections;
+//! 5. after a signal: announce `left`, give gossip a few rounds to carry it, stop. A second
+//!    signal skips the waits.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use proto::member::{Lifecycle, keys};
+use proto::registration::{AdminPort, EgressNetworking, IngressNetworking};
+use proto::{MemberState, Registration, Role, ZoneEgress, ZoneIngress};
+use tokio::sync::{mpsc, watch};
+
+use crate::admin::{AdminState, NodeInfo};
+use crate::config::Config;
+use crate::gossip::{self, ZoneSnapshot};
+use crate::readiness::Readiness;
+use crate::{forward, telemetry};
+
+/// Build version reported in gossip, `/metrics` and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What `<data_dir>/node.json` holds: where this process listens.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RuntimeInfo {
+    /// Node name.
+    pub name: String,
+    /// Zone.
+    pub zone: String,
+    /// Process generation.
+    pub generation: u64,
+    /// Process id.
+    pub pid: u32,
+    /// Bound admin address.
+    pub admin: SocketAddr,
+    /// Bound gossip address.
+    pub gossip: SocketAddr,
+    /// Bound forwarding listener (egress role).
+    pub listen: Option<SocketAddr>,
+}
+
+/// Runs a node until a signal arrives on `signals_rx` (one message per SIGTERM/SIGINT).
+pub async fn run(config: Config, mut signals_rx: mpsc::UnboundedReceiver<()>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let generation = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+    let prometheus = telemetry::prometheus();
+    metrics::gauge!("zone_egress_build_info", "version" => VERSION).set(1.0);
+
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!("cannot create data dir {}", config.data_dir.display())
+    })?;
+
+    // 1. Sockets.
+    let admin_listener = bind_tcp(config.admin.listen, "admin API (admin.listen / --admin)")?;
+    let admin_addr = admin_listener.local_addr()?;
+    let forward_listener = match config.role {
+        Role::Egress => Some(bind_tcp(config.listen, "egress listener (listen / --listen)")?),
+        Role::Ingress => None,
+    };
+    let listen_addr = forward_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let gossip_socket = gossip::transport::bind(config.gossip.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (UDP) for gossip (gossip.listen / --gossip)",
+                config.gossip.listen
+            )
+        })?;
+    let gossip_addr = gossip_socket.local_addr();
+    let gossip_advertise = SocketAddr::new(config.advertise, gossip_addr.port());
+
+    // 2. Planes.
+    let registration = registration(&config, admin_addr, listen_addr);
+    let published_admin = if admin_addr.ip().is_unspecified() {
+        SocketAddr::new(config.advertise, admin_addr.port())
+    } else {
+        admin_addr
+    };
+    let started_at_ms = now.as_millis().to_string();
+    let initial_keys = vec![
+        (keys::ZONE.to_string(), config.zone.clone()),
+        (keys::ROLE.to_string(), config.role.as_str().to_string()),
+        (keys::LIFECYCLE.to_string(), Lifecycle::Serving.as_str().to_string()),
+        (keys::READY.to_string(), "false".to_string()),
+        (keys::REGISTRATION.to_string(), registration.to_json()),
+        (keys::ADMIN.to_string(), published_admin.to_string()),
+        (keys::VERSION.to_string(), VERSION.to_string()),
+        (keys::STARTED_AT_MS.to_string(), started_at_ms),
+    ];
+    let gossip = gossip::spawn(gossip::Settings {
+        name: config.name.clone(),
+        zone: config.zone.clone(),
+        generation,
+        socket: gossip_socket,
+        advertise: gossip_advertise,
+        seeds: config.gossip.seeds.clone(),
+        interval: config.gossip.interval,
+        initial_keys,
+    })
+    .await
+    .context("cannot start gossip")?;
+
+    let (readiness_tx, readiness_rx) = watch::channel(Readiness::default());
+    let (drain_tx, mut drain_rx) = watch::channel(false);
+    let admin = crate::admin::spawn(
+        admin_listener,
+        AdminState {
+            node: NodeInfo {
+                name: config.name.clone(),
+                zone: config.zone.clone(),
+                generation,
+            },
+            zone_rx: gossip.view(),
+            readiness_rx,
+            drain_tx: Arc::new(drain_tx),
+            token: config.admin.token.clone(),
+            metrics: Arc::new(move || prometheus.render()),
+            started,
+        },
+    );
+    let mut forward = forward_listener.map(|l| forward::spawn(l, config.limits.clone()));
+    readiness_tx.send_modify(|r| r.listeners_up = true);
+
+    write_runtime_info(
+        &config.data_dir,
+        &RuntimeInfo {
+            name: config.name.clone(),
+            zone: config.zone.clone(),
+            generation,
+            pid: std::process::id(),
+            admin: admin_addr,
+            gossip: gossip_addr,
+            listen: listen_addr,
+        },
+    )?;
+    tracing::info!(
+        name = %config.name, zone = %config.zone, role = config.role.as_str(), generation,
+        admin = %admin_addr, gossip = %gossip_addr, advertise = %gossip_advertise,
+        listen = ?listen_addr, seeds = ?config.gossip.seeds,
+        "node started"
+    );
+
+    // 3. Readiness follows the zone view.
+    let readiness = tokio::spawn(keep_readiness(
+        gossip.view(),
+        readiness_tx.clone(),
+        config.gossip.interval,
+        started,
+    ));
+    let publish = tokio::spawn(publish_readiness(
+        readiness_tx.subscribe(),
+        gossip.publisher(),
+    ));
+
+    // 4. Serve until a signal or a drain request.
+    let terminated = gossip.terminated();
+    tokio::pin!(terminated);
+    let signalled = tokio::select! {
+        s = signals_rx.recv() => { let _ = s; true }
+        _ = drain_rx.wait_for(|d| *d) => false,
+        result = &mut terminated => {
+            return Err(result.err().unwrap_or_else(|| anyhow::anyhow!("gossip stopped")))
+                .context("gossip failed");
+        }
+    };
+    tracing::info!(signalled, "draining: announcing to the zone");
+    readiness_tx.send_modify(|r| r.draining = true);
+    gossip
+        .set(&[
+            (keys::LIFECYCLE, Lifecycle::Draining.as_str().to_string()),
+            (keys::READY, "false".to_string()),
+        ])
+        .await;
+    let mut hurry = false;
+    let alone = !others_present(&gossip.view().borrow(), &config.name, generation);
+    if !alone {
+        tokio::select! {
+            _ = tokio::time::sleep(config.drain.announce_delay) => {}
+            _ = signals_rx.recv() => hurry = true,
+        }
+    }
+    if let Some(f) = forward.take() {
+        let grace = if hurry { Duration::ZERO } else { config.drain.grace };
+        tokio::select! {
+            _ = f.shutdown(grace) => {}
+            _ = signals_rx.recv() => {}
+        }
+    }
+    tracing::info!("drained: no longer accepting");
+    if !signalled {
+        // Drained on request: stay up (not ready) until told to stop.
+        let _ = signals_rx.recv().await;
+    }
+
+    // 5. Leave.
+    gossip
+        .set(&[(keys::LIFECYCLE, Lifecycle::Left.as_str().to_string())])
+        .await;
+    if !alone && !hurry {
+        tokio::select! {
+            _ = tokio::time::sleep(config.gossip.interval * 3) => {}
+            _ = signals_rx.recv() => {}
+        }
+    }
+    readiness.abort();
+    publish.abort();
+    admin.shutdown().await;
+    gossip.shutdown().await;
+    let _ = std::fs::remove_file(config.data_dir.join("node.json"));
+    tracing::info!("left the zone; bye");
+    Ok(())
+}
+
+fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on {addr} (TCP) for the {what}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(tokio::net::TcpListener::from_std(listener)?)
+}
+
+fn registration(
+    config: &Config,
+    admin: SocketAddr,
+    listen: Option<SocketAddr>,
+) -> Registration {
+    let address = config.advertise.to_string();
+    let admin = AdminPort { port: admin.port() };
+    match config.role {
+        Role::Egress => Registration::ZoneEgress(ZoneEgress {
+            name: config.name.clone(),
+            zone: config.zone.clone(),
+            networking: EgressNetworking {
+                address,
+                port: listen.map(|l| l.port()).unwrap_or(config.listen.port()),
+                admin,
+            },
+        }),
+        Role::Ingress => Registration::ZoneIngress(ZoneIngress {
+            name: config.name.clone(),
+            zone: config.zone.clone(),
+            networking: IngressNetworking {
+                address: address.clone(),
+                port: config.link.listen.port(),
+                advertised_address: address,
+                advertised_port: config.link.listen.port(),
+                admin,
+            },
+        }),
+    }
+}
+
+fn write_runtime_info(dir: &Path, info: &RuntimeInfo) -> anyhow::Result<()> {
+    let path = dir.join("node.json");
+    let tmp = dir.join(".node.json.tmp");
+    let body = serde_json::to_vec_pretty(info)?;
+    std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn others_present(snapshot: &ZoneSnapshot, name: &str, generation: u64) -> bool {
+    snapshot
+        .view
+        .members
+        .iter()
+        .any(|m| m.state != MemberState::Dead && !(m.name == name && m.generation == generation))
+}
+
+/// Keeps the readiness conditions that come from gossip, and the zone gauges.
+async fn keep_readiness(
+    mut zone_rx: watch::Receiver<Arc<ZoneSnapshot>>,
+    readiness_tx: watch::Sender<Readiness>,
+    interval: Duration,
+    started: Instant,
+) {
+    // A node that just joined waits two rounds before it claims its name is unique, so the
+    // state of the zone (an older holder of the name) has reached it.
+    let settle = interval * 2;
+    let mut joined_since: Option<Instant> = None;
+    let mut logged_conflict: Option<String> = None;
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        let snapshot = zone_rx.borrow_and_update().clone();
+        if snapshot.joined {
+            joined_since.get_or_insert_with(Instant::now);
+        } else {
+            joined_since = None;
+        }
+        let joined = joined_since.is_some_and(|t| t.elapsed() >= settle);
+        if snapshot.name_conflict != logged_conflict {
+            if let Some(reason) = &snapshot.name_conflict {
+                tracing::error!(reason = %reason, "refusing to become ready: duplicate node name");
+            }
+            logged_conflict = snapshot.name_conflict.clone();
+        }
+        readiness_tx.send_if_modified(|r| {
+            let before = r.clone();
+            r.joined = joined;
+            r.name_conflict = snapshot.name_conflict.clone();
+            *r != before
+        });
+        for state in MemberState::ALL {
+            metrics::gauge!("zone_egress_members", "state" => state.as_str())
+                .set(snapshot.view.count(state) as f64);
+        }
+        metrics::gauge!("zone_egress_uptime_seconds").set(started.elapsed().as_secs_f64());
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = zone_rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Publishes readiness changes in gossip and as a gauge.
+async fn publish_readiness(mut readiness_rx: watch::Receiver<Readiness>, publisher: gossip::Publisher) {
+    let mut last: Option<bool> = None;
+    loop {
+        let readiness = readiness_rx.borrow_and_update().clone();
+        let ready = readiness.is_ready();
+        if last != Some(ready) {
+            if ready {
+                tracing::info!("ready");
+            } else if last.is_some() {
+                tracing::info!(reasons = ?readiness.reasons(), "not ready");
+            }
+            metrics::gauge!("zone_egress_ready").set(if ready { 1.0 } else { 0.0 });
+            publisher
+                .set(&[(keys::READY, ready.to_string())])
+                .await;
+            last = Some(ready);
+        }
+        if readiness_rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

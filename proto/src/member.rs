@@ -1,0 +1,451 @@
+//! Zone membership: from raw gossip entries to one member list.
+//!
+//! Gossip keeps one entry per node *generation* (a restart is a new generation, and the old one
+//! lingers as dead until a grace period ends), and nothing stops two processes from claiming the
+//! same name. [`ZoneView::resolve`] turns those raw entries into what operators expect:
+//!
+//! 1. An entry is *superseded* when a newer generation of the same name exists and the old one is
+//!    at the same gossip address (the same process slot restarted), is no longer alive, or has
+//!    left. Superseded entries disappear: a restarted node is listed once.
+//! 2. What remains under one name, if more than one, are live processes at different addresses:
+//!    a name conflict. The oldest generation (the incumbent) keeps the name; the newer ones are
+//!    flagged `nameConflict` and never become ready.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::registration::{Registration, ZoneEgress, ZoneIngress};
+
+/// What a node does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Receives sidecar traffic of its zone and sends it out.
+    Egress,
+    /// Receives links from other zones and hands streams to local endpoints.
+    Ingress,
+}
+
+impl Role {
+    /// The lowercase name used in flags, config and gossip.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Egress => "egress",
+            Role::Ingress => "ingress",
+        }
+    }
+
+    /// Parses `egress` / `ingress`.
+    pub fn parse(raw: &str) -> Option<Role> {
+        match raw {
+            "egress" => Some(Role::Egress),
+            "ingress" => Some(Role::Ingress),
+            _ => None,
+        }
+    }
+}
+
+/// The lifecycle a node announces about itself in gossip (key [`keys::LIFECYCLE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lifecycle {
+    /// Accepting work.
+    Serving,
+    /// Finishing in-flight work; must not be handed new work.
+    Draining,
+    /// Shut down on purpose; gone even if heartbeats still echo around.
+    Left,
+}
+
+impl Lifecycle {
+    /// The lowercase name published in gossip.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Serving => "serving",
+            Lifecycle::Draining => "draining",
+            Lifecycle::Left => "left",
+        }
+    }
+
+    /// Parses a gossiped value; unknown values read as `None`.
+    pub fn parse(raw: &str) -> Option<Lifecycle> {
+        match raw {
+            "serving" => Some(Lifecycle::Serving),
+            "draining" => Some(Lifecycle::Draining),
+            "left" => Some(Lifecycle::Left),
+            _ => None,
+        }
+    }
+}
+
+/// Member state as shown by the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Heartbeating and serving.
+    Alive,
+    /// Heartbeating, finishing its work, taking no new work.
+    Draining,
+    /// Failure detector gave up on it, or it left.
+    Dead,
+}
+
+impl MemberState {
+    /// Every state, in display order (for metrics with zero counts).
+    pub const ALL: [MemberState; 3] = [MemberState::Alive, MemberState::Draining, MemberState::Dead];
+
+    /// The lowercase name used in JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Draining => "draining",
+            MemberState::Dead => "dead",
+        }
+    }
+}
+
+/// Names of the keys each node publishes in gossip.
+pub mod keys {
+    /// Zone name (also checked through the chitchat cluster id).
+    pub const ZONE: &str = "zone";
+    /// [`super::Role`] as a lowercase string.
+    pub const ROLE: &str = "role";
+    /// [`super::Lifecycle`] as a lowercase string.
+    pub const LIFECYCLE: &str = "lifecycle";
+    /// `true` when the node passes its own readiness check.
+    pub const READY: &str = "ready";
+    /// The node's [`crate::Registration`] as JSON.
+    pub const REGISTRATION: &str = "registration";
+    /// `host:port` of the node's admin API.
+    pub const ADMIN: &str = "admin";
+    /// Build version of the node.
+    pub const VERSION: &str = "version";
+    /// Unix time in milliseconds at which the process started.
+    pub const STARTED_AT_MS: &str = "started_at_ms";
+}
+
+/// One raw gossip entry: one generation of one node, with the keys it published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEntry {
+    /// Node name (chitchat node id).
+    pub name: String,
+    /// Generation (start time in ns): grows on every restart.
+    pub generation: u64,
+    /// Gossip address the node advertises.
+    pub gossip_address: String,
+    /// Whether the failure detector considers it alive (always true for self).
+    pub live: bool,
+    /// Published keys.
+    pub keys: BTreeMap<String, String>,
+}
+
+impl MemberEntry {
+    fn lifecycle(&self) -> Option<Lifecycle> {
+        self.keys
+            .get(keys::LIFECYCLE)
+            .and_then(|v| Lifecycle::parse(v))
+    }
+
+    /// Alive for our purposes: the failure detector says so and it has not left.
+    fn is_present(&self) -> bool {
+        self.live && self.lifecycle() != Some(Lifecycle::Left)
+    }
+
+    fn supersedes(&self, older: &MemberEntry) -> bool {
+        self.name == older.name
+            && self.generation > older.generation
+            && (self.gossip_address == older.gossip_address || !older.is_present())
+    }
+}
+
+/// One member of the zone, as `GET /v1/members` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    /// Node name.
+    pub name: String,
+    /// Zone it announced.
+    pub zone: String,
+    /// Role it announced (`None` when it published none we know).
+    pub role: Option<Role>,
+    /// Gossip address (`ip:port`).
+    pub gossip_address: String,
+    /// Alive, draining or dead.
+    pub state: MemberState,
+    /// Whether the node reports itself ready.
+    pub ready: bool,
+    /// Generation (process start time in ns).
+    pub generation: u64,
+    /// Admin API address, when published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_address: Option<String>,
+    /// Build version, when published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Process start as Unix milliseconds, when published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    /// True when another live node held this name first: this one is refused.
+    pub name_conflict: bool,
+    /// The node's registration, when published and valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<Registration>,
+}
+
+impl Member {
+    fn from_entry(entry: &MemberEntry, name_conflict: bool) -> Member {
+        let state = if !entry.is_present() {
+            MemberState::Dead
+        } else if entry.lifecycle() == Some(Lifecycle::Draining) {
+            MemberState::Draining
+        } else {
+            MemberState::Alive
+        };
+        Member {
+            name: entry.name.clone(),
+            zone: entry.keys.get(keys::ZONE).cloned().unwrap_or_default(),
+            role: entry.keys.get(keys::ROLE).and_then(|r| Role::parse(r)),
+            gossip_address: entry.gossip_address.clone(),
+            state,
+            ready: state != MemberState::Dead
+                && entry.keys.get(keys::READY).map(String::as_str) == Some("true"),
+            generation: entry.generation,
+            admin_address: entry.keys.get(keys::ADMIN).cloned(),
+            version: entry.keys.get(keys::VERSION).cloned(),
+            started_at_ms: entry
+                .keys
+                .get(keys::STARTED_AT_MS)
+                .and_then(|v| v.parse().ok()),
+            name_conflict,
+            registration: entry
+                .keys
+                .get(keys::REGISTRATION)
+                .and_then(|r| Registration::from_json(r))
+                .filter(|r| r.name() == entry.name),
+        }
+    }
+
+    /// Whether the member counts for routing and registration lists.
+    pub fn is_registered(&self) -> bool {
+        self.state != MemberState::Dead && !self.name_conflict
+    }
+}
+
+/// The zone as one node sees it: resolved members, sorted by name then generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ZoneView {
+    /// Every member, superseded generations removed.
+    pub members: Vec<Member>,
+}
+
+impl ZoneView {
+    /// Builds the view from raw gossip entries (any order; the result does not depend on it).
+    pub fn resolve(entries: &[MemberEntry]) -> ZoneView {
+        let mut by_name: BTreeMap<&str, Vec<&MemberEntry>> = BTreeMap::new();
+        for entry in entries {
+            by_name.entry(entry.name.as_str()).or_default().push(entry);
+        }
+        let mut members = Vec::new();
+        for (_, group) in by_name {
+            let mut kept: Vec<&MemberEntry> = group
+                .iter()
+                .copied()
+                .filter(|e| !group.iter().any(|newer| newer.supersedes(e)))
+                .collect();
+            kept.sort_by(|a, b| {
+                (a.generation, &a.gossip_address).cmp(&(b.generation, &b.gossip_address))
+            });
+            // The incumbent is the oldest present generation; every other present one conflicts.
+            let incumbent = kept.iter().position(|e| e.is_present());
+            for (i, entry) in kept.iter().enumerate() {
+                let conflict = entry.is_present() && incumbent.is_some_and(|inc| inc != i);
+                members.push(Member::from_entry(entry, conflict));
+            }
+        }
+        ZoneView { members }
+    }
+
+    /// The member with this name and generation, if listed.
+    pub fn member(&self, name: &str, generation: u64) -> Option<&Member> {
+        self.members
+            .iter()
+            .find(|m| m.name == name && m.generation == generation)
+    }
+
+    /// Registered egress nodes of the zone (alive or draining, no name conflict).
+    pub fn zone_egresses(&self) -> Vec<ZoneEgress> {
+        self.registered()
+            .filter_map(|m| match &m.registration {
+                Some(Registration::ZoneEgress(r)) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Registered ingress nodes of the zone (alive or draining, no name conflict).
+    pub fn zone_ingresses(&self) -> Vec<ZoneIngress> {
+        self.registered()
+            .filter_map(|m| match &m.registration {
+                Some(Registration::ZoneIngress(r)) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Number of members in each state.
+    pub fn count(&self, state: MemberState) -> usize {
+        self.members.iter().filter(|m| m.state == state).count()
+    }
+
+    fn registered(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.is_registered())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::registration::{AdminPort, EgressNetworking};
+
+    fn entry(name: &str, generation: u64, addr: &str, live: bool, lifecycle: &str) -> MemberEntry {
+        let reg = Registration::ZoneEgress(ZoneEgress {
+            name: name.into(),
+            zone: "zone-a".into(),
+            networking: EgressNetworking {
+                address: "127.0.0.1".into(),
+                port: 10002,
+                admin: AdminPort { port: 9901 },
+            },
+        });
+        let keys = [
+            (keys::ZONE, "zone-a".to_string()),
+            (keys::ROLE, "egress".to_string()),
+            (keys::LIFECYCLE, lifecycle.to_string()),
+            (keys::READY, "true".to_string()),
+            (keys::REGISTRATION, reg.to_json()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        MemberEntry {
+            name: name.into(),
+            generation,
+            gossip_address: addr.into(),
+            live,
+            keys,
+        }
+    }
+
+    #[test]
+    fn restart_at_same_address_is_listed_once() {
+        // The old generation still looks live (killed, not yet detected).
+        let view = ZoneView::resolve(&[
+            entry("e1", 1, "127.0.0.1:7000", true, "serving"),
+            entry("e1", 2, "127.0.0.1:7000", true, "serving"),
+        ]);
+        assert_eq!(view.members.len(), 1);
+        assert_eq!(view.members[0].generation, 2);
+        assert!(!view.members[0].name_conflict);
+        assert_eq!(view.zone_egresses().len(), 1);
+    }
+
+    #[test]
+    fn restart_elsewhere_after_death_is_listed_once() {
+        let view = ZoneView::resolve(&[
+            entry("e1", 1, "127.0.0.1:7000", false, "serving"),
+            entry("e1", 2, "127.0.0.1:7001", true, "serving"),
+        ]);
+        assert_eq!(view.members.len(), 1);
+        assert_eq!(view.members[0].generation, 2);
+    }
+
+    #[test]
+    fn live_duplicate_elsewhere_conflicts_and_the_oldest_keeps_the_name() {
+        let view = ZoneView::resolve(&[
+            entry("e1", 2, "127.0.0.1:7001", true, "serving"),
+            entry("e1", 1, "127.0.0.1:7000", true, "serving"),
+        ]);
+        assert_eq!(view.members.len(), 2);
+        let old = view.member("e1", 1).unwrap();
+        let new = view.member("e1", 2).unwrap();
+        assert!(!old.name_conflict);
+        assert!(new.name_conflict);
+        assert_eq!(view.zone_egresses().len(), 1);
+    }
+
+    #[test]
+    fn states_follow_liveness_and_lifecycle() {
+        let view = ZoneView::resolve(&[
+            entry("a", 1, "127.0.0.1:1", true, "serving"),
+            entry("b", 1, "127.0.0.1:2", true, "draining"),
+            entry("c", 1, "127.0.0.1:3", false, "serving"),
+            entry("d", 1, "127.0.0.1:4", true, "left"),
+        ]);
+        let states: Vec<_> = view.members.iter().map(|m| m.state).collect();
+        use MemberState::*;
+        assert_eq!(states, vec![Alive, Draining, Dead, Dead]);
+        assert!(!view.members[2].ready);
+        assert_eq!(view.count(Dead), 2);
+        let names: Vec<_> = view.zone_egresses().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn registration_under_another_name_is_ignored() {
+        let mut e = entry("a", 1, "127.0.0.1:1", true, "serving");
+        let forged = entry("b", 1, "127.0.0.1:1", true, "serving");
+        e.keys.insert(
+            keys::REGISTRATION.into(),
+            forged.keys[keys::REGISTRATION].clone(),
+        );
+        let view = ZoneView::resolve(&[e]);
+        assert!(view.members[0].registration.is_none());
+        assert!(view.zone_egresses().is_empty());
+    }
+
+    fn arb_entry() -> impl Strategy<Value = MemberEntry> {
+        (
+            prop::sample::select(vec!["a", "b", "c"]),
+            1u64..5,
+            prop::sample::select(vec!["127.0.0.1:1", "127.0.0.1:2"]),
+            any::<bool>(),
+            prop::sample::select(vec!["serving", "draining", "left"]),
+        )
+            .prop_map(|(n, g, a, l, s)| entry(n, g, a, l, s))
+    }
+
+    proptest! {
+        #[test]
+        fn resolve_is_order_independent_and_names_stay_unique(
+            mut entries in prop::collection::vec(arb_entry(), 0..12),
+            seed in any::<u64>(),
+        ) {
+            // chitchat never holds two entries with the same (name, generation, address).
+            entries.sort_by(|a, b| (&a.name, a.generation, &a.gossip_address)
+                .cmp(&(&b.name, b.generation, &b.gossip_address)));
+            entries.dedup_by(|a, b| a.name == b.name && a.generation == b.generation
+                && a.gossip_address == b.gossip_address);
+            let view = ZoneView::resolve(&entries);
+            let mut shuffled = entries.clone();
+            let len = shuffled.len().max(1);
+            shuffled.rotate_left((seed as usize) % len);
+            shuffled.reverse();
+            prop_assert_eq!(&ZoneView::resolve(&shuffled), &view);
+            // At most one registered member per name.
+            let mut names: Vec<_> = view.members.iter().filter(|m| m.is_registered())
+                .map(|m| m.name.clone()).collect();
+            let before = names.len();
+            names.dedup();
+            prop_assert_eq!(before, names.len());
+            // The newest generation of every name is always listed.
+            for e in &entries {
+                let newest = entries.iter().filter(|o| o.name == e.name)
+                    .map(|o| o.generation).max().unwrap();
+                prop_assert!(view.members.iter().any(|m| m.name == e.name && m.generation == newest));
+            }
+        }
+    }
+}
