@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node (egress or ingress).
-    Run(Overrides),
+    Run(Box<Overrides>),
     /// List zone state from a node's admin API.
     Get(GetArgs),
 }
@@ -50,7 +50,11 @@ pub struct GetArgs {
     /// What to list.
     pub resource: Resource,
     /// Admin API of any node of the zone.
-    #[arg(long, env = "ZONE_EGRESS_ADMIN", default_value = "http://127.0.0.1:9901")]
+    #[arg(
+        long,
+        env = "ZONE_EGRESS_ADMIN",
+        default_value = "http://127.0.0.1:9901"
+    )]
     pub admin: String,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]

@@ -46,15 +46,27 @@ pub fn fetch_json(admin: &str, path: &str) -> anyhow::Result<Value> {
     Ok(value)
 }
 
+/// Turns one API object into the cells of a table row.
+type Cells = fn(&Value) -> Vec<String>;
+
 fn render(resource: Resource, output: Output, value: &Value) -> anyhow::Result<String> {
     Ok(match output {
         Output::Json => format!("{}\n", serde_json::to_string_pretty(value)?),
         Output::Yaml => serde_yaml_ng::to_string(value)?,
         Output::Table => {
             let rows = value.as_array().cloned().unwrap_or_default();
-            let (header, cells): (&[&str], fn(&Value) -> Vec<String>) = match resource {
+            let (header, cells): (&[&str], Cells) = match resource {
                 Resource::Members => (
-                    &["NAME", "ZONE", "ROLE", "STATE", "READY", "GOSSIP", "ADMIN", "GENERATION"],
+                    &[
+                        "NAME",
+                        "ZONE",
+                        "ROLE",
+                        "STATE",
+                        "READY",
+                        "GOSSIP",
+                        "ADMIN",
+                        "GENERATION",
+                    ],
                     |m| {
                         vec![
                             text(&m["name"]),
@@ -68,18 +80,19 @@ fn render(resource: Resource, output: Output, value: &Value) -> anyhow::Result<S
                         ]
                     },
                 ),
-                Resource::ZoneEgresses => (&["NAME", "ZONE", "ADDRESS", "PORT", "ADMIN PORT"], |r| {
-                    vec![
-                        text(&r["name"]),
-                        text(&r["zone"]),
-                        text(&r["networking"]["address"]),
-                        text(&r["networking"]["port"]),
-                        text(&r["networking"]["admin"]["port"]),
-                    ]
-                }),
-                Resource::ZoneIngresses => (
-                    &["NAME", "ZONE", "ADDRESS", "PORT", "ADVERTISED"],
-                    |r| {
+                Resource::ZoneEgresses => {
+                    (&["NAME", "ZONE", "ADDRESS", "PORT", "ADMIN PORT"], |r| {
+                        vec![
+                            text(&r["name"]),
+                            text(&r["zone"]),
+                            text(&r["networking"]["address"]),
+                            text(&r["networking"]["port"]),
+                            text(&r["networking"]["admin"]["port"]),
+                        ]
+                    })
+                }
+                Resource::ZoneIngresses => {
+                    (&["NAME", "ZONE", "ADDRESS", "PORT", "ADVERTISED"], |r| {
                         vec![
                             text(&r["name"]),
                             text(&r["zone"]),
@@ -91,8 +104,8 @@ fn render(resource: Resource, output: Output, value: &Value) -> anyhow::Result<S
                                 text(&r["networking"]["advertisedPort"])
                             ),
                         ]
-                    },
-                ),
+                    })
+                }
             };
             let mut table = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
             table.extend(rows.iter().map(cells));
@@ -112,7 +125,12 @@ fn text(v: &Value) -> String {
 fn format_table(rows: &[Vec<String>]) -> String {
     let columns = rows.first().map(Vec::len).unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|c| rows.iter().map(|r| r.get(c).map_or(0, String::len)).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in rows {

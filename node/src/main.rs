@@ -8,7 +8,7 @@ use node::config::{self, Overrides};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run(Overrides::default())) {
+    match cli.command.unwrap_or_else(|| Command::Run(Box::default())) {
         Command::Run(overrides) => run(&overrides),
         Command::Get(args) => match node::client::get(&args) {
             Ok(text) => {
@@ -68,8 +68,10 @@ fn run(overrides: &Overrides) -> ExitCode {
 /// Sends one message per SIGTERM or SIGINT.
 async fn forward_signals(signals_tx: tokio::sync::mpsc::UnboundedSender<()>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         eprintln!("error: cannot install signal handlers");
         return;
     };

@@ -53,25 +53,35 @@ pub struct RuntimeInfo {
 }
 
 /// Runs a node until a signal arrives on `signals_rx` (one message per SIGTERM/SIGINT).
-pub async fn run(config: Config, mut signals_rx: mpsc::UnboundedReceiver<()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    mut signals_rx: mpsc::UnboundedReceiver<()>,
+) -> anyhow::Result<()> {
     let started = Instant::now();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let generation = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
     let prometheus = telemetry::prometheus();
     metrics::gauge!("zone_egress_build_info", "version" => VERSION).set(1.0);
 
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!("cannot create data dir {}", config.data_dir.display())
-    })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
 
     // 1. Sockets.
     let admin_listener = bind_tcp(config.admin.listen, "admin API (admin.listen / --admin)")?;
     let admin_addr = admin_listener.local_addr()?;
     let forward_listener = match config.role {
-        Role::Egress => Some(bind_tcp(config.listen, "egress listener (listen / --listen)")?),
+        Role::Egress => Some(bind_tcp(
+            config.listen,
+            "egress listener (listen / --listen)",
+        )?),
         Role::Ingress => None,
     };
-    let listen_addr = forward_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let listen_addr = forward_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     let gossip_socket = gossip::transport::bind(config.gossip.listen)
         .await
         .with_context(|| {
@@ -94,7 +104,10 @@ pub async fn run(config: Config, mut signals_rx: mpsc::UnboundedReceiver<()>) ->
     let initial_keys = vec![
         (keys::ZONE.to_string(), config.zone.clone()),
         (keys::ROLE.to_string(), config.role.as_str().to_string()),
-        (keys::LIFECYCLE.to_string(), Lifecycle::Serving.as_str().to_string()),
+        (
+            keys::LIFECYCLE.to_string(),
+            Lifecycle::Serving.as_str().to_string(),
+        ),
         (keys::READY.to_string(), "false".to_string()),
         (keys::REGISTRATION.to_string(), registration.to_json()),
         (keys::ADMIN.to_string(), published_admin.to_string()),
@@ -185,36 +198,36 @@ pub async fn run(config: Config, mut signals_rx: mpsc::UnboundedReceiver<()>) ->
             (keys::READY, "false".to_string()),
         ])
         .await;
-    let mut hurry = false;
+    // Signals so far: the first asks for a graceful exit, a second one skips the waits.
+    let mut signals = u32::from(signalled);
     let alone = !others_present(&gossip.view().borrow(), &config.name, generation);
     if !alone {
-        tokio::select! {
-            _ = tokio::time::sleep(config.drain.announce_delay) => {}
-            _ = signals_rx.recv() => hurry = true,
-        }
+        let announce = tokio::time::sleep(config.drain.announce_delay);
+        unless_hurried(announce, &mut signals_rx, &mut signals).await;
     }
     if let Some(f) = forward.take() {
-        let grace = if hurry { Duration::ZERO } else { config.drain.grace };
-        tokio::select! {
-            _ = f.shutdown(grace) => {}
-            _ = signals_rx.recv() => {}
-        }
+        let grace = if signals >= 2 {
+            Duration::ZERO
+        } else {
+            config.drain.grace
+        };
+        unless_hurried(f.shutdown(grace), &mut signals_rx, &mut signals).await;
     }
     tracing::info!("drained: no longer accepting");
-    if !signalled {
+    if signals == 0 {
         // Drained on request: stay up (not ready) until told to stop.
-        let _ = signals_rx.recv().await;
+        if signals_rx.recv().await.is_some() {
+            signals += 1;
+        }
     }
 
     // 5. Leave.
     gossip
         .set(&[(keys::LIFECYCLE, Lifecycle::Left.as_str().to_string())])
         .await;
-    if !alone && !hurry {
-        tokio::select! {
-            _ = tokio::time::sleep(config.gossip.interval * 3) => {}
-            _ = signals_rx.recv() => {}
-        }
+    if !alone {
+        let spread = tokio::time::sleep(config.gossip.interval * 3);
+        unless_hurried(spread, &mut signals_rx, &mut signals).await;
     }
     readiness.abort();
     publish.abort();
@@ -225,6 +238,27 @@ pub async fn run(config: Config, mut signals_rx: mpsc::UnboundedReceiver<()>) ->
     Ok(())
 }
 
+/// Waits for `phase` unless a second signal arrives first; counts the signals it sees.
+async fn unless_hurried<F: std::future::Future>(
+    phase: F,
+    signals_rx: &mut mpsc::UnboundedReceiver<()>,
+    signals: &mut u32,
+) {
+    tokio::pin!(phase);
+    while *signals < 2 {
+        tokio::select! {
+            _ = &mut phase => return,
+            signal = signals_rx.recv() => match signal {
+                Some(()) => *signals += 1,
+                None => {
+                    phase.await;
+                    return;
+                }
+            },
+        }
+    }
+}
+
 fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("cannot listen on {addr} (TCP) for the {what}"))?;
@@ -232,11 +266,7 @@ fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListe
     Ok(tokio::net::TcpListener::from_std(listener)?)
 }
 
-fn registration(
-    config: &Config,
-    admin: SocketAddr,
-    listen: Option<SocketAddr>,
-) -> Registration {
+fn registration(config: &Config, admin: SocketAddr, listen: Option<SocketAddr>) -> Registration {
     let address = config.advertise.to_string();
     let admin = AdminPort { port: admin.port() };
     match config.role {
@@ -326,7 +356,10 @@ async fn keep_readiness(
 }
 
 /// Publishes readiness changes in gossip and as a gauge.
-async fn publish_readiness(mut readiness_rx: watch::Receiver<Readiness>, publisher: gossip::Publisher) {
+async fn publish_readiness(
+    mut readiness_rx: watch::Receiver<Readiness>,
+    publisher: gossip::Publisher,
+) {
     let mut last: Option<bool> = None;
     loop {
         let readiness = readiness_rx.borrow_and_update().clone();
@@ -338,9 +371,7 @@ async fn publish_readiness(mut readiness_rx: watch::Receiver<Readiness>, publish
                 tracing::info!(reasons = ?readiness.reasons(), "not ready");
             }
             metrics::gauge!("zone_egress_ready").set(if ready { 1.0 } else { 0.0 });
-            publisher
-                .set(&[(keys::READY, ready.to_string())])
-                .await;
+            publisher.set(&[(keys::READY, ready.to_string())]).await;
             last = Some(ready);
         }
         if readiness_rx.changed().await.is_err() {

@@ -42,15 +42,48 @@ pub fn prometheus() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge};
-    describe_gauge!("zone_egress_build_info", "Build information; value is always 1");
-    describe_gauge!("zone_egress_uptime_seconds", "Seconds since the process started");
-    describe_gauge!("zone_egress_ready", "1 when the node passes its readiness check");
-    describe_gauge!("zone_egress_members", "Members of the zone by state, as this node sees them");
-    describe_counter!("zone_egress_gossip_rounds_total", "Gossip exchanges this node started (Syn sent)");
-    describe_counter!("zone_egress_gossip_messages_total", "Gossip messages by direction and kind");
-    describe_counter!("zone_egress_gossip_bytes_total", "Gossip bytes by direction");
-    describe_counter!("zone_egress_gossip_dropped_total", "Gossip datagrams dropped, by reason");
-    describe_counter!("zone_egress_connections_total", "Connections accepted on the forwarding listener");
-    describe_counter!("zone_egress_connections_rejected_total", "Connections closed without forwarding, by reason");
-    describe_counter!("zone_egress_admin_requests_total", "Admin API requests by status class");
+    describe_gauge!(
+        "zone_egress_build_info",
+        "Build information; value is always 1"
+    );
+    describe_gauge!(
+        "zone_egress_uptime_seconds",
+        "Seconds since the process started"
+    );
+    describe_gauge!(
+        "zone_egress_ready",
+        "1 when the node passes its readiness check"
+    );
+    describe_gauge!(
+        "zone_egress_members",
+        "Members of the zone by state, as this node sees them"
+    );
+    describe_counter!(
+        "zone_egress_gossip_rounds_total",
+        "Gossip exchanges this node started (Syn sent)"
+    );
+    describe_counter!(
+        "zone_egress_gossip_messages_total",
+        "Gossip messages by direction and kind"
+    );
+    describe_counter!(
+        "zone_egress_gossip_bytes_total",
+        "Gossip bytes by direction"
+    );
+    describe_counter!(
+        "zone_egress_gossip_dropped_total",
+        "Gossip datagrams dropped, by reason"
+    );
+    describe_counter!(
+        "zone_egress_connections_total",
+        "Connections accepted on the forwarding listener"
+    );
+    describe_counter!(
+        "zone_egress_connections_rejected_total",
+        "Connections closed without forwarding, by reason"
+    );
+    describe_counter!(
+        "zone_egress_admin_requests_total",
+        "Admin API requests by status class"
+    );
 }

@@ -93,7 +93,8 @@ pub enum MemberState {
 
 impl MemberState {
     /// Every state, in display order (for metrics with zero counts).
-    pub const ALL: [MemberState; 3] = [MemberState::Alive, MemberState::Draining, MemberState::Dead];
+    pub const ALL: [MemberState; 3] =
+        [MemberState::Alive, MemberState::Draining, MemberState::Dead];
 
     /// The lowercase name used in JSON and metric labels.
     pub fn as_str(self) -> &'static str {

@@ -314,7 +314,12 @@ mod tests {
         (state, readiness_tx)
     }
 
-    async fn call(state: &AdminState, method: &str, uri: &str, auth: Option<&str>) -> (StatusCode, String) {
+    async fn call(
+        state: &AdminState,
+        method: &str,
+        uri: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, String) {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(a) = auth {
             req = req.header(header::AUTHORIZATION, a);

@@ -316,7 +316,13 @@ fn parse_yaml(text: &str, origin: &str) -> Result<Value, ConfigError> {
     let value = match value {
         Value::Null => Value::Mapping(Default::default()),
         Value::Mapping(_) => value,
-        _ => return Err(ConfigError::invalid(origin, ".", "expected a mapping of keys")),
+        _ => {
+            return Err(ConfigError::invalid(
+                origin,
+                ".",
+                "expected a mapping of keys",
+            ));
+        }
     };
     // Shape check against the raw structs, with positions of this text.
     let de = serde_yaml_ng::Deserializer::from_str(text);
@@ -355,12 +361,11 @@ fn merge(base: Value, top: Value) -> Value {
 fn validate(raw: RawConfig, flags: &Overrides, origin: &str) -> Result<Config, ConfigError> {
     let flag = |name: &str| format!("flag --{name}");
     // A value comes from its flag when set, else from the file; errors name the right source.
-    let pick = |flag_value: &Option<String>, file_value: Option<String>, name: &str| {
-        match flag_value {
+    let pick =
+        |flag_value: &Option<String>, file_value: Option<String>, name: &str| match flag_value {
             Some(v) => (Some(v.clone()), flag(name)),
             None => (file_value, origin.to_string()),
-        }
-    };
+        };
 
     let (name, name_origin) = pick(&flags.name, raw.name, "name");
     let name = match name {
@@ -492,13 +497,23 @@ fn validate(raw: RawConfig, flags: &Overrides, origin: &str) -> Result<Config, C
             Some(n) => n,
             None => 100_000,
         },
-        hello_timeout: duration(raw_limits.hello_timeout, "5s", origin, "limits.hello_timeout")?,
+        hello_timeout: duration(
+            raw_limits.hello_timeout,
+            "5s",
+            origin,
+            "limits.hello_timeout",
+        )?,
         idle_timeout: duration(raw_limits.idle_timeout, "1h", origin, "limits.idle_timeout")?,
     };
 
     let raw_drain = raw.drain.unwrap_or_default();
     let drain = DrainConfig {
-        announce_delay: duration(raw_drain.announce_delay, "5s", origin, "drain.announce_delay")?,
+        announce_delay: duration(
+            raw_drain.announce_delay,
+            "5s",
+            origin,
+            "drain.announce_delay",
+        )?,
         grace: duration(raw_drain.grace, "30s", origin, "drain.grace")?,
     };
 
@@ -737,7 +752,10 @@ log: { format: text, access: false }
         assert!(e.contains("gossip.interval"), "{e}");
 
         let e = err("listen: nowhere\n");
-        assert!(e.contains("field `listen`") && e.contains("ADDR:PORT"), "{e}");
+        assert!(
+            e.contains("field `listen`") && e.contains("ADDR:PORT"),
+            "{e}"
+        );
 
         let e = err("role: router\n");
         assert!(e.contains("unknown role"), "{e}");
@@ -784,6 +802,9 @@ log: { format: text, access: false }
         let e = load_file(Path::new("/nonexistent/ze.yaml"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("cannot read config file /nonexistent/ze.yaml"), "{e}");
+        assert!(
+            e.contains("cannot read config file /nonexistent/ze.yaml"),
+            "{e}"
+        );
     }
 }

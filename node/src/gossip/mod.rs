@@ -208,7 +208,9 @@ async fn refresh_loop(
                         .members
                         .iter()
                         .find(|m| {
-                            *m.name == *self_id.node_id && !m.name_conflict && m.state != proto::MemberState::Dead
+                            *m.name == *self_id.node_id
+                                && !m.name_conflict
+                                && m.state != proto::MemberState::Dead
                         })
                         .map(|m| m.gossip_address.clone())
                         .unwrap_or_default();

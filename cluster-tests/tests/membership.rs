@@ -1,0 +1,430 @@
+//! Fleet foundation: real `zone-egress` processes gossiping on loopback.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use cluster_tests::{Cluster, NodeOptions, binary, eventually, get_json, post_json};
+use serde_json::Value;
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn members(cluster: &Cluster, i: usize) -> anyhow::Result<Vec<Value>> {
+    let (status, v) = get_json(&cluster.admin(i), "/v1/members")?;
+    if status != 200 {
+        bail!("/v1/members answered {status}");
+    }
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+fn state_of(members: &[Value], name: &str) -> Vec<String> {
+    members
+        .iter()
+        .filter(|m| m["name"] == name)
+        .map(|m| m["state"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+#[test]
+fn three_seeded_nodes_converge_with_correct_registrations() {
+    let cluster = Cluster::start(3).unwrap();
+    cluster.wait_converged(CONVERGE).unwrap();
+    for i in 0..3 {
+        let (status, egresses) = get_json(&cluster.admin(i), "/v1/zone-egresses").unwrap();
+        assert_eq!(status, 200);
+        let egresses = egresses.as_array().unwrap();
+        assert_eq!(egresses.len(), 3);
+        for node in &cluster.nodes {
+            let reg = egresses
+                .iter()
+                .find(|r| r["name"] == node.options.name.as_str())
+                .unwrap_or_else(|| panic!("node {i} misses {}", node.options.name));
+            let listen_port: u16 = node
+                .info
+                .listen
+                .as_ref()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let admin_port: u16 = node.info.admin.rsplit(':').next().unwrap().parse().unwrap();
+            let expected = serde_json::json!({
+                "type": "ZoneEgress",
+                "name": node.options.name,
+                "zone": "zone-a",
+                "networking": {"address": "127.0.0.1", "port": listen_port, "admin": {"port": admin_port}},
+            });
+            assert_eq!(reg, &expected);
+        }
+        let (status, ready) = get_json(&cluster.admin(i), "/ready").unwrap();
+        assert_eq!(status, 200, "{ready}");
+        let (status, ingresses) = get_json(&cluster.admin(i), "/v1/zone-ingresses").unwrap();
+        assert_eq!((status, ingresses), (200, serde_json::json!([])));
+    }
+
+    // The CLI reads the same through any node, in every output format.
+    let bin = binary().unwrap();
+    let out = Command::new(&bin)
+        .args(["get", "members", "--admin", &cluster.admin(2)])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with("NAME"), "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains(" alive ")).count(),
+        3,
+        "{table}"
+    );
+    let out = Command::new(&bin)
+        .args(["get", "zone-egresses", "-o", "json"])
+        .env("ZONE_EGRESS_ADMIN", cluster.admin(1))
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3);
+    let out = Command::new(&bin)
+        .args([
+            "get",
+            "zone-egresses",
+            "-o",
+            "yaml",
+            "--admin",
+            &cluster.admin(0),
+        ])
+        .output()
+        .unwrap();
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(yaml.matches("type: ZoneEgress").count(), 3, "{yaml}");
+
+    // Metrics describe the zone.
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    let text = agent
+        .get(&format!("{}/metrics", cluster.admin(0)))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    for needle in [
+        "zone_egress_members{state=\"alive\"} 3",
+        "zone_egress_gossip_rounds_total",
+        "zone_egress_uptime_seconds",
+        "zone_egress_build_info{version=",
+        "zone_egress_ready 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
+
+#[test]
+fn nodes_added_with_one_seed_appear_everywhere() {
+    let mut cluster = Cluster::start(3).unwrap();
+    cluster.wait_converged(CONVERGE).unwrap();
+    // The 4th and 5th know only node 2, not the first node.
+    for _ in 0..2 {
+        let mut options = cluster.next_options();
+        options.seeds = vec![cluster.nodes[2].info.gossip.clone()];
+        cluster.add_node_with(options).unwrap();
+    }
+    cluster.wait_converged(CONVERGE).unwrap();
+    for i in 0..5 {
+        assert_eq!(members(&cluster, i).unwrap().len(), 5);
+    }
+}
+
+#[test]
+fn a_killed_node_is_reported_dead_everywhere_within_ten_seconds() {
+    let mut cluster = Cluster::start(3).unwrap();
+    cluster.wait_converged(CONVERGE).unwrap();
+    let victim = cluster.nodes[1].options.name.clone();
+    let killed_at = Instant::now();
+    cluster.kill(1).unwrap();
+    let detected = eventually(
+        Duration::from_secs(20),
+        "the killed node to be dead everywhere",
+        || {
+            for i in [0, 2] {
+                if state_of(&members(&cluster, i)?, &victim) != ["dead"] {
+                    return Ok(None);
+                }
+                let (_, egresses) = get_json(&cluster.admin(i), "/v1/zone-egresses")?;
+                if egresses
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["name"] == victim.as_str())
+                {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(killed_at.elapsed()))
+        },
+    )
+    .unwrap();
+    eprintln!("killed node seen dead by every survivor after {detected:?}");
+    assert!(detected < Duration::from_secs(10), "took {detected:?}");
+}
+
+#[test]
+fn sigterm_drains_then_leaves_and_exits_zero() {
+    let mut cluster = Cluster::start(3).unwrap();
+    cluster.wait_converged(CONVERGE).unwrap();
+    let name = cluster.nodes[2].options.name.clone();
+    cluster.terminate(2).unwrap();
+    eventually(Duration::from_secs(10), "peers to see it draining", || {
+        Ok((state_of(&members(&cluster, 0)?, &name) == ["draining"]).then_some(()))
+    })
+    .unwrap();
+    // Its registration stays listed while it drains; readiness is gone.
+    let (_, egresses) = get_json(&cluster.admin(1), "/v1/zone-egresses").unwrap();
+    assert_eq!(egresses.as_array().unwrap().len(), 3);
+    let status = cluster.wait_exit(2, Duration::from_secs(20)).unwrap();
+    assert_eq!(status.code(), Some(0));
+    eventually(Duration::from_secs(10), "peers to drop it", || {
+        for i in [0, 1] {
+            if state_of(&members(&cluster, i)?, &name) != ["dead"] {
+                return Ok(None);
+            }
+            let (_, egresses) = get_json(&cluster.admin(i), "/v1/zone-egresses")?;
+            if egresses.as_array().unwrap().len() != 2 {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .unwrap();
+}
+
+#[test]
+fn drain_endpoint_marks_draining_and_needs_the_token() {
+    let mut cluster = Cluster::new().unwrap();
+    for _ in 0..2 {
+        let mut options = cluster.next_options();
+        options.config.push_str("admin: { token: t0ken }\n");
+        cluster.add_node_with(options).unwrap();
+    }
+    cluster.wait_converged(CONVERGE).unwrap();
+    let (status, body) = post_json(&cluster.admin(1), "/v1/drain", None).unwrap();
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = post_json(&cluster.admin(1), "/v1/drain", Some("wrong")).unwrap();
+    assert_eq!(status, 401);
+    let (status, _) = get_json(&cluster.admin(1), "/ready").unwrap();
+    assert_eq!(status, 200);
+    let (status, body) = post_json(&cluster.admin(1), "/v1/drain", Some("t0ken")).unwrap();
+    assert_eq!(status, 202, "{body}");
+    let (status, ready) = get_json(&cluster.admin(1), "/ready").unwrap();
+    assert_eq!(status, 503);
+    assert!(ready["reasons"].to_string().contains("draining"), "{ready}");
+    eventually(
+        Duration::from_secs(10),
+        "node 0 to see node 1 draining",
+        || Ok((state_of(&members(&cluster, 0)?, "egress-1") == ["draining"]).then_some(())),
+    )
+    .unwrap();
+    // Drained on request, the process stays up until it is told to stop.
+    let status = cluster.stop(1).unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_restarted_node_is_listed_once_with_its_new_generation() {
+    let mut cluster = Cluster::start(3).unwrap();
+    cluster.wait_converged(CONVERGE).unwrap();
+    for (i, how) in [(1, "kill"), (2, "stop")] {
+        let old = cluster.nodes[i].info.generation;
+        if how == "stop" {
+            assert_eq!(cluster.stop(i).unwrap().code(), Some(0));
+        }
+        cluster.restart(i).unwrap();
+        let new = cluster.nodes[i].info.generation;
+        assert!(new > old);
+        let name = cluster.nodes[i].options.name.clone();
+        eventually(
+            CONVERGE,
+            "one entry with the new generation everywhere",
+            || {
+                for j in 0..3 {
+                    let entries: Vec<Value> = members(&cluster, j)?
+                        .into_iter()
+                        .filter(|m| m["name"] == name.as_str())
+                        .collect();
+                    if entries.len() != 1
+                        || entries[0]["generation"] != new
+                        || entries[0]["state"] != "alive"
+                        || entries[0]["ready"] != true
+                    {
+                        bail!("{how}: node {j} lists {entries:?}");
+                    }
+                }
+                Ok(Some(()))
+            },
+        )
+        .unwrap();
+        cluster.wait_converged(CONVERGE).unwrap();
+    }
+}
+
+#[test]
+fn a_duplicate_name_never_becomes_ready() {
+    let mut cluster = Cluster::start(2).unwrap();
+    cluster.wait_converged(CONVERGE).unwrap();
+    let original = cluster.nodes[0].info.generation;
+    let mut options = cluster.next_options();
+    options.name = cluster.nodes[0].options.name.clone();
+    options.seeds = vec![cluster.nodes[1].info.gossip.clone()];
+    let dup = cluster.add_node_with(options).unwrap();
+
+    // It learns of the holder and says why it is not ready.
+    let ready = eventually(
+        Duration::from_secs(15),
+        "the duplicate to report the conflict",
+        || {
+            let (status, ready) = get_json(&cluster.admin(dup), "/ready")?;
+            assert_eq!(status, 503, "duplicate became ready: {ready}");
+            Ok(ready["reasons"]
+                .to_string()
+                .contains("already held")
+                .then_some(ready))
+        },
+    )
+    .unwrap();
+    assert!(
+        ready["reasons"].to_string().contains("unique --name"),
+        "{ready}"
+    );
+    assert!(cluster.nodes[dup].log().contains("duplicate node name"));
+
+    // Watch it for a while: never ready, and nobody registers it.
+    let watch_until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < watch_until {
+        let (status, _) = get_json(&cluster.admin(dup), "/ready").unwrap();
+        assert_eq!(status, 503);
+        for i in 0..3 {
+            let (_, egresses) = get_json(&cluster.admin(i), "/v1/zone-egresses").unwrap();
+            let egresses = egresses.as_array().unwrap().clone();
+            assert_eq!(egresses.len(), 2, "node {i}: {egresses:?}");
+        }
+        let (status, _) = get_json(&cluster.admin(0), "/ready").unwrap();
+        assert_eq!(status, 200, "the original lost its readiness");
+    }
+    let m = members(&cluster, 1).unwrap();
+    let holder = m
+        .iter()
+        .find(|m| m["name"] == "egress-0" && m["nameConflict"] == false)
+        .unwrap();
+    assert_eq!(holder["generation"], original);
+}
+
+fn run_expect_failure(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(binary().unwrap())
+        .arg("run")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn bad_config_and_busy_ports_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+
+    let malformed = write("malformed.yaml", "gossip: [unclosed\n");
+    let (code, err) = run_expect_failure(&["--config", &malformed, "--data-dir", data]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("malformed.yaml"), "{err}");
+
+    let unknown = write(
+        "unknown.yaml",
+        "gossip:\n  listen: 127.0.0.1:0\n  seedz: []\n",
+    );
+    let (code, err) = run_expect_failure(&["--config", &unknown, "--data-dir", data]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("unknown.yaml") && err.contains("`gossip.seedz`"),
+        "{err}"
+    );
+
+    let wrong_type = write("type.yaml", "limits: { hello_timeout: 5 parsecs }\n");
+    let (code, err) = run_expect_failure(&["--config", &wrong_type, "--data-dir", data]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("limits.hello_timeout"), "{err}");
+
+    let (code, err) = run_expect_failure(&["--config", "/nonexistent/ze.yaml"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("/nonexistent/ze.yaml"), "{err}");
+
+    let (code, err) = run_expect_failure(&["--seed", "no-port-here", "--data-dir", data]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--seed") && err.contains("gossip.seeds[0]"),
+        "{err}"
+    );
+
+    // A port in use: non-zero exit naming the socket.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let (code, err) = run_expect_failure(&[
+        "--admin",
+        &busy_addr,
+        "--gossip",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {busy_addr}")) && err.contains("admin"),
+        "{err}"
+    );
+
+    let busy_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let busy_udp_addr = busy_udp.local_addr().unwrap().to_string();
+    let (code, err) = run_expect_failure(&[
+        "--admin",
+        "127.0.0.1:0",
+        "--gossip",
+        &busy_udp_addr,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("gossip"), "{err}");
+}
+
+#[test]
+fn a_node_of_another_zone_does_not_join() {
+    let mut cluster = Cluster::start(2).unwrap();
+    cluster.wait_converged(CONVERGE).unwrap();
+    let mut options: NodeOptions = cluster.next_options();
+    options.zone = "zone-b".into();
+    options.name = "stranger".into();
+    let stranger = cluster.add_node_with(options).unwrap();
+    // The stranger is refused by chitchat's cluster id: it never sees zone-a nodes.
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch_until {
+        for i in 0..2 {
+            assert!(state_of(&members(&cluster, i).unwrap(), "stranger").is_empty());
+        }
+        let theirs = members(&cluster, stranger).unwrap();
+        assert_eq!(theirs.len(), 1, "{theirs:?}");
+        let (status, _) = get_json(&cluster.admin(stranger), "/ready").unwrap();
+        assert_eq!(status, 503);
+    }
+}
