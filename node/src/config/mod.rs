@@ -279,6 +279,29 @@ struct RawLog {
     access: Option<bool>,
 }
 
+impl RawConfig {
+    /// Makes relative paths of a config file relative to the file's directory.
+    fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p.as_mut().filter(|p| p.is_relative()) {
+                *path = dir.join(&*path);
+            }
+        };
+        if let Some(admin) = self.admin.as_mut() {
+            fix(&mut admin.token_file);
+        }
+        if let Some(gossip) = self.gossip.as_mut() {
+            fix(&mut gossip.key_file);
+        }
+        if let Some(link) = self.link.as_mut() {
+            fix(&mut link.ca);
+            fix(&mut link.cert);
+            fix(&mut link.key);
+        }
+        fix(&mut self.data_dir);
+    }
+}
+
 // ---- loading --------------------------------------------------------------------------------
 
 /// Loads the configuration: embedded default, then `overrides.config` if given, then flags.
@@ -296,7 +319,10 @@ pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
         }
         None => default,
     };
-    let raw = typed(&merged, "merged config")?;
+    let mut raw = typed(&merged, "merged config")?;
+    if let Some(dir) = overrides.config.as_ref().and_then(|p| p.parent()) {
+        raw.resolve_paths(dir);
+    }
     let origin = overrides
         .config
         .as_ref()
@@ -744,7 +770,7 @@ log: { format: text, access: false }
     #[test]
     fn errors_name_the_file_and_the_field() {
         let e = err("gossip:\n  intervall: 5s\n");
-        assert!(e.contains("field `gossip`"), "{e}");
+        assert!(e.contains("field `gossip.intervall`"), "{e}");
         assert!(e.contains("unknown field `intervall`"), "{e}");
         assert!(e.contains("file \""), "{e}");
 
@@ -789,6 +815,21 @@ log: { format: text, access: false }
         let c = load_file(f.path()).unwrap();
         assert_eq!(c.admin.token.as_ref().unwrap().expose(), "s3cret");
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin.token"), "tok\n").unwrap();
+        let path = dir.path().join("node.yaml");
+        std::fs::write(
+            &path,
+            "admin: { listen: 0.0.0.0:9901, token_file: admin.token }\ndata_dir: data\n",
+        )
+        .unwrap();
+        let c = load_file(&path).unwrap();
+        assert_eq!(c.admin.token.unwrap().expose(), "tok");
+        assert_eq!(c.data_dir, dir.path().join("data"));
     }
 
     #[test]

@@ -1,0 +1,95 @@
+//! Gossip benchmark: convergence time, failure detection time and memory per node.
+//!
+//! ```text
+//! cargo build --release --bins
+//! cargo run --release -p cluster-tests --bin bench-gossip -- --nodes 3,10,30 --repeats 3
+//! ```
+//!
+//! For each cluster size and repeat: start N real nodes on loopback (each seeded with the first),
+//! measure the time from the first spawn until every node lists all N alive; SIGKILL one node and
+//! measure the time until every survivor lists it dead; read VmRSS of every node. Prints a table.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::Parser;
+use cluster_tests::{Cluster, eventually, get_json, rss_kib};
+
+#[derive(Parser)]
+struct Args {
+    /// Cluster sizes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "3,10,30")]
+    nodes: Vec<usize>,
+    /// Repeats per size.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+}
+
+fn alive_count(cluster: &Cluster, i: usize, name: Option<&str>) -> anyhow::Result<(usize, bool)> {
+    let (_, members) = get_json(&cluster.admin(i), "/v1/members")?;
+    let members = members.as_array().cloned().unwrap_or_default();
+    let alive = members.iter().filter(|m| m["state"] == "alive").count();
+    let dead = name.is_some_and(|n| members.iter().any(|m| m["name"] == n && m["state"] == "dead"));
+    Ok((alive, dead))
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[idx]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    println!("| nodes | converge p50 | converge max | dead p50 | dead max | RSS/node avg | RSS/node max |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in &args.nodes {
+        if n < 2 {
+            bail!("--nodes needs sizes of at least 2");
+        }
+        let mut converge = Vec::new();
+        let mut dead = Vec::new();
+        let mut rss = Vec::new();
+        for _ in 0..args.repeats {
+            let started = Instant::now();
+            let mut cluster = Cluster::start(n)?;
+            eventually(Duration::from_secs(120), "convergence", || {
+                for i in 0..n {
+                    if alive_count(&cluster, i, None)?.0 != n {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            })?;
+            converge.push(started.elapsed());
+            for node in &cluster.nodes {
+                if let Some(k) = rss_kib(node.info.pid) {
+                    rss.push(k);
+                }
+            }
+            let victim = n - 1;
+            let name = cluster.nodes[victim].options.name.clone();
+            let killed = Instant::now();
+            cluster.kill(victim)?;
+            eventually(Duration::from_secs(60), "failure detection", || {
+                for i in 0..victim {
+                    if !alive_count(&cluster, i, Some(&name))?.1 {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            })?;
+            dead.push(killed.elapsed());
+        }
+        let avg_rss = rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64 / 1024.0;
+        let max_rss = *rss.iter().max().unwrap_or(&0) as f64 / 1024.0;
+        println!(
+            "| {n} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {avg_rss:.1} MiB | {max_rss:.1} MiB |",
+            percentile(converge.clone(), 0.5).as_secs_f64(),
+            percentile(converge, 1.0).as_secs_f64(),
+            percentile(dead.clone(), 0.5).as_secs_f64(),
+            percentile(dead, 1.0).as_secs_f64(),
+        );
+    }
+    Ok(())
+}
