@@ -99,6 +99,12 @@ fn three_seeded_nodes_converge_with_correct_registrations() {
     let yaml = String::from_utf8(out.stdout).unwrap();
     assert_eq!(yaml.matches("type: ZoneEgress").count(), 3, "{yaml}");
 
+    let out = Command::new(&bin)
+        .args(["health", "--admin", &cluster.admin(1)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
     // Metrics describe the zone.
     let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
     let text = agent
@@ -296,6 +302,15 @@ fn a_duplicate_name_never_becomes_ready() {
         "{ready}"
     );
     assert!(cluster.nodes[dup].log().contains("duplicate node name"));
+    let out = Command::new(binary().unwrap())
+        .args(["health", "--admin", &cluster.admin(dup)])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("503"),
+        "{out:?}"
+    );
 
     // Watch it for a while: never ready, and nobody registers it.
     let watch_until = Instant::now() + Duration::from_secs(5);

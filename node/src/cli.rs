@@ -20,6 +20,23 @@ pub enum Command {
     Run(Box<Overrides>),
     /// List zone state from a node's admin API.
     Get(GetArgs),
+    /// Exit 0 when a node is ready (or live, with --live): for health checks without curl.
+    Health(HealthArgs),
+}
+
+/// Arguments of `zone-egress health`.
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    /// Admin API of the node to check.
+    #[arg(
+        long,
+        env = "ZONE_EGRESS_ADMIN",
+        default_value = "http://127.0.0.1:9901"
+    )]
+    pub admin: String,
+    /// Check liveness (`/live`) instead of readiness (`/ready`).
+    #[arg(long)]
+    pub live: bool,
 }
 
 /// What `get` lists.

@@ -5,7 +5,14 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::Value;
 
-use crate::cli::{GetArgs, Output, Resource};
+use crate::cli::{GetArgs, HealthArgs, Output, Resource};
+
+/// Runs `zone-egress health`: `Ok` with the node's answer when it is ready (or live).
+pub fn health(args: &HealthArgs) -> anyhow::Result<String> {
+    let path = if args.live { "/live" } else { "/ready" };
+    let value = fetch_json(&args.admin, path)?;
+    Ok(format!("{value}\n"))
+}
 
 /// Runs `zone-egress get` and prints the answer; returns the text printed.
 pub fn get(args: &GetArgs) -> anyhow::Result<String> {

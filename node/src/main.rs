@@ -10,16 +10,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or_else(|| Command::Run(Box::default())) {
         Command::Run(overrides) => run(&overrides),
-        Command::Get(args) => match node::client::get(&args) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Get(args) => print_result(node::client::get(&args)),
+        Command::Health(args) => print_result(node::client::health(&args)),
+    }
+}
+
+fn print_result(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -15,5 +15,9 @@ fn every_shipped_node_config_is_valid() {
             checked += 1;
         }
     }
-    assert!(checked >= 3, "only {checked} configs under {}", dir.display());
+    assert!(
+        checked >= 3,
+        "only {checked} configs under {}",
+        dir.display()
+    );
 }

@@ -29,7 +29,11 @@ fn alive_count(cluster: &Cluster, i: usize, name: Option<&str>) -> anyhow::Resul
     let (_, members) = get_json(&cluster.admin(i), "/v1/members")?;
     let members = members.as_array().cloned().unwrap_or_default();
     let alive = members.iter().filter(|m| m["state"] == "alive").count();
-    let dead = name.is_some_and(|n| members.iter().any(|m| m["name"] == n && m["state"] == "dead"));
+    let dead = name.is_some_and(|n| {
+        members
+            .iter()
+            .any(|m| m["name"] == n && m["state"] == "dead")
+    });
     Ok((alive, dead))
 }
 
@@ -41,7 +45,9 @@ fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    println!("| nodes | converge p50 | converge max | dead p50 | dead max | RSS/node avg | RSS/node max |");
+    println!(
+        "| nodes | converge p50 | converge max | dead p50 | dead max | RSS/node avg | RSS/node max |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &args.nodes {
         if n < 2 {
