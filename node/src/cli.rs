@@ -1,5 +1,7 @@
 //! Command line of the `zone-egress` binary (DESIGN.md §3).
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Overrides;
@@ -18,22 +20,39 @@ pub struct Cli {
 pub enum Command {
     /// Run a node (egress or ingress).
     Run(Box<Overrides>),
-    /// List zone state from a node's admin API.
+    /// List zone state and resources from any node's admin API.
     Get(GetArgs),
+    /// Create or replace resources from YAML documents (kumactl style), all or nothing.
+    Apply(ApplyArgs),
+    /// Delete one resource.
+    Delete(DeleteArgs),
     /// Exit 0 when a node is ready (or live, with --live): for health checks without curl.
     Health(HealthArgs),
+    /// Print a new base64 32-byte gossip key (one line of `gossip.key_file`).
+    Keygen,
 }
 
-/// Arguments of `zone-egress health`.
-#[derive(Debug, clap::Args)]
-pub struct HealthArgs {
-    /// Admin API of the node to check.
+/// Where the admin API is and how to authenticate.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Admin API of any node of the zone.
     #[arg(
         long,
         env = "ZONE_EGRESS_ADMIN",
         default_value = "http://127.0.0.1:9901"
     )]
     pub admin: String,
+    /// Bearer token for writes.
+    #[arg(long, env = "ZONE_EGRESS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Arguments of `zone-egress health`.
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    /// Admin API and token.
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// Check liveness (`/live`) instead of readiness (`/ready`).
     #[arg(long)]
     pub live: bool,
@@ -46,8 +65,14 @@ pub enum Resource {
     Members,
     /// Egress registrations of the zone.
     ZoneEgresses,
-    /// Ingress registrations of the zone.
+    /// Ingress nodes of the zone and static remote ingresses.
     ZoneIngresses,
+    /// Meshes.
+    Meshes,
+    /// External services of a mesh.
+    ExternalServices,
+    /// Dataplanes of a mesh.
+    Dataplanes,
 }
 
 /// Output format of client commands.
@@ -66,14 +91,40 @@ pub enum Output {
 pub struct GetArgs {
     /// What to list.
     pub resource: Resource,
-    /// Admin API of any node of the zone.
-    #[arg(
-        long,
-        env = "ZONE_EGRESS_ADMIN",
-        default_value = "http://127.0.0.1:9901"
-    )]
-    pub admin: String,
+    /// Mesh of mesh-scoped resources.
+    #[arg(long, default_value = "default")]
+    pub mesh: String,
+    /// Admin API and token.
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     pub output: Output,
+}
+
+/// Arguments of `zone-egress apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// YAML (or JSON) file of one or many documents; `-` reads standard input.
+    #[arg(short = 'f', long = "file", value_name = "FILE|-")]
+    pub file: PathBuf,
+    /// Admin API and token.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Arguments of `zone-egress delete`.
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// mesh | external-service | dataplane | zone-ingress (plural forms work too).
+    #[arg(value_name = "TYPE")]
+    pub kind: String,
+    /// Resource name.
+    pub name: String,
+    /// Mesh of mesh-scoped resources.
+    #[arg(long, default_value = "default")]
+    pub mesh: String,
+    /// Admin API and token.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }

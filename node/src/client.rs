@@ -1,56 +1,184 @@
-//! The CLI's admin API client (`zone-egress get ...`).
+//! The CLI's admin API client: `get`, `apply`, `delete`, `health`.
 
+use std::io::Read;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::cli::{GetArgs, HealthArgs, Output, Resource};
+use crate::cli::{AdminArgs, ApplyArgs, DeleteArgs, GetArgs, HealthArgs, Output, Resource};
 
-/// Runs `zone-egress health`: `Ok` with the node's answer when it is ready (or live).
-pub fn health(args: &HealthArgs) -> anyhow::Result<String> {
-    let path = if args.live { "/live" } else { "/ready" };
-    let value = fetch_json(&args.admin, path)?;
-    Ok(format!("{value}\n"))
-}
+/// Largest file `apply` sends (the API refuses bigger bodies anyway).
+const MAX_APPLY_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Runs `zone-egress get` and prints the answer; returns the text printed.
-pub fn get(args: &GetArgs) -> anyhow::Result<String> {
-    let path = match args.resource {
-        Resource::Members => "/v1/members",
-        Resource::ZoneEgresses => "/v1/zone-egresses",
-        Resource::ZoneIngresses => "/v1/zone-ingresses",
-    };
-    let value = fetch_json(&args.admin, path)?;
-    render(args.resource, args.output, &value)
-}
-
-/// GETs `path` from the admin API at `admin` and parses the JSON answer.
-pub fn fetch_json(admin: &str, path: &str) -> anyhow::Result<Value> {
-    let url = format!("{}{}", admin.trim_end_matches('/'), path);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
+        .timeout_global(Some(Duration::from_secs(30)))
         .build()
-        .into();
-    let mut response = agent
-        .get(&url)
-        .call()
-        .with_context(|| format!("cannot reach the admin API at {url}"))?;
+        .into()
+}
+
+/// Sends one request and returns the JSON answer, or an error carrying the API's message.
+fn call(
+    admin: &AdminArgs,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Vec<u8>)>,
+) -> anyhow::Result<Value> {
+    let url = format!("{}{}", admin.admin.trim_end_matches('/'), path);
+    let agent = agent();
+    let auth = admin.token.as_ref().map(|t| format!("Bearer {t}"));
+    let result = match (method, body) {
+        ("GET", _) => {
+            let mut req = agent.get(&url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        }
+        ("DELETE", _) => {
+            let mut req = agent.delete(&url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        }
+        (_, body) => {
+            let mut req = agent.post(&url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            match body {
+                Some((content_type, bytes)) => {
+                    req.header("Content-Type", content_type).send(&bytes[..])
+                }
+                None => req.send_empty(),
+            }
+        }
+    };
+    let mut response = result.with_context(|| format!("cannot reach the admin API at {url}"))?;
     let status = response.status();
-    let body = response
+    let text = response
         .body_mut()
         .with_config()
         .limit(64 * 1024 * 1024)
         .read_to_string()
         .with_context(|| format!("cannot read the answer of {url}"))?;
-    let value: Value = serde_json::from_str(&body)
+    let value: Value = serde_json::from_str(&text)
         .with_context(|| format!("{url} answered something that is not JSON"))?;
     if !status.is_success() {
-        let error = value["error"].as_str().unwrap_or("request failed");
-        anyhow::bail!("{url}: {status}: {error}");
+        let mut message = format!(
+            "{status}: {}",
+            value["error"].as_str().unwrap_or("request failed")
+        );
+        for detail in value["details"].as_array().into_iter().flatten() {
+            message.push_str("\n  - ");
+            message.push_str(detail.as_str().unwrap_or(&detail.to_string()));
+        }
+        bail!("{message}");
     }
     Ok(value)
+}
+
+/// GETs `path` from the admin API at `admin` and parses the JSON answer.
+pub fn fetch_json(admin: &str, path: &str) -> anyhow::Result<Value> {
+    call(
+        &AdminArgs {
+            admin: admin.to_string(),
+            token: None,
+        },
+        "GET",
+        path,
+        None,
+    )
+}
+
+/// Runs `zone-egress health`: `Ok` with the node's answer when it is ready (or live).
+pub fn health(args: &HealthArgs) -> anyhow::Result<String> {
+    let path = if args.live { "/live" } else { "/ready" };
+    let value = call(&args.admin, "GET", path, None)?;
+    Ok(format!("{value}\n"))
+}
+
+/// Runs `zone-egress get` and returns the text to print.
+pub fn get(args: &GetArgs) -> anyhow::Result<String> {
+    let mesh = &args.mesh;
+    let path = match args.resource {
+        Resource::Members => "/v1/members".to_string(),
+        Resource::ZoneEgresses => "/v1/zone-egresses".to_string(),
+        Resource::ZoneIngresses => "/v1/zone-ingresses".to_string(),
+        Resource::Meshes => "/v1/meshes".to_string(),
+        Resource::ExternalServices => format!("/v1/meshes/{mesh}/external-services"),
+        Resource::Dataplanes => format!("/v1/meshes/{mesh}/dataplanes"),
+    };
+    let value = call(&args.admin, "GET", &path, None)?;
+    render(args.resource, args.output, &value)
+}
+
+/// Runs `zone-egress apply -f FILE|-` and returns the text to print.
+pub fn apply(args: &ApplyArgs) -> anyhow::Result<String> {
+    let mut body = Vec::new();
+    if args.file.as_os_str() == "-" {
+        std::io::stdin()
+            .take(MAX_APPLY_BYTES + 1)
+            .read_to_end(&mut body)
+            .context("cannot read standard input")?;
+    } else {
+        std::fs::File::open(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?
+            .take(MAX_APPLY_BYTES + 1)
+            .read_to_end(&mut body)
+            .with_context(|| format!("cannot read {}", args.file.display()))?;
+    }
+    if body.len() as u64 > MAX_APPLY_BYTES {
+        bail!(
+            "{} is larger than {MAX_APPLY_BYTES} bytes",
+            args.file.display()
+        );
+    }
+    let value = call(
+        &args.admin,
+        "POST",
+        "/v1/apply",
+        Some(("application/yaml", body)),
+    )?;
+    let mut out = String::new();
+    for applied in value["applied"].as_array().into_iter().flatten() {
+        let mesh = applied["mesh"]
+            .as_str()
+            .map(|m| format!(" (mesh {m})"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{} {}{mesh} {}\n",
+            text(&applied["type"]),
+            text(&applied["name"]),
+            text(&applied["outcome"]),
+        ));
+    }
+    Ok(out)
+}
+
+/// The API path of one resource, from a kind as typed on the command line.
+pub fn resource_path(kind: &str, name: &str, mesh: &str) -> anyhow::Result<String> {
+    Ok(match kind {
+        "mesh" | "meshes" | "Mesh" => format!("/v1/meshes/{name}"),
+        "external-service" | "external-services" | "ExternalService" => {
+            format!("/v1/meshes/{mesh}/external-services/{name}")
+        }
+        "dataplane" | "dataplanes" | "Dataplane" => format!("/v1/meshes/{mesh}/dataplanes/{name}"),
+        "zone-ingress" | "zone-ingresses" | "ZoneIngress" => format!("/v1/zone-ingresses/{name}"),
+        other => bail!(
+            "unknown type {other:?}: expected mesh, external-service, dataplane or zone-ingress"
+        ),
+    })
+}
+
+/// Runs `zone-egress delete TYPE NAME` and returns the text to print.
+pub fn delete(args: &DeleteArgs) -> anyhow::Result<String> {
+    let path = resource_path(&args.kind, &args.name, &args.mesh)?;
+    call(&args.admin, "DELETE", &path, None)?;
+    Ok(format!("deleted {} {}\n", args.kind, args.name))
 }
 
 /// Turns one API object into the cells of a table row.
@@ -98,21 +226,59 @@ fn render(resource: Resource, output: Output, value: &Value) -> anyhow::Result<S
                         ]
                     })
                 }
-                Resource::ZoneIngresses => {
-                    (&["NAME", "ZONE", "ADDRESS", "PORT", "ADVERTISED"], |r| {
+                Resource::ZoneIngresses => (&["NAME", "ZONE", "ADVERTISED"], |r| {
+                    vec![
+                        text(&r["name"]),
+                        text(&r["zone"]),
+                        format!(
+                            "{}:{}",
+                            text(&r["networking"]["advertisedAddress"]),
+                            text(&r["networking"]["advertisedPort"])
+                        ),
+                    ]
+                }),
+                Resource::Meshes => (&["NAME", "MTLS", "ZONE EGRESS"], |m| {
+                    vec![
+                        text(&m["name"]),
+                        m["mtls"]["enabledBackend"]
+                            .as_str()
+                            .unwrap_or("off")
+                            .to_string(),
+                        text(&m["routing"]["zoneEgress"]).replace('-', "false"),
+                    ]
+                }),
+                Resource::ExternalServices => {
+                    (&["MESH", "NAME", "SERVICE", "ADDRESS", "TLS"], |e| {
                         vec![
-                            text(&r["name"]),
-                            text(&r["zone"]),
-                            text(&r["networking"]["address"]),
-                            text(&r["networking"]["port"]),
-                            format!(
-                                "{}:{}",
-                                text(&r["networking"]["advertisedAddress"]),
-                                text(&r["networking"]["advertisedPort"])
-                            ),
+                            text(&e["mesh"]),
+                            text(&e["name"]),
+                            text(&e["tags"]["kuma.io/service"]),
+                            text(&e["networking"]["address"]),
+                            text(&e["networking"]["tls"]["enabled"]).replace('-', "false"),
                         ]
                     })
                 }
+                Resource::Dataplanes => (&["MESH", "NAME", "ADDRESS", "INBOUNDS"], |d| {
+                    let inbounds = d["networking"]["inbound"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|i| {
+                            format!(
+                                "{}:{}",
+                                text(&i["tags"]["kuma.io/service"]),
+                                text(&i["port"])
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    vec![
+                        text(&d["mesh"]),
+                        text(&d["name"]),
+                        text(&d["networking"]["address"]),
+                        inbounds,
+                    ]
+                }),
             };
             let mut table = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
             table.extend(rows.iter().map(cells));
@@ -175,5 +341,24 @@ mod tests {
         assert!(y.contains("name: a"));
         let j = render(Resource::Members, Output::Json, &v).unwrap();
         assert_eq!(serde_json::from_str::<Value>(&j).unwrap(), v);
+    }
+
+    #[test]
+    fn mesh_tables_show_mtls_and_the_egress_flag() {
+        let v = json!([{"type":"Mesh","name":"default","mtls":{"enabledBackend":"ca-1"},
+            "routing":{"zoneEgress":true}}, {"type":"Mesh","name":"plain"}]);
+        let t = render(Resource::Meshes, Output::Table, &v).unwrap();
+        assert!(t.contains("default  ca-1  true"), "{t}");
+        assert!(t.contains("plain    off   false"), "{t}");
+    }
+
+    #[test]
+    fn delete_paths_accept_kuma_and_plural_names() {
+        assert_eq!(
+            resource_path("ExternalService", "httpbin", "default").unwrap(),
+            "/v1/meshes/default/external-services/httpbin"
+        );
+        assert_eq!(resource_path("meshes", "m", "x").unwrap(), "/v1/meshes/m");
+        assert!(resource_path("gateway", "g", "x").is_err());
     }
 }

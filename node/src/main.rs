@@ -12,6 +12,9 @@ fn main() -> ExitCode {
         Command::Run(overrides) => run(&overrides),
         Command::Get(args) => print_result(node::client::get(&args)),
         Command::Health(args) => print_result(node::client::health(&args)),
+        Command::Apply(args) => print_result(node::client::apply(&args)),
+        Command::Delete(args) => print_result(node::client::delete(&args)),
+        Command::Keygen => print_result(Ok(format!("{}\n", node::gossip::sealed::generate_key()))),
     }
 }
 

@@ -82,15 +82,7 @@ pub async fn run(
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
-    let gossip_socket = gossip::transport::bind(config.gossip.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (UDP) for gossip (gossip.listen / --gossip)",
-                config.gossip.listen
-            )
-        })?;
-    let gossip_addr = gossip_socket.local_addr();
+    let (gossip_transport, gossip_addr) = gossip_transport(&config).await?;
     let gossip_advertise = SocketAddr::new(config.advertise, gossip_addr.port());
 
     // 2. Planes.
@@ -118,7 +110,8 @@ pub async fn run(
         name: config.name.clone(),
         zone: config.zone.clone(),
         generation,
-        socket: gossip_socket,
+        transport: gossip_transport,
+        listen_addr: gossip_addr,
         advertise: gossip_advertise,
         seeds: config.gossip.seeds.clone(),
         interval: config.gossip.interval,
@@ -236,6 +229,41 @@ pub async fn run(
     let _ = std::fs::remove_file(config.data_dir.join("node.json"));
     tracing::info!("left the zone; bye");
     Ok(())
+}
+
+/// Binds the gossip socket: sealed with the cluster keys of `gossip.key_file`, else plain
+/// (with a loud warning: plain gossip can be read and forged by anyone who reaches the port).
+async fn gossip_transport(
+    config: &Config,
+) -> anyhow::Result<(Box<dyn chitchat::transport::Transport>, SocketAddr)> {
+    let addr = config.gossip.listen;
+    let context = || format!("cannot listen on {addr} (UDP) for gossip (gossip.listen / --gossip)");
+    match &config.gossip.key_file {
+        Some(path) => {
+            let keyring = gossip::sealed::Keyring::load(path)
+                .with_context(|| format!("gossip.key_file {}", path.display()))?;
+            let keys = keyring.key_count();
+            let transport = gossip::sealed::bind(addr, keyring)
+                .await
+                .with_context(context)?;
+            let local = transport.local_addr();
+            tracing::info!(
+                keys,
+                "gossip is authenticated and encrypted (XChaCha20-Poly1305)"
+            );
+            Ok((Box::new(transport), local))
+        }
+        None => {
+            tracing::warn!(
+                "NO GOSSIP KEY: gossip.key_file is not set, so gossip travels in plain UDP that \
+                 anyone reaching {addr} can read and forge (resources may carry secrets); \
+                 create one with `zone-egress keygen > gossip.key` and set gossip.key_file"
+            );
+            let transport = gossip::transport::bind(addr).await.with_context(context)?;
+            let local = transport.local_addr();
+            Ok((Box::new(transport), local))
+        }
+    }
 }
 
 /// Waits for `phase` unless a second signal arrives first; counts the signals it sees.

@@ -8,6 +8,7 @@
 //! Gossip is zone-scoped: the chitchat cluster id is `zone-egress/<zone>`, so a node seeded
 //! with a peer of another zone is refused by chitchat itself.
 
+pub mod sealed;
 pub mod transport;
 
 use std::collections::{BTreeMap, HashSet};
@@ -31,8 +32,10 @@ pub struct Settings {
     pub zone: String,
     /// Process generation (start time in ns).
     pub generation: u64,
-    /// Bound UDP socket to gossip on.
-    pub socket: transport::PreboundUdp,
+    /// Transport over a bound UDP socket: sealed with the cluster key, or plain.
+    pub transport: Box<dyn chitchat::transport::Transport>,
+    /// Address the transport is bound to.
+    pub listen_addr: SocketAddr,
     /// Address peers reach this node's gossip at.
     pub advertise: SocketAddr,
     /// Seed peers as `host:port`.
@@ -68,7 +71,7 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<Handle> {
         settings.generation,
         settings.advertise,
     );
-    let listen_addr = settings.socket.local_addr();
+    let listen_addr = settings.listen_addr;
     let config = ChitchatConfig {
         chitchat_id: chitchat_id.clone(),
         cluster_id: cluster_id(&settings.zone),
@@ -89,9 +92,9 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<Handle> {
         extra_liveness_predicate: None,
         protocol_version: chitchat::ProtocolVersion::V1,
     };
-    let transport = settings.socket;
     let chitchat =
-        chitchat::spawn_chitchat(config, settings.initial_keys.clone(), &transport).await?;
+        chitchat::spawn_chitchat(config, settings.initial_keys.clone(), &*settings.transport)
+            .await?;
 
     let (view_tx, view_rx) = watch::channel(Arc::new(ZoneSnapshot::default()));
     let refresh = tokio::spawn(refresh_loop(
@@ -162,6 +165,87 @@ impl Publisher {
                 state.set(*k, v);
             }
         }
+    }
+
+    /// Sets and deletes keys of this node in one step (`None` deletes).
+    pub async fn update(&self, keys: &[(String, Option<String>)]) {
+        let mut c = self.chitchat.lock().await;
+        let state = c.self_node_state();
+        for (k, v) in keys {
+            match v {
+                Some(v) if state.get(k) != Some(v.as_str()) => state.set(k, v),
+                Some(_) => {}
+                None if state.contains_key(k) => state.delete(k),
+                None => {}
+            }
+        }
+    }
+}
+
+/// A key another node published, as seen in gossip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRecord {
+    /// Name of the node that published it.
+    pub node: String,
+    /// The key (with its prefix).
+    pub key: String,
+    /// The value.
+    pub value: String,
+}
+
+impl Handle {
+    /// Streams every key under `prefix` that another node publishes or changes, starting with
+    /// those already known. Reads chitchat every `poll` (cheap when nothing changed: it
+    /// compares each node's max version first).
+    pub fn subscribe_prefix(
+        &self,
+        prefix: &'static str,
+        poll: Duration,
+    ) -> (
+        tokio::sync::mpsc::UnboundedReceiver<RemoteRecord>,
+        JoinHandle<()>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let chitchat = self.chitchat.chitchat();
+        let self_id = self.chitchat.chitchat_id().clone();
+        let task = tokio::spawn(async move {
+            let mut seen: std::collections::HashMap<ChitchatId, u64> = Default::default();
+            let mut tick = tokio::time::interval(poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let mut batch = Vec::new();
+                {
+                    let c = chitchat.lock().await;
+                    for (id, state) in c.node_states() {
+                        if *id == self_id {
+                            continue;
+                        }
+                        let last = seen.get(id).copied().unwrap_or(0);
+                        if state.max_version() <= last {
+                            continue;
+                        }
+                        for (key, versioned) in state.iter_prefix(prefix) {
+                            if versioned.version > last {
+                                batch.push(RemoteRecord {
+                                    node: id.node_id.to_string(),
+                                    key: key.to_string(),
+                                    value: versioned.value.clone(),
+                                });
+                            }
+                        }
+                        seen.insert(id.clone(), state.max_version());
+                    }
+                    seen.retain(|id, _| c.node_states().contains_key(id));
+                }
+                for record in batch {
+                    if tx.send(record).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        (rx, task)
     }
 }
 
