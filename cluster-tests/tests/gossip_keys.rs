@@ -1,0 +1,107 @@
+//! Authenticated, encrypted gossip between real processes: keys, strangers, rotation.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cluster_tests::{Cluster, TEST_CONFIG, binary, get_json};
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn keygen() -> String {
+    let out = Command::new(binary().unwrap()).arg("keygen").output().unwrap();
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(key.len(), 44, "{key}");
+    key
+}
+
+fn with_keys(cluster: &Cluster, file: &str, keys: &[&str]) -> String {
+    let path = cluster.root().join(file);
+    std::fs::write(&path, keys.join("\n") + "\n").unwrap();
+    format!("{TEST_CONFIG}gossip: {{ key_file: {} }}\n", path.display())
+}
+
+fn names_seen_by(cluster: &Cluster, i: usize) -> Vec<String> {
+    let (_, members) = get_json(&cluster.admin(i), "/v1/members").unwrap();
+    members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_node_with_the_wrong_key_never_joins() {
+    let (good, bad) = (keygen(), keygen());
+    let mut cluster = Cluster::new().unwrap();
+    for _ in 0..3 {
+        let mut options = cluster.next_options();
+        options.config = with_keys(&cluster, "good.key", &[&good]);
+        cluster.add_node_with(options).unwrap();
+    }
+    cluster.wait_converged(CONVERGE).unwrap();
+
+    let mut options = cluster.next_options();
+    options.name = "intruder".into();
+    options.config = with_keys(&cluster, "bad.key", &[&bad]);
+    let intruder = cluster.add_node_with(options).unwrap();
+
+    let watch_until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < watch_until {
+        for i in 0..3 {
+            assert!(!names_seen_by(&cluster, i).contains(&"intruder".to_string()));
+        }
+        assert_eq!(names_seen_by(&cluster, intruder), vec!["intruder"]);
+        let (status, _) = get_json(&cluster.admin(intruder), "/ready").unwrap();
+        assert_eq!(status, 503);
+    }
+    // Its datagrams were refused and counted.
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    let text = agent
+        .get(&format!("{}/metrics", cluster.admin(0)))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        text.contains("zone_egress_gossip_dropped_total{reason=\"auth_failed\"}"),
+        "{text}"
+    );
+    // A node without any key cannot join either.
+    let mut options = cluster.next_options();
+    options.name = "plain".into();
+    let plain = cluster.add_node_with(options).unwrap();
+    assert!(cluster.nodes[plain].log().contains("NO GOSSIP KEY"));
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch_until {
+        assert!(!names_seen_by(&cluster, 0).contains(&"plain".to_string()));
+    }
+}
+
+#[test]
+fn rotating_keys_node_by_node_keeps_the_fleet_whole() {
+    let (old, new) = (keygen(), keygen());
+    let mut cluster = Cluster::new().unwrap();
+    for _ in 0..3 {
+        let mut options = cluster.next_options();
+        options.config = with_keys(&cluster, "old.key", &[&old]);
+        cluster.add_node_with(options).unwrap();
+    }
+    cluster.wait_converged(CONVERGE).unwrap();
+    // 1. accept the new key everywhere (still sending with the old one),
+    // 2. send with the new key everywhere, 3. drop the old key.
+    for (step, keys) in [
+        ("both-old-first.key", vec![old.as_str(), new.as_str()]),
+        ("both-new-first.key", vec![new.as_str(), old.as_str()]),
+        ("new.key", vec![new.as_str()]),
+    ] {
+        let config = with_keys(&cluster, step, &keys);
+        for i in 0..3 {
+            cluster.nodes[i].options.config = config.clone();
+            cluster.restart(i).unwrap();
+            cluster.wait_converged(CONVERGE).unwrap_or_else(|e| panic!("{step}, node {i}: {e}"));
+        }
+    }
+}
