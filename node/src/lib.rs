@@ -4,7 +4,8 @@
 //! [`run`]. Planes (each `spawn(..) -> Handle` with an async `shutdown`):
 //! * [`gossip`]: chitchat membership and the zone view;
 //! * [`admin`]: the axum admin API;
-//! * [`forward`]: the sidecar-facing listener.
+//! * [`forward`]: the sidecar-facing listener;
+//! * [`store`]: the zone's resources, durable and replicated.
 //!
 //! Planes share state through `tokio::sync::watch` snapshots only.
 
@@ -18,6 +19,7 @@ pub mod forward;
 pub mod gossip;
 pub mod readiness;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 
 pub use server::{RuntimeInfo, VERSION, run};

@@ -11,8 +11,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod hlc;
 pub mod member;
 pub mod registration;
+pub mod resource;
 
 pub use member::{Member, MemberEntry, MemberState, Role, ZoneView};
 pub use registration::{Registration, ZoneEgress, ZoneIngress};

@@ -136,6 +136,13 @@ pub struct DrainConfig {
     pub grace: Duration,
 }
 
+/// Resource store settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// How long a delete's tombstone stays in gossip (it stays on disk after).
+    pub tombstone_ttl: Duration,
+}
+
 /// Logging settings.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -170,6 +177,8 @@ pub struct Config {
     pub limits: Limits,
     /// Draining.
     pub drain: DrainConfig,
+    /// Resource store.
+    pub store: StoreConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -228,7 +237,14 @@ struct RawConfig {
     data_dir: Option<PathBuf>,
     limits: Option<RawLimits>,
     drain: Option<RawDrain>,
+    store: Option<RawStore>,
     log: Option<RawLog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    tombstone_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -543,6 +559,16 @@ fn validate(raw: RawConfig, flags: &Overrides, origin: &str) -> Result<Config, C
         grace: duration(raw_drain.grace, "30s", origin, "drain.grace")?,
     };
 
+    let raw_store = raw.store.unwrap_or_default();
+    let store = StoreConfig {
+        tombstone_ttl: duration(
+            raw_store.tombstone_ttl,
+            "24h",
+            origin,
+            "store.tombstone_ttl",
+        )?,
+    };
+
     let raw_log = raw.log.unwrap_or_default();
     let format = match (flags.log_format, raw_log.format.as_deref()) {
         (Some(f), _) => f,
@@ -577,6 +603,7 @@ fn validate(raw: RawConfig, flags: &Overrides, origin: &str) -> Result<Config, C
         data_dir,
         limits,
         drain,
+        store,
         log: LogConfig {
             format,
             access: raw_log.access.unwrap_or(false),

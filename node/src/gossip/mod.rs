@@ -131,7 +131,7 @@ impl Handle {
     /// A cloneable handle that publishes keys of this node.
     pub fn publisher(&self) -> Publisher {
         Publisher {
-            chitchat: self.chitchat.chitchat(),
+            chitchat: Some(self.chitchat.chitchat()),
         }
     }
 
@@ -152,13 +152,21 @@ impl Handle {
 /// Publishes this node's keys; cheap to clone into tasks.
 #[derive(Clone)]
 pub struct Publisher {
-    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    chitchat: Option<Arc<tokio::sync::Mutex<chitchat::Chitchat>>>,
 }
 
 impl Publisher {
+    /// A publisher attached to no gossip member: publishes nothing (tests, tools).
+    pub fn detached() -> Publisher {
+        Publisher { chitchat: None }
+    }
+
     /// Sets keys of this node, leaving unchanged ones alone (no new version for them).
     pub async fn set(&self, keys: &[(&str, String)]) {
-        let mut c = self.chitchat.lock().await;
+        let Some(chitchat) = &self.chitchat else {
+            return;
+        };
+        let mut c = chitchat.lock().await;
         let state = c.self_node_state();
         for (k, v) in keys {
             if state.get(k) != Some(v.as_str()) {
@@ -169,7 +177,10 @@ impl Publisher {
 
     /// Sets and deletes keys of this node in one step (`None` deletes).
     pub async fn update(&self, keys: &[(String, Option<String>)]) {
-        let mut c = self.chitchat.lock().await;
+        let Some(chitchat) = &self.chitchat else {
+            return;
+        };
+        let mut c = chitchat.lock().await;
         let state = c.self_node_state();
         for (k, v) in keys {
             match v {

@@ -1,0 +1,563 @@
+//! Store plane: the zone's resources, durable on this node's disk and replicated by gossip.
+//!
+//! Flow of a write: the admin API hands a validated batch to [`Handle::apply`] → each change gets
+//! a hybrid-logical-clock timestamp → the batch is written to redb in one fsynced transaction
+//! ([`disk`]) → only then the in-memory map, the node's gossip keys (`r/<resource key>` =
+//! JSON of the versioned record) and the `watch` snapshot change, and the API answers.
+//!
+//! Flow of a remote write: the gossip plane streams other nodes' `r/` keys; each record is parsed
+//! (size checked first; the resource is validated again, a key that does not match its value is
+//! refused), merged last-writer-wins by timestamp (node name breaks ties, so every node picks the
+//! same winner), written to disk, and republished under this node's own keys. Every node thus
+//! gossips every resource it holds: a resource survives the loss of the node it was written to,
+//! and a node that joins later (or lost its disk) receives everything.
+//!
+//! Deletes are tombstones. After `tombstone_ttl` a tombstone leaves gossip (its chitchat key is
+//! deleted) but stays on disk as a small graveyard entry (key and timestamp), so an old copy
+//! coming back from a node that was away longer is still refused; when that happens the
+//! tombstone is published again, which also tells the returning node.
+
+pub mod disk;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use proto::hlc::{Clock, Timestamp, Versioned};
+use proto::resource::{Kind, Resource, ResourceKey};
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::gossip::{Publisher, RemoteRecord};
+use disk::{Disk, DiskError};
+
+/// Gossip key prefix of replicated records.
+pub const GOSSIP_PREFIX: &str = "r/";
+
+/// Largest resource accepted, as compact JSON: a gossiped value must fit one datagram with
+/// room to spare for the other keys of a delta (chitchat never sends a value that does not fit).
+pub const MAX_RESOURCE_BYTES: usize = 32 * 1024;
+
+const HLC_META: &str = "hlc";
+
+/// One stored record: a resource or its tombstone, with the write's timestamp.
+pub type Record = Versioned<Resource>;
+
+/// The live resources of the zone as this node holds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    by_key: BTreeMap<String, Resource>,
+}
+
+impl Resources {
+    /// One resource by key.
+    pub fn get(&self, key: &ResourceKey) -> Option<&Resource> {
+        self.by_key.get(&key.to_string())
+    }
+
+    /// Resources of a kind (and mesh, for mesh-scoped kinds), in key order.
+    pub fn list(&self, kind: Kind, mesh: Option<&str>) -> Vec<&Resource> {
+        self.by_key
+            .values()
+            .filter(|r| r.kind() == kind && (mesh.is_none() || r.mesh() == mesh))
+            .collect()
+    }
+
+    /// Number of resources of a kind.
+    pub fn count(&self, kind: Kind) -> usize {
+        self.by_key.values().filter(|r| r.kind() == kind).count()
+    }
+
+    /// Every resource.
+    pub fn iter(&self) -> impl Iterator<Item = &Resource> {
+        self.by_key.values()
+    }
+}
+
+/// One requested change.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Create or replace.
+    Put(Resource),
+    /// Delete.
+    Delete(ResourceKey),
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// It did not exist.
+    Created,
+    /// It existed and changed.
+    Updated,
+    /// It existed with the same content; nothing written.
+    Unchanged,
+    /// It was deleted.
+    Deleted,
+}
+
+/// The result of one change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Which resource.
+    pub key: ResourceKey,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Why a batch was refused; nothing of it was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The batch contradicts the zone's resources (client side).
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+    /// A deleted resource does not exist (client side).
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// The change conflicts with other resources (client side).
+    #[error("{0}")]
+    Conflict(String),
+    /// A resource is too large to replicate (client side).
+    #[error(
+        "{key} is {bytes} bytes as JSON; the limit is {limit} bytes (one gossip datagram)"
+    )]
+    TooLarge {
+        /// Which resource.
+        key: String,
+        /// Its encoded size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The disk write failed (internal side).
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+}
+
+/// What the store plane needs to start.
+pub struct Settings {
+    /// Data directory (the redb file lives there).
+    pub data_dir: PathBuf,
+    /// This node's name (HLC tie-break).
+    pub node: String,
+    /// How long tombstones stay in gossip.
+    pub tombstone_ttl: Duration,
+    /// Publishes this node's gossip keys.
+    pub publisher: Publisher,
+    /// Other nodes' `r/` keys.
+    pub remote_rx: mpsc::UnboundedReceiver<RemoteRecord>,
+}
+
+struct State {
+    records: BTreeMap<String, Record>,
+    /// Keys currently published in gossip, with when they were (re)published (ms): tombstones
+    /// leave gossip a TTL after the later of their write and their last publication.
+    published: HashMap<String, u64>,
+    clock: Clock,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    disk: Arc<Disk>,
+    publisher: Publisher,
+    snapshot_tx: watch::Sender<Arc<Resources>>,
+    tombstone_ttl: Duration,
+}
+
+/// Handle on the store plane.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+    tasks: Arc<Vec<JoinHandle<()>>>,
+}
+
+fn now_ms() -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn gossip_key(key: &str) -> String {
+    format!("{GOSSIP_PREFIX}{key}")
+}
+
+fn encode(record: &Record) -> String {
+    // invariant: resources and timestamps are plain data that always serialize.
+    serde_json::to_string(record).unwrap_or_default()
+}
+
+/// Opens the durable store, publishes what it holds and starts merging remote records.
+/// A corrupt or unreadable store is an error, never an empty start.
+pub async fn spawn(settings: Settings) -> Result<Handle, StoreError> {
+    let dir = settings.data_dir.clone();
+    let disk = tokio::task::spawn_blocking(move || Disk::open(&dir))
+        .await
+        .map_err(|e| DiskError::Io {
+            op: "open",
+            message: e.to_string(),
+        })??;
+    let rows = disk.load()?;
+    let now = now_ms();
+    let mut clock = Clock::new(settings.node.clone());
+    if let Some(raw) = disk.meta(HLC_META)? {
+        if let Ok(ts) = serde_json::from_slice::<Timestamp>(&raw) {
+            clock.observe(&ts, now);
+        }
+    }
+    let mut records = BTreeMap::new();
+    for (key, raw) in rows {
+        let record: Record = serde_json::from_slice(&raw).map_err(|e| DiskError::Open {
+            path: settings.data_dir.join(disk::FILE_NAME),
+            message: format!("record {key} is unreadable: {e}"),
+        })?;
+        clock.observe(&record.ts, now);
+        records.insert(key, record);
+    }
+    let ttl = settings.tombstone_ttl;
+    let mut published = HashMap::new();
+    let mut keys = Vec::new();
+    for (key, record) in &records {
+        if !expired(record, record.ts.wall_ms, now, ttl) {
+            published.insert(key.clone(), now);
+            keys.push((gossip_key(key), Some(encode(record))));
+        }
+    }
+    settings.publisher.update(&keys).await;
+    tracing::info!(
+        records = records.len(),
+        published = published.len(),
+        "store opened"
+    );
+    let (snapshot_tx, _) = watch::channel(Arc::new(live(&records)));
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            records,
+            published,
+            clock,
+        }),
+        disk: Arc::new(disk),
+        publisher: settings.publisher,
+        snapshot_tx,
+        tombstone_ttl: ttl,
+    });
+    shared.update_gauges(&*shared.state.lock().await);
+    let merge = tokio::spawn(merge_loop(shared.clone(), settings.remote_rx));
+    let gc = tokio::spawn(gc_loop(shared.clone()));
+    Ok(Handle {
+        shared,
+        tasks: Arc::new(vec![merge, gc]),
+    })
+}
+
+/// Whether a tombstone has been in gossip long enough: `since_ms` is when it was last
+/// published (or written).
+fn expired(record: &Record, since_ms: u64, now_ms: u64, ttl: Duration) -> bool {
+    let since = since_ms.max(record.ts.wall_ms);
+    record.is_tombstone()
+        && now_ms.saturating_sub(since) > u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn live(records: &BTreeMap<String, Record>) -> Resources {
+    Resources {
+        by_key: records
+            .iter()
+            .filter_map(|(k, r)| r.value.clone().map(|v| (k.clone(), v)))
+            .collect(),
+    }
+}
+
+impl Handle {
+    /// A receiver of resource snapshots.
+    pub fn snapshot(&self) -> watch::Receiver<Arc<Resources>> {
+        self.shared.snapshot_tx.subscribe()
+    }
+
+    /// Applies a batch all-or-nothing; answers once it is on disk.
+    pub async fn apply(&self, changes: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
+        let shared = &self.shared;
+        let mut state = shared.state.lock().await;
+        let current = live(&state.records);
+        check_references(&current, &changes)?;
+
+        let now = now_ms();
+        let mut applied = Vec::new();
+        let mut writes: Vec<(String, Record)> = Vec::new();
+        for change in changes {
+            match change {
+                Change::Put(resource) => {
+                    let key = resource.resource_key();
+                    let text_key = key.to_string();
+                    let bytes = resource.encoded_len();
+                    if bytes > MAX_RESOURCE_BYTES {
+                        return Err(StoreError::TooLarge {
+                            key: text_key,
+                            bytes,
+                            limit: MAX_RESOURCE_BYTES,
+                        });
+                    }
+                    let outcome = match current.by_key.get(&text_key) {
+                        Some(existing) if *existing == resource => Outcome::Unchanged,
+                        Some(_) => Outcome::Updated,
+                        None => Outcome::Created,
+                    };
+                    if outcome != Outcome::Unchanged {
+                        let ts = state.clock.tick(now);
+                        writes.push((text_key, Versioned::put(ts, resource)));
+                    }
+                    applied.push(Applied { key, outcome });
+                }
+                Change::Delete(key) => {
+                    let text_key = key.to_string();
+                    if !current.by_key.contains_key(&text_key) {
+                        return Err(StoreError::NotFound(text_key));
+                    }
+                    let ts = state.clock.tick(now);
+                    writes.push((text_key, Versioned::tombstone(ts)));
+                    applied.push(Applied {
+                        key,
+                        outcome: Outcome::Deleted,
+                    });
+                }
+            }
+        }
+        if !writes.is_empty() {
+            shared.commit(&mut state, writes, "local").await?;
+        }
+        Ok(applied)
+    }
+
+    /// Stops the background tasks.
+    pub async fn shutdown(self) {
+        for task in self.tasks.iter() {
+            task.abort();
+        }
+    }
+}
+
+/// Mesh-scoped resources need their mesh; a mesh with resources cannot be deleted.
+fn check_references(current: &Resources, changes: &[Change]) -> Result<(), StoreError> {
+    let mut meshes: HashSet<String> = current
+        .list(Kind::Mesh, None)
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    for change in changes {
+        if let Change::Put(r) = change {
+            if r.kind() == Kind::Mesh {
+                meshes.insert(r.name().to_string());
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for change in changes {
+        match change {
+            Change::Put(r) => {
+                if let Some(mesh) = r.mesh() {
+                    if !meshes.contains(mesh) {
+                        problems.push(format!(
+                            "{} {:?}: mesh {mesh:?} does not exist; apply the Mesh first",
+                            r.kind().as_str(),
+                            r.name()
+                        ));
+                    }
+                }
+            }
+            Change::Delete(key) if key.kind() == Kind::Mesh => {
+                let users: Vec<String> = current
+                    .iter()
+                    .filter(|r| r.mesh() == Some(key.name()))
+                    .filter(|r| {
+                        !changes.iter().any(
+                            |c| matches!(c, Change::Delete(k) if *k == r.resource_key()),
+                        )
+                    })
+                    .map(|r| format!("{} {}", r.kind().as_str(), r.name()))
+                    .collect();
+                if !users.is_empty() {
+                    return Err(StoreError::Conflict(format!(
+                        "mesh {:?} still has resources ({}); delete them first",
+                        key.name(),
+                        users.join(", ")
+                    )));
+                }
+            }
+            Change::Delete(_) => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(problems))
+    }
+}
+
+impl Shared {
+    /// Writes records to disk, then memory, gossip and the snapshot.
+    async fn commit(
+        &self,
+        state: &mut State,
+        writes: Vec<(String, Record)>,
+        origin: &'static str,
+    ) -> Result<(), StoreError> {
+        let rows: Vec<(String, Option<Vec<u8>>)> = writes
+            .iter()
+            .map(|(k, r)| (k.clone(), Some(encode(r).into_bytes())))
+            .collect();
+        let hlc = serde_json::to_vec(&state.clock.last()).unwrap_or_default();
+        let disk = self.disk.clone();
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || disk.write(&rows, &[(HLC_META, hlc)]))
+            .await
+            .map_err(|e| DiskError::Io {
+                op: "write",
+                message: e.to_string(),
+            })??;
+        metrics::histogram!("zone_egress_store_write_seconds", "origin" => origin)
+            .record(started.elapsed().as_secs_f64());
+        let mut keys = Vec::with_capacity(writes.len());
+        for (key, record) in writes {
+            keys.push((gossip_key(&key), Some(encode(&record))));
+            state.published.insert(key.clone(), now_ms());
+            state.records.insert(key, record);
+        }
+        self.publisher.update(&keys).await;
+        self.snapshot_tx.send_replace(Arc::new(live(&state.records)));
+        self.update_gauges(state);
+        Ok(())
+    }
+
+    fn update_gauges(&self, state: &State) {
+        let resources = live(&state.records);
+        for kind in [
+            Kind::Mesh,
+            Kind::ExternalService,
+            Kind::Dataplane,
+            Kind::ZoneIngress,
+        ] {
+            metrics::gauge!("zone_egress_resources", "type" => kind.as_str())
+                .set(resources.count(kind) as f64);
+        }
+        let tombstones = state.records.values().filter(|r| r.is_tombstone()).count();
+        metrics::gauge!("zone_egress_store_tombstones").set(tombstones as f64);
+    }
+}
+
+fn reject(reason: &'static str, record: &RemoteRecord, detail: &str) {
+    metrics::counter!("zone_egress_store_rejected_records_total", "reason" => reason).increment(1);
+    tracing::debug!(node = %record.node, key = %record.key, reason, detail, "refused a gossiped record");
+}
+
+/// Parses one gossiped record and checks it belongs under its key.
+fn parse_remote(record: &RemoteRecord) -> Option<(String, Record)> {
+    let key = record.key.strip_prefix(GOSSIP_PREFIX)?;
+    if record.value.len() > MAX_RESOURCE_BYTES + 1024 {
+        reject("oversized", record, "");
+        return None;
+    }
+    let Some(parsed_key) = ResourceKey::parse(key) else {
+        reject("bad_key", record, "");
+        return None;
+    };
+    let parsed: Record = match serde_json::from_str(&record.value) {
+        Ok(r) => r,
+        Err(e) => {
+            reject("invalid", record, &e.to_string());
+            return None;
+        }
+    };
+    if let Some(resource) = &parsed.value {
+        if resource.resource_key() != parsed_key {
+            reject("key_mismatch", record, "");
+            return None;
+        }
+    }
+    Some((key.to_string(), parsed))
+}
+
+async fn merge_loop(shared: Arc<Shared>, mut remote_rx: mpsc::UnboundedReceiver<RemoteRecord>) {
+    while let Some(first) = remote_rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match remote_rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut state = shared.state.lock().await;
+        let now = now_ms();
+        let mut winners: BTreeMap<String, Record> = BTreeMap::new();
+        let mut republish = Vec::new();
+        for remote in &batch {
+            let Some((key, record)) = parse_remote(remote) else {
+                continue;
+            };
+            let current = winners.get(&key).or_else(|| state.records.get(&key));
+            match current {
+                Some(c) if !record.wins_over(c) => {
+                    // Ours wins: make sure it is in gossip so the sender learns it too.
+                    if record.ts != c.ts && !state.published.contains_key(&key) {
+                        republish.push(key.clone());
+                    }
+                }
+                _ => {
+                    state.clock.observe(&record.ts, now);
+                    let lag_ms = now.saturating_sub(record.ts.wall_ms);
+                    metrics::histogram!("zone_egress_replication_lag_seconds")
+                        .record(lag_ms as f64 / 1000.0);
+                    winners.insert(key, record);
+                }
+            }
+        }
+        if !winners.is_empty() {
+            let writes: Vec<(String, Record)> = winners.into_iter().collect();
+            if let Err(e) = shared.commit(&mut state, writes, "gossip").await {
+                tracing::error!(error = %e, "cannot store replicated records");
+            }
+        }
+        if !republish.is_empty() {
+            let keys: Vec<(String, Option<String>)> = republish
+                .iter()
+                .filter_map(|k| state.records.get(k).map(|r| (gossip_key(k), Some(encode(r)))))
+                .collect();
+            for k in republish {
+                state.published.insert(k, now);
+            }
+            shared.publisher.update(&keys).await;
+        }
+    }
+}
+
+/// Takes tombstones past their TTL out of gossip (they stay on disk).
+async fn gc_loop(shared: Arc<Shared>) {
+    let period = (shared.tombstone_ttl / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let mut state = shared.state.lock().await;
+        let now = now_ms();
+        let expired_keys: Vec<String> = state
+            .published
+            .iter()
+            .filter(|(k, since)| {
+                state
+                    .records
+                    .get(*k)
+                    .is_some_and(|r| expired(r, **since, now, shared.tombstone_ttl))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if expired_keys.is_empty() {
+            continue;
+        }
+        let keys: Vec<(String, Option<String>)> =
+            expired_keys.iter().map(|k| (gossip_key(k), None)).collect();
+        for k in &expired_keys {
+            state.published.remove(k);
+        }
+        shared.publisher.update(&keys).await;
+        tracing::debug!(count = keys.len(), "tombstones left gossip");
+    }
+}

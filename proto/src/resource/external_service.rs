@@ -1,0 +1,276 @@
+//! `ExternalService`: a service outside the mesh that sidecars reach through the egress.
+//!
+//! ```yaml
+//! type: ExternalService
+//! mesh: default
+//! name: httpbin
+//! tags: { kuma.io/service: httpbin, kuma.io/protocol: tcp }
+//! networking:
+//!   address: httpbin.example.org:443
+//!   tls: { enabled: true, serverName: httpbin.example.org, caCert: { file: /etc/ssl/ca.pem } }
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::Meta;
+use super::error::{Checker, Problem};
+use super::fields::{Host, HostPort, Name, ServiceTags};
+use super::secret::{DataSource, RawDataSource};
+
+/// A validated `ExternalService`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename = "ExternalService")]
+pub struct ExternalService {
+    /// Mesh the service belongs to.
+    pub mesh: Name,
+    /// Resource name; the service name in the hashed SNI.
+    pub name: Name,
+    /// Tags, with `kuma.io/service`.
+    pub tags: ServiceTags,
+    /// Where the service is.
+    pub networking: ExternalNetworking,
+}
+
+impl ExternalService {
+    /// The `kuma.io/service` tag.
+    pub fn service(&self) -> &str {
+        self.tags.service()
+    }
+
+    /// Port of `networking.address` (the port in the hashed SNI).
+    pub fn port(&self) -> u16 {
+        self.networking.address.port.get()
+    }
+}
+
+/// `networking` of an external service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExternalNetworking {
+    /// `host:port` the egress dials.
+    pub address: HostPort,
+    /// TLS origination towards the service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ExternalTls>,
+}
+
+/// `networking.tls` of an external service: how the egress originates TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalTls {
+    /// Originate TLS at all.
+    pub enabled: bool,
+    /// SNI and name to verify; defaults to the address host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<Host>,
+    /// CA to verify the service with; the system roots when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<DataSource>,
+    /// Client certificate and key presented to the service.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientIdentity>,
+    /// Allow TLS renegotiation.
+    #[serde(skip_serializing_if = "is_false")]
+    pub allow_renegotiation: bool,
+    /// Do not check the service certificate's name.
+    #[serde(skip_serializing_if = "is_false")]
+    pub skip_hostname_verification: bool,
+}
+
+/// `clientCert` and `clientKey`, which come together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIdentity {
+    /// Certificate chain (PEM).
+    pub client_cert: DataSource,
+    /// Private key (PEM).
+    pub client_key: DataSource,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// The fields of an `ExternalService` document besides `type`, `mesh` and `name`, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawExternalService {
+    tags: BTreeMap<String, String>,
+    networking: RawNetworking,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetworking {
+    address: String,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawTls {
+    #[serde(default)]
+    enabled: bool,
+    server_name: Option<String>,
+    ca_cert: Option<RawDataSource>,
+    client_cert: Option<RawDataSource>,
+    client_key: Option<RawDataSource>,
+    #[serde(default)]
+    allow_renegotiation: bool,
+    #[serde(default)]
+    skip_hostname_verification: bool,
+}
+
+/// Validates an `ExternalService`; every problem is recorded in `checker`.
+pub(crate) fn validate(
+    meta: &Meta,
+    raw: RawExternalService,
+    checker: &mut Checker,
+) -> Option<ExternalService> {
+    let tags = checker.check("tags", ServiceTags::parse(raw.tags));
+    let address = checker.check(
+        "networking.address",
+        HostPort::parse(&raw.networking.address),
+    );
+    let tls = match raw.networking.tls {
+        None => Some(None),
+        Some(tls) => validate_tls(tls, checker).map(Some),
+    };
+    Some(ExternalService {
+        mesh: meta.mesh.clone()?,
+        name: meta.name.clone()?,
+        tags: tags?,
+        networking: ExternalNetworking {
+            address: address?,
+            tls: tls?,
+        },
+    })
+}
+
+fn validate_tls(raw: RawTls, checker: &mut Checker) -> Option<ExternalTls> {
+    let mut valid = true;
+    let server_name = match raw.server_name {
+        None => None,
+        Some(name) if name.is_empty() => {
+            checker.problem("networking.tls.serverName", Problem::Empty("serverName"));
+            valid = false;
+            None
+        }
+        Some(name) => {
+            let host = checker.check("networking.tls.serverName", Host::parse(&name));
+            valid &= host.is_some();
+            host
+        }
+    };
+    let mut source = |field: &str, raw: Option<RawDataSource>| match raw {
+        None => Some(None),
+        Some(raw) => {
+            let path = format!("networking.tls.{field}");
+            checker.check(path, DataSource::from_raw(raw)).map(Some)
+        }
+    };
+    let ca_cert = source("caCert", raw.ca_cert);
+    let client_cert = source("clientCert", raw.client_cert);
+    let client_key = source("clientKey", raw.client_key);
+    let client = match (client_cert?, client_key?) {
+        (None, None) => None,
+        (Some(client_cert), Some(client_key)) => Some(ClientIdentity {
+            client_cert,
+            client_key,
+        }),
+        _ => {
+            checker.problem("networking.tls", Problem::ClientPairIncomplete);
+            return None;
+        }
+    };
+    if !valid {
+        return None;
+    }
+    Some(ExternalTls {
+        enabled: raw.enabled,
+        server_name,
+        ca_cert: ca_cert?,
+        client,
+        allow_renegotiation: raw.allow_renegotiation,
+        skip_hostname_verification: raw.skip_hostname_verification,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::assert_error;
+    use super::super::{Resource, parse_documents};
+
+    fn es(tls: &str) -> String {
+        format!(
+            "type: ExternalService\nmesh: m\nname: e\ntags: {{ kuma.io/service: e }}\n\
+             networking: {{ address: 'e.org:443', tls: {tls} }}\n"
+        )
+    }
+
+    #[test]
+    fn plain_tcp_has_no_tls() {
+        let text = "type: ExternalService\nmesh: m\nname: e\ntags: { kuma.io/service: e }\nnetworking: { address: '10.1.2.3:5432' }\n";
+        let resources = parse_documents(text).unwrap();
+        let Resource::ExternalService(es) = &resources[0] else {
+            panic!("not an external service")
+        };
+        assert_eq!(es.networking.tls, None);
+        assert_eq!(es.port(), 5432);
+    }
+
+    #[test]
+    fn tls_defaults_are_off() {
+        let resources = parse_documents(&es("{ enabled: true }")).unwrap();
+        let Resource::ExternalService(es) = &resources[0] else {
+            panic!("not an external service")
+        };
+        let tls = es.networking.tls.as_ref().unwrap();
+        assert!(tls.enabled && !tls.allow_renegotiation && !tls.skip_hostname_verification);
+        assert_eq!(
+            (
+                tls.server_name.as_ref(),
+                tls.ca_cert.as_ref(),
+                tls.client.as_ref()
+            ),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn tls_problems() {
+        assert_error(
+            &es("{ enabled: true, clientCert: { file: /c } }"),
+            &["networking.tls: `clientCert` and `clientKey` must be given together"],
+        );
+        assert_error(
+            &es("{ enabled: true, serverName: '' }"),
+            &["networking.tls.serverName: `serverName` must not be empty"],
+        );
+        assert_error(
+            &es("{ enabled: true, serverName: 'not a name' }"),
+            &["networking.tls.serverName: `not a name` is neither an IP address nor a DNS name"],
+        );
+        assert_error(
+            &es("{ enabled: true, caCert: { inlineString: '' } }"),
+            &["networking.tls.caCert: `inlineString` must not be empty"],
+        );
+        assert_error(
+            &es("{ enabled: true, caCert: {} }"),
+            &["networking.tls.caCert: exactly one of"],
+        );
+    }
+
+    #[test]
+    fn tags_and_networking_are_required() {
+        assert_error(
+            "type: ExternalService\nmesh: m\nname: e\nnetworking: { address: 'e.org:443' }\n",
+            &["tags: missing field `tags`"],
+        );
+        assert_error(
+            "type: ExternalService\nmesh: m\nname: e\ntags: { kuma.io/service: e }\nnetworking: {}\n",
+            &["networking.address: missing field `address`"],
+        );
+    }
+}

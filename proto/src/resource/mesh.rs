@@ -1,0 +1,400 @@
+//! `Mesh`: a tenant with its own CA (`mtls`) and routing flags (`routing`).
+//!
+//! ```yaml
+//! type: Mesh
+//! name: default
+//! mtls:
+//!   enabledBackend: ca-1
+//!   backends:
+//!     - name: ca-1
+//!       type: provided
+//!       conf: { cert: { file: /etc/ze/ca.pem }, key: { file: /etc/ze/ca.key } }
+//! routing: { zoneEgress: true, localityAwareLoadBalancing: false }
+//! ```
+
+use std::collections::BTreeSet;
+
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::Meta;
+use super::error::{Checker, Problem, echo};
+use super::fields::Name;
+use super::secret::{DataSource, RawDataSource};
+
+/// A validated `Mesh`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename = "Mesh", rename_all = "camelCase")]
+pub struct Mesh {
+    /// Mesh name.
+    pub name: Name,
+    /// The mesh's CA; egress routing needs an enabled backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<Mtls>,
+    /// Routing flags.
+    #[serde(skip_serializing_if = "Routing::is_default")]
+    pub routing: Routing,
+}
+
+impl Mesh {
+    /// The enabled CA backend, when mTLS is on.
+    pub fn enabled_ca(&self) -> Option<&CaBackend> {
+        self.mtls.as_ref().and_then(Mtls::enabled)
+    }
+}
+
+/// `mtls` of a mesh: the CA backends, at most one of them enabled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mtls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enabled_backend: Option<Name>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    backends: Vec<CaBackend>,
+}
+
+impl Mtls {
+    /// Backends with distinct names; `enabled_backend`, when given, must name one of them.
+    pub fn new(enabled_backend: Option<Name>, backends: Vec<CaBackend>) -> Result<Mtls, Problem> {
+        let mut seen = BTreeSet::new();
+        for backend in &backends {
+            if !seen.insert(&backend.name) {
+                return Err(Problem::DuplicateBackend(backend.name.to_string()));
+            }
+        }
+        if let Some(enabled) = &enabled_backend {
+            if !seen.contains(enabled) {
+                return Err(Problem::UnknownBackend(enabled.to_string()));
+            }
+        }
+        Ok(Mtls {
+            enabled_backend,
+            backends,
+        })
+    }
+
+    /// Name of the enabled backend; `None` means mTLS is off.
+    pub fn enabled_backend(&self) -> Option<&Name> {
+        self.enabled_backend.as_ref()
+    }
+
+    /// All backends, in document order.
+    pub fn backends(&self) -> &[CaBackend] {
+        &self.backends
+    }
+
+    /// The enabled backend.
+    pub fn enabled(&self) -> Option<&CaBackend> {
+        let enabled = self.enabled_backend.as_ref()?;
+        self.backends.iter().find(|b| &b.name == enabled)
+    }
+}
+
+/// One CA backend of a mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBackend {
+    /// Backend name, unique in the mesh.
+    pub name: Name,
+    /// Where the CA comes from.
+    pub kind: CaKind,
+}
+
+/// Where a mesh CA comes from (`type` and `conf` of a backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaKind {
+    /// `type: provided`: the operator gives the CA certificate and key.
+    Provided {
+        /// CA certificate (PEM).
+        cert: DataSource,
+        /// CA private key (PEM).
+        key: DataSource,
+    },
+    /// `type: builtin`: the fleet generates the CA itself.
+    Builtin,
+}
+
+impl Serialize for CaBackend {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Conf<'a> {
+            cert: &'a DataSource,
+            key: &'a DataSource,
+        }
+        let fields = if matches!(self.kind, CaKind::Builtin) {
+            2
+        } else {
+            3
+        };
+        let mut s = serializer.serialize_struct("CaBackend", fields)?;
+        s.serialize_field("name", &self.name)?;
+        match &self.kind {
+            CaKind::Provided { cert, key } => {
+                s.serialize_field("type", "provided")?;
+                s.serialize_field("conf", &Conf { cert, key })?;
+            }
+            CaKind::Builtin => s.serialize_field("type", "builtin")?,
+        }
+        s.end()
+    }
+}
+
+/// `routing` of a mesh.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Routing {
+    /// Sidecars must reach other zones and external services through a zone egress.
+    #[serde(skip_serializing_if = "is_false")]
+    pub zone_egress: bool,
+    /// Prefer endpoints in the caller's zone.
+    #[serde(skip_serializing_if = "is_false")]
+    pub locality_aware_load_balancing: bool,
+}
+
+impl Routing {
+    fn is_default(&self) -> bool {
+        *self == Routing::default()
+    }
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// The fields of a `Mesh` document besides `type` and `name`, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMesh {
+    mtls: Option<RawMtls>,
+    routing: Option<RawRouting>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawMtls {
+    enabled_backend: Option<String>,
+    #[serde(default)]
+    backends: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: String,
+    #[serde(rename = "type")]
+    kind: RawCaType,
+    conf: Option<RawConf>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawCaType {
+    Provided,
+    Builtin,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConf {
+    cert: Option<RawDataSource>,
+    key: Option<RawDataSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRouting {
+    #[serde(default)]
+    zone_egress: bool,
+    #[serde(default)]
+    locality_aware_load_balancing: bool,
+}
+
+/// Validates a `Mesh`; every problem is recorded in `checker`.
+pub(crate) fn validate(meta: &Meta, raw: RawMesh, checker: &mut Checker) -> Option<Mesh> {
+    let mtls = match raw.mtls {
+        None => Some(None),
+        Some(mtls) => validate_mtls(mtls, checker).map(Some),
+    };
+    let routing = raw
+        .routing
+        .map(|r| Routing {
+            zone_egress: r.zone_egress,
+            locality_aware_load_balancing: r.locality_aware_load_balancing,
+        })
+        .unwrap_or_default();
+    Some(Mesh {
+        name: meta.name.clone()?,
+        mtls: mtls?,
+        routing,
+    })
+}
+
+fn validate_mtls(raw: RawMtls, checker: &mut Checker) -> Option<Mtls> {
+    let mut backends = Vec::new();
+    let mut all_valid = true;
+    let mut seen = BTreeSet::new();
+    for (i, backend) in raw.backends.into_iter().enumerate() {
+        let path = format!("mtls.backends[{i}]");
+        let name = checker.check(format!("{path}.name"), Name::parse(&backend.name));
+        if let Some(name) = &name {
+            if !seen.insert(name.clone()) {
+                checker.problem(
+                    format!("{path}.name"),
+                    Problem::DuplicateBackend(name.to_string()),
+                );
+                all_valid = false;
+            }
+        }
+        let conf = backend.conf.unwrap_or_default();
+        let kind = match backend.kind {
+            RawCaType::Provided => {
+                let mut source = |field: &str, raw: Option<RawDataSource>| match raw {
+                    None => {
+                        checker.problem(
+                            format!("{path}.conf.{field}"),
+                            Problem::MissingField(field.into()),
+                        );
+                        None
+                    }
+                    Some(raw) => {
+                        checker.check(format!("{path}.conf.{field}"), DataSource::from_raw(raw))
+                    }
+                };
+                let cert = source("cert", conf.cert);
+                let key = source("key", conf.key);
+                cert.zip(key)
+                    .map(|(cert, key)| CaKind::Provided { cert, key })
+            }
+            RawCaType::Builtin if conf.cert.is_some() || conf.key.is_some() => {
+                checker.problem(format!("{path}.conf"), Problem::BuiltinConf);
+                None
+            }
+            RawCaType::Builtin => Some(CaKind::Builtin),
+        };
+        match name.zip(kind) {
+            Some((name, kind)) => backends.push(CaBackend { name, kind }),
+            None => all_valid = false,
+        }
+    }
+    let enabled = raw.enabled_backend.filter(|e| !e.is_empty());
+    if !all_valid {
+        return None;
+    }
+    let enabled = match enabled {
+        None => None,
+        Some(enabled) => match backends.iter().find(|b| b.name == enabled.as_str()) {
+            Some(backend) => Some(backend.name.clone()),
+            None => {
+                checker.problem(
+                    "mtls.enabledBackend",
+                    Problem::UnknownBackend(echo(&enabled)),
+                );
+                return None;
+            }
+        },
+    };
+    checker.check("mtls", Mtls::new(enabled, backends))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::assert_error;
+    use super::super::{Resource, parse_documents};
+    use super::*;
+
+    fn mesh(mtls: &str) -> String {
+        format!("type: Mesh\nname: m\nmtls:\n{mtls}")
+    }
+
+    #[test]
+    fn a_mesh_without_mtls_has_no_ca() {
+        let resources = parse_documents("type: Mesh\nname: m\n").unwrap();
+        let Resource::Mesh(mesh) = &resources[0] else {
+            panic!("not a mesh")
+        };
+        assert_eq!(mesh.mtls, None);
+        assert_eq!(mesh.enabled_ca(), None);
+        assert_eq!(mesh.routing, Routing::default());
+        assert_eq!(resources[0].to_json(), r#"{"type":"Mesh","name":"m"}"#);
+    }
+
+    #[test]
+    fn an_empty_enabled_backend_means_mtls_off() {
+        let text = mesh("  enabledBackend: ''\n  backends: [ { name: ca-1, type: builtin } ]\n");
+        let resources = parse_documents(&text).unwrap();
+        let Resource::Mesh(mesh) = &resources[0] else {
+            panic!("not a mesh")
+        };
+        assert_eq!(mesh.enabled_ca(), None);
+        assert_eq!(mesh.mtls.as_ref().unwrap().backends().len(), 1);
+    }
+
+    #[test]
+    fn backend_problems() {
+        assert_error(
+            &mesh("  enabledBackend: ca-2\n  backends: [ { name: ca-1, type: builtin } ]\n"),
+            &["mtls.enabledBackend: enabledBackend `ca-2` is not one of the backends"],
+        );
+        assert_error(
+            &mesh("  backends: [ { name: ca-1, type: builtin }, { name: ca-1, type: builtin } ]\n"),
+            &["mtls.backends[1].name: duplicate backend `ca-1`"],
+        );
+        assert_error(
+            &mesh("  backends: [ { name: ca-1, type: provided, conf: { cert: { file: /c } } } ]\n"),
+            &["mtls.backends[0].conf.key: missing field `key`"],
+        );
+        assert_error(
+            &mesh("  backends: [ { name: ca-1, type: builtin, conf: { cert: { file: /c } } } ]\n"),
+            &["mtls.backends[0].conf: a `builtin` backend takes no `conf.cert` or `conf.key`"],
+        );
+        assert_error(
+            &mesh("  backends: [ { name: ca-1, type: vault } ]\n"),
+            &["mtls.backends[0].type: unknown variant `vault`, expected `provided` or `builtin`"],
+        );
+        assert_error(
+            &mesh(
+                "  backends: [ { name: ca-1, type: provided, conf: { cert: { file: /c, inline: eA== }, key: { file: /k } } } ]\n",
+            ),
+            &[
+                "mtls.backends[0].conf.cert: exactly one of `file`, `inline`, `inlineString` is required",
+            ],
+        );
+        assert_error(
+            &mesh(
+                "  backends: [ { name: ca-1, type: provided, conf: { cert: { inline: '%%' }, key: { file: /k } } } ]\n",
+            ),
+            &["mtls.backends[0].conf.cert: `inline` is not valid base64"],
+        );
+        assert_error(
+            &mesh(
+                "  backends: [ { name: ca-1, type: provided, conf: { cert: { path: /c }, key: { file: /k } } } ]\n",
+            ),
+            &["mtls.backends[0].conf.cert.path: unknown field `path`"],
+        );
+        assert_error(
+            &mesh("  backends: [ { name: CA, type: builtin } ]\n"),
+            &["mtls.backends[0].name: invalid name `CA`"],
+        );
+        assert_error(
+            "type: Mesh\nname: m\nrouting: { zoneEgress: 'yes' }\n",
+            &["routing.zoneEgress: invalid type: string"],
+        );
+    }
+
+    #[test]
+    fn mtls_new_checks_its_invariants() {
+        let backend = |name: &str| CaBackend {
+            name: Name::parse(name).unwrap(),
+            kind: CaKind::Builtin,
+        };
+        let name = |n: &str| Some(Name::parse(n).unwrap());
+        assert!(Mtls::new(name("a"), vec![backend("a")]).is_ok());
+        assert_eq!(
+            Mtls::new(name("b"), vec![backend("a")]),
+            Err(Problem::UnknownBackend("b".into()))
+        );
+        assert_eq!(
+            Mtls::new(None, vec![backend("a"), backend("a")]),
+            Err(Problem::DuplicateBackend("a".into()))
+        );
+    }
+}
