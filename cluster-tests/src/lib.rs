@@ -169,6 +169,58 @@ pub fn post_json(admin_url: &str, path: &str, token: Option<&str>) -> anyhow::Re
     Ok((status, value))
 }
 
+/// Sends a request with an optional body (`Content-Type` given) and bearer token; returns the
+/// status and the JSON answer.
+pub fn request(
+    method: &str,
+    url: &str,
+    body: Option<(&str, &[u8])>,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, Value)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let result = match method {
+        "GET" | "DELETE" => {
+            let mut req = if method == "GET" {
+                agent.get(url)
+            } else {
+                agent.delete(url)
+            };
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        }
+        _ => {
+            let mut req = if method == "PUT" {
+                agent.put(url)
+            } else {
+                agent.post(url)
+            };
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            match body {
+                Some((content_type, bytes)) => req.header("Content-Type", content_type).send(bytes),
+                None => req.send_empty(),
+            }
+        }
+    };
+    let mut resp = result.with_context(|| format!("{method} {url}"))?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_string()?;
+    let value = serde_json::from_str(&text).with_context(|| format!("{url}: not JSON: {text}"))?;
+    Ok((status, value))
+}
+
 impl Cluster {
     /// An empty cluster of zone `zone-a`.
     pub fn new() -> anyhow::Result<Cluster> {

@@ -8,7 +8,10 @@ use cluster_tests::{Cluster, TEST_CONFIG, binary, get_json};
 const CONVERGE: Duration = Duration::from_secs(30);
 
 fn keygen() -> String {
-    let out = Command::new(binary().unwrap()).arg("keygen").output().unwrap();
+    let out = Command::new(binary().unwrap())
+        .arg("keygen")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(key.len(), 44, "{key}");
@@ -101,7 +104,9 @@ fn rotating_keys_node_by_node_keeps_the_fleet_whole() {
         for i in 0..3 {
             cluster.nodes[i].options.config = config.clone();
             cluster.restart(i).unwrap();
-            cluster.wait_converged(CONVERGE).unwrap_or_else(|e| panic!("{step}, node {i}: {e}"));
+            cluster
+                .wait_converged(CONVERGE)
+                .unwrap_or_else(|e| panic!("{step}, node {i}: {e}"));
         }
     }
 }

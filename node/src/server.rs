@@ -28,7 +28,7 @@ use crate::admin::{AdminState, NodeInfo};
 use crate::config::Config;
 use crate::gossip::{self, ZoneSnapshot};
 use crate::readiness::Readiness;
-use crate::{forward, telemetry};
+use crate::{forward, store, telemetry};
 
 /// Build version reported in gossip, `/metrics` and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -120,6 +120,20 @@ pub async fn run(
     .await
     .context("cannot start gossip")?;
 
+    let (remote_rx, remote_task) = gossip.subscribe_prefix(
+        store::GOSSIP_PREFIX,
+        config.gossip.interval.min(Duration::from_millis(100)),
+    );
+    let store = store::spawn(store::Settings {
+        data_dir: config.data_dir.clone(),
+        node: config.name.clone(),
+        tombstone_ttl: config.store.tombstone_ttl,
+        publisher: gossip.publisher(),
+        remote_rx,
+    })
+    .await
+    .context("cannot open the resource store")?;
+
     let (readiness_tx, readiness_rx) = watch::channel(Readiness::default());
     let (drain_tx, mut drain_rx) = watch::channel(false);
     let admin = crate::admin::spawn(
@@ -134,6 +148,8 @@ pub async fn run(
             readiness_rx,
             drain_tx: Arc::new(drain_tx),
             token: config.admin.token.clone(),
+            resources_rx: store.snapshot(),
+            store: store.clone(),
             metrics: Arc::new(move || prometheus.render()),
             started,
         },
@@ -224,6 +240,8 @@ pub async fn run(
     }
     readiness.abort();
     publish.abort();
+    remote_task.abort();
+    store.shutdown().await;
     admin.shutdown().await;
     gossip.shutdown().await;
     let _ = std::fs::remove_file(config.data_dir.join("node.json"));

@@ -5,11 +5,13 @@
 //! Answers are JSON; errors are `{"error": "...", "details": [...]}`. Writes need
 //! `Authorization: Bearer <token>` whenever a token is configured.
 
+mod resources;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +24,8 @@ use tokio::task::JoinHandle;
 use crate::config::Secret;
 use crate::gossip::ZoneSnapshot;
 use crate::readiness::Readiness;
+use crate::store::{self, Resources};
+pub use resources::{Authorized, MAX_BODY_BYTES};
 
 /// Facts about this node that the admin API reports.
 #[derive(Debug, Clone)]
@@ -47,6 +51,10 @@ pub struct AdminState {
     pub drain_tx: Arc<watch::Sender<bool>>,
     /// Bearer token for writes.
     pub token: Option<Secret>,
+    /// The resource store (writes).
+    pub store: store::Handle,
+    /// Resource snapshots (reads).
+    pub resources_rx: watch::Receiver<Arc<Resources>>,
     /// Renders `/metrics`.
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
     /// When the process started (for `/live`).
@@ -90,9 +98,6 @@ impl IntoResponse for ApiError {
 
 /// The admin API routes.
 pub fn router(state: AdminState) -> Router {
-    let writes = Router::new()
-        .route("/v1/drain", post(drain))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/live", get(live))
         .route("/ready", get(ready))
@@ -100,7 +105,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/members", get(members))
         .route("/v1/zone-egresses", get(zone_egresses))
         .route("/v1/zone-ingresses", get(zone_ingresses))
-        .merge(writes)
+        .route("/v1/drain", post(drain))
+        .merge(resources::routes())
         .fallback(not_found)
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
@@ -153,44 +159,6 @@ async fn count_requests(request: Request, next: Next) -> Response {
     response
 }
 
-async fn require_token(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if let Some(token) = &state.token {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match presented {
-            None => {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "this write needs an Authorization: Bearer <admin token> header",
-                ));
-            }
-            Some(p) if !constant_time_eq(p.as_bytes(), token.expose().as_bytes()) => {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "the bearer token does not match the node's admin token",
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(next.run(request).await)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn live(State(state): State<AdminState>) -> Json<serde_json::Value> {
     Json(json!({
         "live": true,
@@ -238,17 +206,27 @@ async fn zone_egresses(State(state): State<AdminState>) -> Json<Vec<Registration
     )
 }
 
-async fn zone_ingresses(State(state): State<AdminState>) -> Json<Vec<Registration>> {
-    let view = &state.zone_rx.borrow().view;
-    Json(
-        view.zone_ingresses()
+/// The zone's own ingress nodes (self-registered), then the static remote ingresses.
+async fn zone_ingresses(State(state): State<AdminState>) -> Json<Vec<serde_json::Value>> {
+    let mut out: Vec<serde_json::Value> = state
+        .zone_rx
+        .borrow()
+        .view
+        .zone_ingresses()
+        .into_iter()
+        .map(|r| json!(Registration::ZoneIngress(r)))
+        .collect();
+    let resources = state.resources_rx.borrow().clone();
+    out.extend(
+        resources
+            .list(proto::resource::Kind::ZoneIngress, None)
             .into_iter()
-            .map(Registration::ZoneIngress)
-            .collect(),
-    )
+            .map(|r| json!(r)),
+    );
+    Json(out)
 }
 
-async fn drain(State(state): State<AdminState>) -> Response {
+async fn drain(_auth: Authorized, State(state): State<AdminState>) -> Response {
     let already = state.drain_tx.send_replace(true);
     tracing::info!(already, "drain requested through the admin API");
     (
@@ -271,7 +249,7 @@ mod tests {
 
     use super::*;
 
-    fn state(token: Option<&str>) -> (AdminState, watch::Sender<Readiness>) {
+    async fn state(token: Option<&str>) -> (AdminState, watch::Sender<Readiness>) {
         let reg = r#"{"type":"ZoneEgress","name":"e1","zone":"z","networking":{"address":"127.0.0.1","port":10002,"admin":{"port":9901}}}"#;
         let entry = MemberEntry {
             name: "e1".into(),
@@ -298,7 +276,21 @@ mod tests {
         std::mem::forget(_zone_tx);
         let (readiness_tx, readiness_rx) = watch::channel(Readiness::default());
         let (drain_tx, _) = watch::channel(false);
+        let dir = tempfile::tempdir().unwrap().keep();
+        let (_remote_tx, remote_rx) = tokio::sync::mpsc::unbounded_channel();
+        std::mem::forget(_remote_tx);
+        let store = store::spawn(store::Settings {
+            data_dir: dir,
+            node: "e1".into(),
+            tombstone_ttl: std::time::Duration::from_secs(3600),
+            publisher: crate::gossip::Publisher::detached(),
+            remote_rx,
+        })
+        .await
+        .unwrap();
         let state = AdminState {
+            resources_rx: store.snapshot(),
+            store,
             node: NodeInfo {
                 name: "e1".into(),
                 zone: "z".into(),
@@ -335,7 +327,7 @@ mod tests {
 
     #[tokio::test]
     async fn zone_egresses_are_in_the_seed_shape() {
-        let (state, _r) = state(None);
+        let (state, _r) = state(None).await;
         let (status, body) = call(&state, "GET", "/v1/zone-egresses", None).await;
         assert_eq!(status, StatusCode::OK);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -348,7 +340,7 @@ mod tests {
 
     #[tokio::test]
     async fn members_list_state_and_role() {
-        let (state, _r) = state(None);
+        let (state, _r) = state(None).await;
         let (_, body) = call(&state, "GET", "/v1/members", None).await;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v[0]["name"], "e1");
@@ -359,7 +351,7 @@ mod tests {
 
     #[tokio::test]
     async fn ready_follows_readiness_with_reasons() {
-        let (state, readiness_tx) = state(None);
+        let (state, readiness_tx) = state(None).await;
         let (status, body) = call(&state, "GET", "/ready", None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("reasons"), "{body}");
@@ -376,7 +368,7 @@ mod tests {
 
     #[tokio::test]
     async fn drain_needs_the_token_when_one_is_set() {
-        let (state, _r) = state(Some("s3cret"));
+        let (state, _r) = state(Some("s3cret")).await;
         let (status, body) = call(&state, "POST", "/v1/drain", None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert!(body.contains("\"error\""), "{body}");
@@ -390,7 +382,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_paths_are_json_404() {
-        let (state, _r) = state(None);
+        let (state, _r) = state(None).await;
         let (status, body) = call(&state, "GET", "/v1/nope", None).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(body.contains("no such admin endpoint"));

@@ -64,7 +64,8 @@ impl Disk {
         {
             txn.open_table(RECORDS)
                 .map_err(|e| open_error(e.to_string()))?;
-            txn.open_table(META).map_err(|e| open_error(e.to_string()))?;
+            txn.open_table(META)
+                .map_err(|e| open_error(e.to_string()))?;
         }
         txn.commit().map_err(|e| open_error(e.to_string()))?;
         let disk = Disk { db };
@@ -157,6 +158,9 @@ mod tests {
         std::fs::write(dir.path().join(FILE_NAME), vec![0x5au8; 8192]).unwrap();
         let err = Disk::open(dir.path()).err().expect("must fail");
         let text = err.to_string();
-        assert!(text.contains("cannot open the store") && text.contains(FILE_NAME), "{text}");
+        assert!(
+            text.contains("cannot open the store") && text.contains(FILE_NAME),
+            "{text}"
+        );
     }
 }

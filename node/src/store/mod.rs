@@ -120,9 +120,7 @@ pub enum StoreError {
     #[error("{0}")]
     Conflict(String),
     /// A resource is too large to replicate (client side).
-    #[error(
-        "{key} is {bytes} bytes as JSON; the limit is {limit} bytes (one gossip datagram)"
-    )]
+    #[error("{key} is {bytes} bytes as JSON; the limit is {limit} bytes (one gossip datagram)")]
     TooLarge {
         /// Which resource.
         key: String,
@@ -370,9 +368,9 @@ fn check_references(current: &Resources, changes: &[Change]) -> Result<(), Store
                     .iter()
                     .filter(|r| r.mesh() == Some(key.name()))
                     .filter(|r| {
-                        !changes.iter().any(
-                            |c| matches!(c, Change::Delete(k) if *k == r.resource_key()),
-                        )
+                        !changes
+                            .iter()
+                            .any(|c| matches!(c, Change::Delete(k) if *k == r.resource_key()))
                     })
                     .map(|r| format!("{} {}", r.kind().as_str(), r.name()))
                     .collect();
@@ -424,7 +422,8 @@ impl Shared {
             state.records.insert(key, record);
         }
         self.publisher.update(&keys).await;
-        self.snapshot_tx.send_replace(Arc::new(live(&state.records)));
+        self.snapshot_tx
+            .send_replace(Arc::new(live(&state.records)));
         self.update_gauges(state);
         Ok(())
     }
@@ -520,7 +519,12 @@ async fn merge_loop(shared: Arc<Shared>, mut remote_rx: mpsc::UnboundedReceiver<
         if !republish.is_empty() {
             let keys: Vec<(String, Option<String>)> = republish
                 .iter()
-                .filter_map(|k| state.records.get(k).map(|r| (gossip_key(k), Some(encode(r)))))
+                .filter_map(|k| {
+                    state
+                        .records
+                        .get(k)
+                        .map(|r| (gossip_key(k), Some(encode(r))))
+                })
                 .collect();
             for k in republish {
                 state.published.insert(k, now);
@@ -532,7 +536,8 @@ async fn merge_loop(shared: Arc<Shared>, mut remote_rx: mpsc::UnboundedReceiver<
 
 /// Takes tombstones past their TTL out of gossip (they stay on disk).
 async fn gc_loop(shared: Arc<Shared>) {
-    let period = (shared.tombstone_ttl / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
+    let period =
+        (shared.tombstone_ttl / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;

@@ -1,0 +1,350 @@
+//! Resource routes of the admin API: read from any node, write through any node.
+//!
+//! A request meets, in order: the bearer-token check (writes) → the body, read with a size
+//! limit → parsing into validated resources (all errors at once, each naming the document and
+//! field) → the store, which applies the whole batch or nothing and answers once it is on disk.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use proto::resource::{self, Kind, ParseErrors, Resource, ResourceKey};
+use serde_json::{Value, json};
+
+use super::{AdminState, ApiError};
+use crate::store::{Applied, Change, StoreError};
+
+/// Largest request body accepted (a batch of many resources).
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Proof that the request carried the admin token (or that none is configured).
+pub struct Authorized;
+
+impl FromRequestParts<AdminState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AdminState,
+    ) -> Result<Authorized, ApiError> {
+        let Some(token) = &state.token else {
+            return Ok(Authorized);
+        };
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match presented {
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this write needs an Authorization: Bearer <admin token> header",
+            )),
+            Some(p) if !constant_time_eq(p.as_bytes(), token.expose().as_bytes()) => {
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "the bearer token does not match the node's admin token",
+                ))
+            }
+            Some(_) => Ok(Authorized),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+type Params = Path<HashMap<String, String>>;
+
+/// Routes for one kind: list and one-by-name under `base`.
+fn kind_routes(
+    router: axum::Router<AdminState>,
+    kind: Kind,
+    base: &str,
+) -> axum::Router<AdminState> {
+    let one = format!("{base}/{{name}}");
+    router
+        .route(
+            base,
+            get(move |s: State<AdminState>, p: Params| list(kind, s, p)),
+        )
+        .route(
+            &one,
+            get(move |s: State<AdminState>, p: Params| get_one(kind, s, p))
+                .put(
+                    move |a: Authorized, s: State<AdminState>, p: Params, h: HeaderMap, b: Body| {
+                        put_one(kind, a, s, p, h, b)
+                    },
+                )
+                .delete(move |a: Authorized, s: State<AdminState>, p: Params| {
+                    delete_one(kind, a, s, p)
+                }),
+        )
+}
+
+/// The resource routes (`/v1/zone-ingresses` itself is listed by the parent router).
+pub fn routes() -> axum::Router<AdminState> {
+    let router = axum::Router::new().route("/v1/apply", post(apply));
+    let router = kind_routes(router, Kind::Mesh, "/v1/meshes");
+    let router = kind_routes(
+        router,
+        Kind::ExternalService,
+        "/v1/meshes/{mesh}/external-services",
+    );
+    let router = kind_routes(router, Kind::Dataplane, "/v1/meshes/{mesh}/dataplanes");
+    let one = "/v1/zone-ingresses/{name}";
+    router.route(
+        one,
+        get(|s: State<AdminState>, p: Params| get_one(Kind::ZoneIngress, s, p))
+            .put(
+                |a: Authorized, s: State<AdminState>, p: Params, h: HeaderMap, b: Body| {
+                    put_one(Kind::ZoneIngress, a, s, p, h, b)
+                },
+            )
+            .delete(|a: Authorized, s: State<AdminState>, p: Params| {
+                delete_one(Kind::ZoneIngress, a, s, p)
+            }),
+    )
+}
+
+fn parse_errors(e: ParseErrors) -> ApiError {
+    let count = e.errors().len();
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "{count} invalid document{}: nothing was applied",
+            if count == 1 { "" } else { "s" }
+        ),
+    )
+    .with_details(e.messages())
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    let status = match &e {
+        StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+        StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+        StoreError::Conflict(_) => StatusCode::CONFLICT,
+        StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        StoreError::Disk(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let details = match &e {
+        StoreError::Invalid(problems) => problems.clone(),
+        _ => Vec::new(),
+    };
+    let message = match &e {
+        StoreError::Invalid(_) => {
+            "the batch refers to resources that do not exist: nothing was applied".to_string()
+        }
+        other => other.to_string(),
+    };
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        tracing::error!(error = %e, "store write failed");
+    }
+    ApiError::new(status, message).with_details(details)
+}
+
+/// Body format from `Content-Type`: JSON, or YAML (also when absent).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Yaml,
+}
+
+fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(Format::Yaml);
+    };
+    let media = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        "application/json" => Ok(Format::Json),
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" | "" => {
+            Ok(Format::Yaml)
+        }
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type {other:?} is not supported: send application/yaml or application/json"
+            ),
+        )),
+    }
+}
+
+async fn read_body(body: Body) -> Result<String, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        })?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the request body is not UTF-8"))
+}
+
+fn json_syntax(e: serde_json::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "the body is not valid JSON: nothing was applied",
+    )
+    .with_details(vec![e.to_string()])
+}
+
+fn params_mesh_name(kind: Kind, params: &HashMap<String, String>) -> (Option<String>, String) {
+    let mesh = if kind.is_mesh_scoped() {
+        params.get("mesh").cloned()
+    } else {
+        None
+    };
+    (mesh, params.get("name").cloned().unwrap_or_default())
+}
+
+fn key_of(kind: Kind, mesh: Option<&str>, name: &str) -> Result<ResourceKey, ApiError> {
+    ResourceKey::new(kind, mesh, name).map_err(|problem| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid resource name: {problem}"),
+        )
+    })
+}
+
+async fn list(kind: Kind, State(state): State<AdminState>, Path(params): Params) -> Response {
+    let mesh = params.get("mesh").map(String::as_str);
+    let resources = state.resources_rx.borrow().clone();
+    let items: Vec<&Resource> = resources.list(kind, mesh);
+    Json(json!(items)).into_response()
+}
+
+async fn get_one(
+    kind: Kind,
+    State(state): State<AdminState>,
+    Path(params): Params,
+) -> Result<Response, ApiError> {
+    let (mesh, name) = params_mesh_name(kind, &params);
+    let key = key_of(kind, mesh.as_deref(), &name)?;
+    let resources = state.resources_rx.borrow().clone();
+    match resources.get(&key) {
+        Some(r) => Ok(Json(json!(r)).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{} {key} does not exist", kind.as_str()),
+        )),
+    }
+}
+
+async fn put_one(
+    kind: Kind,
+    _auth: Authorized,
+    State(state): State<AdminState>,
+    Path(params): Params,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let format = format_of(&headers)?;
+    let text = read_body(body).await?;
+    let (mesh, name) = params_mesh_name(kind, &params);
+    let resource = match format {
+        Format::Json => {
+            let value: Value = serde_json::from_str(&text).map_err(json_syntax)?;
+            resource::parse_one_json(kind, mesh.as_deref(), &name, value)
+        }
+        Format::Yaml => resource::parse_one(kind, mesh.as_deref(), &name, &text),
+    }
+    .map_err(parse_errors)?;
+    let applied = state
+        .store
+        .apply(vec![Change::Put(resource.clone())])
+        .await
+        .map_err(store_error)?;
+    let status = match applied.first().map(|a| a.outcome) {
+        Some(crate::store::Outcome::Created) => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(json!(resource))).into_response())
+}
+
+async fn delete_one(
+    kind: Kind,
+    _auth: Authorized,
+    State(state): State<AdminState>,
+    Path(params): Params,
+) -> Result<Response, ApiError> {
+    let (mesh, name) = params_mesh_name(kind, &params);
+    let key = key_of(kind, mesh.as_deref(), &name)?;
+    state
+        .store
+        .apply(vec![Change::Delete(key.clone())])
+        .await
+        .map_err(store_error)?;
+    Ok(Json(json!({"deleted": key.to_string()})).into_response())
+}
+
+fn applied_json(applied: &[Applied]) -> Value {
+    let items: Vec<Value> = applied
+        .iter()
+        .map(|a| {
+            let mut v = json!({
+                "type": a.key.kind().as_str(),
+                "name": a.key.name(),
+                "outcome": a.outcome,
+            });
+            if let Some(mesh) = a.key.mesh() {
+                v["mesh"] = json!(mesh);
+            }
+            v
+        })
+        .collect();
+    json!({ "applied": items })
+}
+
+async fn apply(
+    _auth: Authorized,
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let format = format_of(&headers)?;
+    let text = read_body(body).await?;
+    let yaml = match format {
+        Format::Yaml => text,
+        Format::Json => {
+            // One document, or an array of documents.
+            let value: Value = serde_json::from_str(&text).map_err(json_syntax)?;
+            match value {
+                Value::Array(items) => items
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n---\n"),
+                other => other.to_string(),
+            }
+        }
+    };
+    let resources = resource::parse_documents(&yaml).map_err(parse_errors)?;
+    if resources.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body holds no document",
+        ));
+    }
+    let changes = resources.into_iter().map(Change::Put).collect();
+    let applied = state.store.apply(changes).await.map_err(store_error)?;
+    Ok(Json(applied_json(&applied)).into_response())
+}
