@@ -453,3 +453,34 @@ fn two_hundred_external_services_and_a_near_limit_resource_reach_five_nodes() {
     let value = get(&cluster, 0, path).unwrap().1;
     wait_everywhere(&cluster, path, &value);
 }
+
+#[test]
+fn a_corrupt_store_is_a_clear_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("store.redb"), vec![0x42u8; 16 * 1024]).unwrap();
+    let out = std::process::Command::new(cluster_tests::binary().unwrap())
+        .args([
+            "run",
+            "--admin",
+            "127.0.0.1:0",
+            "--gossip",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot open the resource store") && err.contains("store.redb"),
+        "{err}"
+    );
+    // The file is left as it was for the operator to inspect.
+    assert_eq!(
+        std::fs::read(dir.path().join("store.redb")).unwrap(),
+        vec![0x42u8; 16 * 1024]
+    );
+}

@@ -1,23 +1,41 @@
-//! Every node config shipped under `config/nodes/` parses into a valid configuration.
+//! Every file shipped under `config/` parses: node configs into a valid configuration, resource
+//! files into validated resources.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
 
 #[test]
 fn every_shipped_node_config_is_valid() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/nodes");
-    let mut checked = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            let config = node::config::load_file(&path)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(!config.name.is_empty());
-            checked += 1;
-        }
+    let files = yaml_files("config/nodes");
+    assert!(files.len() >= 3, "{files:?}");
+    for path in files {
+        let config =
+            node::config::load_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!config.name.is_empty());
     }
-    assert!(
-        checked >= 3,
-        "only {checked} configs under {}",
-        dir.display()
-    );
+}
+
+#[test]
+fn every_shipped_resource_file_is_valid() {
+    let files = yaml_files("config/resources");
+    assert!(files.len() >= 3, "{files:?}");
+    let mut kinds = std::collections::BTreeSet::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let resources = proto::resource::parse_documents(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!resources.is_empty(), "{}", path.display());
+        kinds.extend(resources.iter().map(|r| r.kind()));
+    }
+    assert_eq!(kinds.len(), 4, "every kind has an example: {kinds:?}");
 }

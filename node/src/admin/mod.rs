@@ -306,6 +306,116 @@ mod tests {
         (state, readiness_tx)
     }
 
+    async fn send(
+        state: &AdminState,
+        method: &str,
+        uri: &str,
+        auth: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        if let Some(c) = content_type {
+            req = req.header(header::CONTENT_TYPE, c);
+        }
+        let resp = router(state.clone())
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn resources_round_trip_through_put_get_delete() {
+        let (state, _r) = state(Some("t")).await;
+        let auth = Some("Bearer t");
+        let mesh = b"type: Mesh\nname: default\nrouting: { zoneEgress: true }\n".to_vec();
+        let (status, body) = send(
+            &state,
+            "PUT",
+            "/v1/meshes/default",
+            auth,
+            None,
+            mesh.clone(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, _) = send(&state, "PUT", "/v1/meshes/default", auth, None, mesh).await;
+        assert_eq!(status, StatusCode::OK);
+        let es = serde_json::json!({"type": "ExternalService", "mesh": "default", "name": "httpbin",
+            "tags": {"kuma.io/service": "httpbin"}, "networking": {"address": "httpbin.org:443"}});
+        let (status, body) = send(
+            &state,
+            "PUT",
+            "/v1/meshes/default/external-services/httpbin",
+            auth,
+            Some("application/json"),
+            es.to_string().into_bytes(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let one = "/v1/meshes/default/external-services/httpbin";
+        let (status, body) = send(&state, "GET", one, None, None, vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, es);
+        let (status, body) = send(
+            &state,
+            "GET",
+            "/v1/meshes/default/external-services",
+            None,
+            None,
+            vec![],
+        )
+        .await;
+        assert_eq!((status, body), (StatusCode::OK, serde_json::json!([es])));
+        let (status, _) = send(&state, "DELETE", one, auth, None, vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = send(&state, "GET", one, None, None, vec![]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    }
+
+    #[tokio::test]
+    async fn bad_writes_get_the_right_status_and_change_nothing() {
+        let (state, _r) = state(Some("t")).await;
+        let auth = Some("Bearer t");
+        let good = b"type: Mesh\nname: m\n".to_vec();
+        let (status, _) = send(&state, "POST", "/v1/apply", None, None, good.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let batch = b"type: Mesh\nname: a\n---\ntype: Mesh\nname: b\nextra: 1\n".to_vec();
+        let (status, body) = send(&state, "POST", "/v1/apply", auth, None, batch).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["details"][0].as_str().unwrap().contains("document 2"),
+            "{body}"
+        );
+        let (status, _) = send(
+            &state,
+            "POST",
+            "/v1/apply",
+            auth,
+            Some("text/html"),
+            good.clone(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let huge = vec![b' '; MAX_BODY_BYTES + 1];
+        let (status, _) = send(&state, "POST", "/v1/apply", auth, None, huge).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        let wrong = b"type: Mesh\nname: y\n".to_vec();
+        let (status, _) = send(&state, "PUT", "/v1/meshes/x", auth, None, wrong).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (_, list) = send(&state, "GET", "/v1/meshes", None, None, vec![]).await;
+        assert_eq!(list, serde_json::json!([]));
+        let (status, body) = send(&state, "POST", "/v1/apply", auth, None, good).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["applied"][0]["outcome"], "created");
+    }
+
     async fn call(
         state: &AdminState,
         method: &str,

@@ -168,7 +168,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct Handle {
     shared: Arc<Shared>,
-    tasks: Arc<Vec<JoinHandle<()>>>,
+    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
 
 fn now_ms() -> u64 {
@@ -246,7 +246,7 @@ pub async fn spawn(settings: Settings) -> Result<Handle, StoreError> {
     let gc = tokio::spawn(gc_loop(shared.clone()));
     Ok(Handle {
         shared,
-        tasks: Arc::new(vec![merge, gc]),
+        tasks: Arc::new(std::sync::Mutex::new(vec![merge, gc])),
     })
 }
 
@@ -327,10 +327,16 @@ impl Handle {
         Ok(applied)
     }
 
-    /// Stops the background tasks.
+    /// Stops the background tasks and waits until they are gone (so the store file is
+    /// released once every handle is dropped).
     pub async fn shutdown(self) {
-        for task in self.tasks.iter() {
+        let tasks: Vec<JoinHandle<()>> = match self.tasks.lock() {
+            Ok(mut tasks) => tasks.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for task in tasks {
             task.abort();
+            let _ = task.await;
         }
     }
 }
@@ -564,5 +570,226 @@ async fn gc_loop(shared: Arc<Shared>) {
         }
         shared.publisher.update(&keys).await;
         tracing::debug!(count = keys.len(), "tombstones left gossip");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::resource::parse_documents;
+
+    use super::*;
+
+    fn resource(yaml: &str) -> Resource {
+        parse_documents(yaml).unwrap().remove(0)
+    }
+
+    const MESH: &str = "type: Mesh\nname: default\n";
+
+    fn es(port: u16) -> Resource {
+        resource(&format!(
+            "type: ExternalService\nmesh: default\nname: httpbin\ntags: {{ kuma.io/service: httpbin }}\nnetworking: {{ address: httpbin.org:{port} }}\n"
+        ))
+    }
+
+    async fn open(
+        dir: &std::path::Path,
+        node: &str,
+    ) -> (Handle, mpsc::UnboundedSender<RemoteRecord>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = spawn(Settings {
+            data_dir: dir.to_path_buf(),
+            node: node.into(),
+            tombstone_ttl: Duration::from_secs(3600),
+            publisher: Publisher::detached(),
+            remote_rx: rx,
+        })
+        .await
+        .unwrap();
+        (handle, tx)
+    }
+
+    fn remote(node: &str, key: &str, record: &Record) -> RemoteRecord {
+        RemoteRecord {
+            node: node.into(),
+            key: gossip_key(key),
+            value: encode(record),
+        }
+    }
+
+    async fn wait_for(handle: &Handle, check: impl Fn(&Resources) -> bool) {
+        let mut rx = handle.snapshot();
+        tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|r| check(r)))
+            .await
+            .expect("deadline")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn acknowledged_writes_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _tx) = open(dir.path(), "n1").await;
+            let applied = store
+                .apply(vec![Change::Put(resource(MESH)), Change::Put(es(443))])
+                .await
+                .unwrap();
+            assert_eq!(applied[1].outcome, Outcome::Created);
+            let again = store.apply(vec![Change::Put(es(443))]).await.unwrap();
+            assert_eq!(again[0].outcome, Outcome::Unchanged);
+            store.shutdown().await;
+        }
+        let (store, _tx) = open(dir.path(), "n1").await;
+        let snap = store.snapshot().borrow().clone();
+        assert_eq!(snap.count(Kind::Mesh), 1);
+        assert_eq!(snap.count(Kind::ExternalService), 1);
+        // The clock went on from where it was: a new write is newer than the stored ones.
+        let state = store.shared.state.lock().await;
+        let newest = state.records.values().map(|r| r.ts.clone()).max().unwrap();
+        assert!(state.clock.last() >= newest);
+    }
+
+    #[tokio::test]
+    async fn remote_records_merge_last_writer_wins_with_the_node_name_as_tie_break() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, tx) = open(dir.path(), "n1").await;
+        store
+            .apply(vec![Change::Put(resource(MESH))])
+            .await
+            .unwrap();
+        let key = es(1).key();
+        let far_future = now_ms() + 60_000;
+        tx.send(remote(
+            "n2",
+            &key,
+            &Versioned::put(Timestamp::new(far_future, 0, "a"), es(1)),
+        ))
+        .unwrap();
+        tx.send(remote(
+            "n3",
+            &key,
+            &Versioned::put(Timestamp::new(far_future, 0, "b"), es(2)),
+        ))
+        .unwrap();
+        // An older write arriving later loses.
+        tx.send(remote(
+            "n4",
+            &key,
+            &Versioned::put(Timestamp::new(far_future - 1, 9, "z"), es(3)),
+        ))
+        .unwrap();
+        let rk = es(1).resource_key();
+        wait_for(&store, |r| r.get(&rk) == Some(&es(2))).await;
+        // A tombstone newer than all of it deletes it.
+        tx.send(remote(
+            "n5",
+            &key,
+            &Versioned::tombstone(Timestamp::new(far_future + 1, 0, "a")),
+        ))
+        .unwrap();
+        wait_for(&store, |r| r.get(&rk).is_none()).await;
+        // Our clock moved past what it observed: a local write now wins.
+        store.apply(vec![Change::Put(es(4))]).await.unwrap();
+        assert_eq!(store.snapshot().borrow().get(&rk), Some(&es(4)));
+    }
+
+    #[tokio::test]
+    async fn spoofed_or_garbage_records_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, tx) = open(dir.path(), "n1").await;
+        store
+            .apply(vec![Change::Put(resource(MESH))])
+            .await
+            .unwrap();
+        let future = Timestamp::new(now_ms() + 60_000, 0, "evil");
+        // A value filed under another resource's key.
+        tx.send(remote(
+            "evil",
+            "mesh/other",
+            &Versioned::put(future.clone(), resource(MESH)),
+        ))
+        .unwrap();
+        tx.send(RemoteRecord {
+            node: "evil".into(),
+            key: "r/mesh/default".into(),
+            value: "{not json".into(),
+        })
+        .unwrap();
+        tx.send(RemoteRecord {
+            node: "evil".into(),
+            key: "r/mesh/default".into(),
+            value: "x".repeat(MAX_RESOURCE_BYTES * 2),
+        })
+        .unwrap();
+        // An invalid resource inside a well-formed record.
+        tx.send(RemoteRecord {
+            node: "evil".into(),
+            key: "r/mesh/default".into(),
+            value: format!(
+                r#"{{"ts":{},"value":{{"type":"Mesh","name":"default","bogus":1}}}}"#,
+                serde_json::to_string(&future).unwrap()
+            ),
+        })
+        .unwrap();
+        // A good record after them still lands: the loop kept going.
+        let marker = resource("type: Mesh\nname: marker\n");
+        tx.send(remote(
+            "n2",
+            "mesh/marker",
+            &Versioned::put(future.clone(), marker),
+        ))
+        .unwrap();
+        let marker_key = ResourceKey::parse("mesh/marker").unwrap();
+        wait_for(&store, |r| r.get(&marker_key).is_some()).await;
+        let snap = store.snapshot().borrow().clone();
+        assert_eq!(snap.count(Kind::Mesh), 2);
+        assert!(
+            snap.get(&ResourceKey::parse("mesh/other").unwrap())
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_are_all_or_nothing_and_references_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _tx) = open(dir.path(), "n1").await;
+        let err = store.apply(vec![Change::Put(es(1))]).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("does not exist"));
+        store
+            .apply(vec![Change::Put(resource(MESH)), Change::Put(es(1))])
+            .await
+            .unwrap();
+        let mesh_key = resource(MESH).resource_key();
+        let err = store
+            .apply(vec![Change::Delete(mesh_key.clone())])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+        // Deleting the mesh with its resources in one batch is fine.
+        store
+            .apply(vec![
+                Change::Delete(es(1).resource_key()),
+                Change::Delete(mesh_key),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(store.snapshot().borrow().iter().count(), 0);
+        let err = store
+            .apply(vec![Change::Delete(es(1).resource_key())])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotFound(_)));
+    }
+
+    #[test]
+    fn tombstones_expire_from_the_later_of_write_and_publication() {
+        let ttl = Duration::from_secs(10);
+        let t = Versioned::<Resource>::tombstone(Timestamp::new(1_000, 0, "a"));
+        assert!(!expired(&t, 1_000, 5_000, ttl));
+        assert!(expired(&t, 1_000, 11_001, ttl));
+        // Republished at 20 s: stays until 30 s.
+        assert!(!expired(&t, 20_000, 25_000, ttl));
+        let live = Versioned::put(Timestamp::new(1_000, 0, "a"), es(1));
+        assert!(!expired(&live, 0, u64::MAX, ttl));
     }
 }
