@@ -30,6 +30,44 @@ pub enum Command {
     Health(HealthArgs),
     /// Print a new base64 32-byte gossip key (one line of `gossip.key_file`).
     Keygen,
+    /// Certificates for operators and tests.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+/// `zone-egress pki ...`
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create a CA: writes DIR/ca.pem and DIR/ca.key (never overwrites).
+    InitCa {
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// CA common name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Issue a leaf certificate signed by a CA: writes DIR/cert.pem and DIR/key.pem.
+    Issue {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// SPIFFE id (URI SAN), e.g. spiffe://default/backend.
+        #[arg(long, value_name = "URI")]
+        spiffe: String,
+        /// DNS SAN (repeat for several).
+        #[arg(long = "dns", value_name = "NAME")]
+        dns: Vec<String>,
+        /// IP SAN (repeat for several).
+        #[arg(long = "ip", value_name = "IP")]
+        ips: Vec<std::net::IpAddr>,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Validity, e.g. 24h, 30d.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        validity: std::time::Duration,
+    },
 }
 
 /// Where the admin API is and how to authenticate.

@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod forward;
 pub mod gossip;
+pub mod pki;
 pub mod readiness;
 pub mod server;
 pub mod store;

@@ -14,7 +14,35 @@ fn main() -> ExitCode {
         Command::Health(args) => print_result(node::client::health(&args)),
         Command::Apply(args) => print_result(node::client::apply(&args)),
         Command::Delete(args) => print_result(node::client::delete(&args)),
+        Command::Pki(command) => print_result(pki(command)),
         Command::Keygen => print_result(Ok(format!("{}\n", node::gossip::sealed::generate_key()))),
+    }
+}
+
+fn pki(command: node::cli::PkiCommand) -> anyhow::Result<String> {
+    use node::cli::PkiCommand;
+    match command {
+        PkiCommand::InitCa { out, name } => {
+            node::pki::init_ca(&out, &name)?;
+            Ok(format!(
+                "wrote {0}/ca.pem and {0}/ca.key\n",
+                out.display()
+            ))
+        }
+        PkiCommand::Issue {
+            ca,
+            spiffe,
+            dns,
+            ips,
+            out,
+            validity,
+        } => {
+            node::pki::issue(&ca, &spiffe, &dns, &ips, &out, validity)?;
+            Ok(format!(
+                "wrote {0}/cert.pem and {0}/key.pem for {spiffe}\n",
+                out.display()
+            ))
+        }
     }
 }
 

@@ -1,0 +1,291 @@
+//! [`EgressIdentities`]: the egress's `spiffe://<mesh>/zone-egress` identities, one per (mesh,
+//! set of DNS names), each with its ready-made rustls server configuration.
+//!
+//! An identity is issued on first use and re-issued once its renewal time (two thirds of its
+//! lifetime) has passed or when the mesh's CA changed. Connections hold the `Arc<ServerConfig>`
+//! they started with, so a renewal never drops one.
+//!
+//! The mesh CA is loaded once per backend definition; when it comes from files, the files are
+//! read again at most every [`EgressIdentities::CA_REFRESH`], so a CA rotated on disk is picked
+//! up. A re-read that fails keeps the CA loaded before (and logs a warning); a changed backend
+//! that fails to load is an error.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use proto::resource::{CaBackend, CaKind, Mesh};
+use rustls::ServerConfig;
+use rustls::pki_types::CertificateDer;
+
+use super::PkiError;
+use super::mesh_ca::MeshCa;
+use super::tls::server_config_for_mesh;
+
+/// The egress identities of every mesh, issued on demand.
+///
+/// Calls may block for a moment (reading CA files, generating one ECDSA key and signature on
+/// issue), well under a millisecond once cached.
+#[derive(Debug)]
+pub struct EgressIdentities {
+    validity: Duration,
+    alpn: Vec<Vec<u8>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Loaded CA per mesh name.
+    cas: HashMap<String, LoadedCa>,
+    /// Issued identity per (mesh name, sorted DNS names).
+    identities: HashMap<(String, Vec<String>), Identity>,
+}
+
+#[derive(Debug)]
+struct LoadedCa {
+    /// The backend definition the CA was loaded from.
+    backend: CaBackend,
+    ca: Arc<MeshCa>,
+    /// When the CA was (re)loaded or last tried.
+    loaded_at: SystemTime,
+}
+
+#[derive(Debug)]
+struct Identity {
+    /// The CA that signed it.
+    ca: CertificateDer<'static>,
+    renew_at: SystemTime,
+    not_after: SystemTime,
+    config: Arc<ServerConfig>,
+}
+
+impl EgressIdentities {
+    /// The default lifetime of an egress identity.
+    pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+    /// How often a file-based mesh CA is read again.
+    pub const CA_REFRESH: Duration = Duration::from_secs(60);
+
+    /// Identities valid for `validity`; their server configurations offer `alpn` (empty: none).
+    pub fn new(validity: Duration, alpn: Vec<Vec<u8>>) -> EgressIdentities {
+        EgressIdentities {
+            validity,
+            alpn,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The server configuration terminating mTLS for `mesh` with a certificate naming
+    /// `dns_names` (order and duplicates do not matter), issued or renewed as needed at `now`.
+    pub fn server_config(
+        &self,
+        mesh: &Mesh,
+        dns_names: &[String],
+        now: SystemTime,
+    ) -> Result<Arc<ServerConfig>, PkiError> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let ca = state.ca(mesh, now)?;
+        let mut names = dns_names.to_vec();
+        names.sort();
+        names.dedup();
+        let key = (mesh.name.to_string(), names);
+        if let Some(identity) = state.identities.get(&key) {
+            if identity.ca == *ca.certificate() && now < identity.renew_at {
+                return Ok(identity.config.clone());
+            }
+        }
+        let issued = ca.issue_egress(ca.mesh(), &key.1, now, self.validity)?;
+        let config = server_config_for_mesh(&ca, &issued, self.alpn.clone())?;
+        tracing::debug!(
+            mesh = ca.mesh(),
+            names = ?key.1,
+            "issued the egress identity"
+        );
+        state
+            .identities
+            .retain(|_, identity| identity.not_after > now);
+        state.identities.insert(
+            key,
+            Identity {
+                ca: ca.certificate().clone(),
+                renew_at: issued.renew_at(),
+                not_after: issued.not_after,
+                config: config.clone(),
+            },
+        );
+        Ok(config)
+    }
+
+    /// Drops the CA and identities of a mesh (deleted, or its mTLS turned off).
+    pub fn forget_mesh(&self, mesh: &str) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.cas.remove(mesh);
+        state.identities.retain(|(m, _), _| m != mesh);
+    }
+}
+
+impl State {
+    /// The CA of `mesh`, loaded or refreshed as needed.
+    fn ca(&mut self, mesh: &Mesh, now: SystemTime) -> Result<Arc<MeshCa>, PkiError> {
+        let name = mesh.name.as_str();
+        let backend = mesh
+            .enabled_ca()
+            .ok_or_else(|| PkiError::NoMtls { mesh: name.into() })?;
+        if let Some(loaded) = self.cas.get_mut(name) {
+            if loaded.backend == *backend {
+                let due = now
+                    .duration_since(loaded.loaded_at)
+                    .is_ok_and(|age| age >= EgressIdentities::CA_REFRESH);
+                if !(due && from_files(backend)) {
+                    return Ok(loaded.ca.clone());
+                }
+                loaded.loaded_at = now;
+                match MeshCa::from_mesh(mesh) {
+                    Ok(ca) => loaded.ca = Arc::new(ca),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot reload the mesh CA; keeping the loaded one");
+                    }
+                }
+                return Ok(loaded.ca.clone());
+            }
+        }
+        let ca = Arc::new(MeshCa::from_mesh(mesh)?);
+        self.cas.insert(
+            name.into(),
+            LoadedCa {
+                backend: backend.clone(),
+                ca: ca.clone(),
+                loaded_at: now,
+            },
+        );
+        Ok(ca)
+    }
+}
+
+/// Whether the backend reads its certificate or key from this node's disk.
+fn from_files(backend: &CaBackend) -> bool {
+    match &backend.kind {
+        CaKind::Provided { cert, key } => cert.file().is_some() || key.file().is_some(),
+        CaKind::Builtin => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use proto::resource::DataSource;
+
+    use super::*;
+    use crate::pki::init_ca;
+    use crate::pki::mesh_ca::tests::{mesh_and_ca, mesh_with};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn identities_are_cached_and_renewed_after_two_thirds() {
+        let (mesh, _) = mesh_and_ca("default");
+        let identities = EgressIdentities::new(HOUR * 3, vec![]);
+        let start = SystemTime::now();
+        let first = identities
+            .server_config(&mesh, &names(&["b.test", "a.test"]), start)
+            .unwrap();
+        let again = identities
+            .server_config(&mesh, &names(&["a.test", "b.test", "a.test"]), start + HOUR)
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "same names, before renewal: cached"
+        );
+        drop(again);
+        let other_names = identities
+            .server_config(&mesh, &names(&["c.test"]), start + HOUR)
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first, &other_names));
+
+        // Two thirds of 3 h (counted from one minute before `start`) have passed.
+        let renewed = identities
+            .server_config(&mesh, &names(&["a.test", "b.test"]), start + HOUR * 2)
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first, &renewed), "renewed after renew_at");
+        let still = identities
+            .server_config(&mesh, &names(&["a.test", "b.test"]), start + HOUR * 3)
+            .unwrap();
+        assert!(Arc::ptr_eq(&renewed, &still));
+        // The old configuration stays usable by the connections holding it.
+        assert_eq!(Arc::strong_count(&first), 1);
+    }
+
+    #[test]
+    fn a_new_ca_means_a_new_identity() {
+        let (mesh, _) = mesh_and_ca("default");
+        let (rotated, _) = mesh_and_ca("default");
+        let identities = EgressIdentities::new(HOUR, vec![]);
+        let now = SystemTime::now();
+        let first = identities.server_config(&mesh, &[], now).unwrap();
+        let second = identities.server_config(&rotated, &[], now).unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(Arc::ptr_eq(
+            &second,
+            &identities.server_config(&rotated, &[], now).unwrap()
+        ));
+
+        identities.forget_mesh("default");
+        let third = identities.server_config(&rotated, &[], now).unwrap();
+        assert!(!Arc::ptr_eq(&second, &third));
+    }
+
+    #[test]
+    fn ca_files_are_reread_and_a_bad_reread_keeps_the_old_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "first").unwrap();
+        let file = |name: &str| DataSource::File(dir.path().join(name).display().to_string());
+        let mesh = mesh_with("default", file("ca.pem"), file("ca.key"));
+        let identities = EgressIdentities::new(HOUR * 24, vec![]);
+        let start = SystemTime::now();
+        let first = identities.server_config(&mesh, &[], start).unwrap();
+
+        // Rotate the CA on disk: picked up after CA_REFRESH.
+        fs::remove_file(dir.path().join("ca.pem")).unwrap();
+        fs::remove_file(dir.path().join("ca.key")).unwrap();
+        init_ca(dir.path(), "second").unwrap();
+        let soon = start + EgressIdentities::CA_REFRESH / 2;
+        assert!(Arc::ptr_eq(
+            &first,
+            &identities.server_config(&mesh, &[], soon).unwrap()
+        ));
+        let later = start + EgressIdentities::CA_REFRESH;
+        let second = identities.server_config(&mesh, &[], later).unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+
+        // A broken file on disk: the loaded CA stays.
+        fs::write(dir.path().join("ca.pem"), b"broken").unwrap();
+        let much_later = later + EgressIdentities::CA_REFRESH * 2;
+        let third = identities.server_config(&mesh, &[], much_later).unwrap();
+        assert!(Arc::ptr_eq(&second, &third));
+
+        // A changed backend that does not load is an error.
+        let moved = mesh_with("default", file("missing.pem"), file("ca.key"));
+        let error = identities
+            .server_config(&moved, &[], much_later)
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("conf.cert: cannot read"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_mesh_without_mtls_has_no_identity() {
+        let (mut mesh, _) = mesh_and_ca("default");
+        mesh.mtls = None;
+        let identities = EgressIdentities::new(HOUR, vec![]);
+        let error = identities
+            .server_config(&mesh, &[], SystemTime::now())
+            .unwrap_err();
+        assert!(matches!(error, PkiError::NoMtls { .. }), "{error}");
+    }
+}

@@ -1,0 +1,304 @@
+//! rustls configurations, always built on the ring provider chosen explicitly (never
+//! `builder()`, which panics when two providers are compiled in):
+//! * [`server_config_for_mesh`]: the egress terminating a sidecar's mTLS for an external
+//!   service (DESIGN.md §6 step 3): it presents the egress identity and requires a client
+//!   certificate that chains to the mesh CA and carries a `spiffe://<mesh>/...` id;
+//! * [`client_config`]: TLS origination towards an external service (`networking.tls`).
+//!
+//! Protocol versions are rustls' safe defaults (TLS 1.3 and 1.2).
+
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use super::PkiError;
+use super::issue::IssuedCert;
+use super::material::parse_certificates;
+use super::mesh_ca::MeshCa;
+use super::verify::{MeshClientVerifier, SkipHostnameVerifier};
+
+/// The one crypto provider of this node.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The egress's server side for one mesh: presents `cert`, offers `alpn` (empty: no ALPN), and
+/// refuses at the handshake any client without a certificate chaining to `ca` (the only root),
+/// with an expired certificate, or without a SPIFFE id of `ca.mesh()`.
+pub fn server_config_for_mesh(
+    ca: &MeshCa,
+    cert: &IssuedCert,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.certificate().clone())?;
+    let webpki =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let verifier = Arc::new(MeshClientVerifier::new(ca.mesh(), webpki));
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
+    config.alpn_protocols = alpn;
+    Ok(Arc::new(config))
+}
+
+/// The client side of TLS origination. `ca_pem` (PEM bundle or one DER certificate) holds the
+/// roots; without it this fails with [`PkiError::NoRoots`], as this node carries no system root
+/// store. `client_identity` is presented when the server asks for a certificate.
+/// `skip_hostname_verification` still verifies the chain, validity and key usage but accepts a
+/// certificate that does not name the server.
+pub fn client_config(
+    ca_pem: Option<&[u8]>,
+    client_identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    skip_hostname_verification: bool,
+) -> Result<Arc<ClientConfig>, PkiError> {
+    let ca_pem = ca_pem.ok_or(PkiError::NoRoots)?;
+    let mut roots = RootCertStore::empty();
+    for cert in parse_certificates(ca_pem)? {
+        roots.add(cert)?;
+    }
+    let provider = provider();
+    let webpki =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let builder =
+        ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+    let builder = if skip_hostname_verification {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SkipHostnameVerifier::new(webpki)))
+    } else {
+        builder.with_webpki_verifier(webpki)
+    };
+    let config = match client_identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use rustls::pki_types::ServerName;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    use super::*;
+    use crate::pki::mesh_ca::tests::mesh_and_ca;
+    use crate::pki::{IssueOptions, spiffe_ids};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    const EGRESS_NAME: &str = "a601e0c00295a9fbe.httpbin.443.default.mes";
+
+    /// What each side saw of one handshake.
+    struct Outcome {
+        /// The client's SPIFFE ids as the server saw them, or the server's error.
+        server: Result<Vec<String>, String>,
+        /// Whether the client completed the handshake and read the server's greeting.
+        client: Result<(), String>,
+    }
+
+    /// One TLS connection over a real socket; the server greets with `hi` after the handshake.
+    async fn handshake(
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+        server_name: &str,
+    ) -> Outcome {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server_task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
+            let mut tls = TlsAcceptor::from(server)
+                .accept(tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let ids = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .map(spiffe_ids)
+                .unwrap_or_default();
+            tls.write_all(b"hi").await.map_err(|e| e.to_string())?;
+            tls.shutdown().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(ids)
+        });
+        let name = ServerName::try_from(server_name.to_string()).unwrap();
+        let client_result = async {
+            let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let mut tls = TlsConnector::from(client)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut greeting = [0u8; 2];
+            tls.read_exact(&mut greeting)
+                .await
+                .map_err(|e| e.to_string())?;
+            assert_eq!(&greeting, b"hi");
+            Ok::<_, String>(())
+        };
+        let deadline = Duration::from_secs(10);
+        let client = tokio::time::timeout(deadline, client_result)
+            .await
+            .expect("client side hung");
+        let server = tokio::time::timeout(deadline, server_task)
+            .await
+            .expect("server side hung")
+            .unwrap();
+        Outcome { server, client }
+    }
+
+    /// A client certificate of `ca` with this SPIFFE id and validity.
+    fn client_cert(
+        ca: &MeshCa,
+        spiffe: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let issued = ca
+            .issue(&IssueOptions {
+                spiffe: spiffe.into(),
+                dns: vec![],
+                ips: vec![],
+                not_before,
+                not_after,
+            })
+            .unwrap();
+        (issued.chain, issued.key)
+    }
+
+    /// The egress server config of mesh `default` and its CA.
+    fn egress() -> (MeshCa, Arc<ServerConfig>) {
+        let (_, ca) = mesh_and_ca("default");
+        let issued = ca
+            .issue_egress("default", &[EGRESS_NAME.into()], SystemTime::now(), HOUR)
+            .unwrap();
+        let config = server_config_for_mesh(&ca, &issued, vec![]).unwrap();
+        (ca, config)
+    }
+
+    #[tokio::test]
+    async fn the_egress_requires_a_client_certificate_of_its_mesh() {
+        let (ca, server) = egress();
+        let ca_pem = ca.certificate_pem();
+        let now = SystemTime::now();
+        let client = |identity| client_config(Some(ca_pem.as_bytes()), identity, false).unwrap();
+
+        // (a) A certificate of the mesh: accepted, the server sees the SPIFFE id.
+        let valid = client_cert(&ca, "spiffe://default/backend", now - HOUR, now + HOUR);
+        let outcome = handshake(server.clone(), client(Some(valid)), EGRESS_NAME).await;
+        assert_eq!(
+            outcome.server,
+            Ok(vec!["spiffe://default/backend".to_string()])
+        );
+        assert_eq!(outcome.client, Ok(()));
+
+        // (b) A certificate of another CA with the same subject and the right SPIFFE id: WebPKI
+        // finds the issuer by name and refuses the signature.
+        let (_, other_ca) = mesh_and_ca("default");
+        let foreign = client_cert(
+            &other_ca,
+            "spiffe://default/backend",
+            now - HOUR,
+            now + HOUR,
+        );
+        // (c) An expired certificate of the mesh CA.
+        let expired = client_cert(&ca, "spiffe://default/backend", now - HOUR * 2, now - HOUR);
+        // (d) The mesh CA but the SPIFFE id of another mesh.
+        let other_mesh = client_cert(&ca, "spiffe://other-mesh/backend", now - HOUR, now + HOUR);
+        // A self-signed certificate.
+        let self_signed = {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+            params.subject_alt_names = vec![rcgen::SanType::URI(
+                "spiffe://default/backend".try_into().unwrap(),
+            )];
+            let cert = params.self_signed(&key).unwrap();
+            (
+                vec![cert.der().clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+        };
+        for (case, identity, server_error) in [
+            ("another CA", Some(foreign), "BadSignature"),
+            ("expired", Some(expired), "expired"),
+            ("another mesh", Some(other_mesh), "ForeignIdentity"),
+            ("self-signed", Some(self_signed), "UnknownIssuer"),
+            // (e) No client certificate at all.
+            ("no certificate", None, "no certificates"),
+        ] {
+            let outcome = handshake(server.clone(), client(identity), EGRESS_NAME).await;
+            let error = outcome.server.expect_err(case);
+            assert!(error.contains(server_error), "{case}: {error}");
+            assert!(
+                outcome.client.is_err(),
+                "{case}: the client must not get through"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn origination_verifies_the_server_name_unless_told_not_to() {
+        let (ca, server) = egress();
+        let ca_pem = ca.certificate_pem();
+        let now = SystemTime::now();
+        let identity = || {
+            Some(client_cert(
+                &ca,
+                "spiffe://default/backend",
+                now - HOUR,
+                now + HOUR,
+            ))
+        };
+
+        let strict = client_config(Some(ca_pem.as_bytes()), identity(), false).unwrap();
+        let outcome = handshake(server.clone(), strict.clone(), EGRESS_NAME).await;
+        assert_eq!(outcome.client, Ok(()));
+        let outcome = handshake(server.clone(), strict, "wrong.example.org").await;
+        let error = outcome.client.unwrap_err();
+        assert!(error.contains("not valid for name"), "{error}");
+
+        let lax = client_config(Some(ca_pem.as_bytes()), identity(), true).unwrap();
+        let outcome = handshake(server.clone(), lax, "wrong.example.org").await;
+        assert_eq!(outcome.client, Ok(()));
+        assert!(outcome.server.is_ok());
+
+        // Skipping the name still verifies the chain.
+        let (_, other_ca) = mesh_and_ca("other");
+        let wrong_roots = client_config(
+            Some(other_ca.certificate_pem().as_bytes()),
+            identity(),
+            true,
+        )
+        .unwrap();
+        let outcome = handshake(server, wrong_roots, EGRESS_NAME).await;
+        let error = outcome.client.unwrap_err();
+        assert!(error.contains("UnknownIssuer"), "{error}");
+    }
+
+    #[test]
+    fn origination_needs_roots() {
+        let error = client_config(None, None, false).unwrap_err();
+        assert!(matches!(error, PkiError::NoRoots), "{error}");
+        let error = client_config(Some(b"not a certificate"), None, false).unwrap_err();
+        assert!(matches!(error, PkiError::BadCertificate(_)), "{error}");
+    }
+
+    #[test]
+    fn alpn_is_offered_as_given() {
+        let (_, ca) = mesh_and_ca("default");
+        let issued = ca
+            .issue_egress("default", &[], SystemTime::now(), HOUR)
+            .unwrap();
+        let config = server_config_for_mesh(&ca, &issued, vec![b"h2".to_vec()]).unwrap();
+        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
+    }
+}
