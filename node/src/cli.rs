@@ -33,6 +33,45 @@ pub enum Command {
     /// Certificates for operators and tests.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Print Kuma's hashed SNI for a service (what a sidecar sends to the egress).
+    Sni(SniArgs),
+    /// Explain what a node would do.
+    #[command(subcommand)]
+    Inspect(InspectCommand),
+}
+
+/// `zone-egress inspect ...`
+#[derive(Debug, Subcommand)]
+pub enum InspectCommand {
+    /// The routing decision for an SNI, with its reasons.
+    Route {
+        /// The SNI a client would send.
+        #[arg(long)]
+        sni: String,
+        /// Admin API and token.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Arguments of `zone-egress sni`.
+#[derive(Debug, clap::Args)]
+pub struct SniArgs {
+    /// Mesh.
+    #[arg(long)]
+    pub mesh: String,
+    /// Service (for `mes`: the ExternalService resource name).
+    #[arg(long)]
+    pub service: String,
+    /// Port (for `mes`: the port of the external address).
+    #[arg(long, default_value_t = 443)]
+    pub port: u16,
+    /// Tag `key=value` (repeat for several).
+    #[arg(long = "tag", value_name = "K=V")]
+    pub tags: Vec<String>,
+    /// ms (service of another zone), mes (external service), mzms (multi-zone service).
+    #[arg(long, default_value = "ms")]
+    pub kind: String,
 }
 
 /// `zone-egress pki ...`

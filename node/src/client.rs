@@ -6,7 +6,50 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::cli::{AdminArgs, ApplyArgs, DeleteArgs, GetArgs, HealthArgs, Output, Resource};
+use crate::cli::{
+    AdminArgs, ApplyArgs, DeleteArgs, GetArgs, HealthArgs, Output, Resource, SniArgs,
+};
+
+/// Runs `zone-egress sni`: Kuma's hashed SNI for a service.
+pub fn sni(args: &SniArgs) -> anyhow::Result<String> {
+    use proto::sni::HashedKind;
+    let kind = match args.kind.as_str() {
+        "ms" => HashedKind::Ms,
+        "mes" => HashedKind::Mes,
+        "mzms" => HashedKind::Mzms,
+        other => bail!("unknown kind {other:?}: expected ms, mes or mzms"),
+    };
+    let mut tags = std::collections::BTreeMap::new();
+    for tag in &args.tags {
+        let Some((k, v)) = tag.split_once('=') else {
+            bail!("tag {tag:?} is not key=value");
+        };
+        tags.insert(k.to_string(), v.to_string());
+    }
+    Ok(format!(
+        "{}\n",
+        proto::sni::hashed(&args.service, &args.mesh, &tags, args.port, kind)
+    ))
+}
+
+/// Runs `zone-egress inspect route --sni`.
+pub fn inspect_route(admin: &AdminArgs, sni: &str) -> anyhow::Result<String> {
+    let mut encoded = String::new();
+    for b in sni.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let value = call(
+        admin,
+        "GET",
+        &format!("/v1/inspect/route?sni={encoded}"),
+        None,
+    )?;
+    Ok(format!("{}\n", serde_json::to_string_pretty(&value)?))
+}
 
 /// Largest file `apply` sends (the API refuses bigger bodies anyway).
 const MAX_APPLY_BYTES: u64 = 8 * 1024 * 1024;

@@ -15,6 +15,10 @@ fn main() -> ExitCode {
         Command::Apply(args) => print_result(node::client::apply(&args)),
         Command::Delete(args) => print_result(node::client::delete(&args)),
         Command::Pki(command) => print_result(pki(command)),
+        Command::Sni(args) => print_result(node::client::sni(&args)),
+        Command::Inspect(node::cli::InspectCommand::Route { sni, admin }) => {
+            print_result(node::client::inspect_route(&admin, &sni))
+        }
         Command::Keygen => print_result(Ok(format!("{}\n", node::gossip::sealed::generate_key()))),
     }
 }
@@ -24,10 +28,7 @@ fn pki(command: node::cli::PkiCommand) -> anyhow::Result<String> {
     match command {
         PkiCommand::InitCa { out, name } => {
             node::pki::init_ca(&out, &name)?;
-            Ok(format!(
-                "wrote {0}/ca.pem and {0}/ca.key\n",
-                out.display()
-            ))
+            Ok(format!("wrote {0}/ca.pem and {0}/ca.key\n", out.display()))
         }
         PkiCommand::Issue {
             ca,

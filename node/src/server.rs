@@ -154,7 +154,19 @@ pub async fn run(
             started,
         },
     );
-    let mut forward = forward_listener.map(|l| forward::spawn(l, config.limits.clone()));
+    let identities = Arc::new(crate::pki::EgressIdentities::new(
+        crate::pki::EgressIdentities::DEFAULT_VALIDITY,
+        Vec::new(),
+    ));
+    let mut forward = forward_listener.map(|l| {
+        let ctx = forward::Context::new(
+            store.snapshot(),
+            identities.clone(),
+            config.limits.clone(),
+            config.log.access,
+        );
+        forward::spawn(l, ctx)
+    });
     readiness_tx.send_modify(|r| r.listeners_up = true);
 
     write_runtime_info(

@@ -11,10 +11,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod hello;
 pub mod hlc;
 pub mod member;
 pub mod registration;
 pub mod resource;
+pub mod sni;
 
 pub use member::{Member, MemberEntry, MemberState, Role, ZoneView};
 pub use registration::{Registration, ZoneEgress, ZoneIngress};

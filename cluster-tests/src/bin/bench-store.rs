@@ -42,7 +42,12 @@ fn es(name: &str, port: u32) -> String {
 fn put(admin: &str, name: &str, port: u32) -> anyhow::Result<()> {
     let url = format!("{admin}/v1/meshes/default/external-services/{name}");
     let body = es(name, port);
-    let (status, v) = request("PUT", &url, Some(("application/yaml", body.as_bytes())), None)?;
+    let (status, v) = request(
+        "PUT",
+        &url,
+        Some(("application/yaml", body.as_bytes())),
+        None,
+    )?;
     if status != 200 && status != 201 {
         bail!("PUT {name}: {status} {v}");
     }
@@ -56,14 +61,21 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    println!("| nodes | visible p50 | visible p99 | visible max | burst writes/s (acked, fsynced) | burst visible everywhere |");
+    println!(
+        "| nodes | visible p50 | visible p99 | visible max | burst writes/s (acked, fsynced) | burst visible everywhere |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|");
     for &n in &args.nodes {
         let cluster = Cluster::start(n)?;
         cluster.wait_converged(Duration::from_secs(120))?;
         let admin0 = cluster.admin(0);
         let url = format!("{admin0}/v1/apply");
-        let (status, v) = request("POST", &url, Some(("application/yaml", b"type: Mesh\nname: default\n")), None)?;
+        let (status, v) = request(
+            "POST",
+            &url,
+            Some(("application/yaml", b"type: Mesh\nname: default\n")),
+            None,
+        )?;
         if status != 200 {
             bail!("apply mesh: {status} {v}");
         }
@@ -84,7 +96,11 @@ fn main() -> anyhow::Result<()> {
             let path = format!("/v1/meshes/default/external-services/{name}");
             let mut pending: Vec<usize> = (1..n).collect();
             eventually(Duration::from_secs(30), "write visible", || {
-                pending.retain(|&i| get_json(&cluster.admin(i), &path).map(|r| r.0 != 200).unwrap_or(true));
+                pending.retain(|&i| {
+                    get_json(&cluster.admin(i), &path)
+                        .map(|r| r.0 != 200)
+                        .unwrap_or(true)
+                });
                 Ok(pending.is_empty().then_some(()))
             })?;
             latencies.push(started.elapsed());
@@ -115,7 +131,8 @@ fn main() -> anyhow::Result<()> {
         let expected = args.writes + args.burst;
         eventually(Duration::from_secs(120), "burst visible", || {
             for i in 0..n {
-                let (_, list) = get_json(&cluster.admin(i), "/v1/meshes/default/external-services")?;
+                let (_, list) =
+                    get_json(&cluster.admin(i), "/v1/meshes/default/external-services")?;
                 if list.as_array().map(Vec::len) != Some(expected) {
                     return Ok(None);
                 }

@@ -6,6 +6,7 @@
 //! `Authorization: Bearer <token>` whenever a token is configured.
 
 mod resources;
+mod routing;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -107,6 +108,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/zone-ingresses", get(zone_ingresses))
         .route("/v1/drain", post(drain))
         .merge(resources::routes())
+        .merge(routing::routes())
         .fallback(not_found)
         .layer(middleware::from_fn(count_requests))
         .with_state(state)

@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Limits;
+use super::Context;
 
 /// Handle on the forwarding listener.
 pub struct Handle {
@@ -18,15 +18,21 @@ pub struct Handle {
 }
 
 /// Starts accepting on `listener`.
-pub fn spawn(listener: TcpListener, limits: Limits) -> Handle {
+pub fn spawn(listener: TcpListener, ctx: Context) -> Handle {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let task = tokio::spawn(accept_loop(listener, permits.clone(), stop_rx));
+    let max_connections = ctx.limits.max_connections;
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        permits.clone(),
+        stop_rx,
+        Arc::new(ctx),
+    ));
     Handle {
         stop_tx,
         task: Some(task),
         permits,
-        max_connections: limits.max_connections,
+        max_connections,
     }
 }
 
@@ -64,6 +70,7 @@ async fn accept_loop(
     listener: TcpListener,
     permits: Arc<Semaphore>,
     mut stop_rx: watch::Receiver<bool>,
+    ctx: Arc<Context>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -86,13 +93,10 @@ async fn accept_loop(
             tracing::debug!(%peer, "connection limit reached; closed");
             continue;
         };
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            // No routing stage yet: nothing matches (DESIGN.md §6 step 5).
-            metrics::counter!("zone_egress_connections_rejected_total", "reason" => "no_route")
-                .increment(1);
-            tracing::debug!(%peer, "no route; connection closed");
-            drop(stream);
+            super::serve(stream, peer, ctx).await;
         });
     }
 }

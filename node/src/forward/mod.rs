@@ -1,10 +1,162 @@
 //! Forwarding plane: the sidecar-facing TCP listener of an egress node.
 //!
-//! A connection meets, in order: `accept.rs` (connection limit, in-flight tracking) → ClientHello
-//! and SNI → routing decision → dial → splice. This stage of the project has the listener and the
-//! accounting only: with no route known yet every connection is closed and counted under
-//! `zone_egress_connections_rejected_total{reason="no_route"}` (DESIGN.md §6 step 5).
+//! A connection meets, in order: `accept.rs` (connection limit, in-flight tracking) →
+//! `hello.rs` (the ClientHello, read by our own parser within `limits.hello_timeout`) →
+//! `route.rs` (the decision of DESIGN.md §6 from the SNI and the zone's resources) →
+//! `terminate.rs` (external services: the client's mTLS with the mesh identity, buffered hello
+//! replayed into rustls) → `dial.rs` (the external address, TLS originated when configured) →
+//! `splice.rs` (bytes both ways, half-close kept, idle timeout). Everything rejected is closed
+//! and counted by reason; it never disturbs other connections.
 
 mod accept;
+mod dial;
+mod hello;
+pub mod route;
+mod splice;
+mod terminate;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 pub use accept::{Handle, spawn};
+use route::Decision;
+
+use crate::config::Limits;
+use crate::pki::EgressIdentities;
+use crate::store::Resources;
+
+/// What every connection handler reads.
+pub struct Context {
+    /// The zone's resources.
+    pub resources_rx: watch::Receiver<Arc<Resources>>,
+    /// Per-mesh egress certificates.
+    pub identities: Arc<EgressIdentities>,
+    /// Listener limits.
+    pub limits: Limits,
+    /// One `access` log line per connection.
+    pub access_log: bool,
+    /// Rejection reasons already logged (each is logged once at debug).
+    logged: Mutex<HashSet<&'static str>>,
+}
+
+impl Context {
+    /// A context for the listener.
+    pub fn new(
+        resources_rx: watch::Receiver<Arc<Resources>>,
+        identities: Arc<EgressIdentities>,
+        limits: Limits,
+        access_log: bool,
+    ) -> Context {
+        Context {
+            resources_rx,
+            identities,
+            limits,
+            access_log,
+            logged: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn reject(&self, peer: SocketAddr, reason: &'static str, sni: Option<&str>, detail: &str) {
+        metrics::counter!("zone_egress_connections_rejected_total", "reason" => reason)
+            .increment(1);
+        let first = self
+            .logged
+            .lock()
+            .map(|mut l| l.insert(reason))
+            .unwrap_or(false);
+        if first {
+            tracing::debug!(%peer, reason, sni, detail, "connection refused (logged once per reason)");
+        }
+        if self.access_log {
+            tracing::info!(target: "access", %peer, sni, outcome = "rejected", reason, detail);
+        }
+    }
+}
+
+/// Serves one accepted connection to its end.
+pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+    let accepted = Instant::now();
+    let _ = stream.set_nodelay(true);
+    let (buffered, hello) =
+        match hello::read_client_hello(&mut stream, ctx.limits.hello_timeout).await {
+            Ok(h) => h,
+            Err(e) => return ctx.reject(peer, e.reason(), None, &e.to_string()),
+        };
+    let sni = hello.server_name.as_deref();
+    let resources = ctx.resources_rx.borrow().clone();
+    let (mesh, service, sni) = match route::decide(sni, &resources) {
+        Decision::Reject { reason, detail } => return ctx.reject(peer, reason, sni, &detail),
+        Decision::TerminateExternal { mesh, service, sni } => (mesh, service, sni),
+    };
+    let mesh_name = mesh.name.as_str().to_string();
+    let service_name = service.service().to_string();
+    let labels = [
+        ("mesh", mesh_name.clone()),
+        ("service", service_name.clone()),
+    ];
+    metrics::counter!("zone_egress_connections_routed_total", &labels).increment(1);
+
+    let names = route::certificate_names(&sni, &service);
+    let config = match ctx
+        .identities
+        .server_config(&mesh, &names, SystemTime::now())
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(mesh = %mesh_name, error = %e, "no egress identity for the mesh");
+            return ctx.reject(peer, "identity", Some(&sni), &e.to_string());
+        }
+    };
+    let client = match terminate::accept(config, buffered, stream, ctx.limits.hello_timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            metrics::counter!("zone_egress_handshake_failures_total", &labels).increment(1);
+            return ctx.reject(peer, "handshake", Some(&sni), &e.to_string());
+        }
+    };
+    let upstream = match dial::dial(&service).await {
+        Ok(u) => u,
+        Err(e) => {
+            metrics::counter!("zone_egress_dial_failures_total", &labels).increment(1);
+            tracing::debug!(%peer, sni, error = %e, "dial failed");
+            return ctx.reject(peer, e.reason(), Some(&sni), &e.to_string());
+        }
+    };
+    metrics::histogram!("zone_egress_connect_seconds", &labels)
+        .record(accepted.elapsed().as_secs_f64());
+    let active = metrics::gauge!("zone_egress_connections_active", &labels);
+    active.increment(1.0);
+    let moved = splice::splice(client, upstream, ctx.limits.idle_timeout).await;
+    active.decrement(1.0);
+    metrics::counter!(
+        "zone_egress_bytes_total",
+        &[
+            ("mesh", mesh_name.clone()),
+            ("service", service_name.clone()),
+            ("direction", "upstream".to_string())
+        ]
+    )
+    .increment(moved.client_to_upstream);
+    metrics::counter!(
+        "zone_egress_bytes_total",
+        &[
+            ("mesh", mesh_name.clone()),
+            ("service", service_name.clone()),
+            ("direction", "downstream".to_string())
+        ]
+    )
+    .increment(moved.upstream_to_client);
+    if ctx.access_log {
+        tracing::info!(
+            target: "access", %peer, sni, mesh = %mesh_name, service = %service_name,
+            upstream = %service.networking.address, outcome = "forwarded",
+            bytes_up = moved.client_to_upstream, bytes_down = moved.upstream_to_client,
+            idle_timeout = moved.idle_timeout, duration_ms = accepted.elapsed().as_millis() as u64,
+        );
+    }
+}

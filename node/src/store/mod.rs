@@ -75,6 +75,14 @@ impl Resources {
     }
 }
 
+impl FromIterator<Resource> for Resources {
+    fn from_iter<I: IntoIterator<Item = Resource>>(iter: I) -> Resources {
+        Resources {
+            by_key: iter.into_iter().map(|r| (r.key(), r)).collect(),
+        }
+    }
+}
+
 /// One requested change.
 #[derive(Debug, Clone)]
 pub enum Change {

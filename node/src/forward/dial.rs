@@ -1,0 +1,145 @@
+//! Dial stage (external services): connect to `networking.address`, originate TLS if asked.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use proto::resource::{ExternalService, Host};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::pki;
+
+/// Time allowed to resolve a DNS name.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for the TCP connect (and the TLS handshake when originating).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the upstream could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The DNS name did not resolve (in time).
+    #[error("cannot resolve {host}: {message}")]
+    Resolve {
+        /// The name.
+        host: String,
+        /// Why.
+        message: String,
+    },
+    /// No address accepted the connection.
+    #[error("cannot connect to {target}: {message}")]
+    Connect {
+        /// `host:port`.
+        target: String,
+        /// Why.
+        message: String,
+    },
+    /// TLS origination material is unusable.
+    #[error("TLS origination settings: {0}")]
+    Settings(#[from] pki::PkiError),
+    /// The upstream's TLS handshake failed.
+    #[error("TLS handshake with {target} failed: {message}")]
+    Tls {
+        /// `host:port`.
+        target: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl DialError {
+    /// Metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DialError::Resolve { .. } => "resolve",
+            DialError::Connect { .. } => "connect",
+            DialError::Settings(_) => "tls_settings",
+            DialError::Tls { .. } => "upstream_tls",
+        }
+    }
+}
+
+/// A connected upstream.
+pub trait Upstream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Upstream for T {}
+
+/// Connects to the external service, with TLS when `networking.tls.enabled`.
+pub async fn dial(service: &ExternalService) -> Result<Box<dyn Upstream>, DialError> {
+    let address = &service.networking.address;
+    let target = address.to_string();
+    let port = address.port.get();
+    let addrs: Vec<SocketAddr> = match &address.host {
+        Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
+        Host::Dns(name) => {
+            let lookup = tokio::net::lookup_host((name.as_str(), port));
+            match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                Ok(Ok(addrs)) => addrs.collect(),
+                Ok(Err(e)) => {
+                    return Err(DialError::Resolve {
+                        host: name.clone(),
+                        message: e.to_string(),
+                    });
+                }
+                Err(_) => {
+                    return Err(DialError::Resolve {
+                        host: name.clone(),
+                        message: format!("timed out after {RESOLVE_TIMEOUT:?}"),
+                    });
+                }
+            }
+        }
+    };
+    let mut last = String::from("no address");
+    let mut stream = None;
+    for addr in addrs {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                stream = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: timed out after {CONNECT_TIMEOUT:?}"),
+        }
+    }
+    let Some(stream) = stream else {
+        return Err(DialError::Connect {
+            target,
+            message: last,
+        });
+    };
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = service.networking.tls.as_ref().filter(|t| t.enabled) else {
+        return Ok(Box::new(stream));
+    };
+    let ca = tls
+        .ca_cert
+        .as_ref()
+        .map(pki::read_data_source)
+        .transpose()?;
+    let identity = tls
+        .client
+        .as_ref()
+        .map(pki::load_client_identity)
+        .transpose()?;
+    let config = pki::client_config(ca.as_deref(), identity, tls.skip_hostname_verification)?;
+    let host = tls.server_name.as_ref().unwrap_or(&address.host);
+    let server_name = match host {
+        Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+        Host::Dns(name) => ServerName::try_from(name.clone()).map_err(|e| DialError::Tls {
+            target: target.clone(),
+            message: format!("invalid server name {name:?}: {e}"),
+        })?,
+    };
+    let connector = tokio_rustls::TlsConnector::from(config);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(server_name, stream)).await {
+        Ok(Ok(s)) => Ok(Box::new(s)),
+        Ok(Err(e)) => Err(DialError::Tls {
+            target,
+            message: e.to_string(),
+        }),
+        Err(_) => Err(DialError::Tls {
+            target,
+            message: format!("timed out after {CONNECT_TIMEOUT:?}"),
+        }),
+    }
+}

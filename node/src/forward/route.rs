@@ -1,0 +1,353 @@
+//! Routing decision (DESIGN.md §6): from the SNI of a ClientHello and the zone's resources to
+//! what the egress does with the connection.
+//!
+//! Pure: the same function answers `GET /v1/inspect/route` and the listener, so what an
+//! operator inspects is what a connection gets.
+
+use std::collections::BTreeMap;
+
+use proto::resource::{ExternalService, Host, Kind, Mesh, Resource};
+use proto::sni::{self, HashedKind, Sni};
+use serde::Serialize;
+
+use crate::store::Resources;
+
+/// What the egress does with a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Terminate the client's mTLS with the mesh identity, then dial the external service.
+    TerminateExternal {
+        /// The mesh (mTLS enabled).
+        mesh: Box<Mesh>,
+        /// The external service.
+        service: Box<ExternalService>,
+        /// The SNI the client sent (DNS-valid hashed form).
+        sni: String,
+    },
+    /// Close the connection.
+    Reject {
+        /// Stable label for metrics.
+        reason: &'static str,
+        /// Human explanation.
+        detail: String,
+    },
+}
+
+impl Decision {
+    fn reject(reason: &'static str, detail: impl Into<String>) -> Decision {
+        Decision::Reject {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// The metric label of the decision.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Decision::TerminateExternal { .. } => "external",
+            Decision::Reject { reason, .. } => reason,
+        }
+    }
+}
+
+/// The SNI a sidecar uses to reach an external service through the egress (Kuma's hashed form,
+/// kind `mes`, no tags; the port is the one of `networking.address`).
+pub fn external_service_sni(service: &ExternalService) -> String {
+    sni::hashed(
+        service.name.as_str(),
+        service.mesh.as_str(),
+        &BTreeMap::new(),
+        service.networking.address.port.get(),
+        HashedKind::Mes,
+    )
+}
+
+fn mesh_with_mtls<'a>(resources: &'a Resources, name: &str) -> Result<&'a Mesh, Decision> {
+    let mesh = resources
+        .list(Kind::Mesh, None)
+        .into_iter()
+        .find_map(|r| match r {
+            Resource::Mesh(m) if m.name.as_str() == name => Some(m),
+            _ => None,
+        });
+    match mesh {
+        None => Err(Decision::reject(
+            "unknown_mesh",
+            format!("mesh {name:?} does not exist in this zone"),
+        )),
+        Some(m) if m.enabled_ca().is_none() => Err(Decision::reject(
+            "mesh_without_mtls",
+            format!("mesh {name:?} has no enabled mTLS backend: no egress routing"),
+        )),
+        Some(m) => Ok(m),
+    }
+}
+
+fn external_services<'a>(
+    resources: &'a Resources,
+    mesh: &'a str,
+) -> impl Iterator<Item = &'a ExternalService> + 'a {
+    resources
+        .list(Kind::ExternalService, Some(mesh))
+        .into_iter()
+        .filter_map(|r| match r {
+            Resource::ExternalService(es) => Some(es),
+            _ => None,
+        })
+}
+
+/// Decides what to do with a connection whose ClientHello carried `server_name`.
+pub fn decide(server_name: Option<&str>, resources: &Resources) -> Decision {
+    let Some(server_name) = server_name else {
+        return Decision::reject("no_sni", "the ClientHello carries no server name");
+    };
+    let parsed = match Sni::parse(server_name) {
+        Ok(p) => p,
+        Err(e) => return Decision::reject("bad_sni", format!("{server_name:?}: {e}")),
+    };
+    match parsed {
+        Sni::Tagged {
+            service,
+            mesh,
+            tags,
+        } => {
+            let mesh = match mesh_with_mtls(resources, &mesh) {
+                Ok(m) => m,
+                Err(d) => return d,
+            };
+            let found = external_services(resources, mesh.name.as_str()).find(|es| {
+                es.service() == service
+                    && tags.iter().all(|(k, v)| es.tags.get(k) == Some(v.as_str()))
+            });
+            match found {
+                Some(es) => Decision::reject(
+                    "sni_not_dns",
+                    format!(
+                        "{service:?} is an external service, which the egress reaches by \
+                         terminating mTLS; that needs the DNS-valid hashed SNI {:?} (the tag \
+                         form is for passthrough to other zones)",
+                        external_service_sni(es)
+                    ),
+                ),
+                None => Decision::reject(
+                    "unknown_service",
+                    format!(
+                        "no external service {service:?} with tags {tags:?} in mesh {:?}, and \
+                         no other zone offers it",
+                        mesh.name.as_str()
+                    ),
+                ),
+            }
+        }
+        Sni::Hashed(hashed) => {
+            if hashed.kind != HashedKind::Mes {
+                return Decision::reject(
+                    "unknown_service",
+                    format!(
+                        "{server_name:?} names a {} service in another zone; no other zone \
+                         offers it",
+                        hashed.kind
+                    ),
+                );
+            }
+            let mut named_but_wrong_hash = false;
+            let mut meshes_seen = Vec::new();
+            for candidate in &hashed.candidates {
+                let mesh_resource =
+                    resources
+                        .list(Kind::Mesh, None)
+                        .into_iter()
+                        .find_map(|r| match r {
+                            Resource::Mesh(m)
+                                if sni_mesh_matches(m.name.as_str(), &candidate.mesh) =>
+                            {
+                                Some(m)
+                            }
+                            _ => None,
+                        });
+                let Some(mesh_resource) = mesh_resource else {
+                    meshes_seen.push(candidate.mesh.clone());
+                    continue;
+                };
+                let mesh = match mesh_with_mtls(resources, mesh_resource.name.as_str()) {
+                    Ok(m) => m,
+                    Err(d) => return d,
+                };
+                for es in external_services(resources, mesh.name.as_str()) {
+                    let port = es.networking.address.port.get();
+                    if !hashed.names(es.name.as_str(), mesh.name.as_str(), port) {
+                        continue;
+                    }
+                    if hashed.verify(es.name.as_str(), mesh.name.as_str(), &BTreeMap::new(), port) {
+                        return Decision::TerminateExternal {
+                            mesh: Box::new(mesh.clone()),
+                            service: Box::new(es.clone()),
+                            sni: server_name.to_string(),
+                        };
+                    }
+                    named_but_wrong_hash = true;
+                }
+            }
+            if named_but_wrong_hash {
+                Decision::reject(
+                    "hash_mismatch",
+                    format!(
+                        "{server_name:?} names a known external service but its hash does not match"
+                    ),
+                )
+            } else if !meshes_seen.is_empty() && meshes_seen.len() == hashed.candidates.len() {
+                Decision::reject(
+                    "unknown_mesh",
+                    format!("mesh {:?} does not exist in this zone", meshes_seen[0]),
+                )
+            } else {
+                Decision::reject(
+                    "unknown_service",
+                    format!("no external service matches {server_name:?}"),
+                )
+            }
+        }
+    }
+}
+
+/// Whether a mesh name shows as `label` in an SNI (names over 62 characters are cut).
+fn sni_mesh_matches(mesh: &str, label: &str) -> bool {
+    if mesh.len() > 62 {
+        label.len() == 63 && label.ends_with('x') && mesh.starts_with(&label[..62])
+    } else {
+        mesh == label
+    }
+}
+
+/// The explanation `GET /v1/inspect/route` gives.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    /// The SNI asked about.
+    pub sni: String,
+    /// `terminate-external` or `reject`.
+    pub action: &'static str,
+    /// Metric label of the decision.
+    pub reason: &'static str,
+    /// Why.
+    pub detail: String,
+    /// Mesh, when one was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<String>,
+    /// External service, when one was found.
+    #[serde(rename = "externalService", skip_serializing_if = "Option::is_none")]
+    pub external_service: Option<String>,
+    /// Where the egress would dial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Whether TLS would be originated to the upstream.
+    #[serde(rename = "originateTls", skip_serializing_if = "Option::is_none")]
+    pub originate_tls: Option<bool>,
+}
+
+/// Explains the decision for `sni`.
+pub fn explain(sni: &str, resources: &Resources) -> Explanation {
+    match decide(Some(sni), resources) {
+        Decision::TerminateExternal { mesh, service, .. } => Explanation {
+            sni: sni.to_string(),
+            action: "terminate-external",
+            reason: "external",
+            detail: format!(
+                "terminate mTLS as spiffe://{}/zone-egress (client certificate of mesh {} \
+                 required), dial {}",
+                mesh.name.as_str(),
+                mesh.name.as_str(),
+                service.networking.address
+            ),
+            mesh: Some(mesh.name.as_str().to_string()),
+            external_service: Some(service.name.as_str().to_string()),
+            upstream: Some(service.networking.address.to_string()),
+            originate_tls: Some(service.networking.tls.as_ref().is_some_and(|t| t.enabled)),
+        },
+        Decision::Reject { reason, detail } => Explanation {
+            sni: sni.to_string(),
+            action: "reject",
+            reason,
+            detail,
+            mesh: None,
+            external_service: None,
+            upstream: None,
+            originate_tls: None,
+        },
+    }
+}
+
+/// The DNS names the egress certificate for a connection carries: the SNI, and the external
+/// service's host when it is a DNS name.
+pub fn certificate_names(sni: &str, service: &ExternalService) -> Vec<String> {
+    let mut names = vec![sni.to_string()];
+    if let Host::Dns(host) = &service.networking.address.host {
+        names.push(host.clone());
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::resource::parse_documents;
+
+    use super::*;
+    use crate::store::Resources;
+
+    fn resources(yaml: &str) -> Resources {
+        Resources::from_iter(parse_documents(yaml).unwrap())
+    }
+
+    const ZONE: &str = "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: provided\n      conf: { cert: { file: /x/ca.pem }, key: { file: /x/ca.key } }\n---\ntype: Mesh\nname: plain\n---\ntype: ExternalService\nmesh: default\nname: httpbin\ntags: { kuma.io/service: httpbin }\nnetworking: { address: 'httpbin.org:443', tls: { enabled: true } }\n---\ntype: ExternalService\nmesh: plain\nname: other\ntags: { kuma.io/service: other }\nnetworking: { address: 'other.org:80' }\n";
+
+    #[test]
+    fn the_hashed_sni_of_an_external_service_terminates() {
+        let r = resources(ZONE);
+        let es = match r.list(Kind::ExternalService, Some("default"))[0] {
+            Resource::ExternalService(es) => es.clone(),
+            _ => unreachable!(),
+        };
+        let sni = external_service_sni(&es);
+        assert!(sni.ends_with(".httpbin.443.default.mes"), "{sni}");
+        match decide(Some(&sni), &r) {
+            Decision::TerminateExternal { service, .. } => {
+                assert_eq!(service.name.as_str(), "httpbin")
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = explain(&sni, &r);
+        assert_eq!(e.upstream.as_deref(), Some("httpbin.org:443"));
+        assert_eq!(e.originate_tls, Some(true));
+    }
+
+    #[test]
+    fn every_rejection_has_its_reason() {
+        let r = resources(ZONE);
+        let cases = [
+            (None, "no_sni"),
+            (Some("httpbin{mesh=default}"), "sni_not_dns"),
+            (Some("nothing{mesh=default}"), "unknown_service"),
+            (Some("httpbin{mesh=nope}"), "unknown_mesh"),
+            (Some("other{mesh=plain}"), "mesh_without_mtls"),
+            (
+                Some("a0000000000000000.httpbin.443.default.mes"),
+                "hash_mismatch",
+            ),
+            (
+                Some("a0000000000000000.nothing.443.default.mes"),
+                "unknown_service",
+            ),
+            (
+                Some("a0000000000000000.httpbin.443.nope.mes"),
+                "unknown_mesh",
+            ),
+            (
+                Some("ae10a8071b8a8eeb8.backend.8080.demo.ms"),
+                "unknown_service",
+            ),
+            (Some("{{{"), "bad_sni"),
+        ];
+        for (sni, reason) in cases {
+            assert_eq!(decide(sni, &r).label(), reason, "{sni:?}");
+        }
+    }
+}
