@@ -13,6 +13,8 @@
 //! cluster.kill(i).unwrap();
 //! ```
 
+pub mod upstream;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -106,6 +106,10 @@ pub enum PkiCommand {
         /// Validity, e.g. 24h, 30d.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         validity: std::time::Duration,
+        /// Start the validity this long ago (e.g. `--validity 1h --backdate 2h` gives an
+        /// expired certificate, for tests).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        backdate: std::time::Duration,
     },
 }
 

@@ -37,8 +37,11 @@ fn pki(command: node::cli::PkiCommand) -> anyhow::Result<String> {
             ips,
             out,
             validity,
+            backdate,
         } => {
-            node::pki::issue(&ca, &spiffe, &dns, &ips, &out, validity)?;
+            let start = std::time::SystemTime::now() - backdate;
+            let options = node::pki::IssueOptions::new(spiffe.clone(), dns, ips, start, validity)?;
+            node::pki::issue_with(&ca, &out, &options)?;
             Ok(format!(
                 "wrote {0}/cert.pem and {0}/key.pem for {spiffe}\n",
                 out.display()

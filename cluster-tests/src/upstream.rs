@@ -1,0 +1,135 @@
+//! Real upstream servers for the forwarding tests: nginx on loopback.
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::eventually;
+
+/// A free loopback port (bound once to port 0, then released for the server to take).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// An nginx serving `root` over plain HTTP and, when given a certificate, over HTTPS.
+pub struct Nginx {
+    child: Child,
+    /// Plain HTTP port.
+    pub http_port: u16,
+    /// HTTPS port, when started with a certificate.
+    pub https_port: Option<u16>,
+    /// Document root.
+    pub root: PathBuf,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx in `dir` serving `dir/www`; `tls` is (cert.pem, key.pem) for HTTPS.
+    pub fn start(dir: &Path, tls: Option<(&Path, &Path)>) -> anyhow::Result<Nginx> {
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context("nginx is not installed (apt-get install nginx; .ci/run does)")?;
+        let root = dir.join("www");
+        fs::create_dir_all(&root)?;
+        fs::create_dir_all(dir.join("logs"))?;
+        let http_port = free_port()?;
+        let https_port = tls.map(|_| free_port()).transpose()?;
+        let https = match (tls, https_port) {
+            (Some((cert, key)), Some(port)) => format!(
+                "server {{ listen 127.0.0.1:{port} ssl; server_name localhost; \
+                 ssl_certificate {}; ssl_certificate_key {}; root {}; }}",
+                cert.display(),
+                key.display(),
+                root.display()
+            ),
+            _ => String::new(),
+        };
+        let conf = format!(
+            "daemon off; master_process off; worker_processes 1; user root; \
+             error_log {dir}/logs/error.log; pid {dir}/nginx.pid;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{ access_log off; sendfile on; \
+             client_body_temp_path {dir}/tmp-body; proxy_temp_path {dir}/tmp-proxy; \
+             fastcgi_temp_path {dir}/tmp-fcgi; uwsgi_temp_path {dir}/tmp-uwsgi; scgi_temp_path {dir}/tmp-scgi; \
+             server {{ listen 127.0.0.1:{http_port}; root {root}; }}\n{https}\n}}\n",
+            dir = dir.display(),
+            root = root.display(),
+        );
+        let conf_path = dir.join("nginx.conf");
+        fs::write(&conf_path, conf)?;
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("logs/stderr.log"))?)
+            .spawn()
+            .context("cannot start nginx")?;
+        let mut nginx = Nginx {
+            child,
+            http_port,
+            https_port,
+            root,
+            dir: dir.to_path_buf(),
+        };
+        let ports: Vec<u16> = std::iter::once(http_port).chain(https_port).collect();
+        let up = eventually(Duration::from_secs(10), "nginx to listen", || {
+            if let Some(status) = nginx.child.try_wait()? {
+                bail!(
+                    "nginx exited with {status}: {}",
+                    fs::read_to_string(nginx.dir.join("logs/stderr.log")).unwrap_or_default()
+                );
+            }
+            Ok(ports
+                .iter()
+                .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                .then_some(()))
+        });
+        if let Err(e) = up {
+            let _ = nginx.child.kill();
+            return Err(e);
+        }
+        Ok(nginx)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command and returns (exit code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> anyhow::Result<(Option<i32>, Vec<u8>, String)> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{cmd:?}"))?;
+    Ok((
+        out.status.code(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    ))
+}
+
+/// sha256 of a file, by `sha256sum`.
+pub fn sha256(path: &Path) -> anyhow::Result<String> {
+    let (code, out, err) = run(Command::new("sha256sum").arg(path))?;
+    if code != Some(0) {
+        bail!("sha256sum {}: {err}", path.display());
+    }
+    Ok(String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}

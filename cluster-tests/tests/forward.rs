@@ -1,0 +1,524 @@
+//! The forwarding plane with real clients and servers: curl and openssl in front, nginx behind,
+//! a 3-node fleet in between.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use cluster_tests::upstream::{Nginx, run, sha256};
+use cluster_tests::{Cluster, TEST_CONFIG, binary, eventually, get_json, post_json, request};
+use serde_json::Value;
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn ze(args: &[&str]) -> String {
+    let (code, out, err) = run(Command::new(binary().unwrap()).args(args)).unwrap();
+    assert_eq!(code, Some(0), "zone-egress {args:?}: {err}");
+    String::from_utf8(out).unwrap()
+}
+
+/// Certificates of one test: the mesh CA, client identities, an upstream CA for nginx.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
+        ze(&[
+            "pki",
+            "init-ca",
+            "--out",
+            &p("mesh-ca"),
+            "--name",
+            "mesh-default",
+        ]);
+        ze(&[
+            "pki",
+            "init-ca",
+            "--out",
+            &p("other-ca"),
+            "--name",
+            "mesh-other",
+        ]);
+        ze(&[
+            "pki",
+            "init-ca",
+            "--out",
+            &p("upstream-ca"),
+            "--name",
+            "upstream",
+        ]);
+        ze(&[
+            "pki",
+            "issue",
+            "--ca",
+            &p("mesh-ca"),
+            "--spiffe",
+            "spiffe://default/client",
+            "--out",
+            &p("client"),
+        ]);
+        ze(&[
+            "pki",
+            "issue",
+            "--ca",
+            &p("other-ca"),
+            "--spiffe",
+            "spiffe://default/client",
+            "--out",
+            &p("foreign"),
+        ]);
+        ze(&[
+            "pki",
+            "issue",
+            "--ca",
+            &p("mesh-ca"),
+            "--spiffe",
+            "spiffe://other/client",
+            "--out",
+            &p("wrong-mesh"),
+        ]);
+        ze(&[
+            "pki",
+            "issue",
+            "--ca",
+            &p("mesh-ca"),
+            "--spiffe",
+            "spiffe://default/client",
+            "--out",
+            &p("expired"),
+            "--validity",
+            "1h",
+            "--backdate",
+            "2h",
+        ]);
+        ze(&[
+            "pki",
+            "issue",
+            "--ca",
+            &p("upstream-ca"),
+            "--spiffe",
+            "spiffe://upstream/nginx",
+            "--dns",
+            "localhost",
+            "--out",
+            &p("nginx"),
+        ]);
+        Pki {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    fn mesh_yaml(&self, mtls: bool) -> String {
+        let mtls = if mtls {
+            format!(
+                "mtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: provided\n      conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }}\n",
+                self.path("mesh-ca/ca.pem").display(),
+                self.path("mesh-ca/ca.key").display()
+            )
+        } else {
+            String::new()
+        };
+        format!("type: Mesh\nname: default\n{mtls}routing:\n  zoneEgress: true\n")
+    }
+}
+
+fn plain_es(name: &str, port: u16) -> String {
+    format!(
+        "type: ExternalService\nmesh: default\nname: {name}\ntags: {{ kuma.io/service: {name}, kuma.io/protocol: tcp }}\nnetworking:\n  address: 127.0.0.1:{port}\n"
+    )
+}
+
+fn tls_es(name: &str, port: u16, ca: &Path) -> String {
+    format!(
+        "type: ExternalService\nmesh: default\nname: {name}\ntags: {{ kuma.io/service: {name} }}\nnetworking:\n  address: localhost:{port}\n  tls: {{ enabled: true, serverName: localhost, caCert: {{ file: {} }} }}\n",
+        ca.display()
+    )
+}
+
+fn apply(cluster: &Cluster, yaml: &str) {
+    let url = format!("{}/v1/apply", cluster.admin(0));
+    let (status, body) = request(
+        "POST",
+        &url,
+        Some(("application/yaml", yaml.as_bytes())),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+fn sni_of(name: &str, port: u16) -> String {
+    ze(&[
+        "sni",
+        "--mesh",
+        "default",
+        "--service",
+        name,
+        "--port",
+        &port.to_string(),
+        "--kind",
+        "mes",
+    ])
+    .trim()
+    .to_string()
+}
+
+/// curl through egress node `i` with an identity (`client`, `expired`, ... or None).
+fn curl(
+    cluster: &Cluster,
+    i: usize,
+    pki: &Pki,
+    sni: &str,
+    path: &str,
+    identity: Option<&str>,
+    out: &Path,
+) -> (Option<i32>, String) {
+    let listen = cluster.nodes[i].info.listen.clone().unwrap();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--max-time", "120", "-o"])
+        .arg(out)
+        .arg(format!("https://{sni}{path}"))
+        .args(["--connect-to", &format!("{sni}:443:{listen}")])
+        .arg("--cacert")
+        .arg(pki.path("mesh-ca/ca.pem"));
+    if let Some(id) = identity {
+        cmd.arg("--cert")
+            .arg(pki.path(&format!("{id}/cert.pem")))
+            .arg("--key")
+            .arg(pki.path(&format!("{id}/key.pem")));
+    }
+    let (code, _, err) = run(&mut cmd).unwrap();
+    (code, err)
+}
+
+fn metrics(cluster: &Cluster, i: usize) -> String {
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    agent
+        .get(&format!("{}/metrics", cluster.admin(i)))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
+fn counter(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+/// Waits until every node routes `sni` (its inspect answer says terminate-external).
+fn wait_routable(cluster: &Cluster, sni: &str, expect: &str) {
+    eventually(
+        CONVERGE,
+        &format!("{sni} routable as {expect} everywhere"),
+        || {
+            for i in cluster.running() {
+                let (_, v) = get_json(&cluster.admin(i), &format!("/v1/inspect/route?sni={sni}"))?;
+                if v["action"] != expect && v["reason"] != expect {
+                    bail!("node {i}: {v}");
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .unwrap();
+}
+
+fn fleet() -> (Cluster, Pki) {
+    let mut cluster = Cluster::new().unwrap();
+    for _ in 0..3 {
+        let mut options = cluster.next_options();
+        options.config = TEST_CONFIG.to_string();
+        cluster.add_node_with(options).unwrap();
+    }
+    cluster.wait_converged(CONVERGE).unwrap();
+    let pki = Pki::new(cluster.root());
+    (cluster, pki)
+}
+
+#[test]
+fn external_services_through_every_node_with_intact_bytes() {
+    let (cluster, pki) = fleet();
+    let nginx = Nginx::start(
+        &cluster.root().join("nginx"),
+        Some((&pki.path("nginx/cert.pem"), &pki.path("nginx/key.pem"))),
+    )
+    .unwrap();
+    // A 50 MB body.
+    let big = nginx.root.join("big.bin");
+    let (code, _, err) = run(Command::new("head")
+        .args(["-c", "52428800", "/dev/urandom"])
+        .stdout(std::fs::File::create(&big).unwrap()))
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    std::fs::write(nginx.root.join("index.html"), "hello through the egress\n").unwrap();
+    let want = sha256(&big).unwrap();
+
+    let https_port = nginx.https_port.unwrap();
+    apply(
+        &cluster,
+        &format!(
+            "{}---\n{}---\n{}",
+            pki.mesh_yaml(true),
+            plain_es("plain-web", nginx.http_port),
+            tls_es("secure-web", https_port, &pki.path("upstream-ca/ca.pem"))
+        ),
+    );
+    let plain = sni_of("plain-web", nginx.http_port);
+    let secure = sni_of("secure-web", https_port);
+    wait_routable(&cluster, &plain, "terminate-external");
+    wait_routable(&cluster, &secure, "terminate-external");
+
+    for i in 0..3 {
+        for (sni, what) in [(&plain, "plain"), (&secure, "tls-originated")] {
+            let out = cluster.root().join(format!("out-{i}-{what}.bin"));
+            let started = Instant::now();
+            let (code, err) = curl(&cluster, i, &pki, sni, "/big.bin", Some("client"), &out);
+            assert_eq!(code, Some(0), "node {i} {what}: {err}");
+            assert_eq!(sha256(&out).unwrap(), want, "node {i} {what}: bytes differ");
+            eprintln!("node {i}: 50 MB {what} in {:?}", started.elapsed());
+            let page = cluster.root().join(format!("page-{i}-{what}.html"));
+            let (code, err) = curl(&cluster, i, &pki, sni, "/index.html", Some("client"), &page);
+            assert_eq!(code, Some(0), "{err}");
+            assert_eq!(
+                std::fs::read_to_string(&page).unwrap(),
+                "hello through the egress\n"
+            );
+        }
+    }
+    let m = metrics(&cluster, 0);
+    assert!(
+        counter(
+            &m,
+            "zone_egress_bytes_total{mesh=\"default\",service=\"plain-web\",direction=\"downstream\"}"
+        ) >= 52_428_800,
+        "{m}"
+    );
+}
+
+#[test]
+fn wrong_client_certificates_are_refused_and_others_keep_working() {
+    let (cluster, pki) = fleet();
+    let nginx = Nginx::start(&cluster.root().join("nginx"), None).unwrap();
+    std::fs::write(nginx.root.join("index.html"), "ok\n").unwrap();
+    apply(
+        &cluster,
+        &format!(
+            "{}---\n{}",
+            pki.mesh_yaml(true),
+            plain_es("web", nginx.http_port)
+        ),
+    );
+    let sni = sni_of("web", nginx.http_port);
+    wait_routable(&cluster, &sni, "terminate-external");
+    let out = cluster.root().join("out.html");
+    for identity in [Some("foreign"), Some("wrong-mesh"), Some("expired"), None] {
+        let (code, err) = curl(&cluster, 1, &pki, &sni, "/index.html", identity, &out);
+        assert_ne!(code, Some(0), "{identity:?} was accepted");
+        assert!(!err.is_empty());
+        // The node keeps serving a good client.
+        let (code, err) = curl(&cluster, 1, &pki, &sni, "/index.html", Some("client"), &out);
+        assert_eq!(code, Some(0), "after {identity:?}: {err}");
+    }
+    let m = metrics(&cluster, 1);
+    assert!(
+        counter(
+            &m,
+            "zone_egress_connections_rejected_total{reason=\"handshake\"}"
+        ) >= 4,
+        "{m}"
+    );
+    // A self-signed client certificate is refused too.
+    let (code, _, err) = run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=self",
+        "-addext",
+        "subjectAltName=URI:spiffe://default/self",
+        "-keyout",
+        cluster.root().join("self.key").to_str().unwrap(),
+        "-out",
+        cluster.root().join("self.pem").to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let listen = cluster.nodes[0].info.listen.clone().unwrap();
+    let (code, _, _) = run(Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "20", "-o", "/dev/null"])
+        .arg(format!("https://{sni}/index.html"))
+        .args(["--connect-to", &format!("{sni}:443:{listen}")])
+        .arg("--cacert")
+        .arg(pki.path("mesh-ca/ca.pem"))
+        .arg("--cert")
+        .arg(cluster.root().join("self.pem"))
+        .arg("--key")
+        .arg(cluster.root().join("self.key")))
+    .unwrap();
+    assert_ne!(code, Some(0));
+}
+
+#[test]
+fn tag_form_sni_reaches_the_routing_decision() {
+    let (cluster, pki) = fleet();
+    let nginx = Nginx::start(&cluster.root().join("nginx"), None).unwrap();
+    apply(
+        &cluster,
+        &format!(
+            "{}---\n{}",
+            pki.mesh_yaml(true),
+            plain_es("httpbin", nginx.http_port)
+        ),
+    );
+    wait_routable(&cluster, "httpbin%7Bmesh%3Ddefault%7D", "sni_not_dns");
+    let listen = cluster.nodes[2].info.listen.clone().unwrap();
+    let before = counter(
+        &metrics(&cluster, 2),
+        "zone_egress_connections_rejected_total{reason=\"sni_not_dns\"}",
+    );
+    let (_, out, _) = run(Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &listen,
+            "-servername",
+            "httpbin{mesh=default}",
+        ])
+        .arg("-cert")
+        .arg(pki.path("client/cert.pem"))
+        .arg("-key")
+        .arg(pki.path("client/key.pem")))
+    .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("no peer certificate available"), "{out}");
+    let after = counter(
+        &metrics(&cluster, 2),
+        "zone_egress_connections_rejected_total{reason=\"sni_not_dns\"}",
+    );
+    assert_eq!(after, before + 1);
+    // The operator's view of the same decision, from the CLI.
+    let explained = ze(&[
+        "inspect",
+        "route",
+        "--sni",
+        "httpbin{mesh=default}",
+        "--admin",
+        &cluster.admin(2),
+    ]);
+    let v: Value = serde_json::from_str(&explained).unwrap();
+    assert_eq!(v["reason"], "sni_not_dns");
+    assert!(v["detail"].as_str().unwrap().contains(".mes"), "{v}");
+    // Garbage and plain text are closed and counted, never routed.
+    let (_, out, _) =
+        run(Command::new("curl").args(["-sS", "--max-time", "5", &format!("http://{listen}/")]))
+            .unwrap();
+    assert!(out.is_empty());
+    let m = metrics(&cluster, 2);
+    assert!(
+        counter(
+            &m,
+            "zone_egress_connections_rejected_total{reason=\"not_tls\"}"
+        ) >= 1,
+        "{m}"
+    );
+}
+
+#[test]
+fn resource_changes_take_effect_while_running() {
+    let (cluster, pki) = fleet();
+    let nginx = Nginx::start(&cluster.root().join("nginx"), None).unwrap();
+    std::fs::write(nginx.root.join("index.html"), "v1\n").unwrap();
+    apply(&cluster, &pki.mesh_yaml(true));
+    let sni = sni_of("late", nginx.http_port);
+    let out = cluster.root().join("out.html");
+    let (code, _) = curl(&cluster, 0, &pki, &sni, "/index.html", Some("client"), &out);
+    assert_ne!(code, Some(0), "routed before the external service exists");
+
+    // Added: works through every node within seconds.
+    let added = Instant::now();
+    apply(&cluster, &plain_es("late", nginx.http_port));
+    eventually(CONVERGE, "the new external service on every node", || {
+        for i in 0..3 {
+            let (code, err) = curl(&cluster, i, &pki, &sni, "/index.html", Some("client"), &out);
+            if code != Some(0) {
+                bail!("node {i}: {err}");
+            }
+        }
+        Ok(Some(()))
+    })
+    .unwrap();
+    eprintln!(
+        "new external service routable on every node after {:?}",
+        added.elapsed()
+    );
+
+    // Deleted: new connections are refused everywhere.
+    let url = format!(
+        "{}/v1/meshes/default/external-services/late",
+        cluster.admin(1)
+    );
+    assert_eq!(request("DELETE", &url, None, None).unwrap().0, 200);
+    wait_routable(&cluster, &sni, "unknown_service");
+    for i in 0..3 {
+        let (code, _) = curl(&cluster, i, &pki, &sni, "/index.html", Some("client"), &out);
+        assert_ne!(code, Some(0), "node {i} still routes a deleted service");
+    }
+
+    // mTLS turned off on the mesh: refused.
+    apply(&cluster, &plain_es("late", nginx.http_port));
+    wait_routable(&cluster, &sni, "terminate-external");
+    apply(&cluster, &pki.mesh_yaml(false));
+    wait_routable(&cluster, &sni, "mesh_without_mtls");
+    let (code, _) = curl(&cluster, 2, &pki, &sni, "/index.html", Some("client"), &out);
+    assert_ne!(code, Some(0));
+}
+
+#[test]
+fn outbounds_name_ready_egresses_or_answer_503() {
+    let (cluster, pki) = fleet();
+    apply(
+        &cluster,
+        &format!("{}---\n{}", pki.mesh_yaml(true), plain_es("httpbin", 9)),
+    );
+    let path = "/v1/meshes/default/outbounds/httpbin";
+    let answer = eventually(CONVERGE, "three egresses in outbounds", || {
+        let (status, v) = get_json(&cluster.admin(1), path)?;
+        Ok((status == 200 && v["egresses"].as_array().map(Vec::len) == Some(3)).then_some(v))
+    })
+    .unwrap();
+    assert_eq!(answer["mode"], "zone-egress");
+    assert_eq!(answer["sni"], sni_of("httpbin", 9));
+    for i in 0..3 {
+        let (status, v) = post_json(&cluster.admin(i), "/v1/drain", None).unwrap();
+        assert_eq!(status, 202, "{v}");
+    }
+    let (status, v) = eventually(CONVERGE, "503 once every egress drains", || {
+        let (status, v) = get_json(&cluster.admin(0), path)?;
+        Ok((status == 503).then_some((status, v)))
+    })
+    .unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        v["error"].as_str().unwrap().contains("no ZoneEgress"),
+        "{v}"
+    );
+}
