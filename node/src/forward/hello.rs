@@ -65,3 +65,53 @@ pub async fn read_client_hello<S: AsyncRead + Unpin>(
         .await
         .map_err(|_| ReadHelloError::Timeout(timeout))?
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncWriteExt, duplex};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_times_out() {
+        let (_client, mut server) = duplex(64);
+        let err = read_client_hello(&mut server, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "hello_timeout");
+    }
+
+    #[tokio::test]
+    async fn plain_text_and_early_close_are_refused_with_their_reason() {
+        let (mut client, mut server) = duplex(64);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let err = read_client_hello(&mut server, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "not_tls");
+
+        let (mut client, mut server) = duplex(64);
+        client.write_all(&[0x16, 0x03, 0x01, 0x00, 0x40, 0x01]).await.unwrap();
+        drop(client);
+        let err = read_client_hello(&mut server, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "truncated");
+    }
+
+    #[tokio::test]
+    async fn an_endless_hello_is_cut_at_the_limit() {
+        let (mut client, mut server) = duplex(1 << 16);
+        // A handshake record announcing a 60 KB ClientHello, then filler.
+        let writer = tokio::spawn(async move {
+            let mut header = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0xea, 0x60];
+            header.resize(70_000, 0);
+            let _ = client.write_all(&header).await;
+        });
+        let err = read_client_hello(&mut server, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "oversized");
+        writer.abort();
+    }
+}
