@@ -42,6 +42,9 @@ pub struct RuntimeInfo {
     pub gossip: String,
     /// Forwarding listener (egress role).
     pub listen: Option<String>,
+    /// QUIC link socket (ingress role: where links arrive).
+    #[serde(default)]
+    pub link: Option<String>,
 }
 
 /// Options of one node started by the harness.

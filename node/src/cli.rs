@@ -154,6 +154,8 @@ pub enum Resource {
     ExternalServices,
     /// Dataplanes of a mesh.
     Dataplanes,
+    /// QUIC links to other zones' ingresses.
+    Links,
 }
 
 /// Output format of client commands.

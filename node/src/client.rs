@@ -154,6 +154,7 @@ pub fn get(args: &GetArgs) -> anyhow::Result<String> {
         Resource::Meshes => "/v1/meshes".to_string(),
         Resource::ExternalServices => format!("/v1/meshes/{mesh}/external-services"),
         Resource::Dataplanes => format!("/v1/meshes/{mesh}/dataplanes"),
+        Resource::Links => "/v1/links".to_string(),
     };
     let value = call(&args.admin, "GET", &path, None)?;
     render(args.resource, args.output, &value)
@@ -322,6 +323,36 @@ fn render(resource: Resource, output: Output, value: &Value) -> anyhow::Result<S
                         inbounds,
                     ]
                 }),
+                Resource::Links => (
+                    &[
+                        "NAME",
+                        "ZONE",
+                        "ADDRESS",
+                        "STATE",
+                        "RTT MS",
+                        "STREAMS",
+                        "SENT",
+                        "RECEIVED",
+                        "RECONNECTS",
+                        "SERVICES",
+                    ],
+                    |l| {
+                        vec![
+                            text(&l["name"]),
+                            text(&l["zone"]),
+                            text(&l["address"]),
+                            text(&l["state"]),
+                            l["rttMs"]
+                                .as_f64()
+                                .map_or("-".to_string(), |r| format!("{r:.1}")),
+                            text(&l["openStreams"]),
+                            text(&l["bytesSent"]),
+                            text(&l["bytesReceived"]),
+                            text(&l["reconnects"]),
+                            text(&l["services"]),
+                        ]
+                    },
+                ),
             };
             let mut table = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
             table.extend(rows.iter().map(cells));

@@ -17,10 +17,12 @@ pub mod client;
 pub mod config;
 pub mod forward;
 pub mod gossip;
+pub mod link;
 pub mod pki;
 pub mod readiness;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod zones;
 
 pub use server::{RuntimeInfo, VERSION, run};

@@ -50,6 +50,8 @@ pub struct RuntimeInfo {
     pub gossip: SocketAddr,
     /// Bound forwarding listener (egress role).
     pub listen: Option<SocketAddr>,
+    /// Bound QUIC link socket (ingress role: where links arrive; egress role: where they leave).
+    pub link: Option<SocketAddr>,
 }
 
 /// Runs a node until a signal arrives on `signals_rx` (one message per SIGTERM/SIGINT).
@@ -82,11 +84,52 @@ pub async fn run(
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    let link_tls = match (&config.link.ca, &config.link.cert, &config.link.key) {
+        (Some(ca), Some(cert), Some(key)) => Some(
+            crate::link::LinkTls::from_files(ca, cert, key)
+                .context("link TLS (link.ca, link.cert, link.key)")?,
+        ),
+        (None, None, None) if config.role == Role::Egress => None,
+        _ => anyhow::bail!(
+            "link TLS needs all of link.ca, link.cert and link.key{}",
+            if config.role == Role::Ingress {
+                " (the ingress role accepts links only with mTLS)"
+            } else {
+                ""
+            }
+        ),
+    };
+    let link_socket = match (config.role, &link_tls) {
+        (Role::Ingress, _) => Some(std::net::UdpSocket::bind(config.link.listen).with_context(
+            || {
+                format!(
+                    "cannot listen on {} (UDP) for QUIC links (link.listen)",
+                    config.link.listen
+                )
+            },
+        )?),
+        (Role::Egress, Some(_)) => {
+            let any = SocketAddr::new(
+                if config.advertise.is_ipv4() {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                },
+                0,
+            );
+            Some(
+                std::net::UdpSocket::bind(any)
+                    .context("cannot bind a UDP socket for QUIC links")?,
+            )
+        }
+        (Role::Egress, None) => None,
+    };
+    let link_addr = link_socket.as_ref().map(|s| s.local_addr()).transpose()?;
     let (gossip_transport, gossip_addr) = gossip_transport(&config).await?;
     let gossip_advertise = SocketAddr::new(config.advertise, gossip_addr.port());
 
     // 2. Planes.
-    let registration = registration(&config, admin_addr, listen_addr);
+    let registration = registration(&config, admin_addr, listen_addr, link_addr);
     let published_admin = if admin_addr.ip().is_unspecified() {
         SocketAddr::new(config.advertise, admin_addr.port())
     } else {
@@ -134,6 +177,59 @@ pub async fn run(
     .await
     .context("cannot open the resource store")?;
 
+    // QUIC links: the egress keeps one per remote ingress, the ingress accepts them.
+    crate::link::describe_metrics();
+    let mut link_tasks = Vec::new();
+    let (egress_link_socket, mut ingress_socket) = match config.role {
+        Role::Egress => (link_socket, None),
+        Role::Ingress => (None, link_socket),
+    };
+    let links = match (config.role, link_tls.as_ref(), egress_link_socket) {
+        (Role::Egress, Some(tls), Some(socket)) => {
+            let manager = Arc::new(crate::link::spawn_egress(
+                socket,
+                tls,
+                config.zone.clone(),
+                config.name.clone(),
+            )?);
+            link_tasks.push(tokio::spawn(keep_link_targets(
+                store.snapshot(),
+                manager.clone(),
+                config.zone.clone(),
+            )));
+            Some(manager)
+        }
+        _ => None,
+    };
+    let ingress = match (config.role, link_tls.as_ref()) {
+        (Role::Ingress, Some(tls)) => {
+            let (services_tx, services_rx) =
+                watch::channel(Arc::new(proto::link::ServiceSet::default()));
+            link_tasks.push(tokio::spawn(keep_service_set(
+                store.snapshot(),
+                gossip.view(),
+                services_tx,
+            )));
+            let resources_rx = store.snapshot();
+            let resolver: crate::link::Resolver =
+                Arc::new(move |header| crate::zones::endpoints(&resources_rx.borrow(), header));
+            let socket = ingress_socket.take().context("link socket")?;
+            Some(crate::link::spawn_ingress(
+                socket,
+                tls,
+                config.zone.clone(),
+                config.name.clone(),
+                services_rx,
+                resolver,
+            )?)
+        }
+        _ => None,
+    };
+    let remote_rx = match &links {
+        Some(l) => l.services(),
+        None => watch::channel(Arc::new(crate::link::RemoteServices::default())).1,
+    };
+
     let (readiness_tx, readiness_rx) = watch::channel(Readiness::default());
     let (drain_tx, mut drain_rx) = watch::channel(false);
     let admin = crate::admin::spawn(
@@ -150,6 +246,8 @@ pub async fn run(
             token: config.admin.token.clone(),
             resources_rx: store.snapshot(),
             store: store.clone(),
+            links: links.clone(),
+            remote_rx: remote_rx.clone(),
             metrics: Arc::new(move || prometheus.render()),
             started,
         },
@@ -162,6 +260,7 @@ pub async fn run(
         let ctx = forward::Context::new(
             store.snapshot(),
             identities.clone(),
+            links.clone(),
             config.limits.clone(),
             config.log.access,
         );
@@ -179,6 +278,7 @@ pub async fn run(
             admin: admin_addr,
             gossip: gossip_addr,
             listen: listen_addr,
+            link: link_addr,
         },
     )?;
     tracing::info!(
@@ -253,6 +353,15 @@ pub async fn run(
     readiness.abort();
     publish.abort();
     remote_task.abort();
+    for task in link_tasks {
+        task.abort();
+    }
+    if let Some(links) = &links {
+        links.shutdown().await;
+    }
+    if let Some(ingress) = ingress {
+        ingress.shutdown().await;
+    }
     store.shutdown().await;
     admin.shutdown().await;
     gossip.shutdown().await;
@@ -296,6 +405,91 @@ async fn gossip_transport(
     }
 }
 
+/// Keeps the egress's links in line with the static `ZoneIngress` resources of other zones.
+async fn keep_link_targets(
+    mut resources_rx: watch::Receiver<Arc<store::Resources>>,
+    links: Arc<crate::link::LinkManager>,
+    own_zone: String,
+) {
+    loop {
+        let resources = resources_rx.borrow_and_update().clone();
+        let mut targets = Vec::new();
+        for r in resources.list(proto::resource::Kind::ZoneIngress, None) {
+            let proto::resource::Resource::ZoneIngress(zi) = r else {
+                continue;
+            };
+            if zi.zone.as_str() == own_zone {
+                continue;
+            }
+            let port = zi.networking.advertised_port.get();
+            let address = match &zi.networking.advertised_address {
+                proto::resource::Host::Ip(ip) => Some(SocketAddr::new(*ip, port)),
+                proto::resource::Host::Dns(name) => {
+                    match tokio::time::timeout(
+                        Duration::from_secs(5),
+                        tokio::net::lookup_host((name.as_str(), port)),
+                    )
+                    .await
+                    {
+                        Ok(Ok(mut addrs)) => addrs.next(),
+                        _ => {
+                            tracing::warn!(ingress = %zi.name, host = %name, "cannot resolve a remote ingress");
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(address) = address {
+                targets.push(crate::link::LinkTarget {
+                    name: zi.name.as_str().to_string(),
+                    zone: zi.zone.as_str().to_string(),
+                    address,
+                });
+            }
+        }
+        links.set_targets(targets);
+        if resources_rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps what this ingress advertises: the zone's services (from `Dataplane`s) and its ingress
+/// nodes (from gossip).
+async fn keep_service_set(
+    mut resources_rx: watch::Receiver<Arc<store::Resources>>,
+    mut zone_rx: watch::Receiver<Arc<ZoneSnapshot>>,
+    services_tx: watch::Sender<Arc<proto::link::ServiceSet>>,
+) {
+    loop {
+        let resources = resources_rx.borrow_and_update().clone();
+        let ingresses = zone_rx
+            .borrow_and_update()
+            .view
+            .zone_ingresses()
+            .into_iter()
+            .map(|zi| proto::link::IngressAddr {
+                name: zi.name,
+                address: zi.networking.advertised_address,
+                port: zi.networking.advertised_port,
+            })
+            .collect();
+        let set = crate::zones::service_set(&resources, ingresses);
+        services_tx.send_if_modified(|current| {
+            if **current == set {
+                false
+            } else {
+                *current = Arc::new(set);
+                true
+            }
+        });
+        tokio::select! {
+            changed = resources_rx.changed() => if changed.is_err() { return },
+            changed = zone_rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 /// Waits for `phase` unless a second signal arrives first; counts the signals it sees.
 async fn unless_hurried<F: std::future::Future>(
     phase: F,
@@ -324,7 +518,12 @@ fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListe
     Ok(tokio::net::TcpListener::from_std(listener)?)
 }
 
-fn registration(config: &Config, admin: SocketAddr, listen: Option<SocketAddr>) -> Registration {
+fn registration(
+    config: &Config,
+    admin: SocketAddr,
+    listen: Option<SocketAddr>,
+    link: Option<SocketAddr>,
+) -> Registration {
     let address = config.advertise.to_string();
     let admin = AdminPort { port: admin.port() };
     match config.role {
@@ -342,9 +541,9 @@ fn registration(config: &Config, admin: SocketAddr, listen: Option<SocketAddr>) 
             zone: config.zone.clone(),
             networking: IngressNetworking {
                 address: address.clone(),
-                port: config.link.listen.port(),
+                port: link.map_or(config.link.listen.port(), |l| l.port()),
                 advertised_address: address,
-                advertised_port: config.link.listen.port(),
+                advertised_port: link.map_or(config.link.listen.port(), |l| l.port()),
                 admin,
             },
         }),

@@ -13,6 +13,7 @@
 
 pub mod hello;
 pub mod hlc;
+pub mod link;
 pub mod member;
 pub mod registration;
 pub mod resource;

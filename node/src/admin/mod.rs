@@ -56,6 +56,10 @@ pub struct AdminState {
     pub store: store::Handle,
     /// Resource snapshots (reads).
     pub resources_rx: watch::Receiver<Arc<Resources>>,
+    /// Links to other zones (egress role with link TLS).
+    pub links: Option<Arc<crate::link::LinkManager>>,
+    /// What other zones offer over the links that are up.
+    pub remote_rx: watch::Receiver<Arc<crate::link::RemoteServices>>,
     /// Renders `/metrics`.
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
     /// When the process started (for `/live`).
@@ -291,6 +295,8 @@ mod tests {
         .await
         .unwrap();
         let state = AdminState {
+            links: None,
+            remote_rx: watch::channel(Arc::new(crate::link::RemoteServices::default())).1,
             resources_rx: store.snapshot(),
             store,
             node: NodeInfo {

@@ -20,6 +20,13 @@ pub fn routes() -> axum::Router<AdminState> {
     axum::Router::new()
         .route("/v1/inspect/route", get(inspect_route))
         .route("/v1/meshes/{mesh}/outbounds/{service}", get(outbounds))
+        .route("/v1/links", get(links))
+}
+
+/// Per remote ingress: zone, address, state, RTT, streams, bytes, reconnects.
+async fn links(State(state): State<AdminState>) -> Response {
+    let links = state.links.as_ref().map(|l| l.links()).unwrap_or_default();
+    Json(json!(links)).into_response()
 }
 
 async fn inspect_route(
@@ -33,7 +40,8 @@ async fn inspect_route(
         ));
     };
     let resources = state.resources_rx.borrow().clone();
-    Ok(Json(route::explain(sni, &resources)).into_response())
+    let remote = state.remote_rx.borrow().clone();
+    Ok(Json(route::explain(sni, &resources, &remote)).into_response())
 }
 
 /// Where a sidecar of this zone must send traffic for `service` of `mesh`.

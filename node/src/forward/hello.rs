@@ -91,7 +91,10 @@ mod tests {
         assert_eq!(err.reason(), "not_tls");
 
         let (mut client, mut server) = duplex(64);
-        client.write_all(&[0x16, 0x03, 0x01, 0x00, 0x40, 0x01]).await.unwrap();
+        client
+            .write_all(&[0x16, 0x03, 0x01, 0x00, 0x40, 0x01])
+            .await
+            .unwrap();
         drop(client);
         let err = read_client_hello(&mut server, Duration::from_secs(5))
             .await

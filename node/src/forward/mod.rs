@@ -27,6 +27,7 @@ pub use accept::{Handle, spawn};
 use route::Decision;
 
 use crate::config::Limits;
+use crate::link::{LinkManager, RemoteServices};
 use crate::pki::EgressIdentities;
 use crate::store::Resources;
 
@@ -36,6 +37,10 @@ pub struct Context {
     pub resources_rx: watch::Receiver<Arc<Resources>>,
     /// Per-mesh egress certificates.
     pub identities: Arc<EgressIdentities>,
+    /// Links to other zones' ingresses (when `link` TLS is configured).
+    pub links: Option<Arc<LinkManager>>,
+    /// What other zones offer over the links that are up.
+    pub remote_rx: watch::Receiver<Arc<RemoteServices>>,
     /// Listener limits.
     pub limits: Limits,
     /// One `access` log line per connection.
@@ -49,12 +54,19 @@ impl Context {
     pub fn new(
         resources_rx: watch::Receiver<Arc<Resources>>,
         identities: Arc<EgressIdentities>,
+        links: Option<Arc<LinkManager>>,
         limits: Limits,
         access_log: bool,
     ) -> Context {
+        let remote_rx = match &links {
+            Some(l) => l.services(),
+            None => watch::channel(Arc::new(RemoteServices::default())).1,
+        };
         Context {
             resources_rx,
             identities,
+            links,
+            remote_rx,
             limits,
             access_log,
             logged: Mutex::new(HashSet::new()),
@@ -78,6 +90,75 @@ impl Context {
     }
 }
 
+/// Passes the connection through to another zone: one new bidi stream on a link, the buffered
+/// ClientHello first, then raw bytes both ways. The egress never decrypts.
+async fn passthrough(
+    stream: TcpStream,
+    peer: SocketAddr,
+    buffered: Vec<u8>,
+    header: proto::link::StreamHeader,
+    accepted: Instant,
+    ctx: Arc<Context>,
+) {
+    let Some(links) = ctx.links.clone() else {
+        return ctx.reject(
+            peer,
+            "no_link",
+            Some(&header.sni),
+            "no zone link is configured",
+        );
+    };
+    let labels = [
+        ("mesh", header.mesh.clone()),
+        ("service", header.service.clone()),
+    ];
+    // Try the links offering the service, weighted by instances, until one accepts.
+    let mut tried: Vec<String> = Vec::new();
+    let mut last = String::from("no link that is up offers the service");
+    let mut opened = None;
+    for _ in 0..3 {
+        let Some(link) = links.pick(&header.mesh, &header.service, &header.tags) else {
+            break;
+        };
+        if tried.contains(&link) {
+            continue;
+        }
+        match links.open(&header, &link).await {
+            Ok(s) => {
+                opened = Some(s);
+                break;
+            }
+            Err(e) => {
+                last = format!("link {link}: {e}");
+                tried.push(link);
+            }
+        }
+    }
+    let Some(mut link_stream) = opened else {
+        metrics::counter!("zone_egress_dial_failures_total", &labels).increment(1);
+        return ctx.reject(peer, "link_refused", Some(&header.sni), &last);
+    };
+    metrics::counter!("zone_egress_connections_routed_total", &labels).increment(1);
+    if let Err(e) = link_stream.send.write_all(&buffered).await {
+        return ctx.reject(peer, "link_write", Some(&header.sni), &e.to_string());
+    }
+    metrics::histogram!("zone_egress_connect_seconds", &labels)
+        .record(accepted.elapsed().as_secs_f64());
+    let link = link_stream.link().to_string();
+    let active = metrics::gauge!("zone_egress_connections_active", &labels);
+    active.increment(1.0);
+    let moved = link_stream.splice(stream, ctx.limits.idle_timeout).await;
+    active.decrement(1.0);
+    if ctx.access_log {
+        tracing::info!(
+            target: "access", %peer, sni = %header.sni, mesh = %header.mesh,
+            service = %header.service, link = %link, outcome = "passthrough",
+            bytes_up = moved.tcp_to_quic + buffered.len() as u64, bytes_down = moved.quic_to_tcp,
+            duration_ms = accepted.elapsed().as_millis() as u64,
+        );
+    }
+}
+
 /// Serves one accepted connection to its end.
 pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let accepted = Instant::now();
@@ -89,9 +170,26 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Cont
         };
     let sni = hello.server_name.as_deref();
     let resources = ctx.resources_rx.borrow().clone();
-    let (mesh, service, sni) = match route::decide(sni, &resources) {
+    let remote = ctx.remote_rx.borrow().clone();
+    let (mesh, service, sni) = match route::decide(sni, &resources, &remote) {
         Decision::Reject { reason, detail } => return ctx.reject(peer, reason, sni, &detail),
         Decision::TerminateExternal { mesh, service, sni } => (mesh, service, sni),
+        Decision::Passthrough {
+            mesh,
+            service,
+            tags,
+            sni,
+            ..
+        } => {
+            let header = proto::link::StreamHeader {
+                mesh,
+                service,
+                tags,
+                sni,
+                client: peer.to_string(),
+            };
+            return passthrough(stream, peer, buffered, header, accepted, ctx).await;
+        }
     };
     let mesh_name = mesh.name.as_str().to_string();
     let service_name = service.service().to_string();

@@ -10,6 +10,7 @@ use proto::resource::{ExternalService, Host, Kind, Mesh, Resource};
 use proto::sni::{self, HashedKind, Sni};
 use serde::Serialize;
 
+use crate::link::RemoteServices;
 use crate::store::Resources;
 
 /// What the egress does with a connection.
@@ -23,6 +24,19 @@ pub enum Decision {
         service: Box<ExternalService>,
         /// The SNI the client sent (DNS-valid hashed form).
         sni: String,
+    },
+    /// Pass the TLS bytes through to another zone over a QUIC link (never decrypted).
+    Passthrough {
+        /// Mesh (mTLS enabled in this zone).
+        mesh: String,
+        /// Service (`kuma.io/service`).
+        service: String,
+        /// Subset tags the client asked for.
+        tags: BTreeMap<String, String>,
+        /// The SNI the client sent.
+        sni: String,
+        /// Remote zones offering it.
+        zones: Vec<String>,
     },
     /// Close the connection.
     Reject {
@@ -45,6 +59,7 @@ impl Decision {
     pub fn label(&self) -> &'static str {
         match self {
             Decision::TerminateExternal { .. } => "external",
+            Decision::Passthrough { .. } => "passthrough",
             Decision::Reject { reason, .. } => reason,
         }
     }
@@ -96,8 +111,36 @@ fn external_services<'a>(
         })
 }
 
+/// The remote zones offering a service, or `None` when none does.
+fn remote_zones(
+    remote: &RemoteServices,
+    mesh: &str,
+    service: &str,
+    tags: &BTreeMap<String, String>,
+) -> Option<Vec<String>> {
+    let mut zones: Vec<String> = remote
+        .iter()
+        .filter(|s| {
+            s.mesh == mesh
+                && s.tags.get(proto::link::SERVICE_TAG).map(String::as_str) == Some(service)
+                && tags
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != proto::link::SERVICE_TAG)
+                    .all(|(k, v)| s.tags.get(k) == Some(v))
+        })
+        .flat_map(|s| s.links.iter().map(|l| l.zone.clone()))
+        .collect();
+    zones.sort();
+    zones.dedup();
+    (!zones.is_empty()).then_some(zones)
+}
+
 /// Decides what to do with a connection whose ClientHello carried `server_name`.
-pub fn decide(server_name: Option<&str>, resources: &Resources) -> Decision {
+pub fn decide(
+    server_name: Option<&str>,
+    resources: &Resources,
+    remote: &RemoteServices,
+) -> Decision {
     let Some(server_name) = server_name else {
         return Decision::reject("no_sni", "the ClientHello carries no server name");
     };
@@ -119,6 +162,17 @@ pub fn decide(server_name: Option<&str>, resources: &Resources) -> Decision {
                 es.service() == service
                     && tags.iter().all(|(k, v)| es.tags.get(k) == Some(v.as_str()))
             });
+            if found.is_none() {
+                if let Some(zones) = remote_zones(remote, mesh.name.as_str(), &service, &tags) {
+                    return Decision::Passthrough {
+                        mesh: mesh.name.as_str().to_string(),
+                        service,
+                        tags,
+                        sni: server_name.to_string(),
+                        zones,
+                    };
+                }
+            }
             match found {
                 Some(es) => Decision::reject(
                     "sni_not_dns",
@@ -141,14 +195,7 @@ pub fn decide(server_name: Option<&str>, resources: &Resources) -> Decision {
         }
         Sni::Hashed(hashed) => {
             if hashed.kind != HashedKind::Mes {
-                return Decision::reject(
-                    "unknown_service",
-                    format!(
-                        "{server_name:?} names a {} service in another zone; no other zone \
-                         offers it",
-                        hashed.kind
-                    ),
-                );
+                return decide_remote_hashed(server_name, &hashed, resources, remote);
             }
             let mut named_but_wrong_hash = false;
             let mut meshes_seen = Vec::new();
@@ -210,6 +257,68 @@ pub fn decide(server_name: Option<&str>, resources: &Resources) -> Decision {
     }
 }
 
+/// A hashed `ms`/`mzms` SNI: a service of another zone, verified against what the links offer
+/// (the hash covers name, mesh and tags: the service-level SNI has no tags, a subset SNI the
+/// non-service tags of one offered tag set).
+fn decide_remote_hashed(
+    server_name: &str,
+    hashed: &proto::sni::HashedSni,
+    resources: &Resources,
+    remote: &RemoteServices,
+) -> Decision {
+    let mut named = false;
+    for candidate in &hashed.candidates {
+        let mesh = match mesh_with_mtls(resources, &candidate.mesh) {
+            Ok(m) => m.name.as_str().to_string(),
+            Err(d) if hashed.candidates.len() == 1 => return d,
+            Err(_) => continue,
+        };
+        for offered in remote.iter().filter(|s| s.mesh == mesh) {
+            let Some(service) = offered.tags.get(proto::link::SERVICE_TAG) else {
+                continue;
+            };
+            if !hashed.names(service, &mesh, candidate.port) {
+                continue;
+            }
+            named = true;
+            let subset: BTreeMap<String, String> = offered
+                .tags
+                .iter()
+                .filter(|(k, _)| k.as_str() != proto::link::SERVICE_TAG)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for tags in [BTreeMap::new(), subset] {
+                if hashed.verify(service, &mesh, &tags, candidate.port) {
+                    let zones = remote_zones(remote, &mesh, service, &tags).unwrap_or_default();
+                    return Decision::Passthrough {
+                        mesh,
+                        service: service.clone(),
+                        tags,
+                        sni: server_name.to_string(),
+                        zones,
+                    };
+                }
+            }
+        }
+    }
+    if named {
+        Decision::reject(
+            "hash_mismatch",
+            format!(
+                "{server_name:?} names a service another zone offers but its hash does not match"
+            ),
+        )
+    } else {
+        Decision::reject(
+            "unknown_service",
+            format!(
+                "{server_name:?} names a {} service that no other zone offers",
+                hashed.kind
+            ),
+        )
+    }
+}
+
 /// Whether a mesh name shows as `label` in an SNI (names over 62 characters are cut).
 fn sni_mesh_matches(mesh: &str, label: &str) -> bool {
     if mesh.len() > 62 {
@@ -245,8 +354,28 @@ pub struct Explanation {
 }
 
 /// Explains the decision for `sni`.
-pub fn explain(sni: &str, resources: &Resources) -> Explanation {
-    match decide(Some(sni), resources) {
+pub fn explain(sni: &str, resources: &Resources, remote: &RemoteServices) -> Explanation {
+    match decide(Some(sni), resources, remote) {
+        Decision::Passthrough {
+            mesh,
+            service,
+            tags,
+            zones,
+            ..
+        } => Explanation {
+            sni: sni.to_string(),
+            action: "passthrough",
+            reason: "passthrough",
+            detail: format!(
+                "pass the TLS bytes through (never decrypted) over a QUIC link to an ingress of \
+                 zone(s) {} offering {service} with tags {tags:?}",
+                zones.join(", ")
+            ),
+            mesh: Some(mesh),
+            external_service: None,
+            upstream: Some(zones.join(",")),
+            originate_tls: None,
+        },
         Decision::TerminateExternal { mesh, service, .. } => Explanation {
             sni: sni.to_string(),
             action: "terminate-external",
@@ -291,6 +420,7 @@ mod tests {
     use proto::resource::parse_documents;
 
     use super::*;
+    use crate::link::RemoteServices;
     use crate::store::Resources;
 
     fn resources(yaml: &str) -> Resources {
@@ -308,15 +438,61 @@ mod tests {
         };
         let sni = external_service_sni(&es);
         assert!(sni.ends_with(".httpbin.443.default.mes"), "{sni}");
-        match decide(Some(&sni), &r) {
+        match decide(Some(&sni), &r, &RemoteServices::default()) {
             Decision::TerminateExternal { service, .. } => {
                 assert_eq!(service.name.as_str(), "httpbin")
             }
             other => panic!("{other:?}"),
         }
-        let e = explain(&sni, &r);
+        let e = explain(&sni, &r, &RemoteServices::default());
         assert_eq!(e.upstream.as_deref(), Some("httpbin.org:443"));
         assert_eq!(e.originate_tls, Some(true));
+    }
+
+    #[test]
+    fn services_of_other_zones_pass_through_in_both_sni_forms() {
+        use crate::link::services::Contribution;
+        use proto::link::{AvailableService, ServiceSet};
+        let r = resources(ZONE);
+        let tags = |v: &str| -> BTreeMap<String, String> {
+            [("kuma.io/service", "backend"), ("version", v)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let set = ServiceSet {
+            services: vec![AvailableService {
+                mesh: "default".into(),
+                tags: tags("v1"),
+                instances: 2,
+            }],
+            ingresses: Vec::new(),
+        };
+        let remote = RemoteServices::merge([Contribution {
+            link: "zone-b-ingress",
+            zone: "zone-b",
+            set: &set,
+        }]);
+        let tagged = decide(Some("backend{mesh=default,version=v1}"), &r, &remote);
+        assert_eq!(tagged.label(), "passthrough", "{tagged:?}");
+        let plain = sni::hashed("backend", "default", &BTreeMap::new(), 8080, HashedKind::Ms);
+        assert_eq!(decide(Some(&plain), &r, &remote).label(), "passthrough");
+        let mut v1 = tags("v1");
+        v1.remove("kuma.io/service");
+        let subset = sni::hashed("backend", "default", &v1, 8080, HashedKind::Ms);
+        match decide(Some(&subset), &r, &remote) {
+            Decision::Passthrough { tags, zones, .. } => {
+                assert_eq!(tags, v1);
+                assert_eq!(zones, vec!["zone-b"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let forged = format!("a0000000000000000{}", &plain[17..]);
+        assert_eq!(decide(Some(&forged), &r, &remote).label(), "hash_mismatch");
+        assert_eq!(
+            decide(Some("backend{mesh=default,version=v9}"), &r, &remote).label(),
+            "unknown_service"
+        );
     }
 
     #[test]
@@ -342,12 +518,20 @@ mod tests {
             ),
             (
                 Some("ae10a8071b8a8eeb8.backend.8080.demo.ms"),
+                "unknown_mesh",
+            ),
+            (
+                Some("a601e0c00295a9fbe.backend.8080.default.ms"),
                 "unknown_service",
             ),
             (Some("{{{"), "bad_sni"),
         ];
         for (sni, reason) in cases {
-            assert_eq!(decide(sni, &r).label(), reason, "{sni:?}");
+            assert_eq!(
+                decide(sni, &r, &RemoteServices::default()).label(),
+                reason,
+                "{sni:?}"
+            );
         }
     }
 }
