@@ -108,9 +108,9 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the ingress tries one endpoint.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the ingress tries endpoints for one stream, in all.
-pub const DIAL_BUDGET: Duration = Duration::from_secs(10);
+pub const DIAL_BUDGET: Duration = Duration::from_secs(4);
 /// How long the egress waits for the ingress's [`StreamReply`] (longer than [`DIAL_BUDGET`]).
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(6);
 /// How long the egress waits for stream credit when opening a stream.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The ingress's splice idle timeout (the egress passes its own `limits.idle_timeout`).

@@ -30,9 +30,9 @@ use crate::pki::{parse_certificates, parse_private_key};
 pub const LINK_SERVER_NAME: &str = "ze-link";
 
 /// Interval of QUIC keep-alive packets (below [`MAX_IDLE`]).
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
 /// A link without any packet for this long is closed.
-pub const MAX_IDLE: Duration = Duration::from_secs(30);
+pub const MAX_IDLE: Duration = Duration::from_secs(3);
 /// Receive window of one stream: 8 MiB.
 pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// Receive (and send) window of a connection: 32 MiB.

@@ -1,0 +1,490 @@
+//! Two zones on loopback: zone-a's egress fleet passes TLS through QUIC links to zone-b's
+//! ingress nodes, which hand the bytes to the destination (nginx, a Python TLS sink).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use cluster_tests::upstream::{Nginx, run, sha256};
+use cluster_tests::{Cluster, NodeOptions, TEST_CONFIG, binary, eventually, get_json, request};
+use serde_json::Value;
+
+const CONVERGE: Duration = Duration::from_secs(40);
+
+fn ze(args: &[&str]) -> String {
+    let (code, out, err) = run(Command::new(binary().unwrap()).args(args)).unwrap();
+    assert_eq!(code, Some(0), "zone-egress {args:?}: {err}");
+    String::from_utf8(out).unwrap()
+}
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts")
+}
+
+/// Both zones, the destinations and the certificates.
+struct Zones {
+    a: Cluster,
+    b: Cluster,
+    dir: PathBuf,
+    nginx: Nginx,
+    sink: Child,
+    sink_port: u16,
+    /// Hashed SNI of `web` (nginx) and `backend` (the sink).
+    web_sni: String,
+    backend_sni: String,
+}
+
+impl Drop for Zones {
+    fn drop(&mut self) {
+        let _ = self.sink.kill();
+        let _ = self.sink.wait();
+    }
+}
+
+fn p(dir: &Path, rel: &str) -> String {
+    dir.join(rel).to_str().unwrap().to_string()
+}
+
+fn link_config(dir: &Path, node: &str, listen: bool) -> String {
+    ze(&[
+        "pki",
+        "issue",
+        "--ca",
+        &p(dir, "link-ca"),
+        "--spiffe",
+        &format!("spiffe://zone-link/{node}"),
+        "--dns",
+        "ze-link",
+        "--out",
+        &p(dir, &format!("link-{node}")),
+    ]);
+    format!(
+        "{TEST_CONFIG}link: {{ ca: {}, cert: {}, key: {}{} }}\n",
+        p(dir, "link-ca/ca.pem"),
+        p(dir, &format!("link-{node}/cert.pem")),
+        p(dir, &format!("link-{node}/key.pem")),
+        if listen { ", listen: 127.0.0.1:0" } else { "" }
+    )
+}
+
+fn apply(admin: &str, yaml: &str) {
+    let (status, body) = request(
+        "POST",
+        &format!("{admin}/v1/apply"),
+        Some(("application/yaml", yaml.as_bytes())),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+fn dataplane(name: &str, service: &str, port: u16) -> String {
+    format!(
+        "type: Dataplane\nmesh: default\nname: {name}\nnetworking:\n  address: 127.0.0.1\n  inbound: [ {{ port: {port}, tags: {{ kuma.io/service: {service}, version: v1 }} }} ]\n"
+    )
+}
+
+fn start() -> Zones {
+    let dir = tempfile::Builder::new()
+        .prefix("ze-zones-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    ze(&[
+        "pki",
+        "init-ca",
+        "--out",
+        &p(&dir, "link-ca"),
+        "--name",
+        "zone-link",
+    ]);
+    ze(&[
+        "pki",
+        "init-ca",
+        "--out",
+        &p(&dir, "mesh-ca"),
+        "--name",
+        "mesh-default",
+    ]);
+    let sni = |service: &str| {
+        ze(&[
+            "sni",
+            "--mesh",
+            "default",
+            "--service",
+            service,
+            "--port",
+            "8443",
+        ])
+        .trim()
+        .to_string()
+    };
+    let (web_sni, backend_sni) = (sni("web"), sni("backend"));
+    // The destination's mesh certificate: valid for both hashed SNIs.
+    ze(&[
+        "pki",
+        "issue",
+        "--ca",
+        &p(&dir, "mesh-ca"),
+        "--spiffe",
+        "spiffe://default/backend",
+        "--dns",
+        &web_sni,
+        "--dns",
+        &backend_sni,
+        "--out",
+        &p(&dir, "backend"),
+    ]);
+    ze(&[
+        "pki",
+        "issue",
+        "--ca",
+        &p(&dir, "mesh-ca"),
+        "--spiffe",
+        "spiffe://default/client",
+        "--out",
+        &p(&dir, "client"),
+    ]);
+
+    // Destinations in zone-b.
+    let nginx = Nginx::start(
+        &dir.join("nginx"),
+        Some((&dir.join("backend/cert.pem"), &dir.join("backend/key.pem"))),
+    )
+    .unwrap();
+    std::fs::write(nginx.root.join("index.html"), "hello from zone-b\n").unwrap();
+    let port_file = dir.join("sink.port");
+    let sink = Command::new("python3")
+        .arg(scripts().join("tls_sink.py"))
+        .arg(&port_file)
+        .arg(dir.join("backend/cert.pem"))
+        .arg(dir.join("backend/key.pem"))
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("sink.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let sink_port: u16 = eventually(Duration::from_secs(10), "the sink's port", || {
+        Ok(std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok()))
+    })
+    .unwrap();
+
+    // zone-b: two ingress nodes.
+    let mut b = Cluster::new().unwrap();
+    b.zone = "zone-b".into();
+    for i in 0..2 {
+        let mut options: NodeOptions = b.next_options();
+        options.name = format!("ingress-{i}");
+        options.config = link_config(&dir, &options.name, true);
+        options.args = vec!["--role".into(), "ingress".into()];
+        b.add_node_with(options).unwrap();
+    }
+    apply(
+        &b.admin(0),
+        &format!(
+            "type: Mesh\nname: default\n---\n{}---\n{}",
+            dataplane("web-1", "web", nginx.https_port.unwrap()),
+            dataplane("backend-1", "backend", sink_port)
+        ),
+    );
+
+    // zone-a: three egress nodes that know both ingresses statically.
+    let mut a = Cluster::new().unwrap();
+    for i in 0..3 {
+        let mut options = a.next_options();
+        options.config = link_config(&dir, &format!("egress-{i}"), false);
+        a.add_node_with(options).unwrap();
+    }
+    a.wait_converged(CONVERGE).unwrap();
+    let mut yaml = format!(
+        "type: Mesh\nname: default\nmtls: {{ enabledBackend: ca-1, backends: [ {{ name: ca-1, type: provided, conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }} }} ] }}\nrouting: {{ zoneEgress: true }}\n",
+        p(&dir, "mesh-ca/ca.pem"),
+        p(&dir, "mesh-ca/ca.key")
+    );
+    for (i, node) in b.nodes.iter().enumerate() {
+        let port = node
+            .info
+            .link
+            .as_ref()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_string();
+        yaml.push_str(&format!(
+            "---\ntype: ZoneIngress\nname: zone-b-ingress-{i}\nzone: zone-b\nnetworking: {{ advertisedAddress: 127.0.0.1, advertisedPort: {port} }}\n"
+        ));
+    }
+    apply(&a.admin(0), &yaml);
+    let zones = Zones {
+        a,
+        b,
+        dir,
+        nginx,
+        sink,
+        sink_port,
+        web_sni,
+        backend_sni,
+    };
+    zones.wait_route(&zones.web_sni.clone(), "passthrough");
+    zones.wait_route(&zones.backend_sni.clone(), "passthrough");
+    zones
+}
+
+impl Zones {
+    fn wait_route(&self, sni: &str, expect: &str) {
+        eventually(
+            CONVERGE,
+            &format!("{sni} → {expect} on every egress"),
+            || {
+                for i in self.a.running() {
+                    let (_, v) =
+                        get_json(&self.a.admin(i), &format!("/v1/inspect/route?sni={sni}"))?;
+                    if v["reason"] != expect {
+                        bail!("egress {i}: {v}");
+                    }
+                }
+                Ok(Some(()))
+            },
+        )
+        .unwrap();
+    }
+
+    fn curl(&self, i: usize, path: &str, out: &Path) -> (Option<i32>, String) {
+        let listen = self.a.nodes[i].info.listen.clone().unwrap();
+        let sni = &self.web_sni;
+        let (code, _, err) = run(Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "120", "-o"])
+            .arg(out)
+            .arg(format!("https://{sni}{path}"))
+            .args(["--connect-to", &format!("{sni}:443:{listen}")])
+            .arg("--cacert")
+            .arg(self.dir.join("mesh-ca/ca.pem"))
+            .arg("--cert")
+            .arg(self.dir.join("client/cert.pem"))
+            .arg("--key")
+            .arg(self.dir.join("client/key.pem")))
+        .unwrap();
+        (code, err)
+    }
+
+    fn links(&self, i: usize) -> Vec<Value> {
+        get_json(&self.a.admin(i), "/v1/links")
+            .unwrap()
+            .1
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn cross_zone_passthrough_end_to_end() {
+    let z = start();
+    let out = z.dir.join("page.html");
+    // Every egress node reaches zone-b, with the hashed SNI (curl verifies the destination).
+    for i in 0..3 {
+        let (code, err) = z.curl(i, "/index.html", &out);
+        assert_eq!(code, Some(0), "egress {i}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "hello from zone-b\n"
+        );
+    }
+    // The tag form works too, and the certificate the client sees is the destination's:
+    // the egress never terminates.
+    let listen = z.a.nodes[1].info.listen.clone().unwrap();
+    let (_, cert, _) = run(Command::new("openssl").args([
+        "s_client",
+        "-connect",
+        &listen,
+        "-servername",
+        "web{mesh=default,version=v1}",
+        "-showcerts",
+    ]))
+    .unwrap();
+    let cert = String::from_utf8_lossy(&cert).to_string();
+    let pem = z.dir.join("seen.pem");
+    std::fs::write(&pem, &cert).unwrap();
+    let (_, san, _) = run(Command::new("openssl")
+        .arg("x509")
+        .arg("-in")
+        .arg(&pem)
+        .args(["-noout", "-ext", "subjectAltName"]))
+    .unwrap();
+    let san = String::from_utf8_lossy(&san);
+    assert!(
+        san.contains("URI:spiffe://default/backend"),
+        "client saw: {san}\n{cert}"
+    );
+
+    // 100 MB down (nginx) and 100 MB up with a half-close (the sink hashes what it got).
+    let big = z.nginx.root.join("big.bin");
+    let (code, _, err) = run(Command::new("head")
+        .args(["-c", "104857600", "/dev/urandom"])
+        .stdout(std::fs::File::create(&big).unwrap()))
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let started = Instant::now();
+    let down = z.dir.join("down.bin");
+    let (code, err) = z.curl(0, "/big.bin", &down);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(sha256(&down).unwrap(), sha256(&big).unwrap());
+    eprintln!("100 MB down through the link in {:?}", started.elapsed());
+    let started = Instant::now();
+    let (code, up, err) = run(Command::new("python3")
+        .arg(scripts().join("tls_upload.py"))
+        .arg(z.a.nodes[2].info.listen.clone().unwrap())
+        .arg(&z.backend_sni)
+        .arg(z.dir.join("mesh-ca/ca.pem"))
+        .arg("104857600"))
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let up = String::from_utf8(up).unwrap();
+    let parts: Vec<&str> = up.split_whitespace().collect();
+    assert_eq!(parts.len(), 4, "{up}");
+    assert_eq!(
+        parts[0], parts[2],
+        "sha256 sent vs received by the sink: {up}"
+    );
+    assert_eq!((parts[1], parts[3]), ("104857600", "104857600"), "{up}");
+    eprintln!(
+        "100 MB up (then half-close, then the answer) in {:?}",
+        started.elapsed()
+    );
+
+    // 200 concurrent connections, multiplexed over the links.
+    let config = z.dir.join("parallel.curlrc");
+    let listen = z.a.nodes[0].info.listen.clone().unwrap();
+    let mut rc = String::new();
+    for _ in 0..200 {
+        rc.push_str(&format!(
+            "url = \"https://{}/index.html\"\noutput = \"/dev/null\"\n",
+            z.web_sni
+        ));
+    }
+    std::fs::write(&config, rc).unwrap();
+    let started = Instant::now();
+    let (code, codes, err) = run(Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--parallel",
+            "--parallel-max",
+            "200",
+            "--max-time",
+            "60",
+            "-w",
+            "%{http_code}\n",
+        ])
+        .args(["--connect-to", &format!("{}:443:{listen}", z.web_sni)])
+        .arg("--cacert")
+        .arg(z.dir.join("mesh-ca/ca.pem"))
+        .arg("--cert")
+        .arg(z.dir.join("client/cert.pem"))
+        .arg("--key")
+        .arg(z.dir.join("client/key.pem"))
+        .arg("-K")
+        .arg(&config))
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let codes = String::from_utf8(codes).unwrap();
+    assert_eq!(
+        codes.lines().filter(|l| *l == "200").count(),
+        200,
+        "{codes}"
+    );
+    eprintln!("200 concurrent connections in {:?}", started.elapsed());
+
+    // The links report what went over them; the CLI shows them.
+    let links = z.links(0);
+    assert_eq!(links.len(), 2, "{links:?}");
+    assert!(links.iter().all(|l| l["state"] == "up"), "{links:?}");
+    let sent: u64 = links
+        .iter()
+        .map(|l| l["bytesReceived"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(sent >= 104_857_600, "{links:?}");
+    let table = ze(&["get", "links", "--admin", &z.a.admin(0)]);
+    assert!(
+        table.contains("zone-b-ingress-0") && table.contains(" up "),
+        "{table}"
+    );
+}
+
+#[test]
+fn ingress_loss_service_changes_and_recovery() {
+    let mut z = start();
+    let out = z.dir.join("page.html");
+    // Kill one ingress: every new connection still succeeds (through the other).
+    let killed = Instant::now();
+    z.b.kill(0).unwrap();
+    let mut slowest = Duration::ZERO;
+    let mut failures = 0;
+    while killed.elapsed() < Duration::from_secs(6) {
+        let one = Instant::now();
+        let (code, err) = z.curl(0, "/index.html", &out);
+        if code != Some(0) {
+            failures += 1;
+            eprintln!("failed after the kill: {err}");
+        }
+        slowest = slowest.max(one.elapsed());
+    }
+    eprintln!("after killing an ingress: {failures} failed connections, slowest {slowest:?}");
+    assert_eq!(failures, 0);
+    assert!(
+        slowest < Duration::from_secs(4),
+        "slowest connection took {slowest:?}"
+    );
+    let down = eventually(CONVERGE, "the dead link reported down", || {
+        Ok(z.links(0)
+            .iter()
+            .any(|l| l["name"] == "zone-b-ingress-0" && l["state"] != "up")
+            .then(|| killed.elapsed()))
+    })
+    .unwrap();
+    eprintln!("link to the killed ingress down after {down:?}");
+
+    // Restart it on the same address: the link comes back, no egress restarted.
+    let old_link = z.b.nodes[0].info.link.clone().unwrap();
+    let config = z.b.nodes[0]
+        .options
+        .config
+        .replace("listen: 127.0.0.1:0", &format!("listen: {old_link}"));
+    z.b.nodes[0].options.config = config;
+    z.b.restart(0).unwrap();
+    let back = Instant::now();
+    eventually(CONVERGE, "the link back up", || {
+        Ok(z.links(0)
+            .iter()
+            .any(|l| l["name"] == "zone-b-ingress-0" && l["state"] == "up")
+            .then_some(()))
+    })
+    .unwrap();
+    eprintln!(
+        "link up again {:?} after the ingress restarted",
+        back.elapsed()
+    );
+
+    // The service disappears from zone-b: refused in zone-a within seconds; back when re-applied.
+    let url = format!("{}/v1/meshes/default/dataplanes/web-1", z.b.admin(1));
+    assert_eq!(request("DELETE", &url, None, None).unwrap().0, 200);
+    let gone = Instant::now();
+    z.wait_route(&z.web_sni.clone(), "unknown_service");
+    eprintln!(
+        "deleted service refused in zone-a after {:?}",
+        gone.elapsed()
+    );
+    let (code, _) = z.curl(1, "/index.html", &out);
+    assert_ne!(code, Some(0));
+    apply(
+        &z.b.admin(1),
+        &dataplane("web-1", "web", z.nginx.https_port.unwrap()),
+    );
+    z.wait_route(&z.web_sni.clone(), "passthrough");
+    let (code, err) = z.curl(1, "/index.html", &out);
+    assert_eq!(code, Some(0), "{err}");
+    let _ = z.sink_port;
+}
