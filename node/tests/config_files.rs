@@ -16,8 +16,9 @@ fn yaml_files(dir: &str) -> Vec<PathBuf> {
 
 #[test]
 fn every_shipped_node_config_is_valid() {
-    let files = yaml_files("config/nodes");
-    assert!(files.len() >= 3, "{files:?}");
+    let mut files = yaml_files("config/nodes");
+    files.extend(yaml_files("config/two-zones/nodes"));
+    assert!(files.len() >= 7, "{files:?}");
     for path in files {
         let config =
             node::config::load_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -27,8 +28,9 @@ fn every_shipped_node_config_is_valid() {
 
 #[test]
 fn every_shipped_resource_file_is_valid() {
-    let files = yaml_files("config/resources");
-    assert!(files.len() >= 3, "{files:?}");
+    let mut files = yaml_files("config/resources");
+    files.extend(yaml_files("config/two-zones/resources"));
+    assert!(files.len() >= 5, "{files:?}");
     let mut kinds = std::collections::BTreeSet::new();
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
