@@ -58,7 +58,7 @@ for i in 1 2 3; do
       tail -n 20 "$dir"/*.log >&2
       exit 1
     fi
-    sleep 0.2
+    sleep 0.2 # // poll interval of a bounded wait, not synchronisation
   done
 done
 

@@ -51,7 +51,7 @@ wait_for() { # wait_for DESCRIPTION COMMAND...: poll (bounded) until COMMAND suc
   local deadline=$((SECONDS + 60))
   until "$@" >/dev/null 2>&1; do
     if (( SECONDS > deadline )); then echo "timed out waiting for $what; logs in .fleet/" >&2; exit 1; fi
-    sleep 0.2
+    sleep 0.2 # // poll interval of a bounded wait, not synchronisation
   done
 }
 for port in 9911 9912 9921 9922; do wait_for "admin :$port" curl -fsS "http://127.0.0.1:$port/ready"; done

@@ -132,8 +132,7 @@ pub fn eventually<T>(
         if start.elapsed() > deadline {
             bail!("timed out after {deadline:?} waiting for {what}: {last}");
         }
-        // poll interval, not synchronisation: the loop re-checks the condition
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // poll interval of eventually(), not synchronisation
     }
 }
 

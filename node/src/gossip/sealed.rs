@@ -78,8 +78,8 @@ use base64::engine::general_purpose::STANDARD;
 use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chitchat::ChitchatEnvelope;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket};
-use chitchat::{ChitchatEnvelope, ChitchatMessage};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -1047,17 +1047,6 @@ impl Drop for SealedSocket {
     }
 }
 
-fn kind(message: &ChitchatMessage) -> &'static str {
-    match message {
-        ChitchatMessage::Syn { .. } => "syn",
-        ChitchatMessage::SynAck { .. } => "synack",
-        ChitchatMessage::Ack { .. } => "ack",
-        ChitchatMessage::BadCluster => "bad_cluster",
-        #[allow(unreachable_patterns)]
-        _ => "other",
-    }
-}
-
 #[async_trait]
 impl Socket for SealedSocket {
     fn local_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -1070,7 +1059,7 @@ impl Socket for SealedSocket {
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
         let to = canonical(to);
-        let kind = kind(&envelope.message);
+        let kind = super::transport::kind(&envelope.message);
         let relay = match self.shared.relay_for(to) {
             Ok((_, relay)) => relay,
             Err(e) => {
@@ -1080,13 +1069,7 @@ impl Socket for SealedSocket {
         };
         match self.inner.send(relay, envelope).await {
             Ok(outcome) => {
-                metrics::counter!("zone_egress_gossip_messages_total", "direction" => "sent", "kind" => kind)
-                    .increment(1);
-                if kind == "syn" {
-                    metrics::counter!("zone_egress_gossip_rounds_total").increment(1);
-                }
-                metrics::counter!("zone_egress_gossip_bytes_total", "direction" => "sent")
-                    .increment(outcome.num_bytes_sent as u64);
+                super::transport::count_sent(kind, outcome.num_bytes_sent);
                 Ok(outcome)
             }
             // A failed loopback send loses one message; the transport is not broken.
@@ -1115,14 +1098,11 @@ impl Socket for SealedSocket {
                 self.shared.drops.count(DropReason::LocalInjection, 1);
                 continue;
             };
-            let kind = kind(&outcome.envelope.message);
-            metrics::counter!("zone_egress_gossip_messages_total", "direction" => "received", "kind" => kind)
-                .increment(1);
-            metrics::counter!("zone_egress_gossip_bytes_total", "direction" => "received")
-                .increment(outcome.num_bytes_received as u64);
-            if kind == "bad_cluster" {
-                tracing::warn!(from = %peer, "a peer refused our gossip: it belongs to another zone");
-            }
+            super::transport::count_received(
+                &outcome.envelope.message,
+                outcome.num_bytes_received,
+                peer,
+            );
             return Ok(RecvOutcome {
                 from_addr: peer,
                 ..outcome
@@ -1163,7 +1143,9 @@ fn unix_now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+    use chitchat::{
+        ChitchatConfig, ChitchatHandle, ChitchatId, ChitchatMessage, FailureDetectorConfig,
+    };
 
     const DEADLINE: Duration = Duration::from_secs(20);
 

@@ -53,7 +53,31 @@ struct CountingSocket {
     inner: UdpSocket,
 }
 
-fn kind(message: &ChitchatMessage) -> &'static str {
+/// Counts a message chitchat sent (both transports).
+pub(crate) fn count_sent(kind: &'static str, bytes: usize) {
+    metrics::counter!("zone_egress_gossip_messages_total", "direction" => "sent", "kind" => kind)
+        .increment(1);
+    if kind == "syn" {
+        metrics::counter!("zone_egress_gossip_rounds_total").increment(1);
+    }
+    metrics::counter!("zone_egress_gossip_bytes_total", "direction" => "sent")
+        .increment(bytes as u64);
+}
+
+/// Counts a message chitchat received (both transports), warning about another zone's peer.
+pub(crate) fn count_received(message: &ChitchatMessage, bytes: usize, from: SocketAddr) {
+    let kind = kind(message);
+    metrics::counter!("zone_egress_gossip_messages_total", "direction" => "received", "kind" => kind)
+        .increment(1);
+    metrics::counter!("zone_egress_gossip_bytes_total", "direction" => "received")
+        .increment(bytes as u64);
+    if kind == "bad_cluster" {
+        tracing::warn!(%from, "a peer refused our gossip: it belongs to another zone");
+    }
+}
+
+/// The metric label of a chitchat message.
+pub(crate) fn kind(message: &ChitchatMessage) -> &'static str {
     match message {
         ChitchatMessage::Syn { .. } => "syn",
         ChitchatMessage::SynAck { .. } => "synack",
@@ -78,13 +102,7 @@ impl Socket for CountingSocket {
         let kind = kind(&envelope.message);
         match self.inner.send(to, envelope).await {
             Ok(outcome) => {
-                metrics::counter!("zone_egress_gossip_messages_total", "direction" => "sent", "kind" => kind)
-                    .increment(1);
-                if kind == "syn" {
-                    metrics::counter!("zone_egress_gossip_rounds_total").increment(1);
-                }
-                metrics::counter!("zone_egress_gossip_bytes_total", "direction" => "sent")
-                    .increment(outcome.num_bytes_sent as u64);
+                count_sent(kind, outcome.num_bytes_sent);
                 Ok(outcome)
             }
             // A peer that is gone is the failure detector's business, not a broken transport.
@@ -99,14 +117,11 @@ impl Socket for CountingSocket {
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         let outcome = self.inner.recv().await?;
-        let kind = kind(&outcome.envelope.message);
-        metrics::counter!("zone_egress_gossip_messages_total", "direction" => "received", "kind" => kind)
-            .increment(1);
-        metrics::counter!("zone_egress_gossip_bytes_total", "direction" => "received")
-            .increment(outcome.num_bytes_received as u64);
-        if kind == "bad_cluster" {
-            tracing::warn!(from = %outcome.from_addr, "a peer refused our gossip: it belongs to another zone");
-        }
+        count_received(
+            &outcome.envelope.message,
+            outcome.num_bytes_received,
+            outcome.from_addr,
+        );
         Ok(outcome)
     }
 }
