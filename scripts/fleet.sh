@@ -24,7 +24,7 @@ if [[ "$profile" == release ]]; then
 else
   cargo build --bin zone-egress
 fi
-bin="target/$profile/zone-egress"
+bin="${CARGO_TARGET_DIR:-target}/$profile/zone-egress"
 
 mkdir -p "$dir"
 pids=()

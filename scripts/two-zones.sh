@@ -14,7 +14,7 @@ profile=${ZE_PROFILE:-release}
 smoke=false
 [[ "${1:-}" == "--smoke" ]] && smoke=true
 if [[ "$profile" == release ]]; then cargo build --release --bin zone-egress; else cargo build --bin zone-egress; fi
-bin="$PWD/target/$profile/zone-egress"
+bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/$profile/zone-egress"
 cfg=config/two-zones
 certs=$cfg/certs
 mkdir -p .fleet
