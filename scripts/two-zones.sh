@@ -76,8 +76,9 @@ wait_for "the route on egress-a2" routes 9922
 "$bin" get links --admin http://127.0.0.1:9921
 echo
 echo "curl (a zone-a sidecar) -> egress-a2 -> QUIC link -> zone-b ingress -> backend:"
-curl -sS --fail https://$sni/ --connect-to "$sni:443:127.0.0.1:10103" \
-  --cacert $certs/mesh-ca/ca.pem --cert $certs/client/cert.pem --key $certs/client/key.pem | head -n 3
+page=$(curl -sS --fail https://$sni/ --connect-to "$sni:443:127.0.0.1:10103" \
+  --cacert $certs/mesh-ca/ca.pem --cert $certs/client/cert.pem --key $certs/client/key.pem)
+echo "${page:0:300}"
 echo
 echo "The certificate the client sees is the destination's (the egress never decrypts):"
 openssl s_client -connect 127.0.0.1:10102 -servername 'backend{mesh=default,version=v1}' </dev/null 2>/dev/null \
