@@ -16,7 +16,7 @@ if ! command -v haproxy >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy >/dev/null
 fi
 cargo build --release --bins
-BIN="$PWD/target/release/bench-link"
+BIN="$(realpath "${CARGO_TARGET_DIR:-target}")/release/bench-link"
 
 echo "### RTT 0 ms (loopback)"
 "$BIN" --rtt-ms 0 --net loopback "$@"
