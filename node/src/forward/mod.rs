@@ -31,6 +31,9 @@ use crate::link::{LinkManager, RemoteServices};
 use crate::pki::EgressIdentities;
 use crate::store::Resources;
 
+/// How long a link gets to accept a forwarded stream while another link could be tried.
+const OPEN_HEDGE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What every connection handler reads.
 pub struct Context {
     /// The zone's resources.
@@ -112,18 +115,38 @@ async fn passthrough(
         ("mesh", header.mesh.clone()),
         ("service", header.service.clone()),
     ];
-    // Try the links offering the service, weighted by instances, until one accepts.
+    // Try the links offering the service, weighted by instances, until one accepts. While another
+    // untried link offers the service, a link gets `OPEN_HEDGE` to accept: a link whose ingress
+    // died answers nothing until its idle timeout, and nothing reached the destination before
+    // the accept, so trying the next link is safe.
+    let offered = ctx
+        .remote_rx
+        .borrow()
+        .candidates(&header.mesh, &header.service, &header.tags)
+        .len();
     let mut tried: Vec<String> = Vec::new();
     let mut last = String::from("no link that is up offers the service");
     let mut opened = None;
-    for _ in 0..3 {
+    for _ in 0..8 {
+        if tried.len() >= 3 {
+            break;
+        }
         let Some(link) = links.pick(&header.mesh, &header.service, &header.tags) else {
             break;
         };
         if tried.contains(&link) {
             continue;
         }
-        match links.open(&header, &link).await {
+        let attempt = links.open(&header, &link);
+        let result = if offered > tried.len() + 1 {
+            match tokio::time::timeout(OPEN_HEDGE, attempt).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {OPEN_HEDGE:?}")),
+            }
+        } else {
+            attempt.await.map_err(|e| e.to_string())
+        };
+        match result {
             Ok(s) => {
                 opened = Some(s);
                 break;
