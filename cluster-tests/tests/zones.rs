@@ -435,7 +435,7 @@ fn ingress_loss_service_changes_and_recovery() {
     eprintln!("after killing an ingress: {failures} failed connections, slowest {slowest:?}");
     assert_eq!(failures, 0);
     assert!(
-        slowest < Duration::from_secs(4),
+        slowest < Duration::from_secs(3),
         "slowest connection took {slowest:?}"
     );
     let down = eventually(CONVERGE, "the dead link reported down", || {
