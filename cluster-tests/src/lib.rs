@@ -173,6 +173,38 @@ pub fn post_json(admin_url: &str, path: &str, token: Option<&str>) -> anyhow::Re
     Ok((status, value))
 }
 
+/// Runs the `zone-egress` CLI with `args`; its standard output, or an error with its stderr.
+pub fn zone_egress(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(binary()?)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("zone-egress {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "zone-egress {args:?} exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// The Prometheus text of a node's `/metrics`.
+pub fn metrics_text(admin_url: &str) -> anyhow::Result<String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let url = format!("{admin_url}/metrics");
+    Ok(agent
+        .get(&url)
+        .call()
+        .with_context(|| format!("GET {url}"))?
+        .body_mut()
+        .read_to_string()?)
+}
+
 /// Sends a request with an optional body (`Content-Type` given) and bearer token; returns the
 /// status and the JSON answer.
 pub fn request(

@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use cluster_tests::upstream::{Nginx, run, sha256};
-use cluster_tests::{Cluster, TEST_CONFIG, binary, eventually, get_json, post_json, request};
+use cluster_tests::{
+    Cluster, TEST_CONFIG, eventually, get_json, metrics_text, post_json, request, zone_egress,
+};
 use serde_json::Value;
 
 const CONVERGE: Duration = Duration::from_secs(30);
 
 fn ze(args: &[&str]) -> String {
-    let (code, out, err) = run(Command::new(binary().unwrap()).args(args)).unwrap();
-    assert_eq!(code, Some(0), "zone-egress {args:?}: {err}");
-    String::from_utf8(out).unwrap()
+    zone_egress(args).unwrap()
 }
 
 /// Certificates of one test: the mesh CA, client identities, an upstream CA for nginx.
@@ -199,14 +199,7 @@ fn curl(
 }
 
 fn metrics(cluster: &Cluster, i: usize) -> String {
-    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
-    agent
-        .get(&format!("{}/metrics", cluster.admin(i)))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap()
+    metrics_text(&cluster.admin(i)).unwrap()
 }
 
 fn counter(text: &str, prefix: &str) -> u64 {

@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster_tests::{Cluster, TEST_CONFIG, binary, get_json};
+use cluster_tests::{Cluster, TEST_CONFIG, binary, get_json, metrics_text};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 
@@ -60,14 +60,7 @@ fn a_node_with_the_wrong_key_never_joins() {
         assert_eq!(status, 503);
     }
     // Its datagrams were refused and counted.
-    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
-    let text = agent
-        .get(&format!("{}/metrics", cluster.admin(0)))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let text = metrics_text(&cluster.admin(0)).unwrap();
     assert!(
         text.contains("zone_egress_gossip_dropped_total{reason=\"auth_failed\"}"),
         "{text}"

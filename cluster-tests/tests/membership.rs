@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use cluster_tests::{Cluster, NodeOptions, binary, eventually, get_json, post_json};
+use cluster_tests::{Cluster, NodeOptions, binary, eventually, get_json, metrics_text, post_json};
 use serde_json::Value;
 
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -106,14 +106,7 @@ fn three_seeded_nodes_converge_with_correct_registrations() {
     assert!(out.status.success(), "{out:?}");
 
     // Metrics describe the zone.
-    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
-    let text = agent
-        .get(&format!("{}/metrics", cluster.admin(0)))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let text = metrics_text(&cluster.admin(0)).unwrap();
     for needle in [
         "zone_egress_members{state=\"alive\"} 3",
         "zone_egress_gossip_rounds_total",

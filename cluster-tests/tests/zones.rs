@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use cluster_tests::upstream::{Nginx, run, sha256};
-use cluster_tests::{Cluster, NodeOptions, TEST_CONFIG, binary, eventually, get_json, request};
+use cluster_tests::{
+    Cluster, NodeOptions, TEST_CONFIG, eventually, get_json, request, zone_egress,
+};
 use serde_json::Value;
 
 const CONVERGE: Duration = Duration::from_secs(40);
 
 fn ze(args: &[&str]) -> String {
-    let (code, out, err) = run(Command::new(binary().unwrap()).args(args)).unwrap();
-    assert_eq!(code, Some(0), "zone-egress {args:?}: {err}");
-    String::from_utf8(out).unwrap()
+    zone_egress(args).unwrap()
 }
 
 fn scripts() -> PathBuf {

@@ -261,6 +261,7 @@ pub async fn run(
             store.snapshot(),
             identities.clone(),
             links.clone(),
+            remote_rx.clone(),
             config.limits.clone(),
             config.log.access,
         );

@@ -116,11 +116,7 @@ fn spawn(mut cmd: Command, name: &str, log: &Path) -> anyhow::Result<Proc> {
 }
 
 fn ze(args: &[&str]) -> anyhow::Result<String> {
-    let (code, out, err) = run(Command::new(binary()?).args(args))?;
-    if code != Some(0) {
-        bail!("zone-egress {args:?}: {err}");
-    }
-    Ok(String::from_utf8(out)?)
+    cluster_tests::zone_egress(args)
 }
 
 fn p(dir: &Path, rel: &str) -> String {

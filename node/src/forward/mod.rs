@@ -58,13 +58,10 @@ impl Context {
         resources_rx: watch::Receiver<Arc<Resources>>,
         identities: Arc<EgressIdentities>,
         links: Option<Arc<LinkManager>>,
+        remote_rx: watch::Receiver<Arc<RemoteServices>>,
         limits: Limits,
         access_log: bool,
     ) -> Context {
-        let remote_rx = match &links {
-            Some(l) => l.services(),
-            None => watch::channel(Arc::new(RemoteServices::default())).1,
-        };
         Context {
             resources_rx,
             identities,
