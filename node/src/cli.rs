@@ -28,6 +28,23 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Exit 0 when a node is ready (or live, with --live): for health checks without curl.
     Health(HealthArgs),
+    /// Drain a node (`POST /v1/drain`); with --wait, until it has drained: for preStop hooks.
+    ///
+    /// The node drops readiness and announces `draining` in gossip at once, keeps accepting for
+    /// `drain.announce_delay` (skipped when it is alone in the zone) while peers learn it, then
+    /// stops accepting and waits up to `drain.grace` for in-flight connections. With --wait this
+    /// command polls `/ready` every 200 ms until it says `"drained": true` (exit 0) or --timeout
+    /// runs out (exit 1).
+    ///
+    /// The node does not exit after a drain: it stays up, not ready, until it gets SIGTERM (or
+    /// SIGINT), then announces `left` in gossip, gives gossip three rounds to carry it (none
+    /// when it is alone) and exits 0, without draining again. That is the Kubernetes `preStop`
+    /// sequence: `zone-egress drain --wait` in the hook, then the kubelet's SIGTERM.
+    ///
+    /// --admin names the node that drains (its own admin API, not any node of the zone). The
+    /// drain is a write: it needs the admin token when the node has one (--token, --token-file,
+    /// or ZONE_EGRESS_TOKEN / ZONE_EGRESS_TOKEN_FILE).
+    Drain(DrainArgs),
     /// Print a new base64 32-byte gossip key (one line of `gossip.key_file`).
     Keygen,
     /// Certificates for operators and tests.
@@ -126,6 +143,24 @@ pub struct AdminArgs {
     /// Bearer token for writes.
     #[arg(long, env = "ZONE_EGRESS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the bearer token for writes (e.g. a mounted Kubernetes Secret); read when
+    /// a write is sent. --token / ZONE_EGRESS_TOKEN wins when both are set.
+    #[arg(long, env = "ZONE_EGRESS_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Arguments of `zone-egress drain`.
+#[derive(Debug, clap::Args)]
+pub struct DrainArgs {
+    /// Admin API and token.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Wait until the node has drained (`/ready` says `"drained": true`).
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up after this long (the whole command, e.g. 40s); exit 1 then.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// Arguments of `zone-egress health`.

@@ -1,13 +1,13 @@
-//! The CLI's admin API client: `get`, `apply`, `delete`, `health`.
+//! The CLI's admin API client: `get`, `apply`, `delete`, `health`, `drain`.
 
-use std::io::Read;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
 use crate::cli::{
-    AdminArgs, ApplyArgs, DeleteArgs, GetArgs, HealthArgs, Output, Resource, SniArgs,
+    AdminArgs, ApplyArgs, DeleteArgs, DrainArgs, GetArgs, HealthArgs, Output, Resource, SniArgs,
 };
 
 /// Runs `zone-egress sni`: Kuma's hashed SNI for a service.
@@ -54,32 +54,73 @@ pub fn inspect_route(admin: &AdminArgs, sni: &str) -> anyhow::Result<String> {
 /// Largest file `apply` sends (the API refuses bigger bodies anyway).
 const MAX_APPLY_BYTES: u64 = 8 * 1024 * 1024;
 
-fn agent() -> ureq::Agent {
+/// Largest token file read (a token is one short line).
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// Bound on one request of the commands that have no `--timeout`.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often `drain --wait` asks `/ready` whether the node has drained.
+pub const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Bound on one `/ready` request of `drain --wait` (the whole wait is bounded by `--timeout`).
+const DRAIN_POLL_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
+        .timeout_global(Some(timeout))
         .build()
         .into()
 }
 
-/// Sends one request and returns the JSON answer, or an error carrying the API's message.
-fn call(
+/// The bearer token for writes: `--token` (or `ZONE_EGRESS_TOKEN`), else the trimmed content of
+/// `--token-file` (or `ZONE_EGRESS_TOKEN_FILE`), else none.
+fn write_token(admin: &AdminArgs) -> anyhow::Result<Option<String>> {
+    if let Some(token) = &admin.token {
+        return Ok(Some(token.clone()));
+    }
+    let Some(path) = &admin.token_file else {
+        return Ok(None);
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?
+        .take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        bail!(
+            "the token file {} is larger than {MAX_TOKEN_FILE_BYTES} bytes",
+            path.display()
+        );
+    }
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(Some(token.to_string()))
+}
+
+/// Sends one request (with the token when it is a write) and returns the status and the JSON
+/// answer, whatever the status.
+fn exchange(
     admin: &AdminArgs,
     method: &str,
     path: &str,
     body: Option<(&str, Vec<u8>)>,
-) -> anyhow::Result<Value> {
+    timeout: Duration,
+) -> anyhow::Result<(ureq::http::StatusCode, Value)> {
     let url = format!("{}{}", admin.admin.trim_end_matches('/'), path);
-    let agent = agent();
-    let auth = admin.token.as_ref().map(|t| format!("Bearer {t}"));
+    let agent = agent(timeout);
+    // Only writes need the token: reads (and so `health` probes) never read a token file.
+    let auth = if method == "GET" {
+        None
+    } else {
+        write_token(admin)?.map(|t| format!("Bearer {t}"))
+    };
     let result = match (method, body) {
-        ("GET", _) => {
-            let mut req = agent.get(&url);
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            req.call()
-        }
+        ("GET", _) => agent.get(&url).call(),
         ("DELETE", _) => {
             let mut req = agent.delete(&url);
             if let Some(a) = &auth {
@@ -110,6 +151,28 @@ fn call(
         .with_context(|| format!("cannot read the answer of {url}"))?;
     let value: Value = serde_json::from_str(&text)
         .with_context(|| format!("{url} answered something that is not JSON"))?;
+    Ok((status, value))
+}
+
+/// Sends one request and returns the JSON answer, or an error carrying the API's message.
+fn call(
+    admin: &AdminArgs,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Vec<u8>)>,
+) -> anyhow::Result<Value> {
+    call_within(admin, method, path, body, REQUEST_TIMEOUT)
+}
+
+/// [`call`] bounded by `timeout`.
+fn call_within(
+    admin: &AdminArgs,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Vec<u8>)>,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let (status, value) = exchange(admin, method, path, body, timeout)?;
     if !status.is_success() {
         let mut message = format!(
             "{status}: {}",
@@ -118,6 +181,12 @@ fn call(
         for detail in value["details"].as_array().into_iter().flatten() {
             message.push_str("\n  - ");
             message.push_str(detail.as_str().unwrap_or(&detail.to_string()));
+        }
+        if status == ureq::http::StatusCode::UNAUTHORIZED {
+            message.push_str(
+                "\n  the node has an admin token: pass it with --token or --token-file \
+                 (or ZONE_EGRESS_TOKEN / ZONE_EGRESS_TOKEN_FILE)",
+            );
         }
         bail!("{message}");
     }
@@ -130,6 +199,7 @@ pub fn fetch_json(admin: &str, path: &str) -> anyhow::Result<Value> {
         &AdminArgs {
             admin: admin.to_string(),
             token: None,
+            token_file: None,
         },
         "GET",
         path,
@@ -142,6 +212,71 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<String> {
     let path = if args.live { "/live" } else { "/ready" };
     let value = call(&args.admin, "GET", path, None)?;
     Ok(format!("{value}\n"))
+}
+
+/// Runs `zone-egress drain`: `POST /v1/drain`, then with `--wait` polls `/ready` until it says
+/// `"drained": true`, all within `--timeout`. Writes a line to `out` when the node is seen
+/// draining; returns the last line to print.
+pub fn drain(args: &DrainArgs, out: &mut dyn Write) -> anyhow::Result<String> {
+    let deadline = Instant::now() + args.timeout;
+    let remaining = || deadline.saturating_duration_since(Instant::now());
+    let answer = call_within(&args.admin, "POST", "/v1/drain", None, remaining())
+        .context("the drain request failed")?;
+    let already = answer["alreadyDraining"].as_bool().unwrap_or(false);
+    if !args.wait {
+        return Ok(format!(
+            "draining{}: the node stays up, not ready, until SIGTERM; \
+             `drain --wait` waits for the end of the drain\n",
+            if already { " (it already was)" } else { "" }
+        ));
+    }
+    let mut seen_draining = false;
+    loop {
+        let last = match exchange(
+            &args.admin,
+            "GET",
+            "/ready",
+            None,
+            remaining().min(DRAIN_POLL_TIMEOUT),
+        ) {
+            Ok((_, ready)) => {
+                let name = ready["name"].as_str().unwrap_or("the node");
+                let (Some(draining), Some(drained)) =
+                    (ready["draining"].as_bool(), ready["drained"].as_bool())
+                else {
+                    bail!(
+                        "{name} does not report `draining`/`drained` on /ready (an older \
+                         zone-egress?): cannot wait for its drain: {ready}"
+                    );
+                };
+                if (draining || drained) && !seen_draining {
+                    writeln!(
+                        out,
+                        "draining: {name} is not ready and announces `draining` to the zone"
+                    )
+                    .and_then(|()| out.flush())
+                    .context("cannot write to standard output")?;
+                    seen_draining = true;
+                }
+                if drained {
+                    return Ok(format!(
+                        "drained: {name} no longer accepts, in-flight connections finished or \
+                         drain.grace ran out; it stays up, not ready, until SIGTERM\n"
+                    ));
+                }
+                format!("{name} says draining {draining}, drained {drained}")
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        let left = remaining();
+        if left.is_zero() {
+            bail!(
+                "timed out after {} waiting for the node to drain: {last}",
+                humantime::format_duration(args.timeout)
+            );
+        }
+        std::thread::sleep(DRAIN_POLL_INTERVAL.min(left));
+    }
 }
 
 /// Runs `zone-egress get` and returns the text to print.
@@ -424,6 +559,164 @@ mod tests {
         let t = render(Resource::Meshes, Output::Table, &v).unwrap();
         assert!(t.contains("default  ca-1  true"), "{t}");
         assert!(t.contains("plain    off   false"), "{t}");
+    }
+
+    fn admin_args(
+        admin: &str,
+        token: Option<&str>,
+        token_file: Option<&std::path::Path>,
+    ) -> AdminArgs {
+        AdminArgs {
+            admin: admin.to_string(),
+            token: token.map(str::to_string),
+            token_file: token_file.map(std::path::Path::to_path_buf),
+        }
+    }
+
+    #[test]
+    fn the_token_comes_from_the_flag_else_the_trimmed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  s3cret\n").unwrap();
+        let from_file = admin_args("http://x", None, Some(&file));
+        assert_eq!(write_token(&from_file).unwrap().as_deref(), Some("s3cret"));
+        let both = admin_args("http://x", Some("flag"), Some(&file));
+        assert_eq!(write_token(&both).unwrap().as_deref(), Some("flag"));
+        assert_eq!(
+            write_token(&admin_args("http://x", None, None)).unwrap(),
+            None
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let e = write_token(&from_file).unwrap_err().to_string();
+        assert!(e.contains("empty") && e.contains("token"), "{e}");
+        let missing = admin_args("http://x", None, Some(&dir.path().join("nope")));
+        let e = write_token(&missing).unwrap_err().to_string();
+        assert!(e.contains("cannot read the token file"), "{e}");
+    }
+
+    /// A fake admin API on an ephemeral port: `POST /v1/drain` answers `drain_status` (and
+    /// records the `Authorization` header), `GET /ready` answers `ready(n)` for the n-th poll.
+    fn fake_node(
+        drain_status: u16,
+        ready: impl Fn(u32) -> Value + Clone + Send + Sync + 'static,
+    ) -> (
+        String,
+        std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    ) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::{get, post};
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let auths = Arc::new(Mutex::new(Vec::new()));
+        let polls = Arc::new(AtomicU32::new(0));
+        let seen = auths.clone();
+        let app = axum::Router::new()
+            .route(
+                "/v1/drain",
+                post(move |headers: HeaderMap| async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    seen.lock().unwrap().push(auth);
+                    let status = StatusCode::from_u16(drain_status).unwrap();
+                    let body = if status.is_success() {
+                        json!({"draining": true, "alreadyDraining": false})
+                    } else {
+                        json!({"error": "this write needs an Authorization: Bearer <admin token> header", "details": []})
+                    };
+                    (status, axum::Json(body))
+                }),
+            )
+            .route(
+                "/ready",
+                get(move || async move {
+                    let n = polls.fetch_add(1, Ordering::SeqCst);
+                    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(ready(n)))
+                }),
+            );
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        (format!("http://{addr}"), auths)
+    }
+
+    fn drain_args(admin: &str, token: Option<&str>, wait: bool, timeout_ms: u64) -> DrainArgs {
+        DrainArgs {
+            admin: admin_args(admin, token, None),
+            wait,
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    #[test]
+    fn drain_wait_prints_draining_then_drained() {
+        let (url, auths) = fake_node(
+            202,
+            |n| json!({"ready": false, "name": "e1", "draining": true, "drained": n >= 2}),
+        );
+        let mut out = Vec::new();
+        let last = drain(&drain_args(&url, Some("t"), true, 10_000), &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.starts_with("draining: e1 "), "{out}");
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(last.starts_with("drained: e1 "), "{last}");
+        assert_eq!(*auths.lock().unwrap(), vec![Some("Bearer t".to_string())]);
+    }
+
+    #[test]
+    fn drain_without_wait_only_asks() {
+        let (url, _) = fake_node(202, |_| panic!("no /ready poll without --wait"));
+        let mut out = Vec::new();
+        let last = drain(&drain_args(&url, None, false, 10_000), &mut out).unwrap();
+        assert!(out.is_empty());
+        assert!(last.starts_with("draining: "), "{last}");
+        assert!(last.contains("until SIGTERM"), "{last}");
+    }
+
+    #[test]
+    fn drain_wait_times_out_when_the_node_never_drains() {
+        let (url, _) = fake_node(
+            202,
+            |_| json!({"ready": false, "name": "e1", "draining": true, "drained": false}),
+        );
+        let mut out = Vec::new();
+        let started = Instant::now();
+        let e = drain(&drain_args(&url, None, true, 700), &mut out).unwrap_err();
+        assert!(format!("{e:#}").contains("timed out after 700ms"), "{e:#}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(String::from_utf8(out).unwrap().starts_with("draining: e1"));
+    }
+
+    #[test]
+    fn drain_refuses_to_wait_on_a_node_without_drain_state() {
+        let (url, _) = fake_node(202, |_| json!({"ready": false, "name": "old"}));
+        let e = drain(&drain_args(&url, None, true, 10_000), &mut Vec::new()).unwrap_err();
+        assert!(format!("{e:#}").contains("older zone-egress"), "{e:#}");
+    }
+
+    #[test]
+    fn drain_without_the_token_says_how_to_pass_it() {
+        let (url, _) = fake_node(401, |_| panic!("no /ready poll after a refusal"));
+        let e = drain(&drain_args(&url, None, true, 10_000), &mut Vec::new()).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("401") && e.contains("--token-file"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Command::Run(overrides) => run(&overrides),
         Command::Get(args) => print_result(node::client::get(&args)),
         Command::Health(args) => print_result(node::client::health(&args)),
+        Command::Drain(args) => print_result(node::client::drain(&args, &mut std::io::stdout())),
         Command::Apply(args) => print_result(node::client::apply(&args)),
         Command::Delete(args) => print_result(node::client::delete(&args)),
         Command::Pki(command) => print_result(pki(command)),

@@ -1,7 +1,8 @@
 //! Readiness of this node: the conditions of DESIGN.md §8 and why one fails.
 //!
-//! Ready = joined gossip, name unique in the zone, listeners up, not draining. The node keeps
-//! one [`Readiness`] in a `watch` channel; `/ready` answers from it and gossip publishes it.
+//! Ready = joined gossip, name unique in the zone, listeners up, not draining (nor drained).
+//! The node keeps one [`Readiness`] in a `watch` channel; `/ready` answers from it and gossip
+//! publishes it.
 
 /// The readiness conditions of this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -14,12 +15,20 @@ pub struct Readiness {
     pub listeners_up: bool,
     /// The node is draining (signal or `POST /v1/drain`).
     pub draining: bool,
+    /// The drain is over: the node stopped accepting, and its in-flight connections finished
+    /// or `drain.grace` ran out. Only ever set after `draining`; `zone-egress drain --wait`
+    /// waits for it.
+    pub drained: bool,
 }
 
 impl Readiness {
     /// Whether every condition holds.
     pub fn is_ready(&self) -> bool {
-        self.joined && self.name_conflict.is_none() && self.listeners_up && !self.draining
+        self.joined
+            && self.name_conflict.is_none()
+            && self.listeners_up
+            && !self.draining
+            && !self.drained
     }
 
     /// Why the node is not ready (empty when it is).
@@ -34,7 +43,9 @@ impl Readiness {
         if !self.listeners_up {
             reasons.push("listeners are not up".to_string());
         }
-        if self.draining {
+        if self.drained {
+            reasons.push("the node is draining (drained: no longer accepting)".to_string());
+        } else if self.draining {
             reasons.push("the node is draining".to_string());
         }
         reasons
@@ -65,6 +76,23 @@ mod tests {
             ..ok.clone()
         };
         assert!(!draining.is_ready());
+        assert_eq!(draining.reasons(), vec!["the node is draining"]);
+        let drained = Readiness {
+            drained: true,
+            ..draining.clone()
+        };
+        assert!(!drained.is_ready());
+        assert_eq!(
+            drained.reasons(),
+            vec!["the node is draining (drained: no longer accepting)"]
+        );
+        assert!(
+            !Readiness {
+                draining: false,
+                ..drained
+            }
+            .is_ready()
+        );
         assert!(!Readiness::default().is_ready());
         assert_eq!(Readiness::default().reasons().len(), 2);
     }

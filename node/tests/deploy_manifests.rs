@@ -1,8 +1,9 @@
 //! Checks the deployment files under `deploy/` without a cluster or a Docker engine: every YAML
 //! file parses (multi-document), the Kubernetes manifests carry the pieces an operator relies on
 //! (StatefulSet per role with a headless seed Service, ConfigMap, Secret references, probes,
-//! drain time, PDB, resource requests, a Service for the egress port), and every node config
-//! embedded in a ConfigMap or mounted by the compose file loads with `node::config`.
+//! a preStop `zone-egress drain --wait` with the admin token and a grace period that covers it,
+//! PDB, resource requests, a Service for the egress port), and every node config embedded in a
+//! ConfigMap or mounted by the compose file loads with `node::config`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -271,14 +272,55 @@ fn kubernetes_manifests_have_the_required_pieces() {
             "{set_name}: SIGTERM drain {drain:?} longer than the grace {grace:?}"
         );
 
+        // preStop: `zone-egress drain --wait --timeout T`, with T longer than the drain and the
+        // grace period covering T plus the leave after the SIGTERM (three gossip rounds).
+        let hook: Vec<&str> = seq_at(c, "lifecycle.preStop.exec.command")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            hook.first() == Some(&"/zone-egress")
+                && hook.get(1) == Some(&"drain")
+                && hook.contains(&"--wait"),
+            "{set_name}: preStop does not run `zone-egress drain --wait`: {hook:?}"
+        );
+        let timeout = hook
+            .iter()
+            .position(|a| *a == "--timeout")
+            .and_then(|i| hook.get(i + 1))
+            .unwrap_or_else(|| panic!("{set_name}: preStop drain without --timeout: {hook:?}"));
+        let timeout = humantime::parse_duration(timeout)
+            .unwrap_or_else(|e| panic!("{set_name}: preStop --timeout {timeout:?}: {e}"));
+        assert!(
+            timeout > drain,
+            "{set_name}: preStop --timeout {timeout:?} gives up before the drain {drain:?} ends"
+        );
+        let leave = config.gossip.interval * 3;
+        assert!(
+            grace > timeout + leave,
+            "{set_name}: terminationGracePeriodSeconds {grace:?} does not cover the preStop \
+             {timeout:?} plus the leave {leave:?}"
+        );
+        // The hook reaches this node's admin API (ZONE_EGRESS_ADMIN, else the image's default)
+        // and, when the node has a token, carries it from a Secret.
+        let env_value = |key: &str| {
+            seq_at(c, "env")
+                .iter()
+                .find(|e| str_at(e, "name") == Some(key))
+        };
+        let admin_url = env_value("ZONE_EGRESS_ADMIN")
+            .and_then(|e| str_at(e, "value"))
+            .unwrap_or("http://127.0.0.1:9901");
+        assert_eq!(
+            admin_url,
+            format!("http://127.0.0.1:{}", config.admin.listen.port()),
+            "{set_name}: the CLI does not reach the node's admin API"
+        );
+
         // Secret references: admin token, gossip key, link CA/cert/key.
         let secret_volumes: Vec<&str> = volumes
             .iter()
             .filter_map(|v| str_at(v, "secret.secretName"))
-            .collect();
-        let env_secrets: Vec<&str> = seq_at(c, "env")
-            .iter()
-            .filter_map(|e| str_at(e, "valueFrom.secretKeyRef.name"))
             .collect();
         for (what, path) in [
             (
@@ -305,10 +347,28 @@ fn kubernetes_manifests_have_the_required_pieces() {
                 path.display()
             );
         }
-        assert!(
-            !secret_volumes.is_empty() && !env_secrets.is_empty(),
-            "{set_name}: secrets"
-        );
+        assert!(!secret_volumes.is_empty(), "{set_name}: secrets");
+        if config.admin.token.is_some() {
+            let secret_mounts: Vec<&str> = seq_at(c, "volumeMounts")
+                .iter()
+                .filter(|m| {
+                    volumes.iter().any(|v| {
+                        str_at(v, "name") == str_at(m, "name") && get(v, "secret").is_some()
+                    })
+                })
+                .filter_map(|m| str_at(m, "mountPath"))
+                .collect();
+            let from_file = env_value("ZONE_EGRESS_TOKEN_FILE")
+                .and_then(|e| str_at(e, "value"))
+                .is_some_and(|f| secret_mounts.iter().any(|mp| Path::new(f).starts_with(mp)));
+            let from_env = env_value("ZONE_EGRESS_TOKEN")
+                .is_some_and(|e| str_at(e, "valueFrom.secretKeyRef.name").is_some());
+            assert!(
+                from_file || from_env,
+                "{set_name}: the preStop drain gets no admin token (ZONE_EGRESS_TOKEN_FILE under \
+                 a Secret mount, or ZONE_EGRESS_TOKEN from a Secret)"
+            );
+        }
 
         roles.push(config.role);
     }

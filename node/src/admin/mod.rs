@@ -181,6 +181,8 @@ async fn ready(State(state): State<AdminState>) -> Response {
         "zone": state.node.zone,
         "generation": state.node.generation,
         "reasons": readiness.reasons(),
+        "draining": readiness.draining,
+        "drained": readiness.drained,
     });
     let status = if readiness.is_ready() {
         StatusCode::OK
@@ -473,15 +475,56 @@ mod tests {
         let (status, body) = call(&state, "GET", "/ready", None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("reasons"), "{body}");
-        readiness_tx.send_replace(Readiness {
+        let ok = Readiness {
             joined: true,
             listeners_up: true,
             ..Default::default()
-        });
-        let (status, _) = call(&state, "GET", "/ready", None).await;
+        };
+        readiness_tx.send_replace(ok.clone());
+        let (status, body) = call(&state, "GET", "/ready", None).await;
         assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({"ready": true, "name": "e1", "zone": "z", "generation": 7, "reasons": [],
+                "draining": false, "drained": false})
+        );
         let (status, _) = call(&state, "GET", "/live", None).await;
         assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn ready_reports_draining_then_drained() {
+        let (state, readiness_tx) = state(None).await;
+        let ok = Readiness {
+            joined: true,
+            listeners_up: true,
+            ..Default::default()
+        };
+        readiness_tx.send_replace(Readiness {
+            draining: true,
+            ..ok.clone()
+        });
+        let (status, body) = call(&state, "GET", "/ready", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (&v["ready"], &v["draining"], &v["drained"]),
+            (&json!(false), &json!(true), &json!(false))
+        );
+        readiness_tx.send_replace(Readiness {
+            draining: true,
+            drained: true,
+            ..ok
+        });
+        let (status, body) = call(&state, "GET", "/ready", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (&v["draining"], &v["drained"]),
+            (&json!(true), &json!(true))
+        );
+        assert!(v["reasons"].to_string().contains("draining"), "{v}");
     }
 
     #[tokio::test]
