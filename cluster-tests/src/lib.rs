@@ -13,6 +13,7 @@
 //! cluster.kill(i).unwrap();
 //! ```
 
+pub mod compose;
 pub mod upstream;
 
 use std::fs;

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 image=${IMAGE:-zone-egress:dev}
-out=$PWD/state
+out=${ZE_STATE:-$PWD/state}
 if [[ -e $out/certs/link-ca/ca.pem ]]; then echo "state/ exists, keeping it"; exit 0; fi
 mkdir -p "$out/certs" "$out/secrets"
 if [[ -n ${ZONE_EGRESS_BIN:-} ]]; then

@@ -336,6 +336,7 @@ pub async fn run(
         unless_hurried(f.shutdown(grace), &mut signals_rx, &mut signals).await;
     }
     tracing::info!("drained: no longer accepting");
+    readiness_tx.send_modify(|r| r.drained = true);
     if signals == 0 {
         // Drained on request: stay up (not ready) until told to stop.
         if signals_rx.recv().await.is_some() {
@@ -541,9 +542,9 @@ fn registration(
             name: config.name.clone(),
             zone: config.zone.clone(),
             networking: IngressNetworking {
-                address: address.clone(),
+                address,
                 port: link.map_or(config.link.listen.port(), |l| l.port()),
-                advertised_address: address,
+                advertised_address: config.link.advertise.to_string(),
                 advertised_port: link.map_or(config.link.listen.port(), |l| l.port()),
                 admin,
             },

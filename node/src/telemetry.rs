@@ -11,11 +11,14 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global tracing subscriber. `RUST_LOG` wins over the default `info`.
+/// Installs the global tracing subscriber. `RUST_LOG` wins over the default `info`. Text logs
+/// are coloured only on a terminal (not in files, journald or container logs).
 pub fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second call (tests, embedded use) keeps the first subscriber.
     let _ = match format {

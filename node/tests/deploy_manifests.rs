@@ -103,6 +103,19 @@ fn load_node_config(origin: &str, text: &str) -> node::config::Config {
             );
         }
     }
+    // `advertise: <network>` picks this host's address inside it, and the test host has none
+    // in a compose network: stand in the network's first address.
+    let first_host = |v: &mut Value| {
+        if let Some(net) = v.as_str().and_then(|s| s.parse::<ipnet::IpNet>().ok()) {
+            *v = Value::from(net.hosts().next().unwrap().to_string());
+        }
+    };
+    if let Some(a) = value.get_mut("advertise") {
+        first_host(a);
+    }
+    if let Some(a) = value.get_mut("link").and_then(|l| l.get_mut("advertise")) {
+        first_host(a);
+    }
     let path = dir.path().join("node.yaml");
     let mut f = std::fs::File::create(&path).unwrap();
     f.write_all(serde_yaml_ng::to_string(&value).unwrap().as_bytes())
@@ -404,6 +417,7 @@ fn compose_file_and_its_node_configs_load() {
     let services = get(&compose, "services")
         .and_then(Value::as_mapping)
         .unwrap();
+    // Nodes of a role: the replicas (`scale`, 1 when absent) of every service running it.
     let commands = |role: &str| {
         services
             .iter()
@@ -413,7 +427,8 @@ fn compose_file_and_its_node_configs_load() {
                         .is_some_and(|v| v.starts_with(&format!("./config/{role}.yaml:")))
                 })
             })
-            .count()
+            .map(|(_, s)| get(s, "scale").and_then(Value::as_u64).unwrap_or(1))
+            .sum::<u64>()
     };
     assert_eq!(commands("egress"), 3, "zone-a: 3 egress nodes");
     assert_eq!(commands("ingress"), 2, "zone-b: 2 ingress nodes");
@@ -427,9 +442,9 @@ fn compose_file_and_its_node_configs_load() {
                 .is_some_and(|v| v.contains("/etc/zone-egress/node.yaml"))
         }) {
             assert!(
-                volumes
-                    .iter()
-                    .any(|v| v.as_str().is_some_and(|v| v.ends_with(":/data"))),
+                volumes.iter().any(|v| v
+                    .as_str()
+                    .is_some_and(|v| v == "/data" || v.ends_with(":/data"))),
                 "{name}: data dir not on a volume"
             );
             let cmd: Vec<&str> = seq_at(s, "command")
@@ -438,6 +453,26 @@ fn compose_file_and_its_node_configs_load() {
                 .collect();
             assert!(cmd.contains(&"--seed"), "{name}: no seed");
         }
+    }
+    // Each role advertises its address on its zone's network (and an ingress its link address
+    // on the link network), so replicas share one config.
+    let subnet = |network: &str| {
+        seq_at(&compose, &format!("networks.{network}.ipam.config"))
+            .first()
+            .and_then(|c| str_at(c, "subnet"))
+            .unwrap_or_else(|| panic!("network {network}: no subnet"))
+            .to_string()
+    };
+    for (role, key, network) in [
+        ("egress", "advertise", "zone-a"),
+        ("ingress", "advertise", "zone-b"),
+        ("ingress", "link.advertise", "link"),
+    ] {
+        let text = std::fs::read_to_string(compose_dir.join("config").join(format!("{role}.yaml")))
+            .unwrap();
+        let config: Value = serde_yaml_ng::from_str(&text).unwrap();
+        let value = str_at(&config, key).unwrap_or_else(|| panic!("{role}.yaml: no {key}"));
+        assert_eq!(value, subnet(network), "{role}.yaml {key}");
     }
     for role in ["egress", "ingress"] {
         let path = compose_dir.join("config").join(format!("{role}.yaml"));

@@ -108,6 +108,9 @@ pub struct GossipConfig {
 pub struct LinkConfig {
     /// UDP address the ingress role listens on for links.
     pub listen: SocketAddr,
+    /// Address other zones dial for this ingress's link (`advertisedAddress` of its
+    /// registration); `advertise` when not set.
+    pub advertise: IpAddr,
     /// Zone-link CA certificate (PEM).
     pub ca: Option<PathBuf>,
     /// This node's link certificate (PEM).
@@ -163,7 +166,7 @@ pub struct Config {
     pub role: Role,
     /// TCP address of the sidecar-facing listener.
     pub listen: SocketAddr,
-    /// Address other nodes and zones use to reach this node.
+    /// Address other nodes of the zone use to reach this node (gossip, registration).
     pub advertise: IpAddr,
     /// Admin API.
     pub admin: AdminConfig,
@@ -207,8 +210,9 @@ pub struct Overrides {
     /// Gossip UDP address.
     #[arg(long, value_name = "ADDR:PORT")]
     pub gossip: Option<String>,
-    /// Address other nodes and zones use to reach this node.
-    #[arg(long, value_name = "ADDR")]
+    /// Address other nodes use to reach this node: an IP, or a network (CIDR such as
+    /// 10.0.0.0/8) to advertise this host's address inside it.
+    #[arg(long, value_name = "ADDR|CIDR")]
     pub advertise: Option<String>,
     /// Seed peer `host:port` (repeat for several); replaces the file's seeds.
     #[arg(long = "seed", value_name = "HOST:PORT")]
@@ -268,6 +272,7 @@ struct RawGossip {
 #[serde(deny_unknown_fields)]
 struct RawLink {
     listen: Option<String>,
+    advertise: Option<String>,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -498,10 +503,14 @@ fn validate(raw: RawConfig, flags: &Overrides, origin: &str) -> Result<Config, C
     }
 
     let (advertise, o) = pick(&flags.advertise, raw.advertise, "advertise");
+    let host_addrs = || {
+        if_addrs::get_if_addrs()
+            .map(|ifs| ifs.into_iter().map(|i| i.ip()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
     let advertise = match advertise {
-        Some(a) => a.parse::<IpAddr>().map_err(|_| {
-            ConfigError::invalid(&o, "advertise", format!("{a:?} is not an IP address"))
-        })?,
+        Some(a) => advertised_address(&a, &host_addrs())
+            .map_err(|e| ConfigError::invalid(&o, "advertise", e))?,
         None => default_advertise(gossip_listen.ip()),
     };
     if advertise.is_unspecified() {
@@ -513,8 +522,21 @@ fn validate(raw: RawConfig, flags: &Overrides, origin: &str) -> Result<Config, C
     }
 
     let raw_link = raw.link.unwrap_or_default();
+    let link_advertise = match raw_link.advertise {
+        Some(a) => advertised_address(&a, &host_addrs())
+            .map_err(|e| ConfigError::invalid(origin, "link.advertise", e))?,
+        None => advertise,
+    };
+    if link_advertise.is_unspecified() {
+        return Err(ConfigError::invalid(
+            origin,
+            "link.advertise",
+            "cannot advertise an unspecified address (0.0.0.0 / ::)",
+        ));
+    }
     let link = LinkConfig {
         listen: socket_addr(raw_link.listen, "0.0.0.0:10001", origin, "link.listen")?,
+        advertise: link_advertise,
         ca: raw_link.ca,
         cert: raw_link.cert,
         key: raw_link.key,
@@ -680,6 +702,29 @@ pub fn check_host_port(value: &str) -> Result<(), String> {
         Ok(p) if p > 0 => Ok(()),
         _ => Err(format!("{value:?} has no valid port")),
     }
+}
+
+/// The address an `advertise` value names: an IP as written, or for a network (`10.0.0.0/8`)
+/// the first of `host` (this host's interface addresses) inside it, so that nodes started from
+/// one config (replicas, containers on several networks) each advertise their own address.
+fn advertised_address(value: &str, host: &[IpAddr]) -> Result<IpAddr, String> {
+    if let Ok(ip) = value.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let net = value.parse::<ipnet::IpNet>().map_err(|_| {
+        format!("{value:?} is neither an IP address nor a network such as 10.0.0.0/8")
+    })?;
+    host.iter()
+        .copied()
+        .find(|ip| net.contains(ip))
+        .ok_or_else(|| {
+            let mut have: Vec<String> = host.iter().map(IpAddr::to_string).collect();
+            have.sort();
+            format!(
+                "no address of this host is inside {net} (this host has: {})",
+                have.join(", ")
+            )
+        })
 }
 
 /// The address to advertise when none is configured: the gossip listen IP when specific,
@@ -874,5 +919,42 @@ log: { format: text, access: false }
             e.contains("cannot read config file /nonexistent/ze.yaml"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn advertise_takes_an_ip_or_this_hosts_address_in_a_network() {
+        let host: Vec<IpAddr> = ["127.0.0.1", "172.18.0.7", "10.1.2.3", "fd00::5"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(advertised_address("192.0.2.1", &host), Ok(ip("192.0.2.1")));
+        assert_eq!(advertised_address("10.0.0.0/8", &host), Ok(ip("10.1.2.3")));
+        assert_eq!(
+            advertised_address("172.18.0.0/16", &host),
+            Ok(ip("172.18.0.7"))
+        );
+        assert_eq!(advertised_address("fd00::/8", &host), Ok(ip("fd00::5")));
+        let e = advertised_address("192.168.0.0/16", &host).unwrap_err();
+        assert!(
+            e.contains("no address of this host is inside 192.168.0.0/16"),
+            "{e}"
+        );
+        assert!(e.contains("10.1.2.3"), "{e}");
+        let e = advertised_address("eth0", &host).unwrap_err();
+        assert!(e.contains("neither an IP address nor a network"), "{e}");
+    }
+
+    #[test]
+    fn link_advertise_defaults_to_advertise_and_names_its_field() {
+        let f = file("advertise: 192.0.2.1\n");
+        let c = load_file(f.path()).unwrap();
+        assert_eq!(c.link.advertise, c.advertise);
+        let f = file("advertise: 192.0.2.1\nlink: { advertise: 198.51.100.9 }\n");
+        let c = load_file(f.path()).unwrap();
+        assert_eq!(c.link.advertise, "198.51.100.9".parse::<IpAddr>().unwrap());
+        let f = file("link: { advertise: 203.0.113.0/24 }\n");
+        let e = load_file(f.path()).unwrap_err().to_string();
+        assert!(e.contains("link.advertise"), "{e}");
     }
 }
