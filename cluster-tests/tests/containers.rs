@@ -201,6 +201,9 @@ fn a_killed_egress_leaves_outbounds_and_new_connections_succeed() {
         during.iter().filter(|a| to_victim(a)).count(),
         after.len()
     );
+    for a in during.iter().filter(|a| !a.ok) {
+        println!("node loss: failed before detection: {a:?}");
+    }
 }
 
 fn member_states(admin: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -356,9 +359,15 @@ fn a_rolling_restart_fails_no_new_connection() {
     let names = names(&egresses);
     let admins = Arc::new(Mutex::new(admins_of(&egresses)));
     wait_outbounds(&admins.lock().unwrap(), &names, Duration::from_secs(30)).unwrap();
+    wait_traffic(&fleet, Duration::from_secs(60)).unwrap();
+    // Two sidecar-like clients: one to the external service (mTLS terminated here), one to
+    // zone-b's backend (passed through a QUIC link).
     let external = compose::sni("external", "mes").unwrap();
+    let backend = compose::sni("backend", "ms").unwrap();
     let client = ClientLoop::start(admins.clone(), external, fleet.certs());
+    let cross_zone = ClientLoop::start(admins.clone(), backend, fleet.certs());
     client.wait_more(10, Duration::from_secs(30)).unwrap();
+    cross_zone.wait_more(10, Duration::from_secs(30)).unwrap();
 
     let mut report = Vec::new();
     for (i, e) in egresses.iter().enumerate() {
@@ -377,21 +386,27 @@ fn a_rolling_restart_fails_no_new_connection() {
             secs(t0.elapsed())
         ));
         client.wait_more(10, Duration::from_secs(30)).unwrap();
+        cross_zone.wait_more(10, Duration::from_secs(30)).unwrap();
     }
     let attempts = client.finish();
-    let failed = failures(&attempts);
-    assert!(
-        failed.is_empty(),
-        "{} of {} connections failed during the rolling restart: {failed:#?}",
-        failed.len(),
-        attempts.len()
-    );
+    let cross_attempts = cross_zone.finish();
+    for (what, attempts) in [("external", &attempts), ("cross-zone", &cross_attempts)] {
+        let failed = failures(attempts);
+        assert!(
+            failed.is_empty(),
+            "{} of {} {what} connections failed during the rolling restart: {failed:#?}",
+            failed.len(),
+            attempts.len()
+        );
+    }
     for line in &report {
         println!("rolling restart: {line}");
     }
     println!(
-        "rolling restart: {} connections, 0 failed; per node: {}",
+        "rolling restart: {} connections to the external service and {} to zone-b's backend, \
+         0 failed; external per node: {}",
         attempts.len(),
+        cross_attempts.len(),
         names
             .iter()
             .map(|n| {
@@ -579,4 +594,7 @@ fn egress_nodes_stop_choosing_an_ingress_cut_off_the_link_network() {
         after_down.len(),
         secs(relinked)
     );
+    for a in during.iter().filter(|a| !a.ok) {
+        println!("link loss: failed before detection: {a:?}");
+    }
 }
