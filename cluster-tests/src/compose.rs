@@ -159,6 +159,16 @@ impl Fleet {
             .env("ZE_STATE", self.state.path()))
     }
 
+    /// A command running one of `deploy/compose/`'s scripts against this fleet (`COMPOSE` and
+    /// `ZE_STATE` set, as an operator would for another project name).
+    pub fn script(&self, name: &str) -> Command {
+        let mut cmd = Command::new(repo_root().join("deploy/compose").join(name));
+        cmd.env("COMPOSE", format!("docker-compose -p {PROJECT}"))
+            .env("ZE_STATE", self.state.path())
+            .stdin(Stdio::null());
+        cmd
+    }
+
     /// The admin token.
     pub fn token(&self) -> &str {
         &self.token

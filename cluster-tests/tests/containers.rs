@@ -7,13 +7,15 @@
 //! (`scripts/test.sh` builds them). Fleets run one at a time; every measured recovery time is
 //! printed (`cargo test -p cluster-tests --test containers -- --nocapture`).
 
+use std::collections::BTreeSet;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use cluster_tests::compose::{
-    self, Attempt, ClientLoop, Container, Fleet, INGRESS_B1_LINK, STOP_TIMEOUT, curl_through,
-    docker, links, outbound_egresses, secs,
+    self, Attempt, ClientLoop, Container, Fleet, IMAGE, INGRESS_B1_LINK, STOP_TIMEOUT,
+    curl_through, docker, links, outbound_egresses, secs,
 };
 use cluster_tests::{eventually, get_json};
 
@@ -202,7 +204,12 @@ fn a_killed_egress_leaves_outbounds_and_new_connections_succeed() {
         after.len()
     );
     for a in during.iter().filter(|a| !a.ok) {
-        println!("node loss: failed before detection: {a:?}");
+        println!(
+            "node loss: failed before detection: started {} after the fault, via {:?}: {}",
+            secs(a.start - t0),
+            a.egress,
+            a.detail
+        );
     }
 }
 
@@ -595,6 +602,74 @@ fn egress_nodes_stop_choosing_an_ingress_cut_off_the_link_network() {
         secs(relinked)
     );
     for a in during.iter().filter(|a| !a.ok) {
-        println!("link loss: failed before detection: {a:?}");
+        println!(
+            "link loss: failed before detection: started {} after the fault, via {:?}: {}",
+            secs(a.start - t0),
+            a.egress,
+            a.detail
+        );
     }
+}
+
+#[test]
+fn the_image_holds_the_binary_and_its_files_only_and_runs_as_non_root() {
+    compose::preflight().unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&docker(&["image", "inspect", IMAGE]).unwrap()).unwrap();
+    let config = &inspect[0]["Config"];
+    assert_eq!(config["User"], "65532:65532");
+    let health: Vec<&str> = config["Healthcheck"]["Test"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(health, ["CMD", "/zone-egress", "health"]);
+    assert_eq!(config["Entrypoint"][0], "/zone-egress");
+
+    let id = docker(&["create", IMAGE]).unwrap().trim().to_string();
+    let listing = Command::new("sh")
+        .args(["-c", &format!("docker export {id} | tar -t")])
+        .output()
+        .unwrap();
+    docker(&["rm", &id]).unwrap();
+    assert!(listing.status.success());
+    // Files only: directories end with '/'; the engine adds its own mount points.
+    let engine = [
+        ".dockerenv",
+        "etc/hosts",
+        "etc/hostname",
+        "etc/resolv.conf",
+        "etc/mtab",
+    ];
+    let files: BTreeSet<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|l| !l.ends_with('/'))
+        .filter(|l| !engine.contains(l) && !l.starts_with("dev/") && !l.starts_with("proc/"))
+        .filter(|l| !l.starts_with("sys/"))
+        .map(str::to_string)
+        .collect();
+    let expected: BTreeSet<String> = [
+        "zone-egress",
+        "etc/passwd",
+        "etc/group",
+        "etc/nsswitch.conf",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    assert_eq!(files, expected);
+}
+
+#[test]
+fn the_readme_compose_demo_shows_traffic_flowing() {
+    let fleet = Fleet::up(3).unwrap();
+    let out = fleet.script("demo.sh").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("traffic flows"),
+        "demo.sh: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

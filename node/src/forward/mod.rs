@@ -124,16 +124,11 @@ async fn passthrough(
     let mut tried: Vec<String> = Vec::new();
     let mut last = String::from("no link that is up offers the service");
     let mut opened = None;
-    for _ in 0..8 {
-        if tried.len() >= 3 {
-            break;
-        }
-        let Some(link) = links.pick(&header.mesh, &header.service, &header.tags) else {
+    while tried.len() < 3 {
+        let Some(link) = links.pick_except(&header.mesh, &header.service, &header.tags, &tried)
+        else {
             break;
         };
-        if tried.contains(&link) {
-            continue;
-        }
         let attempt = links.open(&header, &link);
         let result = if offered > tried.len() + 1 {
             match tokio::time::timeout(OPEN_HEDGE, attempt).await {

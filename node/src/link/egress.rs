@@ -242,11 +242,26 @@ impl LinkManager {
         service: &str,
         tags: &BTreeMap<String, String>,
     ) -> Option<String> {
+        self.pick_except(mesh, service, tags, &[])
+    }
+
+    /// [`pick`](Self::pick) among the links not named in `tried` (a retry after a link failed
+    /// or did not answer in time).
+    pub fn pick_except(
+        &self,
+        mesh: &str,
+        service: &str,
+        tags: &BTreeMap<String, String>,
+        tried: &[String],
+    ) -> Option<String> {
         let view = self.inner.services_tx.borrow().clone();
         let mut candidates = view.candidates(mesh, service, tags);
         {
             let registry = self.inner.registry();
-            candidates.retain(|(name, _)| registry.get(name).is_some_and(|e| e.link.is_up()));
+            candidates.retain(|(name, _)| {
+                !tried.iter().any(|t| t == name)
+                    && registry.get(name).is_some_and(|e| e.link.is_up())
+            });
         }
         let total = total_weight(&candidates);
         if total == 0 {

@@ -318,6 +318,11 @@ async fn control_stream_says_hello_and_pushes_every_change() {
         Some("zone-b-ingress")
     );
     assert_eq!(manager.pick(MESH, "web", &none), None);
+    // A retry never picks a link it already tried.
+    assert_eq!(
+        manager.pick_except(MESH, "backend", &none, &["zone-b-ingress".to_string()]),
+        None
+    );
 
     // An update: web appears, backend changes its instances.
     ingress.services_tx.send_replace(Arc::new(ServiceSet {
