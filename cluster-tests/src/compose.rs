@@ -342,10 +342,10 @@ pub struct Attempt {
     pub detail: String,
 }
 
-/// A sidecar-like client: for every connection, asks an admin API for the zone's ready
-/// egresses (`outbounds` of the external service: the same list for every destination), picks
-/// the next one round robin, and sends an HTTPS request with the mesh client certificate
-/// through it with `sni` (the external service's or zone-b's backend; curl, 5 s limit).
+/// A sidecar-like client: for every connection, asks an admin API where to send traffic for
+/// its destination (`outbounds`: the zone's ready egresses and the SNI), picks the next egress
+/// round robin, and sends an HTTPS request with the mesh client certificate through it with
+/// that SNI (curl, 5 s limit).
 pub struct ClientLoop {
     stop: Arc<AtomicBool>,
     attempts: Arc<Mutex<Vec<Attempt>>>,
@@ -354,8 +354,10 @@ pub struct ClientLoop {
 
 impl ClientLoop {
     /// Starts the loop. `admins` is the list of admin URLs to ask (first that answers wins);
-    /// the test may update it (scaling, restarts).
-    pub fn start(admins: Arc<Mutex<Vec<String>>>, sni: String, certs: PathBuf) -> ClientLoop {
+    /// the test may update it (scaling, restarts). `destination` is the outbounds path after
+    /// `/v1/meshes/default/outbounds/` (`external`, `backend?port=8443`).
+    pub fn start(admins: Arc<Mutex<Vec<String>>>, destination: &str, certs: PathBuf) -> ClientLoop {
+        let path = format!("/v1/meshes/default/outbounds/{destination}");
         let stop = Arc::new(AtomicBool::new(false));
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let handle = {
@@ -364,7 +366,7 @@ impl ClientLoop {
             std::thread::spawn(move || {
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    let a = one_attempt(&admins, &sni, &certs, n);
+                    let a = one_attempt(&admins, &path, &certs, n);
                     attempts.lock().unwrap().push(a);
                     n += 1;
                 }
@@ -409,14 +411,14 @@ impl Drop for ClientLoop {
     }
 }
 
-fn one_attempt(admins: &Mutex<Vec<String>>, sni: &str, certs: &Path, n: usize) -> Attempt {
+fn one_attempt(admins: &Mutex<Vec<String>>, path: &str, certs: &Path, n: usize) -> Attempt {
     let start = Instant::now();
     let admins = admins.lock().unwrap().clone();
     let mut answer = None;
     let mut why = String::from("no admin API to ask");
     for i in 0..admins.len() {
         let admin = &admins[(n + i) % admins.len()];
-        match get_json(admin, "/v1/meshes/default/outbounds/external") {
+        match get_json(admin, path) {
             Ok((200, body)) => {
                 answer = Some(body);
                 break;
@@ -434,12 +436,13 @@ fn one_attempt(admins: &Mutex<Vec<String>>, sni: &str, certs: &Path, n: usize) -
         };
     };
     let egresses = body["egresses"].as_array().cloned().unwrap_or_default();
-    if egresses.is_empty() {
+    let sni = body["sni"].as_str().unwrap_or_default();
+    if egresses.is_empty() || sni.is_empty() {
         return Attempt {
             start,
             egress: None,
             ok: false,
-            detail: format!("outbounds named no egress: {body}"),
+            detail: format!("outbounds named no egress or no SNI: {body}"),
         };
     }
     let e = &egresses[n % egresses.len()];

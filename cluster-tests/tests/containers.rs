@@ -147,10 +147,9 @@ fn a_killed_egress_leaves_outbounds_and_new_connections_succeed() {
     let egresses = fleet.egresses().unwrap();
     let admins = admins_of(&egresses);
     wait_outbounds(&admins, &names(&egresses), Duration::from_secs(30)).unwrap();
-    let external = compose::sni("external", "mes").unwrap();
     let client = ClientLoop::start(
         Arc::new(Mutex::new(admins.clone())),
-        external,
+        "external",
         fleet.certs(),
     );
     client.wait_more(15, Duration::from_secs(30)).unwrap();
@@ -369,10 +368,8 @@ fn a_rolling_restart_fails_no_new_connection() {
     wait_traffic(&fleet, Duration::from_secs(60)).unwrap();
     // Two sidecar-like clients: one to the external service (mTLS terminated here), one to
     // zone-b's backend (passed through a QUIC link).
-    let external = compose::sni("external", "mes").unwrap();
-    let backend = compose::sni("backend", "ms").unwrap();
-    let client = ClientLoop::start(admins.clone(), external, fleet.certs());
-    let cross_zone = ClientLoop::start(admins.clone(), backend, fleet.certs());
+    let client = ClientLoop::start(admins.clone(), "external", fleet.certs());
+    let cross_zone = ClientLoop::start(admins.clone(), "backend?port=8443", fleet.certs());
     client.wait_more(10, Duration::from_secs(30)).unwrap();
     cross_zone.wait_more(10, Duration::from_secs(30)).unwrap();
 
@@ -522,8 +519,11 @@ fn egress_nodes_stop_choosing_an_ingress_cut_off_the_link_network() {
             .find(|l| l["address"] == b1_addr.as_str())
             .ok_or_else(|| anyhow::anyhow!("{admin}: no link to {b1_addr}"))
     };
-    let backend = compose::sni("backend", "ms").unwrap();
-    let client = ClientLoop::start(Arc::new(Mutex::new(admins.clone())), backend, fleet.certs());
+    let client = ClientLoop::start(
+        Arc::new(Mutex::new(admins.clone())),
+        "backend?port=8443",
+        fleet.certs(),
+    );
     client.wait_more(10, Duration::from_secs(30)).unwrap();
 
     let t0 = Instant::now();

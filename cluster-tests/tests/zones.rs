@@ -293,6 +293,23 @@ fn cross_zone_passthrough_end_to_end() {
             "hello from zone-b\n"
         );
     }
+    // The embedded control plane answers for services of other zones too: the ready egresses
+    // and the SNI a sidecar sends (hashed with the service's port, else the tag form).
+    for i in 0..3 {
+        let (status, v) =
+            get_json(&z.a.admin(i), "/v1/meshes/default/outbounds/web?port=8443").unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["mode"], "zone-egress");
+        assert_eq!(v["sni"], z.web_sni.as_str());
+        assert_eq!(v["zones"], serde_json::json!(["zone-b"]));
+        assert_eq!(v["egresses"].as_array().unwrap().len(), 3, "{v}");
+    }
+    let (_, v) = get_json(&z.a.admin(0), "/v1/meshes/default/outbounds/web").unwrap();
+    assert_eq!(v["sni"], "web{mesh=default}");
+    let (status, v) = get_json(&z.a.admin(0), "/v1/meshes/default/outbounds/nothing").unwrap();
+    assert_eq!(status, 404, "{v}");
+    let (status, _) = get_json(&z.a.admin(0), "/v1/meshes/default/outbounds/web?port=0").unwrap();
+    assert_eq!(status, 400);
     // The tag form works too, and the certificate the client sees is the destination's:
     // the egress never terminates.
     let listen = z.a.nodes[1].info.listen.clone().unwrap();

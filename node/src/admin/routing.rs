@@ -44,10 +44,14 @@ async fn inspect_route(
     Ok(Json(route::explain(sni, &resources, &remote)).into_response())
 }
 
-/// Where a sidecar of this zone must send traffic for `service` of `mesh`.
+/// Where a sidecar of this zone must send traffic for `service` of `mesh`: an external service
+/// of the mesh, or a service another zone offers over a link that is up (DESIGN.md §6). For a
+/// service of another zone, `?port=N` (the service's port) adds Kuma's hashed SNI; without it
+/// the answer gives the tag form, which passthrough accepts too.
 async fn outbounds(
     State(state): State<AdminState>,
     Path((mesh_name, service)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let resources = state.resources_rx.borrow().clone();
     let mesh = resources
@@ -69,22 +73,20 @@ async fn outbounds(
         .find_map(|r| match r {
             Resource::ExternalService(es) if es.service() == service => Some(es.clone()),
             _ => None,
-        })
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no external service with kuma.io/service {service:?} in mesh {mesh_name:?}"
-                ),
-            )
-        })?;
-    let direct = json!({
-        "mesh": mesh_name,
-        "service": service,
-        "mode": "direct",
-        "address": external.networking.address.to_string(),
-        "tls": external.networking.tls.as_ref().is_some_and(|t| t.enabled),
-    });
+        });
+    let (direct, sni) = match &external {
+        Some(external) => (
+            json!({
+                "mesh": mesh_name,
+                "service": service,
+                "mode": "direct",
+                "address": external.networking.address.to_string(),
+                "tls": external.networking.tls.as_ref().is_some_and(|t| t.enabled),
+            }),
+            json!(route::external_service_sni(external)),
+        ),
+        None => remote_outbound(&state, &mesh_name, &service, query.get("port"))?,
+    };
     if mesh.enabled_ca().is_none() {
         let mut answer = direct;
         answer["reason"] = json!("the mesh has no mTLS: egress routing needs mTLS");
@@ -115,7 +117,6 @@ async fn outbounds(
             _ => None,
         })
         .collect();
-    let sni = route::external_service_sni(&external);
     if egresses.is_empty() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -134,12 +135,91 @@ async fn outbounds(
                 .count()
         )]));
     }
-    Ok(Json(json!({
+    let mut answer = json!({
         "mesh": mesh_name,
         "service": service,
         "mode": "zone-egress",
         "sni": sni,
         "egresses": egresses,
-    }))
-    .into_response())
+    });
+    if let Some(zones) = direct.get("zones") {
+        answer["zones"] = zones.clone();
+    }
+    Ok(Json(answer).into_response())
+}
+
+/// The direct answer and the SNI for a service of another zone: the remote ingresses whose link
+/// is up and offers it. 404 when no link that is up offers it, 400 for a bad `port`.
+fn remote_outbound(
+    state: &AdminState,
+    mesh: &str,
+    service: &str,
+    port: Option<&String>,
+) -> Result<(serde_json::Value, serde_json::Value), ApiError> {
+    let port = port
+        .map(|p| {
+            p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("port {p:?} is not a port number (1-65535)"),
+                )
+            })
+        })
+        .transpose()?;
+    let remote = state.remote_rx.borrow().clone();
+    let offering = remote.candidates(mesh, service, &Default::default());
+    if offering.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no external service and no service of another zone with kuma.io/service \
+                 {service:?} in mesh {mesh:?}"
+            ),
+        )
+        .with_details(vec![
+            "services of other zones are known through the links that are up (GET /v1/links)"
+                .to_string(),
+        ]));
+    }
+    let statuses = state.links.as_ref().map(|l| l.links()).unwrap_or_default();
+    let ingresses: Vec<serde_json::Value> = offering
+        .iter()
+        .filter_map(|(link, instances)| {
+            let s = statuses.iter().find(|s| &s.name == link)?;
+            Some(json!({
+                "zone": s.zone,
+                "name": s.remote_node.as_deref().unwrap_or(&s.name),
+                "address": s.address.to_string(),
+                "instances": instances,
+            }))
+        })
+        .collect();
+    let mut zones: Vec<&str> = remote
+        .iter()
+        .filter(|r| {
+            r.mesh == mesh
+                && r.tags.get(proto::link::SERVICE_TAG).map(String::as_str) == Some(service)
+        })
+        .flat_map(|r| r.links.iter().map(|l| l.zone.as_str()))
+        .collect();
+    zones.sort_unstable();
+    zones.dedup();
+    let sni = match port {
+        Some(port) => proto::sni::hashed(
+            service,
+            mesh,
+            &Default::default(),
+            port,
+            proto::sni::HashedKind::Ms,
+        ),
+        None => format!("{service}{{mesh={mesh}}}"),
+    };
+    let direct = json!({
+        "mesh": mesh,
+        "service": service,
+        "mode": "direct",
+        "zones": zones,
+        "ingresses": ingresses,
+    });
+    Ok((direct, json!(sni)))
 }
