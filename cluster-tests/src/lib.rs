@@ -61,6 +61,8 @@ pub struct NodeOptions {
     pub config: String,
     /// Extra flags for `zone-egress run`.
     pub args: Vec<String>,
+    /// Extra environment variables of the process.
+    pub env: Vec<(String, String)>,
 }
 
 /// One node process and its files.
@@ -294,6 +296,7 @@ impl Cluster {
                 .unwrap_or_default(),
             config: TEST_CONFIG.to_string(),
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -481,6 +484,7 @@ fn launch(
         cmd.args(["--seed", seed]);
     }
     cmd.args(&options.args)
+        .envs(options.env.iter().map(|(k, v)| (k, v)))
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

@@ -654,6 +654,7 @@ fn the_image_holds_the_binary_and_its_files_only_and_runs_as_non_root() {
         "etc/passwd",
         "etc/group",
         "etc/nsswitch.conf",
+        "etc/ssl/certs/ca-certificates.crt",
     ]
     .into_iter()
     .map(str::to_string)
@@ -672,4 +673,31 @@ fn the_readme_compose_demo_shows_traffic_flowing() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The image's trust store (the build host's CA bundle) is what TLS origination without
+    // caCert verifies with: it loads, and does not trust the demo's private external CA.
+    let egress = &fleet.egresses().unwrap()[0];
+    fleet
+        .apply(
+            &egress.admin("zone-a"),
+            b"type: ExternalService\nmesh: default\nname: no-ca\ntags: { kuma.io/service: no-ca }\n\
+              networking: { address: external:8443, tls: { enabled: true, serverName: external } }\n",
+        )
+        .unwrap();
+    let sni = compose::sni("no-ca", "mes").unwrap();
+    let listener = format!("{}:10002", egress.ip("zone-a"));
+    eventually(Duration::from_secs(30), "the system store loaded", || {
+        assert!(curl_through(&listener, &sni, &fleet.certs()).is_err());
+        // The node logs to stderr; `docker logs` gives it back on stderr.
+        let out = Command::new("docker").args(["logs", &egress.id]).output()?;
+        let logs = String::from_utf8_lossy(&out.stderr);
+        let added = logs
+            .lines()
+            .find(|l| l.contains("system trust store loaded"))
+            .and_then(|l| l.split("added=").nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok());
+        Ok(added.filter(|n| *n > 50))
+    })
+    .unwrap();
 }

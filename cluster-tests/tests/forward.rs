@@ -515,3 +515,72 @@ fn outbounds_name_ready_egresses_or_answer_503() {
         "{v}"
     );
 }
+
+#[test]
+fn tls_origination_without_ca_cert_verifies_with_the_system_trust_store() {
+    let (mut cluster, pki) = fleet();
+    // A fourth node whose system trust store is the upstream CA (SSL_CERT_FILE); the other
+    // three have this host's store, which does not know that CA.
+    let mut options = cluster.next_options();
+    options.env = vec![(
+        "SSL_CERT_FILE".to_string(),
+        pki.path("upstream-ca/ca.pem").display().to_string(),
+    )];
+    let trusting = cluster.add_node_with(options).unwrap();
+    cluster.wait_converged(CONVERGE).unwrap();
+    let nginx = Nginx::start(
+        &cluster.root().join("nginx"),
+        Some((&pki.path("nginx/cert.pem"), &pki.path("nginx/key.pem"))),
+    )
+    .unwrap();
+    std::fs::write(
+        nginx.root.join("index.html"),
+        "verified by the system store\n",
+    )
+    .unwrap();
+    let port = nginx.https_port.unwrap();
+    apply(
+        &cluster,
+        &format!(
+            "{}---\ntype: ExternalService\nmesh: default\nname: no-ca\ntags: {{ kuma.io/service: no-ca }}\nnetworking:\n  address: localhost:{port}\n  tls: {{ enabled: true, serverName: localhost }}\n",
+            pki.mesh_yaml(true)
+        ),
+    );
+    let sni = sni_of("no-ca", port);
+    wait_routable(&cluster, &sni, "terminate-external");
+    let page = cluster.root().join("page.html");
+    let (code, err) = curl(
+        &cluster,
+        trusting,
+        &pki,
+        &sni,
+        "/index.html",
+        Some("client"),
+        &page,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&page).unwrap(),
+        "verified by the system store\n"
+    );
+    // A node whose store does not hold the upstream CA refuses the upstream: no bytes of the
+    // page reach the client, and the TLS dial failure is counted.
+    let (code, _) = curl(
+        &cluster,
+        0,
+        &pki,
+        &sni,
+        "/index.html",
+        Some("client"),
+        &page,
+    );
+    assert_ne!(code, Some(0));
+    let m = metrics(&cluster, 0);
+    assert!(
+        counter(
+            &m,
+            "zone_egress_dial_failures_total{mesh=\"default\",service=\"no-ca\"}"
+        ) >= 1,
+        "{m}"
+    );
+}

@@ -35,5 +35,13 @@ zone-egress:x:65532:
 GROUP
 printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$ctx/rootfs/etc/nsswitch.conf"
 chmod 0644 "$ctx/rootfs/etc/"*
+# The system trust store, for TLS origination to external services without caCert.
+bundle=/etc/ssl/certs/ca-certificates.crt
+if [[ ! -s $bundle ]]; then
+  echo "error: $bundle is missing: install Debian's ca-certificates (the image's trust store)" >&2
+  exit 1
+fi
+mkdir -p "$ctx/rootfs/etc/ssl/certs"
+install -m 0644 "$bundle" "$ctx/rootfs/etc/ssl/certs/ca-certificates.crt"
 docker build -t "$tag" "$ctx"
 echo "built $tag"

@@ -146,8 +146,11 @@ pub enum PkiError {
         /// The SPIFFE ids the certificate does carry.
         found: Vec<String>,
     },
-    /// TLS origination was asked for without a CA: this node has no system root store.
-    #[error("no CA certificate to verify the server with (this node has no system root store)")]
+    /// TLS origination without `caCert` and no system trust store on this node.
+    #[error(
+        "no CA certificate to verify the server with: the external service has no caCert and \
+         this node found no system trust store (give caCert, or SSL_CERT_FILE / SSL_CERT_DIR)"
+    )]
     NoRoots,
     /// rcgen could not generate a key or certificate.
     #[error("certificate generation failed: {0}")]

@@ -3,11 +3,12 @@
 //! * [`server_config_for_mesh`]: the egress terminating a sidecar's mTLS for an external
 //!   service (DESIGN.md §6 step 3): it presents the egress identity and requires a client
 //!   certificate that chains to the mesh CA and carries a `spiffe://<mesh>/...` id;
-//! * [`client_config`]: TLS origination towards an external service (`networking.tls`).
+//! * [`client_config`]: TLS origination towards an external service (`networking.tls`), with
+//!   the service's `caCert` or else the system trust store ([`system_roots`]).
 //!
 //! Protocol versions are rustls' safe defaults (TLS 1.3 and 1.2).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -49,23 +50,27 @@ pub fn server_config_for_mesh(
 }
 
 /// The client side of TLS origination. `ca_pem` (PEM bundle or one DER certificate) holds the
-/// roots; without it this fails with [`PkiError::NoRoots`], as this node carries no system root
-/// store. `client_identity` is presented when the server asks for a certificate.
-/// `skip_hostname_verification` still verifies the chain, validity and key usage but accepts a
-/// certificate that does not name the server.
+/// roots; without it the system trust store is used ([`system_roots`]), and when there is none
+/// this fails with [`PkiError::NoRoots`]. `client_identity` is presented when the server asks
+/// for a certificate. `skip_hostname_verification` still verifies the chain, validity and key
+/// usage but accepts a certificate that does not name the server.
 pub fn client_config(
     ca_pem: Option<&[u8]>,
     client_identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     skip_hostname_verification: bool,
 ) -> Result<Arc<ClientConfig>, PkiError> {
-    let ca_pem = ca_pem.ok_or(PkiError::NoRoots)?;
-    let mut roots = RootCertStore::empty();
-    for cert in parse_certificates(ca_pem)? {
-        roots.add(cert)?;
-    }
+    let roots = match ca_pem {
+        Some(pem) => {
+            let mut roots = RootCertStore::empty();
+            for cert in parse_certificates(pem)? {
+                roots.add(cert)?;
+            }
+            Arc::new(roots)
+        }
+        None => system_roots().ok_or(PkiError::NoRoots)?,
+    };
     let provider = provider();
-    let webpki =
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build()?;
     let builder =
         ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
     let builder = if skip_hostname_verification {
@@ -80,6 +85,29 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+/// The system trust store, read once at first use (`SSL_CERT_FILE` / `SSL_CERT_DIR` when set,
+/// else the platform's bundle, such as `/etc/ssl/certs/ca-certificates.crt`); `None` when it
+/// holds no usable certificate. Unreadable entries are logged and skipped.
+pub fn system_roots() -> Option<Arc<RootCertStore>> {
+    static ROOTS: OnceLock<Option<Arc<RootCertStore>>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "system trust store: an entry could not be read");
+            }
+            let mut roots = RootCertStore::empty();
+            let (added, ignored) = roots.add_parsable_certificates(found.certs);
+            tracing::info!(
+                added,
+                ignored,
+                "system trust store loaded for TLS origination without caCert"
+            );
+            (!roots.is_empty()).then(|| Arc::new(roots))
+        })
+        .clone()
 }
 
 #[cfg(test)]
@@ -286,8 +314,12 @@ mod tests {
 
     #[test]
     fn origination_needs_roots() {
-        let error = client_config(None, None, false).unwrap_err();
-        assert!(matches!(error, PkiError::NoRoots), "{error}");
+        // Without caCert the system store is used; without one either, a clear error.
+        match (system_roots(), client_config(None, None, false)) {
+            (Some(_), config) => assert!(config.is_ok()),
+            (None, Err(error)) => assert!(matches!(error, PkiError::NoRoots), "{error}"),
+            (None, Ok(_)) => panic!("a config without any root"),
+        }
         let error = client_config(Some(b"not a certificate"), None, false).unwrap_err();
         assert!(matches!(error, PkiError::BadCertificate(_)), "{error}");
     }
