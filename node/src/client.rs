@@ -54,9 +54,6 @@ pub fn inspect_route(admin: &AdminArgs, sni: &str) -> anyhow::Result<String> {
 /// Largest file `apply` sends (the API refuses bigger bodies anyway).
 const MAX_APPLY_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Largest token file read (a token is one short line).
-const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
-
 /// Bound on one request of the commands that have no `--timeout`.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -83,23 +80,9 @@ fn write_token(admin: &AdminArgs) -> anyhow::Result<Option<String>> {
     let Some(path) = &admin.token_file else {
         return Ok(None);
     };
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .with_context(|| format!("cannot read the token file {}", path.display()))?
-        .take(MAX_TOKEN_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .with_context(|| format!("cannot read the token file {}", path.display()))?;
-    if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
-        bail!(
-            "the token file {} is larger than {MAX_TOKEN_FILE_BYTES} bytes",
-            path.display()
-        );
-    }
-    let token = text.trim();
-    if token.is_empty() {
-        bail!("the token file {} is empty", path.display());
-    }
-    Ok(Some(token.to_string()))
+    crate::config::read_token_file(path)
+        .map(Some)
+        .map_err(anyhow::Error::msg)
 }
 
 /// Sends one request (with the token when it is a write) and returns the status and the JSON

@@ -450,13 +450,10 @@ fn validate(raw: RawConfig, flags: &Overrides, origin: &str) -> Result<Config, C
             ));
         }
         (Some(t), None) => Some(t),
-        (None, Some(path)) => Some(std::fs::read_to_string(&path).map_err(|e| {
-            ConfigError::invalid(
-                origin,
-                "admin.token_file",
-                format!("cannot read {}: {e}", path.display()),
-            )
-        })?),
+        (None, Some(path)) => Some(
+            read_token_file(&path)
+                .map_err(|e| ConfigError::invalid(origin, "admin.token_file", e))?,
+        ),
         (None, None) => None,
     };
     let token = match token.map(|t| t.trim().to_string()) {
@@ -751,6 +748,29 @@ fn host_name() -> String {
         .unwrap_or_else(|| "zone-egress".to_string())
 }
 
+/// Largest admin token file read (a token is a line; anything bigger is a wrong file).
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// The admin token in `path`: its content trimmed, at most 64 KiB, not empty. Read by the node
+/// (`admin.token_file`) and by the CLI (`--token-file`); the error names the file.
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TOKEN_FILE_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(format!(
+            "the token file {} is larger than {MAX_TOKEN_FILE_BYTES} bytes",
+            path.display()
+        ));
+    }
+    match text.trim() {
+        "" => Err(format!("the token file {} is empty", path.display())),
+        token => Ok(token.to_string()),
+    }
+}
+
 /// Parses a config file without flags (used by tests that check every file under `config/`).
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     load(&Overrides {
@@ -902,6 +922,12 @@ log: { format: text, access: false }
         let c = load_file(&path).unwrap();
         assert_eq!(c.admin.token.unwrap().expose(), "tok");
         assert_eq!(c.data_dir, dir.path().join("data"));
+        std::fs::write(dir.path().join("admin.token"), " \n").unwrap();
+        let e = load_file(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("admin.token_file") && e.contains("is empty"),
+            "{e}"
+        );
     }
 
     #[test]
