@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::{eventually, get_json, request};
+use crate::{eventually, get_json, output_ok as run, request};
 
 /// Image of the nodes (built by `deploy/docker/build.sh`).
 pub const IMAGE: &str = "zone-egress:dev";
@@ -38,23 +38,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .expect("workspace root")
         .to_path_buf()
-}
-
-/// Runs a command to completion; its stdout, or an error with its stderr.
-fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} exited with {}: {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 /// `docker ARGS`.
@@ -394,20 +377,21 @@ impl ClientLoop {
 
     /// Stops the loop and returns every attempt.
     pub fn finish(mut self) -> Vec<Attempt> {
+        self.stop_and_join();
+        self.attempts()
+    }
+
+    fn stop_and_join(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
-        self.attempts()
     }
 }
 
 impl Drop for ClientLoop {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+        self.stop_and_join();
     }
 }
 
@@ -468,21 +452,10 @@ fn one_attempt(admins: &Mutex<Vec<String>>, path: &str, certs: &Path, n: usize) 
     }
 }
 
-/// Kuma's hashed SNI for `service` (`kind` ms or mes, port 8443), from the CLI.
+/// Kuma's hashed SNI for `service` (`kind` ms or mes) on port 8443, the port of the demo's
+/// services.
 pub fn sni(service: &str, kind: &str) -> anyhow::Result<String> {
-    Ok(crate::zone_egress(&[
-        "sni",
-        "--mesh",
-        "default",
-        "--service",
-        service,
-        "--port",
-        "8443",
-        "--kind",
-        kind,
-    ])?
-    .trim()
-    .to_string())
+    crate::hashed_sni(service, 8443, kind)
 }
 
 /// Sends one HTTPS request through `egress` (`ip:port`) with `sni`; Ok when it got a 2xx.

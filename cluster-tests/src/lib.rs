@@ -176,21 +176,43 @@ pub fn post_json(admin_url: &str, path: &str, token: Option<&str>) -> anyhow::Re
     Ok((status, value))
 }
 
-/// Runs the `zone-egress` CLI with `args`; its standard output, or an error with its stderr.
-pub fn zone_egress(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(binary()?)
-        .args(args)
+/// Runs a command to completion: its standard output, or an error with its status and output.
+pub fn output_ok(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("zone-egress {args:?}"))?;
+        .with_context(|| format!("{cmd:?}"))?;
     if !out.status.success() {
         bail!(
-            "zone-egress {args:?} exited with {}: {}",
+            "{cmd:?} exited with {}: {}{}",
             out.status,
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// Runs the `zone-egress` CLI with `args`; its standard output, or an error with its stderr.
+pub fn zone_egress(args: &[&str]) -> anyhow::Result<String> {
+    output_ok(Command::new(binary()?).args(args))
+}
+
+/// Kuma's hashed SNI for `service` of mesh `default` on `port` (`kind`: ms, mes), from the CLI.
+pub fn hashed_sni(service: &str, port: u16, kind: &str) -> anyhow::Result<String> {
+    let port = port.to_string();
+    let args = [
+        "sni",
+        "--mesh",
+        "default",
+        "--service",
+        service,
+        "--port",
+        &port,
+        "--kind",
+        kind,
+    ];
+    Ok(zone_egress(&args)?.trim().to_string())
 }
 
 /// The Prometheus text of a node's `/metrics`.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use cluster_tests::upstream::{Nginx, run, sha256};
 use cluster_tests::{
-    Cluster, TEST_CONFIG, eventually, get_json, metrics_text, post_json, request, zone_egress,
+    Cluster, TEST_CONFIG, eventually, get_json, hashed_sni, metrics_text, post_json, request,
+    zone_egress,
 };
 use serde_json::Value;
 
@@ -155,19 +156,7 @@ fn apply(cluster: &Cluster, yaml: &str) {
 }
 
 fn sni_of(name: &str, port: u16) -> String {
-    ze(&[
-        "sni",
-        "--mesh",
-        "default",
-        "--service",
-        name,
-        "--port",
-        &port.to_string(),
-        "--kind",
-        "mes",
-    ])
-    .trim()
-    .to_string()
+    hashed_sni(name, port, "mes").unwrap()
 }
 
 /// curl through egress node `i` with an identity (`client`, `expired`, ... or None).

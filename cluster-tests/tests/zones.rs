@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use cluster_tests::upstream::{Nginx, run, sha256};
 use cluster_tests::{
-    Cluster, NodeOptions, TEST_CONFIG, eventually, get_json, request, zone_egress,
+    Cluster, NodeOptions, TEST_CONFIG, eventually, get_json, hashed_sni, request, zone_egress,
 };
 use serde_json::Value;
 
@@ -107,19 +107,7 @@ fn start() -> Zones {
         "--name",
         "mesh-default",
     ]);
-    let sni = |service: &str| {
-        ze(&[
-            "sni",
-            "--mesh",
-            "default",
-            "--service",
-            service,
-            "--port",
-            "8443",
-        ])
-        .trim()
-        .to_string()
-    };
+    let sni = |service: &str| hashed_sni(service, 8443, "ms").unwrap();
     let (web_sni, backend_sni) = (sni("web"), sni("backend"));
     // The destination's mesh certificate: valid for both hashed SNIs.
     ze(&[

@@ -194,13 +194,9 @@ fn remote_outbound(
             }))
         })
         .collect();
-    let mut zones: Vec<&str> = remote
+    let mut zones: Vec<&str> = ingresses
         .iter()
-        .filter(|r| {
-            r.mesh == mesh
-                && r.tags.get(proto::link::SERVICE_TAG).map(String::as_str) == Some(service)
-        })
-        .flat_map(|r| r.links.iter().map(|l| l.zone.as_str()))
+        .filter_map(|i| i["zone"].as_str())
         .collect();
     zones.sort_unstable();
     zones.dedup();
