@@ -186,16 +186,38 @@ fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
     }
 }
 
-async fn read_body(body: Body) -> Result<String, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| {
+/// Bytes of an oversized body read and dropped before answering 413, so that a client still
+/// sending gets the answer instead of a reset connection (a broken pipe on its side).
+const DRAIN_BYTES: usize = 4 * MAX_BODY_BYTES;
+
+async fn read_body(mut body: Body) -> Result<String, ApiError> {
+    use http_body_util::BodyExt;
+    let mut bytes = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read: {e}"),
             )
         })?;
-    String::from_utf8(bytes.to_vec())
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total <= MAX_BODY_BYTES {
+            bytes.extend_from_slice(&data);
+        } else if total > DRAIN_BYTES {
+            break;
+        }
+    }
+    if total > MAX_BODY_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        ));
+    }
+    String::from_utf8(bytes)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the request body is not UTF-8"))
 }
 
