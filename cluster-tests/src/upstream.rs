@@ -133,3 +133,81 @@ pub fn sha256(path: &Path) -> anyhow::Result<String> {
         .unwrap_or_default()
         .to_string())
 }
+
+/// One curl process's share of a download soak.
+#[derive(Debug, Clone)]
+pub struct Soak {
+    /// `https://SNI/path` to fetch.
+    pub url: String,
+    /// `SNI:443:LISTEN` for `--connect-to`.
+    pub connect_to: String,
+    /// CA that verifies the server curl talks to.
+    pub ca: PathBuf,
+    /// Client certificate and key (the mesh identity).
+    pub cert: PathBuf,
+    /// Client key.
+    pub key: PathBuf,
+}
+
+/// What a soak saw: every download's size and curl exit code (0 = complete).
+#[derive(Debug, Default)]
+pub struct SoakReport {
+    /// (bytes received, curl exit code) per download.
+    pub downloads: Vec<(u64, i32)>,
+}
+
+impl SoakReport {
+    /// Downloads that stopped short of `size` bytes or failed.
+    pub fn short(&self, size: u64) -> Vec<(u64, i32)> {
+        self.downloads
+            .iter()
+            .copied()
+            .filter(|(n, code)| *n != size || *code != 0)
+            .collect()
+    }
+}
+
+/// Runs `processes` curl processes at once, each downloading `per_process` times over
+/// keep-alive connections (a real client reusing its connection is what leaves the tail of a
+/// body waiting); every download has its own deadline (`--max-time`, per transfer).
+pub fn soak(
+    target: &Soak,
+    processes: usize,
+    per_process: usize,
+    deadline: Duration,
+) -> anyhow::Result<SoakReport> {
+    let mut children = Vec::new();
+    for _ in 0..processes {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", &deadline.as_secs().to_string()])
+            .args(["--connect-to", &target.connect_to])
+            .arg("--cacert")
+            .arg(&target.ca)
+            .arg("--cert")
+            .arg(&target.cert)
+            .arg("--key")
+            .arg(&target.key)
+            .args(["-w", "%{size_download} %{exitcode}\\n"]);
+        for _ in 0..per_process {
+            cmd.args(["-o", "/dev/null", &target.url]);
+        }
+        children.push(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start curl")?,
+        );
+    }
+    let mut report = SoakReport::default();
+    for child in children {
+        let out = child.wait_with_output()?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut parts = line.split_whitespace();
+            let size = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let code = parts.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
+            report.downloads.push((size, code));
+        }
+    }
+    Ok(report)
+}

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod copy;
 pub mod forward;
 pub mod gossip;
 pub mod link;

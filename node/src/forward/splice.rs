@@ -2,15 +2,14 @@
 //!
 //! Each direction copies until EOF, then shuts down the write side of the other stream (so a
 //! client that half-closes still receives the full response). The connection ends when both
-//! directions are done, or when neither direction moved a byte for `idle_timeout`.
+//! directions are done, or when neither direction moved a byte for `idle_timeout`. The copy is
+//! [`crate::copy`]'s, shared with the link.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use crate::copy::{CopyEnd, copy_both_ways};
 
 /// Bytes moved by a splice.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,80 +22,25 @@ pub struct Transferred {
     pub idle_timeout: bool,
 }
 
-const BUF_BYTES: usize = 64 * 1024;
-
-/// Copies both ways until both directions finish or the connection is idle for `idle_timeout`.
-pub async fn splice<C, U>(client: C, upstream: U, idle_timeout: Duration) -> Transferred
+/// Copies both ways until both directions finish, one side fails, or the connection is idle for
+/// `idle_timeout` ([`crate::copy::copy_both_ways`]: every write is flushed when its reader has
+/// nothing ready, so no byte waits inside a TLS stream).
+pub async fn splice<C, U>(mut client: C, mut upstream: U, idle_timeout: Duration) -> Transferred
 where
     C: AsyncRead + AsyncWrite + Send + Unpin,
     U: AsyncRead + AsyncWrite + Send + Unpin,
 {
-    let started = Instant::now();
-    let last_activity = Arc::new(AtomicU64::new(0));
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
-    let up = one_way(
-        &mut client_read,
-        &mut upstream_write,
-        &last_activity,
-        started,
-    );
-    let down = one_way(
-        &mut upstream_read,
-        &mut client_write,
-        &last_activity,
-        started,
-    );
-    let both = async { tokio::join!(up, down) };
-    tokio::pin!(both);
-    let mut check = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(10)));
-    loop {
-        tokio::select! {
-            (up, down) = &mut both => {
-                return Transferred { client_to_upstream: up, upstream_to_client: down, idle_timeout: false };
-            }
-            _ = check.tick() => {
-                let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
-                if started.elapsed().saturating_sub(last) >= idle_timeout {
-                    return Transferred { idle_timeout: true, ..Transferred::default() };
-                }
-            }
-        }
+    let copied = copy_both_ways(&mut client, &mut upstream, idle_timeout, &|_| {}, &|_| {}).await;
+    Transferred {
+        client_to_upstream: copied.a_to_b,
+        upstream_to_client: copied.b_to_a,
+        idle_timeout: matches!(copied.end, CopyEnd::IdleTimeout),
     }
-}
-
-async fn one_way<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    last_activity: &AtomicU64,
-    started: Instant,
-) -> u64
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUF_BYTES];
-    let mut total = 0u64;
-    loop {
-        let n = match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if writer.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-        total += n as u64;
-        let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        last_activity.store(now, Ordering::Relaxed);
-    }
-    let _ = writer.flush().await;
-    let _ = writer.shutdown().await;
-    total
 }
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::duplex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     use super::*;
 

@@ -17,14 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quinn::{ReadError, RecvStream, SendStream, VarInt, WriteError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use super::codes;
-
-/// Copy buffer of one direction.
-const BUF_BYTES: usize = 64 * 1024;
+use crate::copy::{CopyEnd, copy_both_ways};
 
 /// The TCP end of a splice.
 pub trait TcpSide: AsyncRead + AsyncWrite + Unpin + Send {
@@ -103,159 +100,73 @@ pub async fn splice_quic_tcp<T: TcpSide>(
     splice_metered(send, recv, tcp, idle_timeout, &Meter::default()).await
 }
 
-/// Why one direction stopped early.
-enum Failure {
-    Tcp,
-    Quic(u64),
-    Lost,
-    Idle,
-}
-
-/// [`splice_quic_tcp`], counting into `meter`.
+/// [`splice_quic_tcp`], counting into `meter`. The copy is [`crate::copy::copy_both_ways`]
+/// (flushes whenever a reader has nothing ready, half-close both ways); this function maps how
+/// it ended onto the two transports: a QUIC reset or stop code, a lost connection, a TCP error.
 pub(crate) async fn splice_metered<T: TcpSide>(
-    mut send: SendStream,
-    mut recv: RecvStream,
-    tcp: T,
+    send: SendStream,
+    recv: RecvStream,
+    mut tcp: T,
     idle_timeout: Duration,
     meter: &Meter,
 ) -> Spliced {
-    let started = Instant::now();
-    let last_activity_ms = AtomicU64::new(0);
-    let up_bytes = AtomicU64::new(0);
-    let down_bytes = AtomicU64::new(0);
-    let (mut tcp_read, mut tcp_write) = tokio::io::split(tcp);
-    let failure = {
-        let activity = Activity {
-            started,
-            last_ms: &last_activity_ms,
-        };
-        let up = tcp_to_quic(&mut tcp_read, &mut send, &up_bytes, meter, &activity);
-        let down = quic_to_tcp(&mut recv, &mut tcp_write, &down_bytes, meter, &activity);
-        tokio::pin!(up, down);
-        let (mut up_done, mut down_done) = (false, false);
-        let period = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
-        let mut check = tokio::time::interval(period);
-        loop {
-            if up_done && down_done {
-                break None;
-            }
-            tokio::select! {
-                result = &mut up, if !up_done => match result {
-                    Ok(()) => up_done = true,
-                    Err(failure) => break Some(failure),
-                },
-                result = &mut down, if !down_done => match result {
-                    Ok(()) => down_done = true,
-                    Err(failure) => break Some(failure),
-                },
-                _ = check.tick() => {
-                    let last = Duration::from_millis(last_activity_ms.load(Ordering::Relaxed));
-                    if started.elapsed().saturating_sub(last) >= idle_timeout {
-                        break Some(Failure::Idle);
-                    }
-                }
-            }
-        }
+    let mut quic = tokio::io::join(recv, send);
+    let on_tcp_read = |n: u64| {
+        meter.sent.fetch_add(n, Ordering::Relaxed);
+        meter.sent_total.increment(n);
+    };
+    let on_quic_read = |n: u64| {
+        meter.received.fetch_add(n, Ordering::Relaxed);
+        meter.received_total.increment(n);
+    };
+    let copied = copy_both_ways(
+        &mut tcp,
+        &mut quic,
+        idle_timeout,
+        &on_tcp_read,
+        &on_quic_read,
+    )
+    .await;
+    let (mut recv, mut send) = quic.into_inner();
+    let failure = match copied.end {
+        CopyEnd::Finished => None,
+        CopyEnd::IdleTimeout => Some((codes::IDLE_TIMEOUT, SpliceEnd::IdleTimeout)),
+        CopyEnd::Failed(e) => Some(classify(&e)),
     };
     let end = match failure {
         None => SpliceEnd::Finished,
-        Some(failure) => {
-            let (code, end) = match failure {
-                Failure::Tcp => (codes::TCP_RESET, SpliceEnd::TcpReset),
-                Failure::Quic(code) => (
-                    VarInt::from_u64(code).unwrap_or(codes::TCP_RESET),
-                    SpliceEnd::QuicReset(code),
-                ),
-                Failure::Lost => (codes::TCP_RESET, SpliceEnd::ConnectionLost),
-                Failure::Idle => (codes::IDLE_TIMEOUT, SpliceEnd::IdleTimeout),
-            };
+        Some((code, end)) => {
             // Either may already be finished or reset: nothing more to do then.
             let _ = send.reset(code);
             let _ = recv.stop(code);
             if !matches!(end, SpliceEnd::TcpReset) {
-                tcp_read.unsplit(tcp_write).abort();
+                tcp.abort();
             }
             end
         }
     };
     Spliced {
-        tcp_to_quic: up_bytes.load(Ordering::Relaxed),
-        quic_to_tcp: down_bytes.load(Ordering::Relaxed),
+        tcp_to_quic: copied.a_to_b,
+        quic_to_tcp: copied.b_to_a,
         end,
     }
 }
 
-/// When the last byte moved, in milliseconds since the splice started.
-struct Activity<'a> {
-    started: Instant,
-    last_ms: &'a AtomicU64,
-}
-
-impl Activity<'_> {
-    fn touch(&self) {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(now, Ordering::Relaxed);
-    }
-}
-
-async fn tcp_to_quic<R: AsyncRead + Unpin>(
-    tcp: &mut R,
-    send: &mut SendStream,
-    total: &AtomicU64,
-    meter: &Meter,
-    activity: &Activity<'_>,
-) -> Result<(), Failure> {
-    let mut buf = vec![0u8; BUF_BYTES];
-    loop {
-        let n = match tcp.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(_) => return Err(Failure::Tcp),
+/// Which side an I/O error of the copy came from: quinn's errors carry their [`ReadError`] or
+/// [`WriteError`] inside the `io::Error`; anything else is the TCP side's.
+fn classify(e: &std::io::Error) -> (VarInt, SpliceEnd) {
+    let inner = e.get_ref();
+    if let Some(read) = inner.and_then(|i| i.downcast_ref::<ReadError>()) {
+        return match read {
+            ReadError::Reset(code) => (*code, SpliceEnd::QuicReset(code.into_inner())),
+            _ => (codes::TCP_RESET, SpliceEnd::ConnectionLost),
         };
-        send.write_all(&buf[..n]).await.map_err(write_failure)?;
-        let n = n as u64;
-        total.fetch_add(n, Ordering::Relaxed);
-        meter.sent.fetch_add(n, Ordering::Relaxed);
-        meter.sent_total.increment(n);
-        activity.touch();
     }
-    // EOF from TCP: FIN on QUIC. Already closed means the peer stopped it: a failure.
-    send.finish().map_err(|_| Failure::Lost)
-}
-
-async fn quic_to_tcp<W: AsyncWrite + Unpin>(
-    recv: &mut RecvStream,
-    tcp: &mut W,
-    total: &AtomicU64,
-    meter: &Meter,
-    activity: &Activity<'_>,
-) -> Result<(), Failure> {
-    let mut buf = vec![0u8; BUF_BYTES];
-    loop {
-        let n = match recv.read(&mut buf).await {
-            Ok(Some(n)) => n,
-            Ok(None) => break,
-            Err(ReadError::Reset(code)) => return Err(Failure::Quic(code.into_inner())),
-            Err(ReadError::ConnectionLost(_)) => return Err(Failure::Lost),
-            Err(_) => return Err(Failure::Lost),
+    if let Some(write) = inner.and_then(|i| i.downcast_ref::<WriteError>()) {
+        return match write {
+            WriteError::Stopped(code) => (*code, SpliceEnd::QuicReset(code.into_inner())),
+            _ => (codes::TCP_RESET, SpliceEnd::ConnectionLost),
         };
-        if tcp.write_all(&buf[..n]).await.is_err() {
-            return Err(Failure::Tcp);
-        }
-        let n = n as u64;
-        total.fetch_add(n, Ordering::Relaxed);
-        meter.received.fetch_add(n, Ordering::Relaxed);
-        meter.received_total.increment(n);
-        activity.touch();
     }
-    // FIN from QUIC: half-close TCP, the other direction goes on.
-    let _ = tcp.flush().await;
-    tcp.shutdown().await.map_err(|_| Failure::Tcp)
-}
-
-fn write_failure(e: WriteError) -> Failure {
-    match e {
-        WriteError::Stopped(code) => Failure::Quic(code.into_inner()),
-        _ => Failure::Lost,
-    }
+    (codes::TCP_RESET, SpliceEnd::TcpReset)
 }
