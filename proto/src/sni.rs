@@ -81,7 +81,7 @@ impl fmt::Display for HashedKind {
 /// labels between them (usually exactly one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashedSni {
-    /// The SNI as received.
+    /// The SNI as received, in lower case (DNS names are case-insensitive, RFC 4343).
     pub sni: String,
     /// FNV-1a-64 of `"<name>;<mesh>;<k=v,...>"` as carried by the first label.
     pub hash: u64,
@@ -105,15 +105,19 @@ pub struct HashedCandidate {
 
 impl HashedCandidate {
     /// Whether a resource `name` in `mesh` on `port` shows as this reading (ignores the hash: the
-    /// caller must still [`HashedSni::verify`]).
+    /// caller must still [`HashedSni::verify`]). Labels compare without regard to ASCII case
+    /// (the SNI is read in lower case; a resource name may hold upper case).
     pub fn matches(&self, name: &str, mesh: &str, port: u16) -> bool {
-        self.port == port && self.name == sni_label(name) && self.mesh == sni_label(mesh)
+        self.port == port
+            && self.name.eq_ignore_ascii_case(&sni_label(name))
+            && self.mesh.eq_ignore_ascii_case(&sni_label(mesh))
     }
 }
 
 impl HashedSni {
     /// Whether this SNI is exactly the one Kuma builds for the resource: same labels and same
-    /// hash. `false` means reject (a hash that does not match is never accepted).
+    /// hash, without regard to ASCII case. `false` means reject (a hash that does not match is
+    /// never accepted; the hash itself covers the exact name, mesh and tags).
     pub fn verify(
         &self,
         name: &str,
@@ -121,7 +125,8 @@ impl HashedSni {
         tags: &BTreeMap<String, String>,
         port: u16,
     ) -> bool {
-        verify_hashed(&self.sni, name, mesh, tags, port, self.kind)
+        self.sni
+            .eq_ignore_ascii_case(&hashed(name, mesh, tags, port, self.kind))
     }
 
     /// Whether some reading of the labels names this resource, whatever the hash: lets the
@@ -216,8 +221,8 @@ pub enum SniError {
         /// Number of labels found.
         labels: usize,
     },
-    /// Hashed form whose first label is not `a` and 16 lowercase hex digits.
-    #[error("`{label}` is not `a` followed by 16 lowercase hex digits")]
+    /// Hashed form whose first label is not `a` and 16 hex digits (read in lower case).
+    #[error("`{label}` is not `a` followed by 16 hex digits")]
     BadHashLabel {
         /// The first label.
         label: String,
@@ -253,7 +258,10 @@ impl Sni {
         if sni.contains(['{', '}']) {
             parse_tagged(sni)
         } else if sni.contains('.') {
-            parse_hashed(sni).map(Sni::Hashed)
+            // DNS names compare without regard to case (RFC 4343 §3, RFC 6066 §3; Envoy's
+            // server_names match likewise): the hashed form is read in lower case. The tag form
+            // keeps its case (Kuma's service names and tag values are case-sensitive).
+            parse_hashed(&sni.to_ascii_lowercase()).map(Sni::Hashed)
         } else {
             Err(SniError::MissingBraces {
                 sni: sni.to_owned(),
@@ -859,9 +867,9 @@ mod tests {
                 },
             ),
             (
-                "AE10A8071B8A8EEB8.backend.8080.demo.ms".into(),
+                "AG10A8071B8A8EEB8.backend.8080.demo.ms".into(),
                 SniError::BadHashLabel {
-                    label: "AE10A8071B8A8EEB8".into(),
+                    label: "ag10a8071b8a8eeb8".into(),
                 },
             ),
             (
@@ -980,6 +988,29 @@ mod tests {
             prop_assert!(verify_hashed(&sni, &name, &mesh, &tags, port, kind));
             prop_assert_eq!(parsed.verify(&name, &mesh, &other_tags, port), other_tags == tags);
             prop_assert!(sni.split('.').all(|l| !l.is_empty() && l.len() <= 63));
+        }
+
+        /// RFC 4343: the hashed (DNS) form reads the same in any ASCII case, and still verifies.
+        #[test]
+        fn hashed_form_ignores_ascii_case(
+            name in arb_dotted(),
+            mesh in arb_dotted(),
+            tags in arb_tag_map(),
+            port in any::<u16>(),
+            kind in arb_kind(),
+            flips in proptest::collection::vec(any::<bool>(), 0..200),
+        ) {
+            let sni = hashed(&name, &mesh, &tags, port, kind);
+            let mixed: String = sni
+                .chars()
+                .zip(flips.iter().copied().chain(std::iter::repeat(true)))
+                .map(|(c, up)| if up { c.to_ascii_uppercase() } else { c })
+                .collect();
+            let (Ok(Sni::Hashed(a)), Ok(Sni::Hashed(b))) = (Sni::parse(&sni), Sni::parse(&mixed)) else {
+                return Err(TestCaseError::fail(format!("{mixed}")));
+            };
+            prop_assert_eq!(&a, &b);
+            prop_assert!(b.verify(&name, &mesh, &tags, port));
         }
 
         #[test]

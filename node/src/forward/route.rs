@@ -229,7 +229,8 @@ pub fn decide(
                         return Decision::TerminateExternal {
                             mesh: Box::new(mesh.clone()),
                             service: Box::new(es.clone()),
-                            sni: server_name.to_string(),
+                            // In lower case: the name the egress's certificate carries.
+                            sni: hashed.sni.clone(),
                         };
                     }
                     named_but_wrong_hash = true;
@@ -268,7 +269,17 @@ fn decide_remote_hashed(
 ) -> Decision {
     let mut named = false;
     for candidate in &hashed.candidates {
-        let mesh = match mesh_with_mtls(resources, &candidate.mesh) {
+        let mesh_name = resources
+            .list(Kind::Mesh, None)
+            .into_iter()
+            .find_map(|r| match r {
+                Resource::Mesh(m) if sni_mesh_matches(m.name.as_str(), &candidate.mesh) => {
+                    Some(m.name.as_str().to_string())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| candidate.mesh.clone());
+        let mesh = match mesh_with_mtls(resources, &mesh_name) {
             Ok(m) => m.name.as_str().to_string(),
             Err(d) if hashed.candidates.len() == 1 => return d,
             Err(_) => continue,
@@ -319,12 +330,17 @@ fn decide_remote_hashed(
     }
 }
 
-/// Whether a mesh name shows as `label` in an SNI (names over 62 characters are cut).
+/// Whether a mesh name shows as `label` of a hashed (DNS-form, lower-case) SNI: names over 62
+/// characters are cut; ASCII case does not count (RFC 4343).
 fn sni_mesh_matches(mesh: &str, label: &str) -> bool {
     if mesh.len() > 62 {
-        label.len() == 63 && label.ends_with('x') && mesh.starts_with(&label[..62])
+        label.len() == 63
+            && label.ends_with('x')
+            && mesh
+                .get(..62)
+                .is_some_and(|m| label.get(..62).is_some_and(|l| m.eq_ignore_ascii_case(l)))
     } else {
-        mesh == label
+        mesh.eq_ignore_ascii_case(label)
     }
 }
 
@@ -449,6 +465,50 @@ mod tests {
         assert_eq!(e.originate_tls, Some(true));
     }
 
+    /// DNS names are case-insensitive (RFC 4343): the hashed form in any case routes the same;
+    /// the tag form keeps its case (Kuma service names are case-sensitive).
+    #[test]
+    fn the_hashed_sni_routes_in_any_case_and_the_tag_form_keeps_its_case() {
+        let r = resources(&format!(
+            "{ZONE}---\ntype: ExternalService\nmesh: default\nname: mixed-case\ntags: {{ kuma.io/service: Mixed-Case }}\nnetworking: {{ address: 'mixed.org:80' }}\n"
+        ));
+        let remote = RemoteServices::default();
+        for name in ["httpbin", "mixed-case"] {
+            let es = r
+                .list(Kind::ExternalService, Some("default"))
+                .into_iter()
+                .find_map(|res| match res {
+                    Resource::ExternalService(es) if es.name.as_str() == name => Some(es.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            let sni = external_service_sni(&es);
+            for sent in [
+                sni.to_ascii_uppercase(),
+                sni.to_ascii_lowercase(),
+                sni.clone(),
+            ] {
+                match decide(Some(&sent), &r, &remote) {
+                    Decision::TerminateExternal { service, .. } => {
+                        assert_eq!(service.name.as_str(), name, "{sent}")
+                    }
+                    other => panic!("{sent}: {other:?}"),
+                }
+            }
+            // A wrong hash stays wrong in any case.
+            let forged = format!("A0000000000000000{}", &sni[17..]).to_ascii_uppercase();
+            assert_eq!(decide(Some(&forged), &r, &remote).label(), "hash_mismatch");
+        }
+        assert_eq!(
+            decide(Some("HTTPBIN{mesh=default}"), &r, &remote).label(),
+            "unknown_service"
+        );
+        assert_eq!(
+            decide(Some("httpbin{mesh=DEFAULT}"), &r, &remote).label(),
+            "unknown_mesh"
+        );
+    }
+
     #[test]
     fn services_of_other_zones_pass_through_in_both_sni_forms() {
         use crate::link::services::Contribution;
@@ -489,6 +549,8 @@ mod tests {
         }
         let forged = format!("a0000000000000000{}", &plain[17..]);
         assert_eq!(decide(Some(&forged), &r, &remote).label(), "hash_mismatch");
+        let upper = plain.to_ascii_uppercase();
+        assert_eq!(decide(Some(&upper), &r, &remote).label(), "passthrough");
         assert_eq!(
             decide(Some("backend{mesh=default,version=v9}"), &r, &remote).label(),
             "unknown_service"
