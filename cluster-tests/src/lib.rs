@@ -506,11 +506,11 @@ fn launch(
         cmd.args(["--seed", seed]);
     }
     cmd.args(&options.args)
-        .envs(options.env.iter().map(|(k, v)| (k, v)))
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .envs(options.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

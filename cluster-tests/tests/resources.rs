@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use cluster_tests::{Cluster, TEST_CONFIG, eventually, get_json, request};
+use cluster_tests::{
+    Cluster, TEST_CONFIG, eventually, get_json, metrics_text, request, zone_egress,
+};
 use serde_json::{Value, json};
 
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -483,4 +485,222 @@ fn a_corrupt_store_is_a_clear_start_up_error() {
         std::fs::read(dir.path().join("store.redb")).unwrap(),
         vec![0x42u8; 16 * 1024]
     );
+}
+
+/// The mesh CA key and an external service's client key, given inline, never leave a node
+/// except to a caller holding the admin token: not in any read (HTTP or CLI, any format, any
+/// node), not in an error, not in `/metrics`, not in a debug-level log line.
+#[test]
+fn inline_keys_never_leave_a_node_without_the_admin_token() {
+    const READ: &str = "test-read-token";
+    let mut cluster = Cluster::new().unwrap();
+    for _ in 0..2 {
+        let mut options = cluster.next_options();
+        options.config = format!("{TEST_CONFIG}admin: {{ token: {TOKEN}, read_token: {READ} }}\n");
+        options.env = vec![("RUST_LOG".into(), "debug".into())];
+        cluster.add_node_with(options).unwrap();
+    }
+    // The members list needs the read token now: wait with it.
+    eventually(CONVERGE, "both nodes to see both", || {
+        for i in 0..2 {
+            let (status, v) = request(
+                "GET",
+                &format!("{}/v1/members", cluster.admin(i)),
+                None,
+                Some(READ),
+            )?;
+            let ready = v
+                .as_array()
+                .map(|m| m.iter().filter(|m| m["ready"] == true).count());
+            if status != 200 || ready != Some(2) {
+                bail!("node {i}: {status} {v}");
+            }
+        }
+        Ok(Some(()))
+    })
+    .unwrap();
+    let dir = cluster.root().join("pki");
+    let d = |rel: &str| dir.join(rel).to_str().unwrap().to_string();
+    zone_egress(&["pki", "init-ca", "--out", &d("ca"), "--name", "m"]).unwrap();
+    zone_egress(&[
+        "pki",
+        "issue",
+        "--ca",
+        &d("ca"),
+        "--spiffe",
+        "spiffe://m/x",
+        "--out",
+        &d("client"),
+    ])
+    .unwrap();
+    let ca_key = std::fs::read_to_string(dir.join("ca/ca.key")).unwrap();
+    let client_key = std::fs::read_to_string(dir.join("client/key.pem")).unwrap();
+    // The bytes that must not come back: a line of each PEM body, and of its base64 form.
+    let body_line = |pem: &str| pem.lines().nth(1).unwrap().to_string();
+    let client_b64 = base64(client_key.as_bytes());
+    let needles = [
+        body_line(&ca_key),
+        body_line(&client_key),
+        client_b64[40..80].to_string(),
+    ];
+    let yaml = format!(
+        "type: Mesh\nname: m\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: provided\n      conf:\n        cert: {{ file: {} }}\n        key: {{ inlineString: {:?} }}\n---\ntype: ExternalService\nmesh: m\nname: api\ntags: {{ kuma.io/service: api }}\nnetworking:\n  address: localhost:8443\n  tls: {{ enabled: true, clientCert: {{ file: {} }}, clientKey: {{ inline: {client_b64} }} }}\n",
+        d("ca/ca.pem"),
+        ca_key,
+        d("client/cert.pem"),
+    );
+    let file = dir.join("secret.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let admin = |i: usize| cluster.admin(i);
+    let out = zone_egress(&[
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--admin",
+        &admin(0),
+        "--token",
+        TOKEN,
+    ])
+    .unwrap();
+    let mut answers = vec![out];
+    // Every read, on the node written to and on the other one (replicated by gossip).
+    for i in 0..2 {
+        eventually(CONVERGE, "the mesh everywhere", || {
+            let (status, _) = request(
+                "GET",
+                &format!("{}/v1/meshes/m", admin(i)),
+                None,
+                Some(READ),
+            )?;
+            Ok((status == 200).then_some(()))
+        })
+        .unwrap();
+        for path in [
+            "/v1/meshes",
+            "/v1/meshes/m",
+            "/v1/meshes/m/external-services",
+            "/v1/meshes/m/external-services/api",
+            "/v1/zone-ingresses",
+            "/v1/inspect/route?sni=api%7Bmesh%3Dm%7D",
+        ] {
+            for token in [READ, TOKEN] {
+                let (status, v) =
+                    request("GET", &format!("{}{path}", admin(i)), None, Some(token)).unwrap();
+                assert_eq!(status, 200, "{path}: {v}");
+                answers.push(v.to_string());
+            }
+        }
+        for what in ["meshes", "external-services"] {
+            for output in ["table", "json", "yaml"] {
+                answers.push(
+                    zone_egress(&[
+                        "get",
+                        what,
+                        "--mesh",
+                        "m",
+                        "-o",
+                        output,
+                        "--admin",
+                        &admin(i),
+                        "--token",
+                        READ,
+                    ])
+                    .unwrap(),
+                );
+            }
+        }
+        answers.push(metrics_text(&admin(i)).unwrap());
+        // Asking for secrets without the admin token is refused, and says nothing.
+        let (status, v) = request(
+            "GET",
+            &format!("{}/v1/meshes/m?secrets=true", admin(i)),
+            None,
+            Some(READ),
+        )
+        .unwrap();
+        assert_eq!(status, 401, "{v}");
+        answers.push(v.to_string());
+    }
+    // A redacted answer applied back: refused, and the error does not quote anything.
+    let redacted = zone_egress(&[
+        "get",
+        "meshes",
+        "-o",
+        "yaml",
+        "--admin",
+        &admin(1),
+        "--token",
+        READ,
+    ])
+    .unwrap();
+    let (status, v) = request(
+        "POST",
+        &format!("{}/v1/apply", admin(1)),
+        Some(("application/yaml", redacted.as_bytes())),
+        Some(TOKEN),
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{v}");
+    answers.push(v.to_string());
+    // The key put where a DataSource belongs: the error names the field, not the value.
+    let wrong = yaml.replace(
+        &format!("key: {{ inlineString: {:?} }}", ca_key),
+        &format!("key: {:?}", ca_key),
+    );
+    let (status, v) = request(
+        "POST",
+        &format!("{}/v1/apply", admin(0)),
+        Some(("application/yaml", wrong.as_bytes())),
+        Some(TOKEN),
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{v}");
+    answers.push(v.to_string());
+    for i in 0..2 {
+        answers.push(cluster.nodes[i].log());
+    }
+    for answer in &answers {
+        for needle in &needles {
+            assert!(
+                !answer.contains(needle.as_str()),
+                "a secret leaked into: {answer}"
+            );
+        }
+    }
+    assert!(answers.iter().any(|a| a.contains("<redacted>")));
+    // The admin token reads it back, on any node.
+    let shown = zone_egress(&[
+        "get",
+        "meshes",
+        "-o",
+        "json",
+        "--show-secrets",
+        "--admin",
+        &admin(1),
+        "--token",
+        TOKEN,
+    ])
+    .unwrap();
+    assert!(shown.contains(&needles[0]), "{shown}");
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(A[((n >> (18 - 6 * i)) & 0x3f) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

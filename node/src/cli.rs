@@ -140,11 +140,12 @@ pub struct AdminArgs {
         default_value = "http://127.0.0.1:9901"
     )]
     pub admin: String,
-    /// Bearer token for writes.
+    /// Bearer token, sent with every request but `/live`, `/ready` and `/metrics`: the admin
+    /// token for writes (and `--show-secrets`), the admin or read token for reads.
     #[arg(long, env = "ZONE_EGRESS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// File holding the bearer token for writes (e.g. a mounted Kubernetes Secret); read when
-    /// a write is sent. --token / ZONE_EGRESS_TOKEN wins when both are set.
+    /// File holding the bearer token (e.g. a mounted Kubernetes Secret); read when a request
+    /// needs it. --token / ZONE_EGRESS_TOKEN wins when both are set.
     #[arg(long, env = "ZONE_EGRESS_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 }
@@ -218,6 +219,10 @@ pub struct GetArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     pub output: Output,
+    /// Show inline private keys instead of `<redacted>` (asks `?secrets=true`; needs the admin
+    /// token when the node has one).
+    #[arg(long)]
+    pub show_secrets: bool,
 }
 
 /// Arguments of `zone-egress apply`.

@@ -71,9 +71,9 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
-/// The bearer token for writes: `--token` (or `ZONE_EGRESS_TOKEN`), else the trimmed content of
+/// The bearer token: `--token` (or `ZONE_EGRESS_TOKEN`), else the trimmed content of
 /// `--token-file` (or `ZONE_EGRESS_TOKEN_FILE`), else none.
-fn write_token(admin: &AdminArgs) -> anyhow::Result<Option<String>> {
+fn bearer_token(admin: &AdminArgs) -> anyhow::Result<Option<String>> {
     if let Some(token) = &admin.token {
         return Ok(Some(token.clone()));
     }
@@ -96,14 +96,21 @@ fn exchange(
 ) -> anyhow::Result<(ureq::http::StatusCode, Value)> {
     let url = format!("{}{}", admin.admin.trim_end_matches('/'), path);
     let agent = agent(timeout);
-    // Only writes need the token: reads (and so `health` probes) never read a token file.
-    let auth = if method == "GET" {
+    // Probes and metrics are open: `health` never reads a token file.
+    let open = ["/live", "/ready", "/metrics"].contains(&path);
+    let auth = if open {
         None
     } else {
-        write_token(admin)?.map(|t| format!("Bearer {t}"))
+        bearer_token(admin)?.map(|t| format!("Bearer {t}"))
     };
     let result = match (method, body) {
-        ("GET", _) => agent.get(&url).call(),
+        ("GET", _) => {
+            let mut req = agent.get(&url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        }
         ("DELETE", _) => {
             let mut req = agent.delete(&url);
             if let Some(a) = &auth {
@@ -167,7 +174,7 @@ fn call_within(
         }
         if status == ureq::http::StatusCode::UNAUTHORIZED {
             message.push_str(
-                "\n  the node has an admin token: pass it with --token or --token-file \
+                "\n  the node needs a token for this: pass it with --token or --token-file \
                  (or ZONE_EGRESS_TOKEN / ZONE_EGRESS_TOKEN_FILE)",
             );
         }
@@ -273,6 +280,11 @@ pub fn get(args: &GetArgs) -> anyhow::Result<String> {
         Resource::ExternalServices => format!("/v1/meshes/{mesh}/external-services"),
         Resource::Dataplanes => format!("/v1/meshes/{mesh}/dataplanes"),
         Resource::Links => "/v1/links".to_string(),
+    };
+    let path = if args.show_secrets {
+        format!("{path}?secrets=true")
+    } else {
+        path
     };
     let value = call(&args.admin, "GET", &path, None)?;
     render(args.resource, args.output, &value)
@@ -562,18 +574,18 @@ mod tests {
         let file = dir.path().join("token");
         std::fs::write(&file, "  s3cret\n").unwrap();
         let from_file = admin_args("http://x", None, Some(&file));
-        assert_eq!(write_token(&from_file).unwrap().as_deref(), Some("s3cret"));
+        assert_eq!(bearer_token(&from_file).unwrap().as_deref(), Some("s3cret"));
         let both = admin_args("http://x", Some("flag"), Some(&file));
-        assert_eq!(write_token(&both).unwrap().as_deref(), Some("flag"));
+        assert_eq!(bearer_token(&both).unwrap().as_deref(), Some("flag"));
         assert_eq!(
-            write_token(&admin_args("http://x", None, None)).unwrap(),
+            bearer_token(&admin_args("http://x", None, None)).unwrap(),
             None
         );
         std::fs::write(&file, "\n").unwrap();
-        let e = write_token(&from_file).unwrap_err().to_string();
+        let e = bearer_token(&from_file).unwrap_err().to_string();
         assert!(e.contains("empty") && e.contains("token"), "{e}");
         let missing = admin_args("http://x", None, Some(&dir.path().join("nope")));
-        let e = write_token(&missing).unwrap_err().to_string();
+        let e = bearer_token(&missing).unwrap_err().to_string();
         assert!(e.contains("cannot read the token file"), "{e}");
     }
 

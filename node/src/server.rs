@@ -244,6 +244,7 @@ pub async fn run(
             readiness_rx,
             drain_tx: Arc::new(drain_tx),
             token: config.admin.token.clone(),
+            read_token: config.admin.read_token.clone(),
             resources_rx: store.snapshot(),
             store: store.clone(),
             links: links.clone(),

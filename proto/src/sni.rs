@@ -1007,7 +1007,7 @@ mod tests {
                 .map(|(c, up)| if up { c.to_ascii_uppercase() } else { c })
                 .collect();
             let (Ok(Sni::Hashed(a)), Ok(Sni::Hashed(b))) = (Sni::parse(&sni), Sni::parse(&mixed)) else {
-                return Err(TestCaseError::fail(format!("{mixed}")));
+                return Err(TestCaseError::fail(mixed.to_string()));
             };
             prop_assert_eq!(&a, &b);
             prop_assert!(b.verify(&name, &mesh, &tags, port));

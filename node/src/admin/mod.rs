@@ -2,8 +2,16 @@
 //!
 //! [`router`] builds the routes from an [`AdminState`] of `watch` receivers, so tests drive it
 //! with `tower::ServiceExt::oneshot` and no socket; [`spawn`] serves it on a bound listener.
-//! Answers are JSON; errors are `{"error": "...", "details": [...]}`. Writes need
-//! `Authorization: Bearer <token>` whenever a token is configured.
+//! Answers are JSON; errors are `{"error": "...", "details": [...]}`.
+//!
+//! Who may do what (README "Admin API security"):
+//! * `/live`, `/ready`, `/metrics`: anyone who reaches the port (probes, Prometheus);
+//! * every other read: anyone, or, with `admin.read_token` set, a caller presenting the read
+//!   token or the admin token ([`require_read_token`]);
+//! * writes (`PUT`, `DELETE`, `POST`): the admin token, whenever one is set ([`Authorized`]);
+//! * secret material (inline private keys): never in an answer, a log line or an error; a read
+//!   of resources shows `"<redacted>"` unless it asks `?secrets=true` *and* is authorized to
+//!   write ([`resources`]).
 
 mod resources;
 mod routing;
@@ -50,8 +58,11 @@ pub struct AdminState {
     pub readiness_rx: watch::Receiver<Readiness>,
     /// Set to `true` by `POST /v1/drain`.
     pub drain_tx: Arc<watch::Sender<bool>>,
-    /// Bearer token for writes.
+    /// Bearer token for writes (and for reading secrets).
     pub token: Option<Secret>,
+    /// Bearer token for reads other than `/live`, `/ready`, `/metrics`; the admin token is
+    /// accepted too.
+    pub read_token: Option<Secret>,
     /// The resource store (writes).
     pub store: store::Handle,
     /// Resource snapshots (reads).
@@ -114,8 +125,49 @@ pub fn router(state: AdminState) -> Router {
         .merge(resources::routes())
         .merge(routing::routes())
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_read_token,
+        ))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
+}
+
+/// Paths any caller may read, even with a read token set: probes and Prometheus.
+const OPEN_PATHS: [&str; 3] = ["/live", "/ready", "/metrics"];
+
+/// With `admin.read_token` set, every request but [`OPEN_PATHS`] must present the read token or
+/// the admin token (`401` otherwise). Writes are checked again for the admin token by
+/// [`Authorized`].
+async fn require_read_token(
+    State(state): State<AdminState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(read_token) = &state.read_token else {
+        return next.run(request).await;
+    };
+    if OPEN_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let presented = resources::bearer(request.headers());
+    let accepted = presented.is_some_and(|p| {
+        resources::token_matches(p, read_token)
+            || state
+                .token
+                .as_ref()
+                .is_some_and(|admin| resources::token_matches(p, admin))
+    });
+    if accepted {
+        return next.run(request).await;
+    }
+    let error = match presented {
+        None => {
+            "this node's admin API needs a token to read: send Authorization: Bearer <read token>"
+        }
+        Some(_) => "the bearer token matches neither the node's read token nor its admin token",
+    };
+    ApiError::new(StatusCode::UNAUTHORIZED, error).into_response()
 }
 
 /// Handle on the running admin server.
@@ -229,7 +281,7 @@ async fn zone_ingresses(State(state): State<AdminState>) -> Json<Vec<serde_json:
         resources
             .list(proto::resource::Kind::ZoneIngress, None)
             .into_iter()
-            .map(|r| json!(r)),
+            .map(|r| json!(r.redacted())),
     );
     Json(out)
 }
@@ -310,6 +362,7 @@ mod tests {
             readiness_rx,
             drain_tx: Arc::new(drain_tx),
             token: token.map(Secret::new),
+            read_token: None,
             metrics: Arc::new(|| "zone_egress_up 1\n".to_string()),
             started: Instant::now(),
         };
@@ -338,6 +391,233 @@ mod tests {
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// Like [`send`], with the answer as text (for `/metrics` and for grepping).
+    async fn send_text(
+        state: &AdminState,
+        method: &str,
+        uri: &str,
+        auth: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, String) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let resp = router(state.clone())
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).to_string())
+    }
+
+    /// A private key body that must never come back (a fake one: only its bytes matter).
+    const KEY_BODY: &str = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgSECRETSECRETSECRET";
+
+    fn mesh_with_inline_key() -> Vec<u8> {
+        let key = format!("-----BEGIN PRIVATE KEY-----\n{KEY_BODY}\n-----END PRIVATE KEY-----\n");
+        let b64 =
+            proto::resource::DataSource::InlineString(proto::resource::Secret::new(key.clone()));
+        let _ = b64;
+        format!(
+            "type: Mesh\nname: m\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: provided\n      conf:\n        cert: {{ file: /etc/ca.pem }}\n        key: {{ inlineString: {key:?} }}\n    - name: ca-2\n      type: provided\n      conf:\n        cert: {{ file: /etc/ca2.pem }}\n        key: {{ inline: {} }}\n",
+            base64_of(key.as_bytes())
+        )
+        .into_bytes()
+    }
+
+    fn base64_of(bytes: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(char::from(A[((n >> (18 - 6 * i)) & 0x3f) as usize]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether an answer carries the key, in clear or in base64 (any of the three alignments).
+    fn leaks(answer: &str) -> bool {
+        let b64 = base64_of(format!("-----BEGIN PRIVATE KEY-----\n{KEY_BODY}").as_bytes());
+        answer.contains(KEY_BODY) || answer.contains(&b64[8..40])
+    }
+
+    #[tokio::test]
+    async fn inline_keys_never_come_back_without_the_right_to_read_secrets() {
+        let (state, _r) = state(Some("t")).await;
+        let auth = Some("Bearer t");
+        let (status, echo) =
+            send_text(&state, "PUT", "/v1/meshes/m", auth, mesh_with_inline_key()).await;
+        assert_eq!(status, StatusCode::CREATED, "{echo}");
+        assert!(!leaks(&echo), "the PUT echo: {echo}");
+        assert!(echo.contains("<redacted>"), "{echo}");
+        let (status, applied) =
+            send_text(&state, "POST", "/v1/apply", auth, mesh_with_inline_key()).await;
+        assert_eq!(status, StatusCode::OK, "{applied}");
+        assert!(!leaks(&applied), "{applied}");
+        // Reads without a token, and with it but without asking: redacted, the kind kept.
+        for who in [None, auth] {
+            for uri in ["/v1/meshes/m", "/v1/meshes"] {
+                let (status, answer) = send_text(&state, "GET", uri, who, Vec::new()).await;
+                assert_eq!(status, StatusCode::OK, "{answer}");
+                assert!(!leaks(&answer), "{uri}: {answer}");
+                let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+                let mesh = if v.is_array() { v[0].clone() } else { v };
+                let backends = &mesh["mtls"]["backends"];
+                assert_eq!(
+                    backends[0]["conf"]["key"],
+                    json!({"inlineString": "<redacted>"})
+                );
+                assert_eq!(backends[1]["conf"]["key"], json!({"inline": "<redacted>"}));
+                assert_eq!(backends[0]["conf"]["cert"], json!({"file": "/etc/ca.pem"}));
+            }
+        }
+        // Asking for secrets needs the admin token.
+        let (status, answer) =
+            send_text(&state, "GET", "/v1/meshes/m?secrets=true", None, Vec::new()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+        assert!(!leaks(&answer));
+        let (status, answer) = send_text(
+            &state,
+            "GET",
+            "/v1/meshes/m?secrets=true",
+            Some("Bearer wrong"),
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+        let (status, answer) =
+            send_text(&state, "GET", "/v1/meshes/m?secrets=true", auth, Vec::new()).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert!(
+            leaks(&answer),
+            "an authorized reader gets the key back: {answer}"
+        );
+        // Metrics never carry it.
+        let (_, metrics) = send_text(&state, "GET", "/metrics", None, Vec::new()).await;
+        assert!(!leaks(&metrics));
+    }
+
+    #[tokio::test]
+    async fn a_redacted_answer_applied_back_is_refused_and_changes_nothing() {
+        let (state, _r) = state(None).await;
+        let (status, _) =
+            send_text(&state, "PUT", "/v1/meshes/m", None, mesh_with_inline_key()).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (_, redacted) = send_text(&state, "GET", "/v1/meshes/m", None, Vec::new()).await;
+        let (status, body) = send(
+            &state,
+            "PUT",
+            "/v1/meshes/m",
+            None,
+            Some("application/json"),
+            redacted.into_bytes(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.to_string().contains("placeholder"), "{body}");
+        let (_, secret) =
+            send_text(&state, "GET", "/v1/meshes/m?secrets=true", None, Vec::new()).await;
+        assert!(leaks(&secret), "the stored key is unchanged: {secret}");
+    }
+
+    #[tokio::test]
+    async fn error_answers_never_quote_a_key_put_in_the_wrong_place() {
+        let (state, _r) = state(None).await;
+        for doc in [
+            format!(
+                "type: Mesh\nname: m\nmtls: {{ backends: [ {{ name: a, type: provided, conf: {{ cert: {{ file: /c }}, key: \"{KEY_BODY}\" }} }} ] }}\n"
+            ),
+            format!(
+                "type: Mesh\nname: m\nmtls: {{ backends: [ {{ name: a, type: provided, conf: {{ cert: {{ file: /c }}, key: {{ inline: \"{KEY_BODY}!\" }} }} }} ] }}\n"
+            ),
+            format!(
+                "type: Mesh\nname: m\nmtls: {{ backends: [ {{ name: a, type: provided, conf: {{ cert: {{ file: /c }}, key: {{ inlineString: [\"{KEY_BODY}\"] }} }} }} ] }}\n"
+            ),
+            format!("{{\"type\": \"Mesh\", \"name\": \"m\", \"x\": \"{KEY_BODY}\""),
+        ] {
+            for (uri, ct) in [
+                ("/v1/apply", None),
+                ("/v1/meshes/m", None),
+                ("/v1/apply", Some("application/json")),
+            ] {
+                let (status, body) = send(
+                    &state,
+                    if uri == "/v1/apply" { "POST" } else { "PUT" },
+                    uri,
+                    None,
+                    ct,
+                    doc.clone().into_bytes(),
+                )
+                .await;
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {doc}: {body}");
+                assert!(!body.to_string().contains(KEY_BODY), "{uri}: {body}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_token_guards_every_read_but_probes_and_metrics() {
+        let (mut state, _r) = state(Some("admin")).await;
+        state.read_token = Some(Secret::new("reader".to_string()));
+        for uri in ["/live", "/ready", "/metrics"] {
+            let (status, _) = send_text(&state, "GET", uri, None, Vec::new()).await;
+            assert_ne!(status, StatusCode::UNAUTHORIZED, "{uri}");
+        }
+        for uri in [
+            "/v1/members",
+            "/v1/meshes",
+            "/v1/zone-ingresses",
+            "/v1/links",
+            "/v1/inspect/route?sni=x",
+            "/nothing",
+        ] {
+            let (status, _) = send_text(&state, "GET", uri, None, Vec::new()).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri} without a token");
+            let (status, _) = send_text(&state, "GET", uri, Some("Bearer nope"), Vec::new()).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri} with a wrong token");
+            for token in ["Bearer reader", "Bearer admin"] {
+                let (status, _) = send_text(&state, "GET", uri, Some(token), Vec::new()).await;
+                assert_ne!(status, StatusCode::UNAUTHORIZED, "{uri} with {token}");
+            }
+        }
+        // The read token does not write, nor read secrets.
+        let mesh = b"type: Mesh\nname: d\n".to_vec();
+        let (status, _) = send_text(
+            &state,
+            "PUT",
+            "/v1/meshes/d",
+            Some("Bearer reader"),
+            mesh.clone(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) =
+            send_text(&state, "PUT", "/v1/meshes/d", Some("Bearer admin"), mesh).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, _) = send_text(
+            &state,
+            "GET",
+            "/v1/meshes?secrets=true",
+            Some("Bearer reader"),
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]

@@ -3,6 +3,11 @@
 //! A request meets, in order: the bearer-token check (writes) → the body, read with a size
 //! limit → parsing into validated resources (all errors at once, each naming the document and
 //! field) → the store, which applies the whole batch or nothing and answers once it is on disk.
+//!
+//! Every resource in an answer is [`Resource::redacted`] (inline private keys shown as
+//! `"<redacted>"`), except for a read that asks `?secrets=true` and carries the admin token
+//! (any caller when the node has no admin token: its admin API is then loopback-only and open
+//! to writes anyway). Error answers never quote the values of a document ([`scrub`]).
 
 use std::collections::HashMap;
 
@@ -35,26 +40,86 @@ impl FromRequestParts<AdminState> for Authorized {
         let Some(token) = &state.token else {
             return Ok(Authorized);
         };
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match presented {
+        match bearer(&parts.headers) {
             None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "this write needs an Authorization: Bearer <admin token> header",
+                "this request needs an Authorization: Bearer <admin token> header",
             )),
-            Some(p) if !constant_time_eq(p.as_bytes(), token.expose().as_bytes()) => {
-                Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "the bearer token does not match the node's admin token",
-                ))
-            }
+            Some(p) if !token_matches(p, token) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "the bearer token does not match the node's admin token",
+            )),
             Some(_) => Ok(Authorized),
         }
     }
+}
+
+/// The bearer token of a request, trimmed.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Whether `presented` is `token`, compared in constant time.
+pub(super) fn token_matches(presented: &str, token: &crate::config::Secret) -> bool {
+    constant_time_eq(presented.as_bytes(), token.expose().as_bytes())
+}
+
+/// Whether a read asks for secrets (`?secrets=true`); if so it must be [`Authorized`].
+async fn show_secrets(parts: &mut Parts, state: &AdminState) -> Result<bool, ApiError> {
+    let asks = parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .any(|pair| pair == "secrets=true" || pair == "secrets=1");
+    if asks {
+        Authorized::from_request_parts(parts, state)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    format!("?secrets=true: {}", e.error),
+                )
+            })?;
+    }
+    Ok(asks)
+}
+
+/// A resource as this reader may see it.
+fn shown(resource: &Resource, secrets: bool) -> Value {
+    if secrets {
+        json!(resource)
+    } else {
+        json!(resource.redacted())
+    }
+}
+
+/// An error line with every quoted value cut out: serde's messages quote what they could not
+/// use (`invalid type: string "-----BEGIN PRIVATE KEY..."`), which may be a secret put in the
+/// wrong place. Field names (in backticks) stay.
+pub(super) fn scrub(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('"') {
+            Some(close) => {
+                out.push_str("\"…\"");
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push_str("\"…");
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -76,11 +141,11 @@ fn kind_routes(
     router
         .route(
             base,
-            get(move |s: State<AdminState>, p: Params| list(kind, s, p)),
+            get(move |x: Secrets, s: State<AdminState>, p: Params| list(kind, x, s, p)),
         )
         .route(
             &one,
-            get(move |s: State<AdminState>, p: Params| get_one(kind, s, p))
+            get(move |x: Secrets, s: State<AdminState>, p: Params| get_one(kind, x, s, p))
                 .put(
                     move |a: Authorized, s: State<AdminState>, p: Params, h: HeaderMap, b: Body| {
                         put_one(kind, a, s, p, h, b)
@@ -105,7 +170,7 @@ pub fn routes() -> axum::Router<AdminState> {
     let one = "/v1/zone-ingresses/{name}";
     router.route(
         one,
-        get(|s: State<AdminState>, p: Params| get_one(Kind::ZoneIngress, s, p))
+        get(|x: Secrets, s: State<AdminState>, p: Params| get_one(Kind::ZoneIngress, x, s, p))
             .put(
                 |a: Authorized, s: State<AdminState>, p: Params, h: HeaderMap, b: Body| {
                     put_one(Kind::ZoneIngress, a, s, p, h, b)
@@ -126,7 +191,7 @@ fn parse_errors(e: ParseErrors) -> ApiError {
             if count == 1 { "" } else { "s" }
         ),
     )
-    .with_details(e.messages())
+    .with_details(e.messages().iter().map(|m| scrub(m)).collect())
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -226,7 +291,7 @@ fn json_syntax(e: serde_json::Error) -> ApiError {
         StatusCode::BAD_REQUEST,
         "the body is not valid JSON: nothing was applied",
     )
-    .with_details(vec![e.to_string()])
+    .with_details(vec![scrub(&e.to_string())])
 }
 
 fn params_mesh_name(kind: Kind, params: &HashMap<String, String>) -> (Option<String>, String) {
@@ -247,15 +312,39 @@ fn key_of(kind: Kind, mesh: Option<&str>, name: &str) -> Result<ResourceKey, Api
     })
 }
 
-async fn list(kind: Kind, State(state): State<AdminState>, Path(params): Params) -> Response {
+/// Whether the reader may see secrets: see [`show_secrets`].
+pub struct Secrets(bool);
+
+impl FromRequestParts<AdminState> for Secrets {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AdminState,
+    ) -> Result<Secrets, ApiError> {
+        show_secrets(parts, state).await.map(Secrets)
+    }
+}
+
+async fn list(
+    kind: Kind,
+    Secrets(secrets): Secrets,
+    State(state): State<AdminState>,
+    Path(params): Params,
+) -> Response {
     let mesh = params.get("mesh").map(String::as_str);
     let resources = state.resources_rx.borrow().clone();
-    let items: Vec<&Resource> = resources.list(kind, mesh);
-    Json(json!(items)).into_response()
+    let items: Vec<Value> = resources
+        .list(kind, mesh)
+        .into_iter()
+        .map(|r| shown(r, secrets))
+        .collect();
+    Json(Value::Array(items)).into_response()
 }
 
 async fn get_one(
     kind: Kind,
+    Secrets(secrets): Secrets,
     State(state): State<AdminState>,
     Path(params): Params,
 ) -> Result<Response, ApiError> {
@@ -263,7 +352,7 @@ async fn get_one(
     let key = key_of(kind, mesh.as_deref(), &name)?;
     let resources = state.resources_rx.borrow().clone();
     match resources.get(&key) {
-        Some(r) => Ok(Json(json!(r)).into_response()),
+        Some(r) => Ok(Json(shown(r, secrets)).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("{} {key} does not exist", kind.as_str()),
@@ -299,7 +388,7 @@ async fn put_one(
         Some(crate::store::Outcome::Created) => StatusCode::CREATED,
         _ => StatusCode::OK,
     };
-    Ok((status, Json(json!(resource))).into_response())
+    Ok((status, Json(shown(&resource, false))).into_response())
 }
 
 async fn delete_one(

@@ -88,6 +88,9 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token required for writes, if configured.
     pub token: Option<Secret>,
+    /// Bearer token required for reads other than `/live`, `/ready` and `/metrics`, if
+    /// configured (the admin token is accepted for reads too).
+    pub read_token: Option<Secret>,
 }
 
 /// Gossip settings.
@@ -257,6 +260,8 @@ struct RawAdmin {
     listen: Option<String>,
     token: Option<String>,
     token_file: Option<PathBuf>,
+    read_token: Option<String>,
+    read_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -310,6 +315,7 @@ impl RawConfig {
         };
         if let Some(admin) = self.admin.as_mut() {
             fix(&mut admin.token_file);
+            fix(&mut admin.read_token_file);
         }
         if let Some(gossip) = self.gossip.as_mut() {
             fix(&mut gossip.key_file);
@@ -441,32 +447,13 @@ fn validate(raw: RawConfig, flags: &Overrides, origin: &str) -> Result<Config, C
     let raw_admin = raw.admin.unwrap_or_default();
     let (admin_listen, o) = pick(&flags.admin, raw_admin.listen, "admin");
     let admin_listen = socket_addr(admin_listen, "127.0.0.1:9901", &o, "admin.listen")?;
-    let token = match (raw_admin.token, raw_admin.token_file) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::invalid(
-                origin,
-                "admin",
-                "set either admin.token or admin.token_file, not both",
-            ));
-        }
-        (Some(t), None) => Some(t),
-        (None, Some(path)) => Some(
-            read_token_file(&path)
-                .map_err(|e| ConfigError::invalid(origin, "admin.token_file", e))?,
-        ),
-        (None, None) => None,
-    };
-    let token = match token.map(|t| t.trim().to_string()) {
-        Some(t) if t.is_empty() => {
-            return Err(ConfigError::invalid(
-                origin,
-                "admin.token",
-                "the admin token is empty",
-            ));
-        }
-        Some(t) => Some(Secret::new(t)),
-        None => None,
-    };
+    let token = admin_token(origin, "token", raw_admin.token, raw_admin.token_file)?;
+    let read_token = admin_token(
+        origin,
+        "read_token",
+        raw_admin.read_token,
+        raw_admin.read_token_file,
+    )?;
     if token.is_none() && !admin_listen.ip().is_loopback() {
         return Err(ConfigError::invalid(
             origin,
@@ -611,6 +598,7 @@ fn validate(raw: RawConfig, flags: &Overrides, origin: &str) -> Result<Config, C
         admin: AdminConfig {
             listen: admin_listen,
             token,
+            read_token,
         },
         gossip: GossipConfig {
             listen: gossip_listen,
@@ -746,6 +734,40 @@ fn host_name() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "zone-egress".to_string())
+}
+
+/// One bearer token of the admin API from `admin.<field>` or `admin.<field>_file` (not both),
+/// trimmed, not empty.
+fn admin_token(
+    origin: &str,
+    field: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<Secret>, ConfigError> {
+    let token = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                origin,
+                "admin",
+                format!("set either admin.{field} or admin.{field}_file, not both"),
+            ));
+        }
+        (Some(t), None) => Some(t),
+        (None, Some(path)) => Some(
+            read_token_file(&path)
+                .map_err(|e| ConfigError::invalid(origin, &format!("admin.{field}_file"), e))?,
+        ),
+        (None, None) => None,
+    };
+    match token.map(|t| t.trim().to_string()) {
+        Some(t) if t.is_empty() => Err(ConfigError::invalid(
+            origin,
+            &format!("admin.{field}"),
+            "the token is empty",
+        )),
+        Some(t) => Ok(Some(Secret::new(t))),
+        None => Ok(None),
+    }
 }
 
 /// Largest admin token file read (a token is a line; anything bigger is a wrong file).

@@ -105,6 +105,13 @@ pub enum Problem {
     /// `inline` data that is not base64.
     #[error("`inline` is not valid base64")]
     InvalidBase64,
+    /// The placeholder a read answers with in place of a secret, sent back as if it were one.
+    #[error(
+        "holds `<redacted>`, the placeholder a read shows in place of a secret: give the secret \
+         itself (a read with the admin token and `?secrets=true`, or `zone-egress get \
+         --show-secrets`, shows it)"
+    )]
+    RedactedPlaceholder,
     /// A field that must not be empty is.
     #[error("`{0}` must not be empty")]
     Empty(&'static str),

@@ -34,6 +34,21 @@ pub struct ExternalService {
 }
 
 impl ExternalService {
+    /// The service as a reader without the right to read secrets sees it: an inline
+    /// `networking.tls.clientKey` is withheld ([`DataSource::redacted`]).
+    pub fn redacted(&self) -> ExternalService {
+        let mut service = self.clone();
+        if let Some(client) = service
+            .networking
+            .tls
+            .as_mut()
+            .and_then(|tls| tls.client.as_mut())
+        {
+            client.client_key = client.client_key.redacted();
+        }
+        service
+    }
+
     /// The `kuma.io/service` tag.
     pub fn service(&self) -> &str {
         self.tags.service()

@@ -37,6 +37,20 @@ pub struct Mesh {
 }
 
 impl Mesh {
+    /// The mesh as a reader without the right to read secrets sees it: every CA key given
+    /// inline is withheld ([`DataSource::redacted`]); certificates and file paths stay.
+    pub fn redacted(&self) -> Mesh {
+        let mut mesh = self.clone();
+        if let Some(mtls) = mesh.mtls.as_mut() {
+            for backend in &mut mtls.backends {
+                if let CaKind::Provided { key, .. } = &mut backend.kind {
+                    *key = key.redacted();
+                }
+            }
+        }
+        mesh
+    }
+
     /// The enabled CA backend, when mTLS is on.
     pub fn enabled_ca(&self) -> Option<&CaBackend> {
         self.mtls.as_ref().and_then(Mtls::enabled)

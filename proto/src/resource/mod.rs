@@ -39,7 +39,7 @@ pub use fields::{
     Host, HostPort, MAX_NAME_LEN, Name, Port, SERVICE_TAG, SNI_RESERVED, ServiceTags,
 };
 pub use mesh::{CaBackend, CaKind, Mesh, Mtls, Routing};
-pub use secret::{DataSource, Secret};
+pub use secret::{DataSource, REDACTED, Secret};
 pub use zone_ingress::{ZoneIngress, ZoneIngressNetworking};
 
 use error::{Checker, Context, echo};
@@ -225,6 +225,17 @@ pub enum Resource {
 }
 
 impl Resource {
+    /// The resource as a reader without the right to read secrets sees it: inline private keys
+    /// (a Mesh's CA keys, an ExternalService's client key) become `"<redacted>"`, the source
+    /// kind kept. Every read answer of the admin API goes through here.
+    pub fn redacted(&self) -> Resource {
+        match self {
+            Resource::Mesh(m) => Resource::Mesh(m.redacted()),
+            Resource::ExternalService(es) => Resource::ExternalService(es.redacted()),
+            Resource::Dataplane(_) | Resource::ZoneIngress(_) => self.clone(),
+        }
+    }
+
     /// Kind of the resource.
     pub fn kind(&self) -> Kind {
         match self {

@@ -2,7 +2,8 @@
 //! [`Secret`] newtype that keeps inline key material out of logs.
 //!
 //! Inline contents serialize as themselves (resources must round-trip through the store and
-//! gossip); only `Debug` hides them.
+//! gossip); `Debug` hides them, and answers to readers show [`DataSource::redacted`], where an
+//! inline value is the placeholder [`REDACTED`] with its source kind kept.
 
 use std::fmt;
 use std::path::Path;
@@ -41,6 +42,10 @@ impl<T: Serialize> Serialize for Secret<T> {
     }
 }
 
+/// What an answer shows in place of an inline secret (`{"inline": "<redacted>"}`). A document
+/// that carries it back is refused: it is never taken for the secret itself.
+pub const REDACTED: &str = "<redacted>";
+
 /// Where a certificate or key comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DataSource {
@@ -50,6 +55,13 @@ pub enum DataSource {
     Inline(Secret<Vec<u8>>),
     /// Text given inline (`inlineString`), e.g. a PEM block.
     InlineString(Secret<String>),
+    /// An inline value withheld from a reader ([`DataSource::redacted`]); serializes as
+    /// `{"inline": "<redacted>"}` or `{"inlineString": "<redacted>"}`. Never parsed from a
+    /// document, never read as data.
+    Redacted {
+        /// `true` for `inlineString`, `false` for `inline`.
+        string: bool,
+    },
 }
 
 impl DataSource {
@@ -61,10 +73,21 @@ impl DataSource {
         }
     }
 
+    /// The same source with inline contents withheld (the kind kept): what a reader without
+    /// the right to read secrets is shown. A file path is not secret and stays.
+    pub fn redacted(&self) -> DataSource {
+        match self {
+            DataSource::File(path) => DataSource::File(path.clone()),
+            DataSource::Inline(_) => DataSource::Redacted { string: false },
+            DataSource::InlineString(_) => DataSource::Redacted { string: true },
+            DataSource::Redacted { string } => DataSource::Redacted { string: *string },
+        }
+    }
+
     /// The bytes, when they are given inline (either form).
     pub fn inline_bytes(&self) -> Option<&[u8]> {
         match self {
-            DataSource::File(_) => None,
+            DataSource::File(_) | DataSource::Redacted { .. } => None,
             DataSource::Inline(bytes) => Some(bytes.expose()),
             DataSource::InlineString(text) => Some(text.expose().as_bytes()),
         }
@@ -75,6 +98,9 @@ impl DataSource {
         match (raw.file, raw.inline, raw.inline_string) {
             (Some(path), None, None) if path.is_empty() => Err(Problem::Empty("file")),
             (Some(path), None, None) => Ok(DataSource::File(path)),
+            (None, Some(v), None) | (None, None, Some(v)) if v.trim() == REDACTED => {
+                Err(Problem::RedactedPlaceholder)
+            }
             (None, Some(b64), None) => match base64::decode(&b64) {
                 Some(bytes) if bytes.is_empty() => Err(Problem::Empty("inline")),
                 Some(bytes) => Ok(DataSource::Inline(Secret::new(bytes))),
@@ -96,6 +122,10 @@ impl Serialize for DataSource {
                 map.serialize_entry("inline", &base64::encode(bytes.expose()))?
             }
             DataSource::InlineString(text) => map.serialize_entry("inlineString", text)?,
+            DataSource::Redacted { string: false } => map.serialize_entry("inline", REDACTED)?,
+            DataSource::Redacted { string: true } => {
+                map.serialize_entry("inlineString", REDACTED)?
+            }
         }
         map.end()
     }
