@@ -573,3 +573,145 @@ fn tls_origination_without_ca_cert_verifies_with_the_system_trust_store() {
         "{m}"
     );
 }
+
+/// Kuma's zero-downtime CA rotation (add `ca-2`, enable it, remove `ca-1`) under a client loop
+/// with certificates of both generations on every node: each step accepts exactly the
+/// generations whose CA is listed, and a connection opened before `enabledBackend` changes
+/// keeps working after it.
+#[test]
+fn a_ca_rotation_keeps_both_generations_working_while_both_are_listed() {
+    let (cluster, pki) = fleet();
+    let nginx = Nginx::start(&cluster.root().join("nginx"), None).unwrap();
+    std::fs::write(nginx.root.join("index.html"), "ok\n").unwrap();
+    let backend = |name: &str, dir: &str| {
+        format!(
+            "    - name: {name}\n      type: provided\n      conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }}\n",
+            pki.path(&format!("{dir}/ca.pem")).display(),
+            pki.path(&format!("{dir}/ca.key")).display()
+        )
+    };
+    let mesh = |enabled: &str, backends: &[(&str, &str)]| {
+        let list: String = backends.iter().map(|(n, d)| backend(n, d)).collect();
+        format!(
+            "type: Mesh\nname: default\nmtls:\n  enabledBackend: {enabled}\n  backends:\n{list}routing:\n  zoneEgress: true\n"
+        )
+    };
+    // curl trusts both CAs: the egress's own certificate comes from the enabled one.
+    let both = cluster.root().join("both-cas.pem");
+    std::fs::write(
+        &both,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(pki.path("mesh-ca/ca.pem")).unwrap(),
+            std::fs::read_to_string(pki.path("other-ca/ca.pem")).unwrap()
+        ),
+    )
+    .unwrap();
+    // Generation 1: `client` (mesh-ca, listed as ca-1); generation 2: `foreign` (other-ca, ca-2).
+    let generations = [("client", "ca-1"), ("foreign", "ca-2")];
+    let sni = sni_of("web", nginx.http_port);
+    let attempt = |i: usize, identity: &str| -> bool {
+        let listen = cluster.nodes[i].info.listen.clone().unwrap();
+        let (code, _, _) = run(Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "10", "-o", "/dev/null"])
+            .arg(format!("https://{sni}/index.html"))
+            .args(["--connect-to", &format!("{sni}:443:{listen}")])
+            .arg("--cacert")
+            .arg(&both)
+            .arg("--cert")
+            .arg(pki.path(&format!("{identity}/cert.pem")))
+            .arg("--key")
+            .arg(pki.path(&format!("{identity}/key.pem"))))
+        .unwrap();
+        code == Some(0)
+    };
+    apply(
+        &cluster,
+        &format!(
+            "{}---\n{}",
+            mesh("ca-1", &[("ca-1", "mesh-ca")]),
+            plain_es("web", nginx.http_port)
+        ),
+    );
+    wait_routable(&cluster, &sni, "terminate-external");
+    // A connection of generation 1, opened now and used at every step while ca-1 is listed.
+    let mut held = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/keepalive_client.py"))
+        .arg(cluster.nodes[0].info.listen.clone().unwrap())
+        .arg(&sni)
+        .arg(&both)
+        .arg(pki.path("client/cert.pem"))
+        .arg(pki.path("client/key.pem"))
+        .arg("/index.html")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut held_in = held.stdin.take().unwrap();
+    let mut held_out = std::io::BufReader::new(held.stdout.take().unwrap());
+    let mut use_held = || -> String {
+        use std::io::{BufRead, Write};
+        writeln!(held_in).unwrap();
+        held_in.flush().unwrap();
+        let mut line = String::new();
+        held_out.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    assert_eq!(use_held(), "ok 200");
+
+    let steps: [(&str, &[(&str, &str)]); 4] = [
+        ("ca-1", &[("ca-1", "mesh-ca")]),
+        ("ca-1", &[("ca-1", "mesh-ca"), ("ca-2", "other-ca")]),
+        ("ca-2", &[("ca-1", "mesh-ca"), ("ca-2", "other-ca")]),
+        ("ca-2", &[("ca-2", "other-ca")]),
+    ];
+    let mut unexpected = Vec::new();
+    for (enabled, backends) in steps {
+        apply(&cluster, &mesh(enabled, backends));
+        let expected: Vec<bool> = generations
+            .iter()
+            .map(|(_, ca)| backends.iter().any(|(name, _)| name == ca))
+            .collect();
+        // Every node applies the change within the convergence bound.
+        eventually(
+            CONVERGE,
+            &format!("step {enabled} {backends:?} on every node"),
+            || {
+                for i in 0..3 {
+                    for (g, (identity, _)) in generations.iter().enumerate() {
+                        if attempt(i, identity) != expected[g] {
+                            bail!("node {i}: {identity} is not yet {}", expected[g]);
+                        }
+                    }
+                }
+                Ok(Some(()))
+            },
+        )
+        .unwrap();
+        // Then the loop: every attempt as expected.
+        for round in 0..5 {
+            for i in 0..3 {
+                for (g, (identity, _)) in generations.iter().enumerate() {
+                    if attempt(i, identity) != expected[g] {
+                        unexpected.push(format!(
+                            "step {enabled} {backends:?} round {round} node {i} {identity}"
+                        ));
+                    }
+                }
+            }
+        }
+        if backends.iter().any(|(name, _)| *name == "ca-1") {
+            assert_eq!(
+                use_held(),
+                "ok 200",
+                "the held connection after step {enabled} {backends:?}"
+            );
+        }
+    }
+    let _ = held.kill();
+    assert!(
+        unexpected.is_empty(),
+        "{} unexpected outcomes: {unexpected:#?}",
+        unexpected.len()
+    );
+}

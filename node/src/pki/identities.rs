@@ -9,6 +9,11 @@
 //! read again at most every [`EgressIdentities::CA_REFRESH`], so a CA rotated on disk is picked
 //! up. A re-read that fails keeps the CA loaded before (and logs a warning); a changed backend
 //! that fails to load is an error.
+//!
+//! Clients are verified against the CA certificates of **every** backend the mesh lists, not
+//! only the enabled one (Kuma's zero-downtime CA rotation: add the new backend, switch
+//! `enabledBackend`, remove the old one; a backend is trusted while it is listed). Only the
+//! certificate of a non-enabled backend is read; one that cannot be read is logged and left out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,6 +24,7 @@ use rustls::ServerConfig;
 use rustls::pki_types::CertificateDer;
 
 use super::PkiError;
+use super::material::{parse_certificates, read_data_source};
 use super::mesh_ca::MeshCa;
 use super::tls::server_config_for_mesh;
 
@@ -37,8 +43,20 @@ pub struct EgressIdentities {
 struct State {
     /// Loaded CA per mesh name.
     cas: HashMap<String, LoadedCa>,
+    /// Trusted CA certificates (every listed backend) per mesh name.
+    trust: HashMap<String, LoadedTrust>,
     /// Issued identity per (mesh name, sorted DNS names).
     identities: HashMap<(String, Vec<String>), Identity>,
+}
+
+#[derive(Debug)]
+struct LoadedTrust {
+    /// The backends the roots were read from.
+    backends: Vec<CaBackend>,
+    /// The CA certificate of each backend that could be read.
+    roots: Vec<CertificateDer<'static>>,
+    /// When they were read.
+    loaded_at: SystemTime,
 }
 
 #[derive(Debug)]
@@ -54,6 +72,8 @@ struct LoadedCa {
 struct Identity {
     /// The CA that signed it.
     ca: CertificateDer<'static>,
+    /// The CA certificates its configuration trusts for clients.
+    trust: Vec<CertificateDer<'static>>,
     renew_at: SystemTime,
     not_after: SystemTime,
     config: Arc<ServerConfig>,
@@ -84,17 +104,21 @@ impl EgressIdentities {
     ) -> Result<Arc<ServerConfig>, PkiError> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let ca = state.ca(mesh, now)?;
+        let trust = state.trust(mesh, now);
         let mut names = dns_names.to_vec();
         names.sort();
         names.dedup();
         let key = (mesh.name.to_string(), names);
         if let Some(identity) = state.identities.get(&key) {
-            if identity.ca == *ca.certificate() && now < identity.renew_at {
+            if identity.ca == *ca.certificate()
+                && identity.trust == trust
+                && now < identity.renew_at
+            {
                 return Ok(identity.config.clone());
             }
         }
         let issued = ca.issue_egress(ca.mesh(), &key.1, now, self.validity)?;
-        let config = server_config_for_mesh(&ca, &issued, self.alpn.clone())?;
+        let config = server_config_for_mesh(&ca, &trust, &issued, self.alpn.clone())?;
         tracing::debug!(
             mesh = ca.mesh(),
             names = ?key.1,
@@ -107,6 +131,7 @@ impl EgressIdentities {
             key,
             Identity {
                 ca: ca.certificate().clone(),
+                trust,
                 renew_at: issued.renew_at(),
                 not_after: issued.not_after,
                 config: config.clone(),
@@ -119,6 +144,7 @@ impl EgressIdentities {
     pub fn forget_mesh(&self, mesh: &str) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.cas.remove(mesh);
+        state.trust.remove(mesh);
         state.identities.retain(|(m, _), _| m != mesh);
     }
 }
@@ -158,6 +184,51 @@ impl State {
             },
         );
         Ok(ca)
+    }
+}
+
+impl State {
+    /// The CA certificates of every backend `mesh` lists, read again when the backends change
+    /// or, for files, every [`EgressIdentities::CA_REFRESH`].
+    fn trust(&mut self, mesh: &Mesh, now: SystemTime) -> Vec<CertificateDer<'static>> {
+        let name = mesh.name.as_str();
+        let backends: Vec<CaBackend> = mesh
+            .mtls
+            .as_ref()
+            .map(|m| m.backends().to_vec())
+            .unwrap_or_default();
+        if let Some(loaded) = self.trust.get(name) {
+            let due = now
+                .duration_since(loaded.loaded_at)
+                .is_ok_and(|age| age >= EgressIdentities::CA_REFRESH);
+            if loaded.backends == backends && !(due && backends.iter().any(from_files)) {
+                return loaded.roots.clone();
+            }
+        }
+        let mut roots = Vec::new();
+        for backend in &backends {
+            let CaKind::Provided { cert, .. } = &backend.kind else {
+                continue;
+            };
+            match read_data_source(cert).and_then(|bytes| parse_certificates(&bytes)) {
+                Ok(certs) => roots.extend(certs.into_iter().take(1)),
+                Err(error) => tracing::warn!(
+                    mesh = name,
+                    backend = %backend.name,
+                    %error,
+                    "cannot read the CA certificate of a listed backend: its clients are not trusted"
+                ),
+            }
+        }
+        self.trust.insert(
+            name.into(),
+            LoadedTrust {
+                backends,
+                roots: roots.clone(),
+                loaded_at: now,
+            },
+        );
+        roots
     }
 }
 

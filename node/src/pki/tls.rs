@@ -28,16 +28,23 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The egress's server side for one mesh: presents `cert`, offers `alpn` (empty: no ALPN), and
-/// refuses at the handshake any client without a certificate chaining to `ca` (the only root),
-/// with an expired certificate, or without a SPIFFE id of `ca.mesh()`.
+/// refuses at the handshake any client without a certificate chaining to one of `trusted` (the
+/// CA certificates of every backend the mesh lists, so that a rotation keeps the sidecars of the
+/// previous CA working: Kuma's "mTLS certificate rotation" keeps trusting a backend while it is
+/// listed), with an expired certificate, or without a SPIFFE id of `ca.mesh()`. `ca` (the
+/// enabled backend, which signed `cert`) is always trusted.
 pub fn server_config_for_mesh(
     ca: &MeshCa,
+    trusted: &[CertificateDer<'static>],
     cert: &IssuedCert,
     alpn: Vec<Vec<u8>>,
 ) -> Result<Arc<ServerConfig>, PkiError> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
     roots.add(ca.certificate().clone())?;
+    for other in trusted.iter().filter(|c| *c != ca.certificate()) {
+        roots.add(other.clone())?;
+    }
     let webpki =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
     let verifier = Arc::new(MeshClientVerifier::new(ca.mesh(), webpki));
@@ -209,8 +216,55 @@ mod tests {
         let issued = ca
             .issue_egress("default", &[EGRESS_NAME.into()], SystemTime::now(), HOUR)
             .unwrap();
-        let config = server_config_for_mesh(&ca, &issued, vec![]).unwrap();
+        let config = server_config_for_mesh(&ca, &[], &issued, vec![]).unwrap();
         (ca, config)
+    }
+
+    /// Kuma's CA rotation: add `ca-2`, switch `enabledBackend`, remove `ca-1`. Each step
+    /// accepts exactly the client generations whose CA is listed.
+    #[tokio::test]
+    async fn every_listed_backend_is_trusted_through_a_rotation() {
+        use proto::resource::{CaBackend, Mesh, Mtls, Name, Routing};
+        let now = SystemTime::now();
+        let (m1, ca1) = mesh_and_ca("default");
+        let (m2, ca2) = mesh_and_ca("default");
+        let backend = |m: &Mesh, name: &str| CaBackend {
+            name: Name::parse(name).unwrap(),
+            kind: m.mtls.as_ref().unwrap().backends()[0].kind.clone(),
+        };
+        let (b1, b2) = (backend(&m1, "ca-1"), backend(&m2, "ca-2"));
+        let mesh = |enabled: &str, backends: Vec<CaBackend>| Mesh {
+            name: Name::parse("default").unwrap(),
+            mtls: Some(Mtls::new(Some(Name::parse(enabled).unwrap()), backends).unwrap()),
+            routing: Routing::default(),
+        };
+        let roots = format!("{}{}", ca1.certificate_pem(), ca2.certificate_pem());
+        let generations = [&ca1, &ca2];
+        let steps = [
+            (vec![b1.clone()], "ca-1", [true, false]),
+            (vec![b1.clone(), b2.clone()], "ca-1", [true, true]),
+            (vec![b1.clone(), b2.clone()], "ca-2", [true, true]),
+            (vec![b2.clone()], "ca-2", [false, true]),
+        ];
+        let identities = crate::pki::EgressIdentities::new(HOUR, vec![]);
+        for (backends, enabled, expected) in steps {
+            let server = identities
+                .server_config(&mesh(enabled, backends.clone()), &[EGRESS_NAME.into()], now)
+                .unwrap();
+            for (generation, ca) in generations.iter().enumerate() {
+                let identity = client_cert(ca, "spiffe://default/backend", now - HOUR, now + HOUR);
+                let client = client_config(Some(roots.as_bytes()), Some(identity), false).unwrap();
+                let outcome = handshake(server.clone(), client, EGRESS_NAME).await;
+                assert_eq!(
+                    outcome.server.is_ok(),
+                    expected[generation],
+                    "enabled {enabled}, {} backends: a client of ca-{}: {:?}",
+                    backends.len(),
+                    generation + 1,
+                    outcome.server
+                );
+            }
+        }
     }
 
     #[tokio::test]
@@ -330,7 +384,7 @@ mod tests {
         let issued = ca
             .issue_egress("default", &[], SystemTime::now(), HOUR)
             .unwrap();
-        let config = server_config_for_mesh(&ca, &issued, vec![b"h2".to_vec()]).unwrap();
+        let config = server_config_for_mesh(&ca, &[], &issued, vec![b"h2".to_vec()]).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
     }
 }
