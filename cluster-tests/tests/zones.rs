@@ -493,3 +493,198 @@ fn ingress_loss_service_changes_and_recovery() {
     assert_eq!(code, Some(0), "{err}");
     let _ = z.sink_port;
 }
+
+/// An ExternalService pinned by `kuma.io/zone` to zone-b is never dialled from zone-a: while
+/// zone-a has an endpoint of the same service of its own, that one is used; once it is gone,
+/// connections go over the link to zone-b's ingress, which hands them to zone-b's egress, which
+/// exits. `outbounds` and `inspect route` say so at every step.
+#[test]
+fn external_services_pinned_to_a_zone_exit_only_there() {
+    let dir = tempfile::Builder::new()
+        .prefix("ze-pinned-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    ze(&[
+        "pki",
+        "init-ca",
+        "--out",
+        &p(&dir, "link-ca"),
+        "--name",
+        "zone-link",
+    ]);
+    ze(&[
+        "pki",
+        "init-ca",
+        "--out",
+        &p(&dir, "mesh-ca"),
+        "--name",
+        "mesh-default",
+    ]);
+    ze(&[
+        "pki",
+        "issue",
+        "--ca",
+        &p(&dir, "mesh-ca"),
+        "--spiffe",
+        "spiffe://default/client",
+        "--out",
+        &p(&dir, "client"),
+    ]);
+    // Two origins on this host: what each answers tells which zone exited.
+    let origin_a = Nginx::start(&dir.join("origin-a"), None).unwrap();
+    std::fs::write(origin_a.root.join("index.html"), "exit in zone-a\n").unwrap();
+    let origin_b = Nginx::start(&dir.join("origin-b"), None).unwrap();
+    std::fs::write(origin_b.root.join("index.html"), "exit in zone-b\n").unwrap();
+    let mesh = format!(
+        "type: Mesh\nname: default\nmtls: {{ enabledBackend: ca-1, backends: [ {{ name: ca-1, type: provided, conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }} }} ] }}\nrouting: {{ zoneEgress: true }}\n",
+        p(&dir, "mesh-ca/ca.pem"),
+        p(&dir, "mesh-ca/ca.key")
+    );
+    let es = |name: &str, zone: &str, port: u16| {
+        format!(
+            "---\ntype: ExternalService\nmesh: default\nname: {name}\ntags: {{ kuma.io/service: es2, kuma.io/zone: {zone} }}\nnetworking: {{ address: '127.0.0.1:{port}' }}\n"
+        )
+    };
+    // Kuma syncs every ExternalService to every zone: both zones hold both.
+    let both = format!(
+        "{mesh}{}{}",
+        es("b-local", "zone-a", origin_a.http_port),
+        es("a-remote", "zone-b", origin_b.http_port)
+    );
+
+    // zone-b: one ingress and one egress.
+    let mut b = Cluster::new().unwrap();
+    b.zone = "zone-b".into();
+    let mut options: NodeOptions = b.next_options();
+    options.name = "ingress-0".into();
+    options.config = link_config(&dir, &options.name, true);
+    options.args = vec!["--role".into(), "ingress".into()];
+    b.add_node_with(options).unwrap();
+    let mut options = b.next_options();
+    options.name = "egress-b".into();
+    options.config = TEST_CONFIG.into();
+    b.add_node_with(options).unwrap();
+    apply(&b.admin(0), &both);
+
+    // zone-a: one egress with a link to zone-b.
+    let mut a = Cluster::new().unwrap();
+    let mut options = a.next_options();
+    options.config = link_config(&dir, "egress-a", false);
+    a.add_node_with(options).unwrap();
+    a.wait_converged(CONVERGE).unwrap();
+    let link_port = b.nodes[0]
+        .info
+        .link
+        .as_ref()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    apply(
+        &a.admin(0),
+        &format!(
+            "{both}---\ntype: ZoneIngress\nname: zone-b-ingress\nzone: zone-b\nnetworking: {{ advertisedAddress: 127.0.0.1, advertisedPort: {link_port} }}\n"
+        ),
+    );
+    let remote_sni = hashed_sni("a-remote", origin_b.http_port, "mes").unwrap();
+    let local_sni = hashed_sni("b-local", origin_a.http_port, "mes").unwrap();
+    let fetch = |sni: &str| -> (Option<i32>, String) {
+        let listen = a.nodes[0].info.listen.clone().unwrap();
+        let (code, out, err) = run(Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "20"])
+            .arg(format!("https://{sni}/index.html"))
+            .args(["--connect-to", &format!("{sni}:443:{listen}")])
+            .arg("--cacert")
+            .arg(dir.join("mesh-ca/ca.pem"))
+            .arg("--cert")
+            .arg(dir.join("client/cert.pem"))
+            .arg("--key")
+            .arg(dir.join("client/key.pem")))
+        .unwrap();
+        (code, format!("{}{err}", String::from_utf8_lossy(&out)))
+    };
+    let route = |sni: &str| {
+        get_json(&a.admin(0), &format!("/v1/inspect/route?sni={sni}"))
+            .unwrap()
+            .1
+    };
+    eventually(CONVERGE, "es2 routable in zone-a", || {
+        Ok((route(&remote_sni)["reason"] == "external").then_some(()))
+    })
+    .unwrap();
+
+    // 1. zone-a has its own endpoint: every connection exits here, to origin A, whichever
+    //    resource the SNI names; zone-a never dials origin B.
+    for sni in [&remote_sni, &local_sni] {
+        for _ in 0..5 {
+            let (code, body) = fetch(sni);
+            assert_eq!(
+                (code, body.as_str()),
+                (Some(0), "exit in zone-a\n"),
+                "{sni}"
+            );
+        }
+        let r = route(sni);
+        assert_eq!(
+            r["upstream"],
+            format!("127.0.0.1:{}", origin_a.http_port),
+            "{r}"
+        );
+    }
+    let (status, out) = get_json(&a.admin(0), "/v1/meshes/default/outbounds/es2").unwrap();
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["sni"], local_sni.as_str(), "{out}");
+
+    // 2. Without it, connections go through zone-b (its ingress, then its egress).
+    let (status, v) = request(
+        "DELETE",
+        &format!("{}/v1/meshes/default/external-services/b-local", a.admin(0)),
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{v}");
+    eventually(CONVERGE, "es2 through zone-b", || {
+        let r = route(&remote_sni);
+        if r["reason"] != "passthrough" {
+            bail!("{r}");
+        }
+        Ok(Some(()))
+    })
+    .unwrap();
+    for _ in 0..5 {
+        let (code, body) = fetch(&remote_sni);
+        assert_eq!((code, body.as_str()), (Some(0), "exit in zone-b\n"));
+    }
+    let r = route(&remote_sni);
+    assert_eq!(r["upstream"], "zone-b", "{r}");
+    let (status, out) = get_json(&a.admin(0), "/v1/meshes/default/outbounds/es2").unwrap();
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["sni"], remote_sni.as_str(), "{out}");
+    assert_eq!(out["zones"], serde_json::json!(["zone-b"]), "{out}");
+    let m = cluster_tests::metrics_text(&b.admin(1)).unwrap();
+    assert!(
+        m.lines().any(|l| l
+            .starts_with("zone_egress_connections_routed_total{mesh=\"default\",service=\"es2\"}")
+            && !l.ends_with(" 0")),
+        "zone-b's egress exited: {m}"
+    );
+
+    // 3. Zone-b unreachable: refused, and every answer says why.
+    b.kill(0).unwrap();
+    eventually(CONVERGE, "es2 refused once the link is down", || {
+        let r = route(&remote_sni);
+        if r["reason"] != "zone_unreachable" {
+            bail!("{r}");
+        }
+        Ok(Some(()))
+    })
+    .unwrap();
+    let (code, _) = fetch(&remote_sni);
+    assert_ne!(code, Some(0));
+    let (status, out) = get_json(&a.admin(0), "/v1/meshes/default/outbounds/es2").unwrap();
+    assert_eq!(status, 503, "{out}");
+    assert!(out["error"].as_str().unwrap().contains("zone-b"), "{out}");
+}

@@ -209,10 +209,15 @@ pub async fn run(
                 store.snapshot(),
                 gossip.view(),
                 services_tx,
+                config.zone.clone(),
             )));
             let resources_rx = store.snapshot();
-            let resolver: crate::link::Resolver =
-                Arc::new(move |header| crate::zones::endpoints(&resources_rx.borrow(), header));
+            let zone_rx = gossip.view();
+            let zone = config.zone.clone();
+            let resolver: crate::link::Resolver = Arc::new(move |header| {
+                let egresses = crate::zones::ready_egresses(&zone_rx.borrow().view);
+                crate::zones::endpoints(&resources_rx.borrow(), header, &zone, &egresses)
+            });
             let socket = ingress_socket.take().context("link socket")?;
             Some(crate::link::spawn_ingress(
                 socket,
@@ -265,6 +270,7 @@ pub async fn run(
             remote_rx.clone(),
             config.limits.clone(),
             config.log.access,
+            config.zone.clone(),
         );
         forward::spawn(l, ctx)
     });
@@ -463,11 +469,13 @@ async fn keep_service_set(
     mut resources_rx: watch::Receiver<Arc<store::Resources>>,
     mut zone_rx: watch::Receiver<Arc<ZoneSnapshot>>,
     services_tx: watch::Sender<Arc<proto::link::ServiceSet>>,
+    zone: String,
 ) {
     loop {
         let resources = resources_rx.borrow_and_update().clone();
-        let ingresses = zone_rx
-            .borrow_and_update()
+        let snapshot = zone_rx.borrow_and_update().clone();
+        let egresses = crate::zones::ready_egresses(&snapshot.view);
+        let ingresses = snapshot
             .view
             .zone_ingresses()
             .into_iter()
@@ -477,7 +485,7 @@ async fn keep_service_set(
                 port: zi.networking.advertised_port,
             })
             .collect();
-        let set = crate::zones::service_set(&resources, ingresses);
+        let set = crate::zones::service_set(&resources, ingresses, &zone, &egresses);
         services_tx.send_if_modified(|current| {
             if **current == set {
                 false

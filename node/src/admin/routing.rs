@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use proto::resource::{Kind, Resource};
+use proto::resource::{ExternalService, Kind, Resource};
 use proto::{MemberState, Registration, Role};
 use serde_json::json;
 
@@ -41,7 +41,7 @@ async fn inspect_route(
     };
     let resources = state.resources_rx.borrow().clone();
     let remote = state.remote_rx.borrow().clone();
-    Ok(Json(route::explain(sni, &resources, &remote)).into_response())
+    Ok(Json(route::explain(sni, &state.node.zone, &resources, &remote)).into_response())
 }
 
 /// Where a sidecar of this zone must send traffic for `service` of `mesh`: an external service
@@ -67,25 +67,51 @@ async fn outbounds(
                 format!("mesh {mesh_name:?} does not exist"),
             )
         })?;
-    let external = resources
+    // Every ExternalService of the service counts; one pinned to another zone (kuma.io/zone)
+    // is reached through that zone, never from here.
+    let (local, pinned) =
+        route::external_endpoints(&resources, &mesh_name, &service, &state.node.zone);
+    let pinned_to: Vec<ExternalService> = resources
         .list(Kind::ExternalService, Some(&mesh_name))
         .into_iter()
-        .find_map(|r| match r {
-            Resource::ExternalService(es) if es.service() == service => Some(es.clone()),
+        .filter_map(|r| match r {
+            Resource::ExternalService(es)
+                if es.service() == service && !route::exits_here(es, &state.node.zone) =>
+            {
+                Some(es.clone())
+            }
             _ => None,
-        });
-    let (direct, sni) = match &external {
-        Some(external) => (
+        })
+        .collect();
+    let (direct, sni) = if let Some(first) = local.first() {
+        (
             json!({
                 "mesh": mesh_name,
                 "service": service,
                 "mode": "direct",
-                "address": external.networking.address.to_string(),
-                "tls": external.networking.tls.as_ref().is_some_and(|t| t.enabled),
+                "address": first.networking.address.to_string(),
+                "addresses": local.iter().map(|e| e.networking.address.to_string()).collect::<Vec<_>>(),
+                "tls": first.networking.tls.as_ref().is_some_and(|t| t.enabled),
             }),
-            json!(route::external_service_sni(external)),
-        ),
-        None => remote_outbound(&state, &mesh_name, &service, query.get("port"))?,
+            json!(route::external_service_sni(first)),
+        )
+    } else if let Some(first) = pinned_to.first() {
+        let (mut direct, _) =
+            remote_outbound(&state, &mesh_name, &service, None).map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "external service {service:?} is pinned to zone(s) {} (kuma.io/zone): this \
+                     zone never dials it, and no link that is up reaches an ingress of that zone \
+                     offering it: the communication will fail",
+                        pinned.join(", ")
+                    ),
+                )
+            })?;
+        direct["pinnedTo"] = json!(pinned);
+        (direct, json!(route::external_service_sni(first)))
+    } else {
+        remote_outbound(&state, &mesh_name, &service, query.get("port"))?
     };
     if mesh.enabled_ca().is_none() {
         let mut answer = direct;

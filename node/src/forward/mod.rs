@@ -48,6 +48,10 @@ pub struct Context {
     pub limits: Limits,
     /// One `access` log line per connection.
     pub access_log: bool,
+    /// This node's zone (ExternalServices pinned to another zone are never dialled here).
+    pub zone: String,
+    /// Round-robin position over the endpoints of a service.
+    next_endpoint: std::sync::atomic::AtomicUsize,
     /// Rejection reasons already logged (each is logged once at debug).
     logged: Mutex<HashSet<&'static str>>,
 }
@@ -61,6 +65,7 @@ impl Context {
         remote_rx: watch::Receiver<Arc<RemoteServices>>,
         limits: Limits,
         access_log: bool,
+        zone: String,
     ) -> Context {
         Context {
             resources_rx,
@@ -69,6 +74,8 @@ impl Context {
             remote_rx,
             limits,
             access_log,
+            zone,
+            next_endpoint: std::sync::atomic::AtomicUsize::new(0),
             logged: Mutex::new(HashSet::new()),
         }
     }
@@ -186,9 +193,14 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Cont
     let sni = hello.server_name.as_deref();
     let resources = ctx.resources_rx.borrow().clone();
     let remote = ctx.remote_rx.borrow().clone();
-    let (mesh, service, sni) = match route::decide(sni, &resources, &remote) {
+    let (mesh, service, endpoints, sni) = match route::decide(sni, &ctx.zone, &resources, &remote) {
         Decision::Reject { reason, detail } => return ctx.reject(peer, reason, sni, &detail),
-        Decision::TerminateExternal { mesh, service, sni } => (mesh, service, sni),
+        Decision::TerminateExternal {
+            mesh,
+            service,
+            endpoints,
+            sni,
+        } => (mesh, service, endpoints, sni),
         Decision::Passthrough {
             mesh,
             service,
@@ -232,13 +244,32 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Cont
             return ctx.reject(peer, "handshake", Some(&sni), &e.to_string());
         }
     };
-    let upstream = match dial::dial(&service).await {
-        Ok(u) => u,
-        Err(e) => {
-            metrics::counter!("zone_egress_dial_failures_total", &labels).increment(1);
-            tracing::debug!(%peer, sni, error = %e, "dial failed");
-            return ctx.reject(peer, e.reason(), Some(&sni), &e.to_string());
+    // The endpoints of the service in round-robin order; an endpoint that cannot be reached
+    // hands the connection to the next one (nothing was sent upstream yet).
+    let start = ctx
+        .next_endpoint
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut failure = None;
+    let mut dialled = None;
+    for i in 0..endpoints.len() {
+        let endpoint = &endpoints[(start + i) % endpoints.len()];
+        match dial::dial(endpoint).await {
+            Ok(u) => {
+                dialled = Some((u, endpoint.networking.address.to_string()));
+                break;
+            }
+            Err(e) => {
+                metrics::counter!("zone_egress_dial_failures_total", &labels).increment(1);
+                tracing::debug!(%peer, sni, endpoint = %endpoint.name, error = %e, "dial failed");
+                failure = Some(e);
+            }
         }
+    }
+    let Some((upstream, upstream_address)) = dialled else {
+        let (reason, detail) = failure
+            .map(|e| (e.reason(), e.to_string()))
+            .unwrap_or(("connect", "no endpoint".to_string()));
+        return ctx.reject(peer, reason, Some(&sni), &detail);
     };
     metrics::histogram!("zone_egress_connect_seconds", &labels)
         .record(accepted.elapsed().as_secs_f64());
@@ -267,7 +298,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Cont
     if ctx.access_log {
         tracing::info!(
             target: "access", %peer, sni, mesh = %mesh_name, service = %service_name,
-            upstream = %service.networking.address, outcome = "forwarded",
+            upstream = %upstream_address, outcome = "forwarded",
             bytes_up = moved.client_to_upstream, bytes_down = moved.upstream_to_client,
             idle_timeout = moved.idle_timeout, duration_ms = accepted.elapsed().as_millis() as u64,
         );

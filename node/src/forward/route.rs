@@ -20,9 +20,14 @@ pub enum Decision {
     TerminateExternal {
         /// The mesh (mTLS enabled).
         mesh: Box<Mesh>,
-        /// The external service.
+        /// The external service the SNI names (or, when it is pinned to another zone, the first
+        /// of `endpoints`): its host goes into the egress certificate.
         service: Box<ExternalService>,
-        /// The SNI the client sent (DNS-valid hashed form).
+        /// Every ExternalService of the same `kuma.io/service` this zone may exit to (not pinned
+        /// to another zone by `kuma.io/zone`), in name order: the endpoints the dial stage
+        /// balances over. Never empty.
+        endpoints: Vec<ExternalService>,
+        /// The SNI the client sent (DNS-valid hashed form, lower case).
         sni: String,
     },
     /// Pass the TLS bytes through to another zone over a QUIC link (never decrypted).
@@ -75,6 +80,87 @@ pub fn external_service_sni(service: &ExternalService) -> String {
         service.networking.address.port.get(),
         HashedKind::Mes,
     )
+}
+
+/// Kuma's tag that pins a service to a zone.
+pub const ZONE_TAG: &str = "kuma.io/zone";
+
+/// Whether this zone may dial `es` itself: it is not pinned to another zone by `kuma.io/zone`.
+/// An ExternalService pinned to a zone is reached only through that zone (Kuma: "zone-specific
+/// external services" go through the zone's ingress and egress), never dialled elsewhere.
+pub fn exits_here(es: &ExternalService, zone: &str) -> bool {
+    es.tags.get(ZONE_TAG).is_none_or(|pinned| pinned == zone)
+}
+
+/// The ExternalServices of `service` in `mesh`, split into those this zone exits to and the
+/// zones the others are pinned to (sorted, unique).
+pub fn external_endpoints<'a>(
+    resources: &'a Resources,
+    mesh: &'a str,
+    service: &str,
+    zone: &str,
+) -> (Vec<&'a ExternalService>, Vec<String>) {
+    let mut local = Vec::new();
+    let mut elsewhere = Vec::new();
+    for es in external_services(resources, mesh).filter(|es| es.service() == service) {
+        if exits_here(es, zone) {
+            local.push(es);
+        } else if let Some(pinned) = es.tags.get(ZONE_TAG) {
+            elsewhere.push(pinned.to_string());
+        }
+    }
+    elsewhere.sort();
+    elsewhere.dedup();
+    (local, elsewhere)
+}
+
+/// The decision for a known external service `named` (reached by its hashed SNI or its tag
+/// form): terminate here when this zone exits to some endpoint of its service, else pass it
+/// through to a zone it is pinned to, else refuse (`zone_unreachable`).
+fn decide_external(
+    mesh: &Mesh,
+    named: &ExternalService,
+    sni: &str,
+    zone: &str,
+    resources: &Resources,
+    remote: &RemoteServices,
+) -> Decision {
+    let service = named.service();
+    let (local, pinned) = external_endpoints(resources, mesh.name.as_str(), service, zone);
+    if !local.is_empty() {
+        let chosen = if exits_here(named, zone) {
+            named
+        } else {
+            local[0]
+        };
+        return Decision::TerminateExternal {
+            mesh: Box::new(mesh.clone()),
+            service: Box::new(chosen.clone()),
+            endpoints: local.into_iter().cloned().collect(),
+            sni: sni.to_string(),
+        };
+    }
+    let offered =
+        remote_zones(remote, mesh.name.as_str(), service, &BTreeMap::new()).unwrap_or_default();
+    let zones: Vec<String> = offered.into_iter().filter(|z| pinned.contains(z)).collect();
+    if zones.is_empty() {
+        return Decision::reject(
+            "zone_unreachable",
+            format!(
+                "external service {service:?} is pinned to zone(s) {} (kuma.io/zone): this zone \
+                 never dials it, and no link that is up reaches an ingress of that zone \
+                 offering it (GET /v1/links)",
+                pinned.join(", ")
+            ),
+        );
+    }
+    Decision::Passthrough {
+        mesh: mesh.name.as_str().to_string(),
+        service: service.to_string(),
+        tags: BTreeMap::new(),
+        sni: sni.to_string(),
+        zones,
+    }
 }
 
 fn mesh_with_mtls<'a>(resources: &'a Resources, name: &str) -> Result<&'a Mesh, Decision> {
@@ -135,9 +221,11 @@ fn remote_zones(
     (!zones.is_empty()).then_some(zones)
 }
 
-/// Decides what to do with a connection whose ClientHello carried `server_name`.
+/// Decides what to do with a connection whose ClientHello carried `server_name`, on an egress
+/// node of `zone`.
 pub fn decide(
     server_name: Option<&str>,
+    zone: &str,
     resources: &Resources,
     remote: &RemoteServices,
 ) -> Decision {
@@ -158,11 +246,13 @@ pub fn decide(
                 Ok(m) => m,
                 Err(d) => return d,
             };
-            let found = external_services(resources, mesh.name.as_str()).find(|es| {
-                es.service() == service
-                    && tags.iter().all(|(k, v)| es.tags.get(k) == Some(v.as_str()))
-            });
-            if found.is_none() {
+            let matching: Vec<&ExternalService> = external_services(resources, mesh.name.as_str())
+                .filter(|es| {
+                    es.service() == service
+                        && tags.iter().all(|(k, v)| es.tags.get(k) == Some(v.as_str()))
+                })
+                .collect();
+            if matching.is_empty() {
                 if let Some(zones) = remote_zones(remote, mesh.name.as_str(), &service, &tags) {
                     return Decision::Passthrough {
                         mesh: mesh.name.as_str().to_string(),
@@ -172,8 +262,16 @@ pub fn decide(
                         zones,
                     };
                 }
+                return Decision::reject(
+                    "unknown_service",
+                    format!(
+                        "no external service {service:?} with tags {tags:?} in mesh {:?}, and \
+                         no other zone offers it",
+                        mesh.name.as_str()
+                    ),
+                );
             }
-            match found {
+            match matching.iter().find(|es| exits_here(es, zone)) {
                 Some(es) => Decision::reject(
                     "sni_not_dns",
                     format!(
@@ -183,14 +281,8 @@ pub fn decide(
                         external_service_sni(es)
                     ),
                 ),
-                None => Decision::reject(
-                    "unknown_service",
-                    format!(
-                        "no external service {service:?} with tags {tags:?} in mesh {:?}, and \
-                         no other zone offers it",
-                        mesh.name.as_str()
-                    ),
-                ),
+                // Pinned to other zones only: never terminated here, passed through to them.
+                None => decide_external(mesh, matching[0], server_name, zone, resources, remote),
             }
         }
         Sni::Hashed(hashed) => {
@@ -226,12 +318,8 @@ pub fn decide(
                         continue;
                     }
                     if hashed.verify(es.name.as_str(), mesh.name.as_str(), &BTreeMap::new(), port) {
-                        return Decision::TerminateExternal {
-                            mesh: Box::new(mesh.clone()),
-                            service: Box::new(es.clone()),
-                            // In lower case: the name the egress's certificate carries.
-                            sni: hashed.sni.clone(),
-                        };
+                        // In lower case: the name the egress's certificate carries.
+                        return decide_external(mesh, es, &hashed.sni, zone, resources, remote);
                     }
                     named_but_wrong_hash = true;
                 }
@@ -369,9 +457,14 @@ pub struct Explanation {
     pub originate_tls: Option<bool>,
 }
 
-/// Explains the decision for `sni`.
-pub fn explain(sni: &str, resources: &Resources, remote: &RemoteServices) -> Explanation {
-    match decide(Some(sni), resources, remote) {
+/// Explains the decision for `sni` on an egress node of `zone`.
+pub fn explain(
+    sni: &str,
+    zone: &str,
+    resources: &Resources,
+    remote: &RemoteServices,
+) -> Explanation {
+    match decide(Some(sni), zone, resources, remote) {
         Decision::Passthrough {
             mesh,
             service,
@@ -392,20 +485,44 @@ pub fn explain(sni: &str, resources: &Resources, remote: &RemoteServices) -> Exp
             upstream: Some(zones.join(",")),
             originate_tls: None,
         },
-        Decision::TerminateExternal { mesh, service, .. } => Explanation {
+        Decision::TerminateExternal {
+            mesh,
+            service,
+            endpoints,
+            ..
+        } => Explanation {
             sni: sni.to_string(),
             action: "terminate-external",
             reason: "external",
             detail: format!(
                 "terminate mTLS as spiffe://{}/zone-egress (client certificate of mesh {} \
-                 required), dial {}",
+                 required), dial {}{}",
                 mesh.name.as_str(),
                 mesh.name.as_str(),
-                service.networking.address
+                endpoints
+                    .iter()
+                    .map(|e| format!("{} ({})", e.networking.address, e.name.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                if endpoints.len() > 1 {
+                    format!(
+                        ": {} endpoints of service {:?}, balanced",
+                        endpoints.len(),
+                        service.service()
+                    )
+                } else {
+                    String::new()
+                }
             ),
             mesh: Some(mesh.name.as_str().to_string()),
             external_service: Some(service.name.as_str().to_string()),
-            upstream: Some(service.networking.address.to_string()),
+            upstream: Some(
+                endpoints
+                    .iter()
+                    .map(|e| e.networking.address.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             originate_tls: Some(service.networking.tls.as_ref().is_some_and(|t| t.enabled)),
         },
         Decision::Reject { reason, detail } => Explanation {
@@ -454,15 +571,111 @@ mod tests {
         };
         let sni = external_service_sni(&es);
         assert!(sni.ends_with(".httpbin.443.default.mes"), "{sni}");
-        match decide(Some(&sni), &r, &RemoteServices::default()) {
+        match decide(Some(&sni), "zone-a", &r, &RemoteServices::default()) {
             Decision::TerminateExternal { service, .. } => {
                 assert_eq!(service.name.as_str(), "httpbin")
             }
             other => panic!("{other:?}"),
         }
-        let e = explain(&sni, &r, &RemoteServices::default());
+        let e = explain(&sni, "zone-a", &r, &RemoteServices::default());
         assert_eq!(e.upstream.as_deref(), Some("httpbin.org:443"));
         assert_eq!(e.originate_tls, Some(true));
+    }
+
+    /// ExternalServices sharing a `kuma.io/service` are endpoints of one service; one pinned by
+    /// `kuma.io/zone` to another zone is never dialled here, but reached through that zone.
+    #[test]
+    fn pinned_external_services_never_exit_from_another_zone() {
+        use crate::link::services::Contribution;
+        use proto::link::{AvailableService, ServiceSet};
+        let es = |name: &str, zone: Option<&str>, port: u16| {
+            let pin = zone
+                .map(|z| format!(", kuma.io/zone: {z}"))
+                .unwrap_or_default();
+            format!(
+                "---\ntype: ExternalService\nmesh: default\nname: {name}\ntags: {{ kuma.io/service: es2{pin} }}\nnetworking: {{ address: '127.0.0.1:{port}' }}\n"
+            )
+        };
+        let sni_of = |r: &Resources, name: &str| {
+            r.list(Kind::ExternalService, Some("default"))
+                .into_iter()
+                .find_map(|res| match res {
+                    Resource::ExternalService(e) if e.name.as_str() == name => {
+                        Some(external_service_sni(e))
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let none = RemoteServices::default();
+        // Both: only the local one is dialled, whichever resource the SNI names.
+        let r = resources(&format!(
+            "{ZONE}{}{}{}",
+            es("b-local", Some("zone-a"), 18001),
+            es("a-remote", Some("zone-b"), 18002),
+            es("c-any", None, 18003)
+        ));
+        for named in ["a-remote", "b-local", "c-any"] {
+            match decide(Some(&sni_of(&r, named)), "zone-a", &r, &none) {
+                Decision::TerminateExternal {
+                    endpoints, service, ..
+                } => {
+                    let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+                    assert_eq!(names, ["b-local", "c-any"], "{named}");
+                    assert_ne!(service.name.as_str(), "a-remote");
+                }
+                other => panic!("{named}: {other:?}"),
+            }
+        }
+        let e = explain(&sni_of(&r, "a-remote"), "zone-a", &r, &none);
+        assert_eq!(
+            e.upstream.as_deref(),
+            Some("127.0.0.1:18001,127.0.0.1:18003"),
+            "{e:?}"
+        );
+        // Seen from zone-b, the zone-a one is the one never dialled.
+        match decide(Some(&sni_of(&r, "b-local")), "zone-b", &r, &none) {
+            Decision::TerminateExternal { endpoints, .. } => {
+                let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+                assert_eq!(names, ["a-remote", "c-any"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Only pinned to zone-b: refused while no link reaches zone-b, passed through after.
+        let r = resources(&format!("{ZONE}{}", es("a-remote", Some("zone-b"), 18002)));
+        let sni = sni_of(&r, "a-remote");
+        let refused = decide(Some(&sni), "zone-a", &r, &none);
+        assert_eq!(refused.label(), "zone_unreachable", "{refused:?}");
+        assert!(explain(&sni, "zone-a", &r, &none).detail.contains("zone-b"));
+        assert_eq!(
+            decide(Some("es2{mesh=default}"), "zone-a", &r, &none).label(),
+            "zone_unreachable"
+        );
+        let set = ServiceSet {
+            services: vec![AvailableService {
+                mesh: "default".into(),
+                tags: [("kuma.io/service", "es2"), ("kuma.io/zone", "zone-b")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                instances: 1,
+            }],
+            ingresses: Vec::new(),
+        };
+        let remote = RemoteServices::merge([Contribution {
+            link: "zone-b-ingress",
+            zone: "zone-b",
+            set: &set,
+        }]);
+        for sent in [sni.as_str(), "es2{mesh=default}"] {
+            match decide(Some(sent), "zone-a", &r, &remote) {
+                Decision::Passthrough { service, zones, .. } => {
+                    assert_eq!(service, "es2");
+                    assert_eq!(zones, ["zone-b"]);
+                }
+                other => panic!("{sent}: {other:?}"),
+            }
+        }
     }
 
     /// DNS names are case-insensitive (RFC 4343): the hashed form in any case routes the same;
@@ -488,7 +701,7 @@ mod tests {
                 sni.to_ascii_lowercase(),
                 sni.clone(),
             ] {
-                match decide(Some(&sent), &r, &remote) {
+                match decide(Some(&sent), "zone-a", &r, &remote) {
                     Decision::TerminateExternal { service, .. } => {
                         assert_eq!(service.name.as_str(), name, "{sent}")
                     }
@@ -497,14 +710,17 @@ mod tests {
             }
             // A wrong hash stays wrong in any case.
             let forged = format!("A0000000000000000{}", &sni[17..]).to_ascii_uppercase();
-            assert_eq!(decide(Some(&forged), &r, &remote).label(), "hash_mismatch");
+            assert_eq!(
+                decide(Some(&forged), "zone-a", &r, &remote).label(),
+                "hash_mismatch"
+            );
         }
         assert_eq!(
-            decide(Some("HTTPBIN{mesh=default}"), &r, &remote).label(),
+            decide(Some("HTTPBIN{mesh=default}"), "zone-a", &r, &remote).label(),
             "unknown_service"
         );
         assert_eq!(
-            decide(Some("httpbin{mesh=DEFAULT}"), &r, &remote).label(),
+            decide(Some("httpbin{mesh=DEFAULT}"), "zone-a", &r, &remote).label(),
             "unknown_mesh"
         );
     }
@@ -533,14 +749,22 @@ mod tests {
             zone: "zone-b",
             set: &set,
         }]);
-        let tagged = decide(Some("backend{mesh=default,version=v1}"), &r, &remote);
+        let tagged = decide(
+            Some("backend{mesh=default,version=v1}"),
+            "zone-a",
+            &r,
+            &remote,
+        );
         assert_eq!(tagged.label(), "passthrough", "{tagged:?}");
         let plain = sni::hashed("backend", "default", &BTreeMap::new(), 8080, HashedKind::Ms);
-        assert_eq!(decide(Some(&plain), &r, &remote).label(), "passthrough");
+        assert_eq!(
+            decide(Some(&plain), "zone-a", &r, &remote).label(),
+            "passthrough"
+        );
         let mut v1 = tags("v1");
         v1.remove("kuma.io/service");
         let subset = sni::hashed("backend", "default", &v1, 8080, HashedKind::Ms);
-        match decide(Some(&subset), &r, &remote) {
+        match decide(Some(&subset), "zone-a", &r, &remote) {
             Decision::Passthrough { tags, zones, .. } => {
                 assert_eq!(tags, v1);
                 assert_eq!(zones, vec!["zone-b"]);
@@ -548,11 +772,23 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let forged = format!("a0000000000000000{}", &plain[17..]);
-        assert_eq!(decide(Some(&forged), &r, &remote).label(), "hash_mismatch");
-        let upper = plain.to_ascii_uppercase();
-        assert_eq!(decide(Some(&upper), &r, &remote).label(), "passthrough");
         assert_eq!(
-            decide(Some("backend{mesh=default,version=v9}"), &r, &remote).label(),
+            decide(Some(&forged), "zone-a", &r, &remote).label(),
+            "hash_mismatch"
+        );
+        let upper = plain.to_ascii_uppercase();
+        assert_eq!(
+            decide(Some(&upper), "zone-a", &r, &remote).label(),
+            "passthrough"
+        );
+        assert_eq!(
+            decide(
+                Some("backend{mesh=default,version=v9}"),
+                "zone-a",
+                &r,
+                &remote
+            )
+            .label(),
             "unknown_service"
         );
     }
@@ -590,7 +826,7 @@ mod tests {
         ];
         for (sni, reason) in cases {
             assert_eq!(
-                decide(sni, &r, &RemoteServices::default()).label(),
+                decide(sni, "zone-a", &r, &RemoteServices::default()).label(),
                 reason,
                 "{sni:?}"
             );

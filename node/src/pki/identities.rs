@@ -53,8 +53,8 @@ struct State {
 struct LoadedTrust {
     /// The backends the roots were read from.
     backends: Vec<CaBackend>,
-    /// The CA certificate of each backend that could be read.
-    roots: Vec<CertificateDer<'static>>,
+    /// The CA certificate of each backend, in order (`None`: could not be read).
+    roots: Vec<Option<CertificateDer<'static>>>,
     /// When they were read.
     loaded_at: SystemTime,
 }
@@ -197,38 +197,47 @@ impl State {
             .as_ref()
             .map(|m| m.backends().to_vec())
             .unwrap_or_default();
-        if let Some(loaded) = self.trust.get(name) {
+        let previous = self.trust.get(name).filter(|l| l.backends == backends);
+        if let Some(loaded) = previous {
             let due = now
                 .duration_since(loaded.loaded_at)
                 .is_ok_and(|age| age >= EgressIdentities::CA_REFRESH);
-            if loaded.backends == backends && !(due && backends.iter().any(from_files)) {
-                return loaded.roots.clone();
+            if !(due && backends.iter().any(from_files)) {
+                return loaded.roots.iter().flatten().cloned().collect();
             }
         }
-        let mut roots = Vec::new();
-        for backend in &backends {
+        let mut roots = Vec::with_capacity(backends.len());
+        for (i, backend) in backends.iter().enumerate() {
             let CaKind::Provided { cert, .. } = &backend.kind else {
+                roots.push(None);
                 continue;
             };
             match read_data_source(cert).and_then(|bytes| parse_certificates(&bytes)) {
-                Ok(certs) => roots.extend(certs.into_iter().take(1)),
-                Err(error) => tracing::warn!(
-                    mesh = name,
-                    backend = %backend.name,
-                    %error,
-                    "cannot read the CA certificate of a listed backend: its clients are not trusted"
-                ),
+                Ok(certs) => roots.push(certs.into_iter().next()),
+                Err(error) => {
+                    // A re-read that fails keeps what was read before, like the enabled CA.
+                    let kept = previous.and_then(|l| l.roots.get(i).cloned().flatten());
+                    tracing::warn!(
+                        mesh = name,
+                        backend = %backend.name,
+                        %error,
+                        kept_previous = kept.is_some(),
+                        "cannot read the CA certificate of a listed backend"
+                    );
+                    roots.push(kept);
+                }
             }
         }
+        let trusted = roots.iter().flatten().cloned().collect();
         self.trust.insert(
             name.into(),
             LoadedTrust {
                 backends,
-                roots: roots.clone(),
+                roots,
                 loaded_at: now,
             },
         );
-        roots
+        trusted
     }
 }
 
