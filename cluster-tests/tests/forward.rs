@@ -709,6 +709,7 @@ fn a_ca_rotation_keeps_both_generations_working_while_both_are_listed() {
         }
     }
     let _ = held.kill();
+    let _ = held.wait();
     assert!(
         unexpected.is_empty(),
         "{} unexpected outcomes: {unexpected:#?}",
