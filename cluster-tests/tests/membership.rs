@@ -169,7 +169,16 @@ fn a_killed_node_is_reported_dead_everywhere_within_ten_seconds() {
 
 #[test]
 fn sigterm_drains_then_leaves_and_exits_zero() {
-    let mut cluster = Cluster::start(3).unwrap();
+    // A short left_grace, so the test sees a left member drop out.
+    let mut cluster = Cluster::new().unwrap();
+    for _ in 0..3 {
+        let mut options = cluster.next_options();
+        options.config = format!(
+            "{}gossip: {{ left_grace: 4s }}\n",
+            cluster_tests::TEST_CONFIG
+        );
+        cluster.add_node_with(options).unwrap();
+    }
     cluster.wait_converged(CONVERGE).unwrap();
     let name = cluster.nodes[2].options.name.clone();
     cluster.terminate(2).unwrap();
@@ -182,13 +191,137 @@ fn sigterm_drains_then_leaves_and_exits_zero() {
     assert_eq!(egresses.as_array().unwrap().len(), 3);
     let status = cluster.wait_exit(2, Duration::from_secs(20)).unwrap();
     assert_eq!(status.code(), Some(0));
-    eventually(Duration::from_secs(10), "peers to drop it", || {
+    // A clean leave is `left` everywhere, never `dead`: operators alert on dead members.
+    eventually(Duration::from_secs(10), "peers to list it as left", || {
         for i in [0, 1] {
-            if state_of(&members(&cluster, i)?, &name) != ["dead"] {
+            if state_of(&members(&cluster, i)?, &name) != ["left"] {
                 return Ok(None);
             }
             let (_, egresses) = get_json(&cluster.admin(i), "/v1/zone-egresses")?;
             if egresses.as_array().unwrap().len() != 2 {
+                return Ok(None);
+            }
+            let m = metrics_text(&cluster.admin(i))?;
+            if !m.contains("zone_egress_members{state=\"left\"} 1")
+                || !m.contains("zone_egress_members{state=\"dead\"} 0")
+            {
+                bail!("node {i} metrics: {m}");
+            }
+        }
+        Ok(Some(()))
+    })
+    .unwrap();
+    // Never seen as dead in between, and each survivor said so once in its log.
+    for i in [0, 1] {
+        let log = cluster.nodes[i].log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&name) && l.contains("member "))
+            .collect();
+        assert!(
+            lines.iter().any(|l| l.contains("member left")),
+            "node {i}: {lines:#?}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("member failed")),
+            "node {i}: {lines:#?}"
+        );
+    }
+    // After gossip.left_grace it drops out of the list.
+    eventually(
+        Duration::from_secs(15),
+        "peers to drop it after left_grace",
+        || {
+            for i in [0, 1] {
+                if !state_of(&members(&cluster, i)?, &name).is_empty() {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .unwrap();
+}
+
+/// `force-leave` turns a crashed member from `dead` into `left` on every node; it refuses a
+/// live member and an unknown name, and needs the admin token.
+#[test]
+fn force_leave_removes_a_dead_member_and_refuses_a_live_one() {
+    let mut cluster = Cluster::new().unwrap();
+    for _ in 0..3 {
+        let mut options = cluster.next_options();
+        options.config = format!("{}admin: {{ token: t0k }}\n", cluster_tests::TEST_CONFIG);
+        cluster.add_node_with(options).unwrap();
+    }
+    cluster.wait_converged(CONVERGE).unwrap();
+    let victim = cluster.nodes[1].options.name.clone();
+    let alive = cluster.nodes[2].options.name.clone();
+    cluster.kill(1).unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the killed node dead everywhere",
+        || {
+            for i in [0, 2] {
+                if state_of(&members(&cluster, i)?, &victim) != ["dead"] {
+                    return Ok(None);
+                }
+                if !cluster.nodes[i].log().contains("member failed") {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .unwrap();
+    let cli = |name: &str, token: Option<&str>| {
+        let mut cmd = Command::new(binary().unwrap());
+        cmd.args(["force-leave", name, "--admin", &cluster.admin(0)]);
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, out) = cli(&victim, None);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("401"), "{out}");
+    let (code, out) = cli(&alive, Some("t0k"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("409") && out.contains("alive"), "{out}");
+    let (code, out) = cli("nobody", Some("t0k"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("404"), "{out}");
+    let (code, out) = cli(&victim, Some("t0k"));
+    assert_eq!(code, Some(0), "{out}");
+    eventually(
+        Duration::from_secs(10),
+        "the forced member left everywhere",
+        || {
+            for i in [0, 2] {
+                if state_of(&members(&cluster, i)?, &victim) != ["left"] {
+                    return Ok(None);
+                }
+                let m = metrics_text(&cluster.admin(i))?;
+                if !m.contains("zone_egress_members{state=\"dead\"} 0") {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .unwrap();
+    // It comes back as a new generation: alive again, the force-leave does not touch it.
+    cluster.restart(1).unwrap();
+    eventually(CONVERGE, "the restarted member alive everywhere", || {
+        for i in [0, 2] {
+            if state_of(&members(&cluster, i)?, &victim) != ["alive"] {
                 return Ok(None);
             }
         }

@@ -45,6 +45,10 @@ pub enum Command {
     /// drain is a write: it needs the admin token when the node has one (--token, --token-file,
     /// or ZONE_EGRESS_TOKEN / ZONE_EGRESS_TOKEN_FILE).
     Drain(DrainArgs),
+    /// Remove a dead member by hand (Consul's force-leave): every node lists it as `left` and
+    /// drops it after `gossip.left_grace`, instead of `dead` for `gossip.dead_node_grace`.
+    /// Refused for a member that is alive or draining. A write: needs the admin token.
+    ForceLeave(ForceLeaveArgs),
     /// Print a new base64 32-byte gossip key (one line of `gossip.key_file`).
     Keygen,
     /// Certificates for operators and tests.
@@ -162,6 +166,16 @@ pub struct DrainArgs {
     /// Give up after this long (the whole command, e.g. 40s); exit 1 then.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+}
+
+/// Arguments of `zone-egress force-leave`.
+#[derive(Debug, clap::Args)]
+pub struct ForceLeaveArgs {
+    /// Name of the dead member.
+    pub name: String,
+    /// Admin API and token.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// Arguments of `zone-egress health`.

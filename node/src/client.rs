@@ -355,6 +355,24 @@ pub fn delete(args: &DeleteArgs) -> anyhow::Result<String> {
     Ok(format!("deleted {} {}\n", args.kind, args.name))
 }
 
+/// Runs `zone-egress force-leave NAME`: `POST /v1/members/NAME/force-leave`.
+pub fn force_leave(args: &crate::cli::ForceLeaveArgs) -> anyhow::Result<String> {
+    if args.name.is_empty() || args.name.contains(['/', '?', '#', '%']) {
+        bail!("{:?} is not a member name", args.name);
+    }
+    let value = call(
+        &args.admin,
+        "POST",
+        &format!("/v1/members/{}/force-leave", args.name),
+        None,
+    )?;
+    Ok(format!(
+        "member {} (generation {}) is now left on every node\n",
+        args.name,
+        value["generation"].as_u64().unwrap_or(0)
+    ))
+}
+
 /// Turns one API object into the cells of a table row.
 type Cells = fn(&Value) -> Vec<String>;
 

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Drain(args) => print_result(node::client::drain(&args, &mut std::io::stdout())),
         Command::Apply(args) => print_result(node::client::apply(&args)),
         Command::Delete(args) => print_result(node::client::delete(&args)),
+        Command::ForceLeave(args) => print_result(node::client::force_leave(&args)),
         Command::Pki(command) => print_result(pki(command)),
         Command::Sni(args) => print_result(node::client::sni(&args)),
         Command::Inspect(node::cli::InspectCommand::Route { sni, admin }) => {

@@ -159,6 +159,8 @@ pub async fn run(
         seeds: config.gossip.seeds.clone(),
         interval: config.gossip.interval,
         initial_keys,
+        dead_node_grace: config.gossip.dead_node_grace,
+        left_grace: config.gossip.left_grace,
     })
     .await
     .context("cannot start gossip")?;
@@ -248,6 +250,7 @@ pub async fn run(
             zone_rx: gossip.view(),
             readiness_rx,
             drain_tx: Arc::new(drain_tx),
+            gossip: gossip.publisher(),
             token: config.admin.token.clone(),
             read_token: config.admin.read_token.clone(),
             resources_rx: store.snapshot(),
@@ -353,7 +356,10 @@ pub async fn run(
 
     // 5. Leave.
     gossip
-        .set(&[(keys::LIFECYCLE, Lifecycle::Left.as_str().to_string())])
+        .set(&[
+            (keys::LEFT_AT_MS, gossip::unix_ms().to_string()),
+            (keys::LIFECYCLE, Lifecycle::Left.as_str().to_string()),
+        ])
         .await;
     if !alone {
         let spread = tokio::time::sleep(config.gossip.interval * 3);
@@ -575,7 +581,7 @@ fn others_present(snapshot: &ZoneSnapshot, name: &str, generation: u64) -> bool 
         .view
         .members
         .iter()
-        .any(|m| m.state != MemberState::Dead && !(m.name == name && m.generation == generation))
+        .any(|m| m.state.is_present() && !(m.name == name && m.generation == generation))
 }
 
 /// Keeps the readiness conditions that come from gossip, and the zone gauges.

@@ -87,20 +87,34 @@ pub enum MemberState {
     Alive,
     /// Heartbeating, finishing its work, taking no new work.
     Draining,
-    /// Failure detector gave up on it, or it left.
+    /// Shut down on purpose (announced `left`), or removed by hand (`force-leave`); listed for
+    /// `gossip.left_grace`, then dropped.
+    Left,
+    /// The failure detector gave up on it without a leave: it crashed or is cut off. Listed
+    /// until `gossip.dead_node_grace`.
     Dead,
 }
 
 impl MemberState {
     /// Every state, in display order (for metrics with zero counts).
-    pub const ALL: [MemberState; 3] =
-        [MemberState::Alive, MemberState::Draining, MemberState::Dead];
+    pub const ALL: [MemberState; 4] = [
+        MemberState::Alive,
+        MemberState::Draining,
+        MemberState::Left,
+        MemberState::Dead,
+    ];
+
+    /// Alive or draining: the member is there (it may hold its name, it counts as a peer).
+    pub fn is_present(self) -> bool {
+        matches!(self, MemberState::Alive | MemberState::Draining)
+    }
 
     /// The lowercase name used in JSON and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
             MemberState::Alive => "alive",
             MemberState::Draining => "draining",
+            MemberState::Left => "left",
             MemberState::Dead => "dead",
         }
     }
@@ -124,6 +138,22 @@ pub mod keys {
     pub const VERSION: &str = "version";
     /// Unix time in milliseconds at which the process started.
     pub const STARTED_AT_MS: &str = "started_at_ms";
+    /// Unix time in milliseconds at which the node announced `left`.
+    pub const LEFT_AT_MS: &str = "left_at_ms";
+    /// Prefix of the keys by which a node removes a dead member by hand (`force-leave`):
+    /// `force_leave/<name>` = `<generation>:<unix ms>`; every generation up to it that is not
+    /// alive is shown as `left`.
+    pub const FORCE_LEAVE_PREFIX: &str = "force_leave/";
+}
+
+/// The value of a `force_leave/<name>` key.
+pub fn force_leave_value(generation: u64, at_ms: u64) -> String {
+    format!("{generation}:{at_ms}")
+}
+
+fn parse_force_leave(value: &str) -> Option<(u64, u64)> {
+    let (generation, at) = value.split_once(':')?;
+    Some((generation.parse().ok()?, at.parse().ok()?))
 }
 
 /// One raw gossip entry: one generation of one node, with the keys it published.
@@ -189,14 +219,31 @@ pub struct Member {
     pub started_at_ms: Option<u64>,
     /// True when another live node held this name first: this one is refused.
     pub name_conflict: bool,
+    /// When it left (Unix milliseconds), for `left` members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_at_ms: Option<u64>,
     /// The node's registration, when published and valid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration: Option<Registration>,
 }
 
 impl Member {
-    fn from_entry(entry: &MemberEntry, name_conflict: bool) -> Member {
-        let state = if !entry.is_present() {
+    fn from_entry(entry: &MemberEntry, name_conflict: bool, forced: Option<(u64, u64)>) -> Member {
+        let forced_at = forced
+            .filter(|(generation, _)| !entry.live && entry.generation <= *generation)
+            .map(|(_, at)| at);
+        let mut left_at_ms = None;
+        let state = if entry.lifecycle() == Some(Lifecycle::Left) {
+            left_at_ms = entry
+                .keys
+                .get(keys::LEFT_AT_MS)
+                .and_then(|v| v.parse().ok())
+                .or(forced_at);
+            MemberState::Left
+        } else if forced_at.is_some() {
+            left_at_ms = forced_at;
+            MemberState::Left
+        } else if !entry.is_present() {
             MemberState::Dead
         } else if entry.lifecycle() == Some(Lifecycle::Draining) {
             MemberState::Draining
@@ -209,7 +256,7 @@ impl Member {
             role: entry.keys.get(keys::ROLE).and_then(|r| Role::parse(r)),
             gossip_address: entry.gossip_address.clone(),
             state,
-            ready: state != MemberState::Dead
+            ready: state.is_present()
                 && entry.keys.get(keys::READY).map(String::as_str) == Some("true"),
             generation: entry.generation,
             admin_address: entry.keys.get(keys::ADMIN).cloned(),
@@ -219,6 +266,7 @@ impl Member {
                 .get(keys::STARTED_AT_MS)
                 .and_then(|v| v.parse().ok()),
             name_conflict,
+            left_at_ms,
             registration: entry
                 .keys
                 .get(keys::REGISTRATION)
@@ -229,7 +277,48 @@ impl Member {
 
     /// Whether the member counts for routing and registration lists.
     pub fn is_registered(&self) -> bool {
-        self.state != MemberState::Dead && !self.name_conflict
+        self.state.is_present() && !self.name_conflict
+    }
+}
+
+/// A change of one member between two views ([`ZoneView::events_since`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEvent {
+    /// What happened.
+    pub kind: MemberEventKind,
+    /// Node name.
+    pub name: String,
+    /// Its generation.
+    pub generation: u64,
+    /// Its gossip address.
+    pub gossip_address: String,
+}
+
+/// What happened to a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberEventKind {
+    /// A name not seen before is present.
+    Joined,
+    /// A new generation of a known name is present.
+    Restarted,
+    /// It announced `left`, or was removed by hand.
+    Left,
+    /// The failure detector gave up on it.
+    Failed,
+    /// It was dead (or left) and is present again.
+    CameBack,
+}
+
+impl MemberEventKind {
+    /// Lower-case verb for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberEventKind::Joined => "joined",
+            MemberEventKind::Restarted => "restarted",
+            MemberEventKind::Left => "left",
+            MemberEventKind::Failed => "failed",
+            MemberEventKind::CameBack => "came back",
+        }
     }
 }
 
@@ -243,6 +332,21 @@ pub struct ZoneView {
 impl ZoneView {
     /// Builds the view from raw gossip entries (any order; the result does not depend on it).
     pub fn resolve(entries: &[MemberEntry]) -> ZoneView {
+        // Force-leaves published by any node: the highest generation per name wins.
+        let mut forced: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for entry in entries {
+            for (key, value) in entry.keys.range(keys::FORCE_LEAVE_PREFIX.to_string()..) {
+                let Some(name) = key.strip_prefix(keys::FORCE_LEAVE_PREFIX) else {
+                    break;
+                };
+                if let Some(v) = parse_force_leave(value) {
+                    let slot = forced.entry(name).or_insert(v);
+                    if v.0 > slot.0 {
+                        *slot = v;
+                    }
+                }
+            }
+        }
         let mut by_name: BTreeMap<&str, Vec<&MemberEntry>> = BTreeMap::new();
         for entry in entries {
             by_name.entry(entry.name.as_str()).or_default().push(entry);
@@ -261,7 +365,8 @@ impl ZoneView {
             let incumbent = kept.iter().position(|e| e.is_present());
             for (i, entry) in kept.iter().enumerate() {
                 let conflict = entry.is_present() && incumbent.is_some_and(|inc| inc != i);
-                members.push(Member::from_entry(entry, conflict));
+                let forced = forced.get(entry.name.as_str()).copied();
+                members.push(Member::from_entry(entry, conflict, forced));
             }
         }
         ZoneView { members }
@@ -297,6 +402,51 @@ impl ZoneView {
     /// Number of members in each state.
     pub fn count(&self, state: MemberState) -> usize {
         self.members.iter().filter(|m| m.state == state).count()
+    }
+
+    /// Drops `left` members that left `left_grace_ms` or more before `now_ms` (Unix ms); a
+    /// left member without a time stays until gossip forgets it.
+    pub fn forget_left(&mut self, now_ms: u64, left_grace_ms: u64) {
+        self.members.retain(|m| {
+            m.state != MemberState::Left
+                || m.left_at_ms
+                    .is_none_or(|at| now_ms.saturating_sub(at) < left_grace_ms)
+        });
+    }
+
+    /// What changed between two views of the zone, one event per member that joined, left,
+    /// failed, came back or restarted (a new generation), in name order.
+    pub fn events_since(&self, before: &ZoneView) -> Vec<MemberEvent> {
+        let mut events = Vec::new();
+        for m in &self.members {
+            let same_name: Vec<&Member> =
+                before.members.iter().filter(|b| b.name == m.name).collect();
+            let previous = same_name.iter().find(|b| b.generation == m.generation);
+            let kind = match previous {
+                None if same_name.is_empty() => {
+                    m.state.is_present().then_some(MemberEventKind::Joined)
+                }
+                None => m.state.is_present().then_some(MemberEventKind::Restarted),
+                Some(b) if b.state == m.state => None,
+                Some(b) => match m.state {
+                    MemberState::Left => Some(MemberEventKind::Left),
+                    MemberState::Dead => Some(MemberEventKind::Failed),
+                    MemberState::Alive | MemberState::Draining if !b.state.is_present() => {
+                        Some(MemberEventKind::CameBack)
+                    }
+                    _ => None,
+                },
+            };
+            if let Some(kind) = kind {
+                events.push(MemberEvent {
+                    kind,
+                    name: m.name.clone(),
+                    generation: m.generation,
+                    gossip_address: m.gossip_address.clone(),
+                });
+            }
+        }
+        events
     }
 
     fn registered(&self) -> impl Iterator<Item = &Member> {
@@ -387,9 +537,11 @@ mod tests {
         ]);
         let states: Vec<_> = view.members.iter().map(|m| m.state).collect();
         use MemberState::*;
-        assert_eq!(states, vec![Alive, Draining, Dead, Dead]);
+        assert_eq!(states, vec![Alive, Draining, Dead, Left]);
         assert!(!view.members[2].ready);
-        assert_eq!(view.count(Dead), 2);
+        assert!(!view.members[3].ready);
+        assert_eq!(view.count(Dead), 1);
+        assert_eq!(view.count(Left), 1);
         let names: Vec<_> = view.zone_egresses().into_iter().map(|r| r.name).collect();
         assert_eq!(names, vec!["a", "b"]);
     }
@@ -405,6 +557,93 @@ mod tests {
         let view = ZoneView::resolve(&[e]);
         assert!(view.members[0].registration.is_none());
         assert!(view.zone_egresses().is_empty());
+    }
+
+    #[test]
+    fn a_clean_leave_is_left_not_dead_and_drops_out_after_the_grace() {
+        let mut gone = entry("b", 1, "127.0.0.1:2", false, "left");
+        gone.keys.insert(keys::LEFT_AT_MS.into(), "1000".into());
+        let mut view = ZoneView::resolve(&[entry("a", 1, "127.0.0.1:1", true, "serving"), gone]);
+        assert_eq!(view.members[1].state, MemberState::Left);
+        assert_eq!(view.members[1].left_at_ms, Some(1000));
+        assert_eq!(view.count(MemberState::Dead), 0);
+        view.forget_left(60_999, 60_000);
+        assert_eq!(view.members.len(), 2);
+        view.forget_left(61_000, 60_000);
+        assert_eq!(view.members.len(), 1);
+    }
+
+    #[test]
+    fn force_leave_turns_a_dead_generation_left_but_never_a_live_or_newer_one() {
+        let mut a = entry("a", 1, "127.0.0.1:1", true, "serving");
+        a.keys.insert(
+            format!("{}c", keys::FORCE_LEAVE_PREFIX),
+            force_leave_value(5, 42),
+        );
+        a.keys.insert(
+            format!("{}d", keys::FORCE_LEAVE_PREFIX),
+            force_leave_value(5, 42),
+        );
+        a.keys.insert(
+            format!("{}e", keys::FORCE_LEAVE_PREFIX),
+            force_leave_value(5, 42),
+        );
+        let view = ZoneView::resolve(&[
+            a,
+            entry("c", 5, "127.0.0.1:3", false, "serving"),
+            entry("d", 5, "127.0.0.1:4", true, "serving"),
+            entry("e", 6, "127.0.0.1:5", false, "serving"),
+        ]);
+        let states: Vec<_> = view
+            .members
+            .iter()
+            .map(|m| (m.name.as_str(), m.state))
+            .collect();
+        use MemberState::*;
+        assert_eq!(
+            states,
+            vec![("a", Alive), ("c", Left), ("d", Alive), ("e", Dead)]
+        );
+        assert_eq!(view.members[1].left_at_ms, Some(42));
+    }
+
+    #[test]
+    fn events_say_who_joined_left_failed_and_came_back() {
+        let before = ZoneView::resolve(&[
+            entry("a", 1, "127.0.0.1:1", true, "serving"),
+            entry("b", 1, "127.0.0.1:2", true, "serving"),
+            entry("c", 1, "127.0.0.1:3", true, "serving"),
+            entry("d", 1, "127.0.0.1:4", false, "serving"),
+            entry("e", 1, "127.0.0.1:5", true, "serving"),
+        ]);
+        let after = ZoneView::resolve(&[
+            entry("a", 1, "127.0.0.1:1", true, "serving"),
+            entry("b", 1, "127.0.0.1:2", false, "left"),
+            entry("c", 1, "127.0.0.1:3", false, "serving"),
+            entry("d", 1, "127.0.0.1:4", true, "serving"),
+            entry("e", 2, "127.0.0.1:5", true, "serving"),
+            entry("f", 1, "127.0.0.1:6", true, "serving"),
+        ]);
+        let events: Vec<(String, &str)> = after
+            .events_since(&before)
+            .into_iter()
+            .map(|e| (e.name, e.kind.as_str()))
+            .collect();
+        let expected = [
+            ("b", "left"),
+            ("c", "failed"),
+            ("d", "came back"),
+            ("e", "restarted"),
+            ("f", "joined"),
+        ];
+        assert_eq!(
+            events,
+            expected
+                .iter()
+                .map(|(n, k)| (n.to_string(), *k))
+                .collect::<Vec<_>>()
+        );
+        assert!(after.events_since(&after).is_empty());
     }
 
     fn arb_entry() -> impl Strategy<Value = MemberEntry> {

@@ -58,6 +58,8 @@ pub struct AdminState {
     pub readiness_rx: watch::Receiver<Readiness>,
     /// Set to `true` by `POST /v1/drain`.
     pub drain_tx: Arc<watch::Sender<bool>>,
+    /// Publishes this node's gossip keys (`force-leave`).
+    pub gossip: crate::gossip::Publisher,
     /// Bearer token for writes (and for reading secrets).
     pub token: Option<Secret>,
     /// Bearer token for reads other than `/live`, `/ready`, `/metrics`; the admin token is
@@ -122,6 +124,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/zone-egresses", get(zone_egresses))
         .route("/v1/zone-ingresses", get(zone_ingresses))
         .route("/v1/drain", post(drain))
+        .route("/v1/members/{name}/force-leave", post(force_leave))
         .merge(resources::routes())
         .merge(routing::routes())
         .fallback(not_found)
@@ -286,6 +289,46 @@ async fn zone_ingresses(State(state): State<AdminState>) -> Json<Vec<serde_json:
     Json(out)
 }
 
+/// Removes a dead member by hand (Consul's `force-leave`): every node shows it as `left` (and
+/// drops it after `gossip.left_grace`) instead of `dead` for `gossip.dead_node_grace`. Refused
+/// (`409`) for a member that is alive or draining, `404` for an unknown name.
+async fn force_leave(
+    _auth: Authorized,
+    State(state): State<AdminState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let view = state.zone_rx.borrow().view.clone();
+    let generations: Vec<&proto::Member> = view.members.iter().filter(|m| m.name == name).collect();
+    if generations.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no member named {name:?} in zone {:?}", state.node.zone),
+        ));
+    }
+    if let Some(present) = generations.iter().find(|m| m.state.is_present()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "member {name:?} is {} (generation {} at {}): force-leave removes dead members \
+                 only; stop or drain it instead",
+                present.state.as_str(),
+                present.generation,
+                present.gossip_address
+            ),
+        ));
+    }
+    let generation = generations.iter().map(|m| m.generation).max().unwrap_or(0);
+    let key = format!("{}{name}", proto::member::keys::FORCE_LEAVE_PREFIX);
+    let value = proto::member::force_leave_value(generation, crate::gossip::unix_ms());
+    state.gossip.set(&[(key.as_str(), value)]).await;
+    tracing::info!(member = %name, generation, "member removed by hand (force-leave)");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"forceLeave": name, "generation": generation})),
+    )
+        .into_response())
+}
+
 async fn drain(_auth: Authorized, State(state): State<AdminState>) -> Response {
     let already = state.drain_tx.send_replace(true);
     tracing::info!(already, "drain requested through the admin API");
@@ -361,6 +404,7 @@ mod tests {
             zone_rx,
             readiness_rx,
             drain_tx: Arc::new(drain_tx),
+            gossip: crate::gossip::Publisher::detached(),
             token: token.map(Secret::new),
             read_token: None,
             metrics: Arc::new(|| "zone_egress_up 1\n".to_string()),

@@ -104,6 +104,12 @@ pub struct GossipConfig {
     pub key_file: Option<PathBuf>,
     /// Gossip round interval.
     pub interval: Duration,
+    /// How long a member the failure detector gave up on (crashed, cut off) stays listed as
+    /// `dead` before gossip forgets it (chitchat's `dead_node_grace_period`).
+    pub dead_node_grace: Duration,
+    /// How long a member that left on purpose (or was removed with `force-leave`) stays listed
+    /// as `left`.
+    pub left_grace: Duration,
 }
 
 /// QUIC link settings (used by the link plane).
@@ -271,6 +277,8 @@ struct RawGossip {
     seeds: Option<Vec<String>>,
     key_file: Option<PathBuf>,
     interval: Option<String>,
+    dead_node_grace: Option<String>,
+    left_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -485,6 +493,25 @@ fn validate(raw: RawConfig, flags: &Overrides, origin: &str) -> Result<Config, C
             "must be between 10ms and 60s",
         ));
     }
+    let dead_node_grace = duration(
+        raw_gossip.dead_node_grace,
+        "1h",
+        origin,
+        "gossip.dead_node_grace",
+    )?;
+    let left_grace = duration(raw_gossip.left_grace, "1m", origin, "gossip.left_grace")?;
+    for (field, value) in [
+        ("gossip.dead_node_grace", dead_node_grace),
+        ("gossip.left_grace", left_grace),
+    ] {
+        if value < interval * 4 {
+            return Err(ConfigError::invalid(
+                origin,
+                field,
+                format!("must be at least four gossip rounds ({:?})", interval * 4),
+            ));
+        }
+    }
 
     let (advertise, o) = pick(&flags.advertise, raw.advertise, "advertise");
     let host_addrs = || {
@@ -605,6 +632,8 @@ fn validate(raw: RawConfig, flags: &Overrides, origin: &str) -> Result<Config, C
             seeds,
             key_file: raw_gossip.key_file,
             interval,
+            dead_node_grace,
+            left_grace,
         },
         link,
         data_dir,

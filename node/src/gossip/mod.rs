@@ -24,6 +24,9 @@ use tokio::task::JoinHandle;
 /// How long a dead member stays listed (as `dead`) before chitchat forgets it.
 pub const DEAD_NODE_GRACE: Duration = Duration::from_secs(3600);
 
+/// Default of `gossip.left_grace`.
+pub const LEFT_GRACE: Duration = Duration::from_secs(60);
+
 /// What the gossip plane needs to start.
 pub struct Settings {
     /// Node name (chitchat node id).
@@ -44,6 +47,10 @@ pub struct Settings {
     pub interval: Duration,
     /// Keys published from the start.
     pub initial_keys: Vec<(String, String)>,
+    /// How long a dead member stays in gossip (chitchat's `dead_node_grace_period`).
+    pub dead_node_grace: Duration,
+    /// How long a member that left stays listed.
+    pub left_grace: Duration,
 }
 
 /// The zone as seen by this node at one moment.
@@ -85,9 +92,9 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<Handle> {
             sampling_window_size: 1000,
             max_interval: Duration::from_secs(10).max(settings.interval * 4),
             initial_interval: settings.interval,
-            dead_node_grace_period: DEAD_NODE_GRACE,
+            dead_node_grace_period: settings.dead_node_grace,
         },
-        marked_for_deletion_grace_period: DEAD_NODE_GRACE,
+        marked_for_deletion_grace_period: settings.dead_node_grace,
         catchup_callback: None,
         extra_liveness_predicate: None,
         protocol_version: chitchat::ProtocolVersion::V1,
@@ -102,6 +109,7 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<Handle> {
         chitchat_id,
         settings.seeds.is_empty(),
         settings.interval,
+        settings.left_grace,
         view_tx,
     ));
     let handle = Handle {
@@ -113,6 +121,14 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<Handle> {
 }
 
 /// The chitchat cluster id of a zone.
+/// Now as Unix milliseconds (0 before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 pub fn cluster_id(zone: &str) -> String {
     format!("zone-egress/{zone}")
 }
@@ -265,8 +281,10 @@ async fn refresh_loop(
     self_id: ChitchatId,
     no_seeds: bool,
     interval: Duration,
+    left_grace: Duration,
     view_tx: watch::Sender<Arc<ZoneSnapshot>>,
 ) {
+    let mut previous = ZoneView::default();
     let mut membership = chitchat.lock().await.live_nodes_watcher();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -290,9 +308,28 @@ async fn refresh_loop(
                 .collect();
             let self_addr = self_id.gossip_advertise_addr;
             let other_seeds = c.seed_nodes().into_iter().any(|s| s != self_addr);
-            let view = ZoneView::resolve(&entries);
+            let mut view = ZoneView::resolve(&entries);
+            view.forget_left(
+                unix_ms(),
+                u64::try_from(left_grace.as_millis()).unwrap_or(u64::MAX),
+            );
+            // Survivors say once when a member joins, leaves, fails, comes back or restarts.
+            for event in view.events_since(&previous) {
+                let is_self = *event.name == *self_id.node_id;
+                if is_self {
+                    continue;
+                }
+                tracing::info!(
+                    member = %event.name,
+                    generation = event.generation,
+                    gossip_address = %event.gossip_address,
+                    "member {}",
+                    event.kind.as_str()
+                );
+            }
+            previous = view.clone();
             let others_live = view.members.iter().any(|m| {
-                m.state != proto::MemberState::Dead
+                m.state.is_present()
                     && !(*m.name == *self_id.node_id && m.generation == self_id.generation_id)
             });
             let name_conflict = view
@@ -303,9 +340,7 @@ async fn refresh_loop(
                         .members
                         .iter()
                         .find(|m| {
-                            *m.name == *self_id.node_id
-                                && !m.name_conflict
-                                && m.state != proto::MemberState::Dead
+                            *m.name == *self_id.node_id && !m.name_conflict && m.state.is_present()
                         })
                         .map(|m| m.gossip_address.clone())
                         .unwrap_or_default();
