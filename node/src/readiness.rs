@@ -2,7 +2,9 @@
 //!
 //! Ready = joined gossip, name unique in the zone, listeners up, not draining (nor drained).
 //! The node keeps one [`Readiness`] in a `watch` channel; `/ready` answers from it and gossip
-//! publishes it.
+//! publishes it. Besides the conditions, it carries *warnings*: problems an operator must fix
+//! that do not stop this node from serving the rest (a peer whose clock runs ahead, a mesh CA
+//! this node cannot load); `/ready` lists them after the reasons, each prefixed `warning:`.
 
 /// The readiness conditions of this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,6 +21,13 @@ pub struct Readiness {
     /// or `drain.grace` ran out. Only ever set after `draining`; `zone-egress drain --wait`
     /// waits for it.
     pub drained: bool,
+    /// Gossip has joined but the node waits a few rounds before it claims its name (so the
+    /// state of the zone, an older holder of the name, has reached it).
+    pub settling: bool,
+    /// Peers whose gossiped writes are refused for clock skew (warnings).
+    pub clock_skew: Vec<String>,
+    /// Meshes whose CA this node cannot load (warnings): their connections will fail here.
+    pub mesh_ca: Vec<String>,
 }
 
 impl Readiness {
@@ -34,7 +43,13 @@ impl Readiness {
     /// Why the node is not ready (empty when it is).
     pub fn reasons(&self) -> Vec<String> {
         let mut reasons = Vec::new();
-        if !self.joined {
+        if self.settling {
+            reasons.push(
+                "gossip has joined the zone; waiting two gossip rounds for the zone's state \
+                 (an older holder of this name) before claiming the name"
+                    .to_string(),
+            );
+        } else if !self.joined {
             reasons.push("gossip has not joined the zone yet (no seed peer answered)".to_string());
         }
         if let Some(conflict) = &self.name_conflict {
@@ -48,7 +63,17 @@ impl Readiness {
         } else if self.draining {
             reasons.push("the node is draining".to_string());
         }
+        reasons.extend(self.warnings().into_iter().map(|w| format!("warning: {w}")));
         reasons
+    }
+
+    /// Problems that do not make the node unready but need an operator.
+    pub fn warnings(&self) -> Vec<String> {
+        self.clock_skew
+            .iter()
+            .chain(&self.mesh_ca)
+            .cloned()
+            .collect()
     }
 }
 
@@ -95,5 +120,32 @@ mod tests {
         );
         assert!(!Readiness::default().is_ready());
         assert_eq!(Readiness::default().reasons().len(), 2);
+        // Settling after the join says what it waits for, not "no seed peer answered".
+        let settling = Readiness {
+            joined: false,
+            settling: true,
+            listeners_up: true,
+            ..Default::default()
+        };
+        assert!(!settling.is_ready());
+        assert!(
+            settling.reasons()[0].contains("waiting two gossip rounds"),
+            "{:?}",
+            settling.reasons()
+        );
+        // Warnings do not make a node unready, and show after the reasons.
+        let warned = Readiness {
+            clock_skew: vec!["peer \"x\" runs 60000 ms ahead".into()],
+            mesh_ca: vec!["mesh \"m\": CA unreadable".into()],
+            ..ok.clone()
+        };
+        assert!(warned.is_ready());
+        assert_eq!(
+            warned.reasons(),
+            vec![
+                "warning: peer \"x\" runs 60000 ms ahead",
+                "warning: mesh \"m\": CA unreadable"
+            ]
+        );
     }
 }

@@ -175,6 +175,7 @@ pub async fn run(
         tombstone_ttl: config.store.tombstone_ttl,
         publisher: gossip.publisher(),
         remote_rx,
+        max_clock_offset: config.store.max_clock_offset,
     })
     .await
     .context("cannot open the resource store")?;
@@ -299,7 +300,12 @@ pub async fn run(
         "node started"
     );
 
-    // 3. Readiness follows the zone view.
+    // 3. Readiness follows the zone view; warnings follow the store's clock-skew reports.
+    let skew_warnings = tokio::spawn(copy_warnings(
+        store.clock_skew(),
+        readiness_tx.clone(),
+        |r, w| r.clock_skew = w,
+    ));
     let readiness = tokio::spawn(keep_readiness(
         gossip.view(),
         readiness_tx.clone(),
@@ -366,6 +372,7 @@ pub async fn run(
         unless_hurried(spread, &mut signals_rx, &mut signals).await;
     }
     readiness.abort();
+    skew_warnings.abort();
     publish.abort();
     remote_task.abort();
     for task in link_tasks {
@@ -584,6 +591,25 @@ fn others_present(snapshot: &ZoneSnapshot, name: &str, generation: u64) -> bool 
         .any(|m| m.state.is_present() && !(m.name == name && m.generation == generation))
 }
 
+/// Copies a list of warnings into readiness (with `set`) whenever it changes.
+async fn copy_warnings(
+    mut warnings_rx: watch::Receiver<Vec<String>>,
+    readiness_tx: watch::Sender<Readiness>,
+    set: fn(&mut Readiness, Vec<String>),
+) {
+    loop {
+        let warnings = warnings_rx.borrow_and_update().clone();
+        readiness_tx.send_if_modified(|r| {
+            let before = r.clone();
+            set(r, warnings);
+            *r != before
+        });
+        if warnings_rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Keeps the readiness conditions that come from gossip, and the zone gauges.
 async fn keep_readiness(
     mut zone_rx: watch::Receiver<Arc<ZoneSnapshot>>,
@@ -614,6 +640,7 @@ async fn keep_readiness(
         readiness_tx.send_if_modified(|r| {
             let before = r.clone();
             r.joined = joined;
+            r.settling = snapshot.joined && !joined;
             r.name_conflict = snapshot.name_conflict.clone();
             *r != before
         });

@@ -116,6 +116,19 @@ impl Clock {
     }
 }
 
+/// How far a timestamp from a peer may run ahead of the local physical clock before it is
+/// refused, like CockroachDB's maximum clock offset (500 ms there): a node whose clock runs ahead
+/// would otherwise win every concurrent write and make its tombstones outlive newer writes.
+/// Returns how far ahead (ms) a refused timestamp is.
+pub fn check_offset(remote: &Timestamp, now_ms: u64, max_offset_ms: u64) -> Result<(), u64> {
+    let ahead = remote.wall_ms.saturating_sub(now_ms);
+    if ahead > max_offset_ms {
+        Err(ahead)
+    } else {
+        Ok(())
+    }
+}
+
 /// A value with the timestamp of the write that produced it; `value: None` is a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Versioned<T> {
@@ -237,7 +250,59 @@ mod tests {
         assert!(back.is_tombstone());
     }
 
+    #[test]
+    fn offsets_beyond_the_bound_are_refused() {
+        assert_eq!(
+            check_offset(&Timestamp::new(1_000, 0, "a"), 1_000, 500),
+            Ok(())
+        );
+        assert_eq!(
+            check_offset(&Timestamp::new(1_500, 9, "a"), 1_000, 500),
+            Ok(())
+        );
+        assert_eq!(
+            check_offset(&Timestamp::new(1_501, 0, "a"), 1_000, 500),
+            Err(501)
+        );
+        assert_eq!(check_offset(&Timestamp::new(0, 0, "a"), 1_000, 500), Ok(()));
+    }
+
     proptest! {
+        /// With the bound applied to every merge, no node's clock is ever pulled more than
+        /// `max` ahead of its own physical clock, however writes and merges interleave and
+        /// however far other clocks are off; so a node whose clock runs ahead cannot drag the
+        /// zone's timestamps along, and its writes beyond the bound are refused, never winners.
+        #[test]
+        fn bounded_skew_bounds_every_clock(
+            skews in proptest::collection::vec(-3_000i64..3_000, 2..5),
+            steps in proptest::collection::vec((0usize..5, 0usize..5, 1u64..300), 1..60),
+            max in 0u64..1_500,
+        ) {
+            let n = skews.len();
+            let mut clocks: Vec<Clock> = (0..n).map(|i| Clock::new(format!("n{i}"))).collect();
+            let mut true_ms = 1_000_000u64;
+            let local = |i: usize, t: u64| (t as i64 + skews[i]) as u64;
+            for (writer, reader, advance) in steps {
+                true_ms += advance;
+                let (w, r) = (writer % n, reader % n);
+                let ts = clocks[w].tick(local(w, true_ms));
+                let now = local(r, true_ms);
+                match check_offset(&ts, now, max) {
+                    Ok(()) => clocks[r].observe(&ts, now),
+                    // Refused: only ever a timestamp beyond the bound.
+                    Err(ahead) => prop_assert!(ts.wall_ms > now + max && ahead == ts.wall_ms - now),
+                }
+                for (i, c) in clocks.iter().enumerate() {
+                    prop_assert!(
+                        c.last().wall_ms <= local(i, true_ms) + max,
+                        "node {i}: clock {} is more than {max} ms ahead of its physical {}",
+                        c.last().wall_ms,
+                        local(i, true_ms)
+                    );
+                }
+            }
+        }
+
         #[test]
         fn order_is_total_antisymmetric_and_transitive(a in timestamp(), b in timestamp(), c in timestamp()) {
             let ab = a.cmp(&b);

@@ -236,6 +236,7 @@ async fn ready(State(state): State<AdminState>) -> Response {
         "zone": state.node.zone,
         "generation": state.node.generation,
         "reasons": readiness.reasons(),
+        "warnings": readiness.warnings(),
         "draining": readiness.draining,
         "drained": readiness.drained,
     });
@@ -388,6 +389,7 @@ mod tests {
             tombstone_ttl: std::time::Duration::from_secs(3600),
             publisher: crate::gossip::Publisher::detached(),
             remote_rx,
+            max_clock_offset: std::time::Duration::from_secs(1),
         })
         .await
         .unwrap();
@@ -811,7 +813,7 @@ mod tests {
         assert_eq!(
             v,
             json!({"ready": true, "name": "e1", "zone": "z", "generation": 7, "reasons": [],
-                "draining": false, "drained": false})
+                "warnings": [], "draining": false, "drained": false})
         );
         let (status, _) = call(&state, "GET", "/live", None).await;
         assert_eq!(status, StatusCode::OK);

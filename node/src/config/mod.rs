@@ -153,6 +153,9 @@ pub struct DrainConfig {
 pub struct StoreConfig {
     /// How long a delete's tombstone stays in gossip (it stays on disk after).
     pub tombstone_ttl: Duration,
+    /// How far a gossiped record's timestamp may be ahead of this node's clock before it is
+    /// refused (CockroachDB's maximum clock offset; 500 ms there, 1 s here).
+    pub max_clock_offset: Duration,
 }
 
 /// Logging settings.
@@ -258,6 +261,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     tombstone_ttl: Option<String>,
+    max_clock_offset: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -599,6 +603,12 @@ fn validate(raw: RawConfig, flags: &Overrides, origin: &str) -> Result<Config, C
             "24h",
             origin,
             "store.tombstone_ttl",
+        )?,
+        max_clock_offset: duration(
+            raw_store.max_clock_offset,
+            "1s",
+            origin,
+            "store.max_clock_offset",
         )?,
     };
 

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use proto::hlc::{Clock, Timestamp, Versioned};
+use proto::hlc::{Clock, Timestamp, Versioned, check_offset};
 use proto::resource::{Kind, Resource, ResourceKey};
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -154,6 +154,8 @@ pub struct Settings {
     pub publisher: Publisher,
     /// Other nodes' `r/` keys.
     pub remote_rx: mpsc::UnboundedReceiver<RemoteRecord>,
+    /// A gossiped record stamped further than this ahead of the local clock is refused.
+    pub max_clock_offset: Duration,
 }
 
 struct State {
@@ -170,7 +172,26 @@ struct Shared {
     publisher: Publisher,
     snapshot_tx: watch::Sender<Arc<Resources>>,
     tombstone_ttl: Duration,
+    max_clock_offset_ms: u64,
+    /// Peers whose records were refused for clock skew, and what was seen of them.
+    skewed: std::sync::Mutex<HashMap<String, SkewSeen>>,
+    /// The peers whose clock runs ahead, as warnings (see [`Handle::clock_skew`]).
+    skew_tx: watch::Sender<Vec<String>>,
 }
+
+/// Refusals for clock skew from one peer.
+#[derive(Debug, Clone)]
+struct SkewSeen {
+    refused: u64,
+    ahead_ms: u64,
+    last: std::time::Instant,
+    warned: bool,
+}
+
+/// Refusals from one peer before it is reported (a single one may be a transient jump).
+const SKEW_REPORT_AFTER: u64 = 2;
+/// A peer without refusals for this long is no longer reported.
+const SKEW_FORGET: Duration = Duration::from_secs(300);
 
 /// Handle on the store plane.
 #[derive(Clone)]
@@ -248,6 +269,10 @@ pub async fn spawn(settings: Settings) -> Result<Handle, StoreError> {
         publisher: settings.publisher,
         snapshot_tx,
         tombstone_ttl: ttl,
+        max_clock_offset_ms: u64::try_from(settings.max_clock_offset.as_millis())
+            .unwrap_or(u64::MAX),
+        skewed: std::sync::Mutex::new(HashMap::new()),
+        skew_tx: watch::channel(Vec::new()).0,
     });
     shared.update_gauges(&*shared.state.lock().await);
     let merge = tokio::spawn(merge_loop(shared.clone(), settings.remote_rx));
@@ -276,6 +301,13 @@ fn live(records: &BTreeMap<String, Record>) -> Resources {
 }
 
 impl Handle {
+    /// Peers whose gossiped records were refused repeatedly (at least twice, the last within
+    /// five minutes) because their timestamps ran more than `store.max_clock_offset` ahead of
+    /// this node's clock, one sentence each: `/ready` shows them as warnings.
+    pub fn clock_skew(&self) -> watch::Receiver<Vec<String>> {
+        self.shared.skew_tx.subscribe()
+    }
+
     /// A receiver of resource snapshots.
     pub fn snapshot(&self) -> watch::Receiver<Arc<Resources>> {
         self.shared.snapshot_tx.subscribe()
@@ -458,6 +490,72 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Counts a refusal for clock skew from `node`; logs and reports it once it repeats.
+    fn note_skew(&self, node: &str, ahead_ms: u64) {
+        let mut skewed = self
+            .skewed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seen = skewed.entry(node.to_string()).or_insert(SkewSeen {
+            refused: 0,
+            ahead_ms,
+            last: std::time::Instant::now(),
+            warned: false,
+        });
+        seen.refused += 1;
+        seen.ahead_ms = ahead_ms;
+        seen.last = std::time::Instant::now();
+        if seen.refused >= SKEW_REPORT_AFTER && !seen.warned {
+            seen.warned = true;
+            tracing::warn!(
+                peer = node,
+                ahead_ms,
+                max_clock_offset_ms = self.max_clock_offset_ms,
+                "refusing gossiped writes of a peer whose clock runs ahead: fix its clock (NTP); \
+                 its writes reach no other node until it writes again with a correct clock"
+            );
+        }
+        self.publish_skew(&skewed);
+    }
+
+    /// Forgets peers without refusals for [`SKEW_FORGET`].
+    fn expire_skew(&self) {
+        let mut skewed = self
+            .skewed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = skewed.len();
+        skewed.retain(|_, s| s.last.elapsed() < SKEW_FORGET);
+        if skewed.len() != before {
+            self.publish_skew(&skewed);
+        }
+    }
+
+    fn publish_skew(&self, skewed: &HashMap<String, SkewSeen>) {
+        let mut warnings: Vec<String> = skewed
+            .iter()
+            .filter(|(_, s)| s.refused >= SKEW_REPORT_AFTER)
+            .map(|(node, s)| {
+                format!(
+                    "peer {node:?} runs {} ms ahead of this node's clock (more than \
+                     store.max_clock_offset {} ms): {} of its gossiped writes refused",
+                    s.ahead_ms, self.max_clock_offset_ms, s.refused
+                )
+            })
+            .collect();
+        warnings.sort();
+        self.skew_tx.send_if_modified(|current| {
+            if *current == warnings {
+                false
+            } else {
+                *current = warnings;
+                true
+            }
+        });
+    }
+}
+
 fn reject(reason: &'static str, record: &RemoteRecord, detail: &str) {
     metrics::counter!("zone_egress_store_rejected_records_total", "reason" => reason).increment(1);
     tracing::debug!(node = %record.node, key = %record.key, reason, detail, "refused a gossiped record");
@@ -507,6 +605,15 @@ async fn merge_loop(shared: Arc<Shared>, mut remote_rx: mpsc::UnboundedReceiver<
             let Some((key, record)) = parse_remote(remote) else {
                 continue;
             };
+            if let Err(ahead_ms) = check_offset(&record.ts, now, shared.max_clock_offset_ms) {
+                reject(
+                    "clock_skew",
+                    remote,
+                    &format!("stamped {ahead_ms} ms ahead of this node's clock"),
+                );
+                shared.note_skew(&remote.node, ahead_ms);
+                continue;
+            }
             let current = winners.get(&key).or_else(|| state.records.get(&key));
             match current {
                 Some(c) if !record.wins_over(c) => {
@@ -555,6 +662,7 @@ async fn gc_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
+        shared.expire_skew();
         let mut state = shared.state.lock().await;
         let now = now_ms();
         let expired_keys: Vec<String> = state
@@ -610,6 +718,7 @@ mod tests {
             tombstone_ttl: Duration::from_secs(3600),
             publisher: Publisher::detached(),
             remote_rx: rx,
+            max_clock_offset: Duration::from_secs(1),
         })
         .await
         .unwrap();
@@ -665,7 +774,8 @@ mod tests {
             .await
             .unwrap();
         let key = es(1).key();
-        let far_future = now_ms() + 60_000;
+        // Ahead of this node's clock, but within store.max_clock_offset.
+        let far_future = now_ms() + 500;
         tx.send(remote(
             "n2",
             &key,
@@ -700,6 +810,54 @@ mod tests {
         assert_eq!(store.snapshot().borrow().get(&rk), Some(&es(4)));
     }
 
+    /// A peer whose clock runs ahead beyond store.max_clock_offset does not win: its records
+    /// are refused and counted, and once it repeats the node says so (a warning for /ready).
+    #[tokio::test]
+    async fn records_stamped_beyond_the_clock_offset_are_refused_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, tx) = open(dir.path(), "n1").await;
+        store
+            .apply(vec![Change::Put(resource(MESH)), Change::Put(es(1))])
+            .await
+            .unwrap();
+        let key = es(1).key();
+        let rk = es(1).resource_key();
+        let skew_rx = store.clock_skew();
+        // 60 s ahead: a write and a delete from the fast node change nothing.
+        tx.send(remote(
+            "fast",
+            &key,
+            &Versioned::put(Timestamp::new(now_ms() + 60_000, 0, "fast"), es(2)),
+        ))
+        .unwrap();
+        tx.send(remote(
+            "fast",
+            &key,
+            &Versioned::tombstone(Timestamp::new(now_ms() + 60_000, 1, "fast")),
+        ))
+        .unwrap();
+        // A record within the bound from another peer, after them: it lands.
+        let marker = resource("type: Mesh\nname: marker\n");
+        tx.send(remote(
+            "n2",
+            "mesh/marker",
+            &Versioned::put(Timestamp::new(now_ms() + 200, 0, "n2"), marker),
+        ))
+        .unwrap();
+        let marker_key = ResourceKey::parse("mesh/marker").unwrap();
+        wait_for(&store, |r| r.get(&marker_key).is_some()).await;
+        assert_eq!(store.snapshot().borrow().get(&rk), Some(&es(1)));
+        let warnings = skew_rx.borrow().clone();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("\"fast\"") && warnings[0].contains("2 of its"),
+            "{warnings:?}"
+        );
+        // This node's clock was not dragged ahead: a local write still wins over the refused.
+        let state = store.shared.state.lock().await;
+        assert!(state.clock.last().wall_ms < now_ms() + 1_000);
+    }
+
     #[tokio::test]
     async fn spoofed_or_garbage_records_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -708,7 +866,7 @@ mod tests {
             .apply(vec![Change::Put(resource(MESH))])
             .await
             .unwrap();
-        let future = Timestamp::new(now_ms() + 60_000, 0, "evil");
+        let future = Timestamp::new(now_ms() + 500, 0, "evil");
         // A value filed under another resource's key.
         tx.send(remote(
             "evil",
