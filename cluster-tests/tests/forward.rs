@@ -716,3 +716,60 @@ fn a_ca_rotation_keeps_both_generations_working_while_both_are_listed() {
         unexpected.len()
     );
 }
+
+/// A Mesh whose CA this egress cannot load is applied (the file is on another host, say):
+/// every answer says the connections will fail, instead of "terminate-external".
+#[test]
+fn a_mesh_ca_that_cannot_be_loaded_shows_everywhere_it_matters() {
+    let (cluster, pki) = fleet();
+    let nginx = Nginx::start(&cluster.root().join("nginx"), None).unwrap();
+    let missing = cluster.root().join("not-here/ca.pem");
+    apply(
+        &cluster,
+        &format!(
+            "type: Mesh\nname: default\nmtls: {{ enabledBackend: ca-1, backends: [ {{ name: ca-1, type: provided, conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }} }} ] }}\nrouting: {{ zoneEgress: true }}\n---\n{}",
+            missing.display(),
+            pki.path("mesh-ca/ca.key").display(),
+            plain_es("web", nginx.http_port)
+        ),
+    );
+    let sni = sni_of("web", nginx.http_port);
+    wait_routable(&cluster, &sni, "identity");
+    let admin = cluster.admin(0);
+    let (_, r) = get_json(&admin, &format!("/v1/inspect/route?sni={sni}")).unwrap();
+    assert!(r["detail"].as_str().unwrap().contains("not-here"), "{r}");
+    let (status, out) = get_json(&admin, "/v1/meshes/default/outbounds/web").unwrap();
+    assert_eq!(status, 503, "{out}");
+    eventually(CONVERGE, "a /ready warning and the metric", || {
+        let (status, ready) = get_json(&admin, "/ready")?;
+        let warned = ready["warnings"].as_array().is_some_and(|w| {
+            w.iter()
+                .any(|w| w.as_str().unwrap_or("").contains("\"default\""))
+        });
+        let m = metrics(&cluster, 0);
+        let gauge = m.contains("zone_egress_mesh_identity_ready{mesh=\"default\"} 0");
+        Ok((status == 200 && warned && gauge).then_some(()))
+    })
+    .unwrap();
+    // A connection is refused with the reason the explanation gave.
+    let out = cluster.root().join("out.html");
+    let (code, _) = curl(&cluster, 0, &pki, &sni, "/", Some("client"), &out);
+    assert_ne!(code, Some(0));
+    assert!(
+        counter(
+            &metrics(&cluster, 0),
+            "zone_egress_connections_rejected_total{reason=\"identity\"}"
+        ) >= 1
+    );
+    // Fixed: the warning goes, the route terminates again.
+    apply(&cluster, &pki.mesh_yaml(true));
+    wait_routable(&cluster, &sni, "terminate-external");
+    eventually(CONVERGE, "the warning to clear", || {
+        let (_, ready) = get_json(&admin, "/ready")?;
+        Ok(ready["warnings"]
+            .as_array()
+            .is_some_and(|w| w.is_empty())
+            .then_some(()))
+    })
+    .unwrap();
+}

@@ -569,3 +569,44 @@ fn a_node_of_another_zone_does_not_join() {
         assert_eq!(status, 503);
     }
 }
+
+/// JSON logs carry values, not Rust debug text: addresses as `ip:port` (the bound port, not
+/// `:0`), lists joined, no `Some(...)`.
+#[test]
+fn json_logs_carry_plain_values() {
+    let mut cluster = Cluster::new().unwrap();
+    let mut options = cluster.next_options();
+    options.config = cluster_tests::TEST_CONFIG.to_string();
+    options.args = vec!["--log-format".into(), "json".into()];
+    cluster.add_node_with(options).unwrap();
+    cluster.wait_converged(CONVERGE).unwrap();
+    let log = cluster.nodes[0].log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let started = lines
+        .iter()
+        .find(|l| l["message"] == "node started")
+        .unwrap_or_else(|| panic!("{log}"));
+    let listen = cluster.nodes[0].info.listen.clone().unwrap();
+    assert_eq!(started["listen"], listen.as_str(), "{started}");
+    let warning = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("NO GOSSIP KEY"))
+        })
+        .unwrap_or_else(|| panic!("{log}"));
+    let gossip = cluster.nodes[0].info.gossip.clone();
+    assert!(
+        warning["message"]
+            .as_str()
+            .unwrap()
+            .contains(&gossip),
+        "{warning}"
+    );
+    assert!(!log.contains("Some("), "{log}");
+    assert!(!log.contains(":0 "), "{log}");
+}

@@ -682,6 +682,14 @@ fn external_services_pinned_to_a_zone_exit_only_there() {
         Ok(Some(()))
     })
     .unwrap();
+    assert!(
+        route(&remote_sni)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("zone-b-ingress"),
+        "the explanation names the link that is down: {}",
+        route(&remote_sni)
+    );
     let (code, _) = fetch(&remote_sni);
     assert_ne!(code, Some(0));
     let (status, out) = get_json(&a.admin(0), "/v1/meshes/default/outbounds/es2").unwrap();

@@ -238,6 +238,10 @@ pub async fn run(
         None => watch::channel(Arc::new(crate::link::RemoteServices::default())).1,
     };
 
+    let identities = Arc::new(crate::pki::EgressIdentities::new(
+        crate::pki::EgressIdentities::DEFAULT_VALIDITY,
+        Vec::new(),
+    ));
     let (readiness_tx, readiness_rx) = watch::channel(Readiness::default());
     let (drain_tx, mut drain_rx) = watch::channel(false);
     let admin = crate::admin::spawn(
@@ -258,14 +262,11 @@ pub async fn run(
             store: store.clone(),
             links: links.clone(),
             remote_rx: remote_rx.clone(),
+            identities: (config.role == Role::Egress).then(|| identities.clone()),
             metrics: Arc::new(move || prometheus.render()),
             started,
         },
     );
-    let identities = Arc::new(crate::pki::EgressIdentities::new(
-        crate::pki::EgressIdentities::DEFAULT_VALIDITY,
-        Vec::new(),
-    ));
     let mut forward = forward_listener.map(|l| {
         let ctx = forward::Context::new(
             store.snapshot(),
@@ -296,11 +297,18 @@ pub async fn run(
     tracing::info!(
         name = %config.name, zone = %config.zone, role = config.role.as_str(), generation,
         admin = %admin_addr, gossip = %gossip_addr, advertise = %gossip_advertise,
-        listen = ?listen_addr, seeds = ?config.gossip.seeds,
+        listen = listen_addr.map(|a| a.to_string()), seeds = %config.gossip.seeds.join(","),
         "node started"
     );
 
     // 3. Readiness follows the zone view; warnings follow the store's clock-skew reports.
+    let mesh_ca_health = (config.role == Role::Egress).then(|| {
+        tokio::spawn(keep_mesh_identities(
+            store.snapshot(),
+            identities.clone(),
+            readiness_tx.clone(),
+        ))
+    });
     let skew_warnings = tokio::spawn(copy_warnings(
         store.clock_skew(),
         readiness_tx.clone(),
@@ -373,6 +381,9 @@ pub async fn run(
     }
     readiness.abort();
     skew_warnings.abort();
+    if let Some(task) = mesh_ca_health {
+        task.abort();
+    }
     publish.abort();
     remote_task.abort();
     for task in link_tasks {
@@ -415,13 +426,14 @@ async fn gossip_transport(
             Ok((Box::new(transport), local))
         }
         None => {
-            tracing::warn!(
-                "NO GOSSIP KEY: gossip.key_file is not set, so gossip travels in plain UDP that \
-                 anyone reaching {addr} can read and forge (resources may carry secrets); \
-                 create one with `zone-egress keygen > gossip.key` and set gossip.key_file"
-            );
             let transport = gossip::transport::bind(addr).await.with_context(context)?;
             let local = transport.local_addr();
+            tracing::warn!(
+                gossip = %local,
+                "NO GOSSIP KEY: gossip.key_file is not set, so gossip travels in plain UDP that \
+                 anyone reaching {local} can read and forge (resources may carry secrets); \
+                 create one with `zone-egress keygen > gossip.key` and set gossip.key_file"
+            );
             Ok((Box::new(transport), local))
         }
     }
@@ -591,6 +603,70 @@ fn others_present(snapshot: &ZoneSnapshot, name: &str, generation: u64) -> bool 
         .any(|m| m.state.is_present() && !(m.name == name && m.generation == generation))
 }
 
+/// How often the mesh identities are checked without a resource change (a CA file may change).
+const MESH_IDENTITY_CHECK: Duration = Duration::from_secs(30);
+
+/// Checks, on every resource change and every [`MESH_IDENTITY_CHECK`], that this egress can
+/// issue its identity for every mesh with mTLS (CA loadable, key matching): what a terminated
+/// connection needs. A mesh that fails is a `/ready` warning and
+/// `zone_egress_mesh_identity_ready{mesh} 0`.
+async fn keep_mesh_identities(
+    mut resources_rx: watch::Receiver<Arc<store::Resources>>,
+    identities: Arc<crate::pki::EgressIdentities>,
+    readiness_tx: watch::Sender<Readiness>,
+) {
+    let mut known: std::collections::BTreeSet<String> = Default::default();
+    loop {
+        let resources = resources_rx.borrow_and_update().clone();
+        let mut problems = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for resource in resources.list(proto::resource::Kind::Mesh, None) {
+            let proto::resource::Resource::Mesh(mesh) = resource else {
+                continue;
+            };
+            if mesh.enabled_ca().is_none() {
+                continue;
+            }
+            let name = mesh.name.as_str().to_string();
+            let ok = match identities.server_config(mesh, &[], std::time::SystemTime::now()) {
+                Ok(_) => true,
+                Err(e) => {
+                    problems.push(format!(
+                        "mesh {name:?}: this egress cannot issue its identity, so every \
+                         terminated connection of the mesh is closed (reason identity): {e}"
+                    ));
+                    false
+                }
+            };
+            metrics::gauge!("zone_egress_mesh_identity_ready", "mesh" => name.clone()).set(if ok {
+                1.0
+            } else {
+                0.0
+            });
+            seen.insert(name);
+        }
+        for gone in known.difference(&seen) {
+            metrics::gauge!("zone_egress_mesh_identity_ready", "mesh" => gone.clone()).set(0.0);
+        }
+        known = seen;
+        readiness_tx.send_if_modified(|r| {
+            if r.mesh_ca == problems {
+                false
+            } else {
+                for p in problems.iter().filter(|p| !r.mesh_ca.contains(p)) {
+                    tracing::warn!(problem = %p, "mesh identity");
+                }
+                r.mesh_ca = problems;
+                true
+            }
+        });
+        tokio::select! {
+            changed = resources_rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(MESH_IDENTITY_CHECK) => {}
+        }
+    }
+}
+
 /// Copies a list of warnings into readiness (with `set`) whenever it changes.
 async fn copy_warnings(
     mut warnings_rx: watch::Receiver<Vec<String>>,
@@ -669,7 +745,7 @@ async fn publish_readiness(
             if ready {
                 tracing::info!("ready");
             } else if last.is_some() {
-                tracing::info!(reasons = ?readiness.reasons(), "not ready");
+                tracing::info!(reasons = %readiness.reasons().join("; "), "not ready");
             }
             metrics::gauge!("zone_egress_ready").set(if ready { 1.0 } else { 0.0 });
             publisher.set(&[(keys::READY, ready.to_string())]).await;

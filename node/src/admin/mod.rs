@@ -73,6 +73,8 @@ pub struct AdminState {
     pub links: Option<Arc<crate::link::LinkManager>>,
     /// What other zones offer over the links that are up.
     pub remote_rx: watch::Receiver<Arc<crate::link::RemoteServices>>,
+    /// The egress identities (egress role): `inspect route` checks one can be issued.
+    pub identities: Option<Arc<crate::pki::EgressIdentities>>,
     /// Renders `/metrics`.
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
     /// When the process started (for `/live`).
@@ -396,6 +398,7 @@ mod tests {
         let state = AdminState {
             links: None,
             remote_rx: watch::channel(Arc::new(crate::link::RemoteServices::default())).1,
+            identities: None,
             resources_rx: store.snapshot(),
             store,
             node: NodeInfo {

@@ -41,7 +41,15 @@ async fn inspect_route(
     };
     let resources = state.resources_rx.borrow().clone();
     let remote = state.remote_rx.borrow().clone();
-    Ok(Json(route::explain(sni, &state.node.zone, &resources, &remote)).into_response())
+    let identities = state.identities.as_deref();
+    Ok(Json(route::explain(
+        sni,
+        &state.node.zone,
+        &resources,
+        &remote,
+        identities,
+    ))
+    .into_response())
 }
 
 /// Where a sidecar of this zone must send traffic for `service` of `mesh`: an external service
@@ -113,6 +121,22 @@ async fn outbounds(
     } else {
         remote_outbound(&state, &mesh_name, &service, query.get("port"))?
     };
+    // Terminated here: the egress must be able to issue its identity for the mesh.
+    if let (Some(identities), false) = (&state.identities, local.is_empty()) {
+        if mesh.enabled_ca().is_some() && mesh.routing.zone_egress {
+            if let Err(e) = identities.server_config(&mesh, &[], std::time::SystemTime::now()) {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "this egress cannot issue its identity for mesh {mesh_name:?}, so \
+                         connections to {service:?} through it are closed: the communication \
+                         will fail"
+                    ),
+                )
+                .with_details(vec![e.to_string()]));
+            }
+        }
+    }
     if mesh.enabled_ca().is_none() {
         let mut answer = direct;
         answer["reason"] = json!("the mesh has no mTLS: egress routing needs mTLS");
@@ -195,6 +219,19 @@ fn remote_outbound(
     let remote = state.remote_rx.borrow().clone();
     let offering = remote.candidates(mesh, service, &Default::default());
     if offering.is_empty() {
+        if let Some(why) = remote
+            .why_not_offered(mesh, service)
+            .filter(|w| w.was_offered)
+        {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "service {service:?} of mesh {mesh:?} is in another zone whose link is down: \
+                     the communication will fail"
+                ),
+            )
+            .with_details(vec![why.detail]));
+        }
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(

@@ -31,6 +31,100 @@ use crate::link::{LinkManager, RemoteServices};
 use crate::pki::EgressIdentities;
 use crate::store::Resources;
 
+/// Every `reason` label of `zone_egress_connections_rejected_total` this node can emit, with
+/// what it means. The README's reason table lists exactly these (a test compares them, and
+/// checks that every literal reason in this module's sources is here).
+pub const REJECTION_REASONS: &[(&str, &str)] = &[
+    (
+        "max_connections",
+        "limits.max_connections connections are open",
+    ),
+    (
+        "hello_timeout",
+        "no complete ClientHello within limits.hello_timeout",
+    ),
+    (
+        "truncated",
+        "the connection closed before the ClientHello was complete",
+    ),
+    ("read_error", "reading the ClientHello failed"),
+    ("not_tls", "the first bytes are not a TLS record"),
+    ("sslv2", "an SSLv2 ClientHello"),
+    (
+        "unsupported_version",
+        "a TLS record version the egress does not read",
+    ),
+    (
+        "not_client_hello",
+        "the first handshake message is not a ClientHello",
+    ),
+    ("oversized", "the ClientHello is larger than 16 KiB"),
+    ("malformed", "the ClientHello does not parse"),
+    ("no_sni", "the ClientHello carries no server name"),
+    ("bad_sni", "the server name is neither SNI form"),
+    (
+        "unknown_mesh",
+        "the SNI names a mesh this zone does not have",
+    ),
+    ("mesh_without_mtls", "the mesh has no enabled mTLS backend"),
+    (
+        "hash_mismatch",
+        "a hashed SNI whose hash does not match the resource it names",
+    ),
+    (
+        "sni_not_dns",
+        "the tag form of an external service (termination needs the hashed form)",
+    ),
+    (
+        "unknown_service",
+        "no external service and no link that is up offers the service",
+    ),
+    (
+        "link_down",
+        "the service was offered through a link that is down now",
+    ),
+    (
+        "zone_unreachable",
+        "an external service pinned to another zone, and no link reaches it",
+    ),
+    (
+        "no_link",
+        "passthrough needed, but this node has no link configuration",
+    ),
+    (
+        "link_refused",
+        "every link that offers the service refused or did not answer the stream",
+    ),
+    (
+        "link_write",
+        "writing the ClientHello into the link stream failed",
+    ),
+    (
+        "identity",
+        "this egress cannot issue its identity for the mesh (CA unreadable, key not matching)",
+    ),
+    (
+        "handshake",
+        "the client's mTLS handshake failed (no, foreign, expired or wrong-mesh certificate)",
+    ),
+    (
+        "resolve",
+        "the external service's host name did not resolve",
+    ),
+    (
+        "connect",
+        "no address of the external service accepted the connection",
+    ),
+    (
+        "tls_settings",
+        "the TLS origination settings are unusable (caCert, clientCert, clientKey)",
+    ),
+    (
+        "upstream_tls",
+        "the TLS handshake with the external service failed",
+    ),
+];
+
 /// How long a link gets to accept a forwarded stream while another link could be tried.
 const OPEN_HEDGE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -301,6 +395,97 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Cont
             upstream = %upstream_address, outcome = "forwarded",
             bytes_up = moved.client_to_upstream, bytes_down = moved.upstream_to_client,
             idle_timeout = moved.idle_timeout, duration_ms = accepted.elapsed().as_millis() as u64,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::REJECTION_REASONS;
+
+    fn known(reason: &str) -> bool {
+        REJECTION_REASONS.iter().any(|(r, _)| *r == reason)
+    }
+
+    /// Every string literal that is a rejection reason in the sources: the first argument after
+    /// `reject(` (after `peer,` for the listener's), and the arms of the `reason()` functions.
+    fn literal_reasons(source: &str) -> Vec<String> {
+        // Tests quote reasons and other strings freely: only the code counts.
+        let source = source.split("#[cfg(test)]").next().unwrap_or(source);
+        let mut found = Vec::new();
+        for (i, _) in source.match_indices("reject(") {
+            let rest = &source[i + "reject(".len()..];
+            let rest = rest.trim_start();
+            let rest = rest.strip_prefix("peer,").unwrap_or(rest).trim_start();
+            if let Some(lit) = rest.strip_prefix('"') {
+                if let Some(end) = lit.find('"') {
+                    let word = &lit[..end];
+                    if word
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    {
+                        found.push(word.to_string());
+                    }
+                }
+            }
+        }
+        for (i, _) in source.match_indices("=> \"") {
+            let lit = &source[i + 4..];
+            let end = lit.find('"').unwrap_or(0);
+            let word = &lit[..end];
+            if !word.is_empty()
+                && word
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                found.push(word.to_string());
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_reason_in_the_code_is_listed_and_documented() {
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("route.rs"),
+            include_str!("hello.rs"),
+            include_str!("dial.rs"),
+            include_str!("accept.rs"),
+            include_str!("terminate.rs"),
+            include_str!("../../../proto/src/hello.rs"),
+        ];
+        let mut from_code: Vec<String> = sources.iter().flat_map(|s| literal_reasons(s)).collect();
+        // `=> "..."` arms of other match expressions in these files that are not reasons.
+        // (`Decision::label` also names the two outcomes that are not refusals.)
+        let not_reasons = ["external", "passthrough", "upstream", "downstream"];
+        from_code.retain(|r| !not_reasons.contains(&r.as_str()));
+        from_code.sort();
+        from_code.dedup();
+        let missing: Vec<&String> = from_code.iter().filter(|r| !known(r)).collect();
+        assert!(
+            missing.is_empty(),
+            "reasons emitted but not in REJECTION_REASONS: {missing:?}"
+        );
+        // The README's reason table: one row per reason, and nothing else.
+        let readme = include_str!("../../../README.md");
+        let table: Vec<&str> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| reason |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        let documented: Vec<String> = table
+            .iter()
+            .filter_map(|l| l.split('`').nth(1).map(str::to_string))
+            .collect();
+        let listed: Vec<String> = REJECTION_REASONS
+            .iter()
+            .map(|(r, _)| r.to_string())
+            .collect();
+        assert_eq!(
+            documented, listed,
+            "the README's reason table and REJECTION_REASONS differ"
         );
     }
 }

@@ -144,12 +144,16 @@ fn decide_external(
         remote_zones(remote, mesh.name.as_str(), service, &BTreeMap::new()).unwrap_or_default();
     let zones: Vec<String> = offered.into_iter().filter(|z| pinned.contains(z)).collect();
     if zones.is_empty() {
+        let why = remote
+            .why_not_offered(mesh.name.as_str(), service)
+            .map(|w| format!("; {}", w.detail))
+            .unwrap_or_default();
         return Decision::reject(
             "zone_unreachable",
             format!(
                 "external service {service:?} is pinned to zone(s) {} (kuma.io/zone): this zone \
                  never dials it, and no link that is up reaches an ingress of that zone \
-                 offering it (GET /v1/links)",
+                 offering it (GET /v1/links){why}",
                 pinned.join(", ")
             ),
         );
@@ -160,6 +164,18 @@ fn decide_external(
         tags: BTreeMap::new(),
         sni: sni.to_string(),
         zones,
+    }
+}
+
+/// The refusal for a service no link that is up offers: `link_down` when a link that is down
+/// offered it, else `unknown_service`, naming the links that are down either way.
+fn not_offered(remote: &RemoteServices, mesh: &str, service: &str, detail: String) -> Decision {
+    match remote.why_not_offered(mesh, service) {
+        Some(why) if why.was_offered => {
+            Decision::reject("link_down", format!("{detail}: {}", why.detail))
+        }
+        Some(why) => Decision::reject("unknown_service", format!("{detail}; {}", why.detail)),
+        None => Decision::reject("unknown_service", detail),
     }
 }
 
@@ -262,11 +278,13 @@ pub fn decide(
                         zones,
                     };
                 }
-                return Decision::reject(
-                    "unknown_service",
+                return not_offered(
+                    remote,
+                    mesh.name.as_str(),
+                    &service,
                     format!(
                         "no external service {service:?} with tags {tags:?} in mesh {:?}, and \
-                         no other zone offers it",
+                         no link that is up offers it",
                         mesh.name.as_str()
                     ),
                 );
@@ -408,13 +426,15 @@ fn decide_remote_hashed(
             ),
         )
     } else {
-        Decision::reject(
-            "unknown_service",
-            format!(
-                "{server_name:?} names a {} service that no other zone offers",
-                hashed.kind
-            ),
-        )
+        let detail = format!(
+            "{server_name:?} names a {} service that no link that is up offers",
+            hashed.kind
+        );
+        // The service a hashed SNI names is one of its readings: the first explains best.
+        match hashed.candidates.first() {
+            Some(c) => not_offered(remote, &c.mesh, &c.name, detail),
+            None => Decision::reject("unknown_service", detail),
+        }
     }
 }
 
@@ -457,14 +477,40 @@ pub struct Explanation {
     pub originate_tls: Option<bool>,
 }
 
-/// Explains the decision for `sni` on an egress node of `zone`.
+/// Explains the decision for `sni` on an egress node of `zone`. With `identities`, a decision
+/// to terminate is checked the way a connection would be: when the egress identity of the mesh
+/// cannot be issued (CA unreadable, key not matching) the answer is the refusal a connection
+/// gets (`identity`), not "terminate".
 pub fn explain(
     sni: &str,
     zone: &str,
     resources: &Resources,
     remote: &RemoteServices,
+    identities: Option<&crate::pki::EgressIdentities>,
 ) -> Explanation {
-    match decide(Some(sni), zone, resources, remote) {
+    let mut decision = decide(Some(sni), zone, resources, remote);
+    if let (
+        Decision::TerminateExternal {
+            mesh, service, sni, ..
+        },
+        Some(identities),
+    ) = (&decision, identities)
+    {
+        let names = certificate_names(sni, service);
+        if let Err(e) = identities.server_config(mesh, &names, std::time::SystemTime::now()) {
+            decision = Decision::reject(
+                "identity",
+                format!(
+                    "{:?} is external service {:?} of mesh {:?}, but this egress cannot issue \
+                     its identity for the mesh, so the connection is closed: {e}",
+                    sni,
+                    service.name.as_str(),
+                    mesh.name.as_str()
+                ),
+            );
+        }
+    }
+    match decision {
         Decision::Passthrough {
             mesh,
             service,
@@ -577,7 +623,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let e = explain(&sni, "zone-a", &r, &RemoteServices::default());
+        let e = explain(&sni, "zone-a", &r, &RemoteServices::default(), None);
         assert_eq!(e.upstream.as_deref(), Some("httpbin.org:443"));
         assert_eq!(e.originate_tls, Some(true));
     }
@@ -627,7 +673,7 @@ mod tests {
                 other => panic!("{named}: {other:?}"),
             }
         }
-        let e = explain(&sni_of(&r, "a-remote"), "zone-a", &r, &none);
+        let e = explain(&sni_of(&r, "a-remote"), "zone-a", &r, &none, None);
         assert_eq!(
             e.upstream.as_deref(),
             Some("127.0.0.1:18001,127.0.0.1:18003"),
@@ -646,7 +692,11 @@ mod tests {
         let sni = sni_of(&r, "a-remote");
         let refused = decide(Some(&sni), "zone-a", &r, &none);
         assert_eq!(refused.label(), "zone_unreachable", "{refused:?}");
-        assert!(explain(&sni, "zone-a", &r, &none).detail.contains("zone-b"));
+        assert!(
+            explain(&sni, "zone-a", &r, &none, None)
+                .detail
+                .contains("zone-b")
+        );
         assert_eq!(
             decide(Some("es2{mesh=default}"), "zone-a", &r, &none).label(),
             "zone_unreachable"
@@ -791,6 +841,68 @@ mod tests {
             .label(),
             "unknown_service"
         );
+    }
+
+    /// What will make a connection fail shows in the explanation: a CA this egress cannot
+    /// load (`identity`), a link that is down (`link_down`, with the link and its error).
+    #[test]
+    fn explanations_name_what_will_make_a_connection_fail() {
+        use crate::link::services::DownLink;
+        use proto::link::{AvailableService, ServiceSet};
+        let r = resources(ZONE);
+        let es = match r.list(Kind::ExternalService, Some("default"))[0] {
+            Resource::ExternalService(es) => es.clone(),
+            _ => unreachable!(),
+        };
+        let sni = external_service_sni(&es);
+        // ZONE's mesh CA is /x/ca.pem, which does not exist.
+        let identities =
+            crate::pki::EgressIdentities::new(std::time::Duration::from_secs(3600), vec![]);
+        let e = explain(
+            &sni,
+            "zone-a",
+            &r,
+            &RemoteServices::default(),
+            Some(&identities),
+        );
+        assert_eq!((e.action, e.reason), ("reject", "identity"), "{e:?}");
+        assert!(e.detail.contains("/x/ca.pem"), "{e:?}");
+        // Without the check (pure routing), it would terminate.
+        assert_eq!(
+            explain(&sni, "zone-a", &r, &RemoteServices::default(), None).reason,
+            "external"
+        );
+
+        let offered = ServiceSet {
+            services: vec![AvailableService {
+                mesh: "default".into(),
+                tags: [("kuma.io/service".to_string(), "backend".to_string())]
+                    .into_iter()
+                    .collect(),
+                instances: 1,
+            }],
+            ingresses: Vec::new(),
+        };
+        let remote = RemoteServices::default().with_down_links(vec![DownLink {
+            link: "zone-b-ingress".into(),
+            zone: "zone-b".into(),
+            error: "timed out".into(),
+            last_offered: std::sync::Arc::new(offered),
+        }]);
+        let hashed = sni::hashed("backend", "default", &BTreeMap::new(), 8080, HashedKind::Ms);
+        for sent in ["backend{mesh=default}", hashed.as_str()] {
+            let d = decide(Some(sent), "zone-a", &r, &remote);
+            assert_eq!(d.label(), "link_down", "{sent}: {d:?}");
+            let e = explain(sent, "zone-a", &r, &remote, None);
+            assert!(
+                e.detail.contains("zone-b-ingress") && e.detail.contains("timed out"),
+                "{e:?}"
+            );
+        }
+        // A service no link ever offered: unknown, but the down link is named.
+        let e = explain("other{mesh=default}", "zone-a", &r, &remote, None);
+        assert_eq!(e.reason, "unknown_service");
+        assert!(e.detail.contains("zone-b-ingress"), "{e:?}");
     }
 
     #[test]

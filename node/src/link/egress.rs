@@ -478,6 +478,8 @@ struct Runtime {
     conn: Option<Connection>,
     remote: Option<HelloAck>,
     services: Arc<ServiceSet>,
+    /// What the ingress offered before the link went down (explanations only, never routing).
+    last_services: Arc<ServiceSet>,
     last_error: Option<String>,
 }
 
@@ -502,6 +504,7 @@ impl Link {
                 conn: None,
                 remote: None,
                 services: Arc::default(),
+                last_services: Arc::default(),
                 last_error: None,
             }),
             open_streams: AtomicU64::new(0),
@@ -560,7 +563,10 @@ impl Link {
         let mut runtime = lock(&self.runtime);
         runtime.state = LinkState::Down;
         runtime.conn = None;
-        runtime.services = Arc::default();
+        let services = std::mem::take(&mut runtime.services);
+        if !services.services.is_empty() {
+            runtime.last_services = services;
+        }
         runtime.last_error = Some(error.to_string());
         drop(runtime);
         self.set_gauge(false);
@@ -618,6 +624,7 @@ impl Inner {
     fn publish(&self, registry: &BTreeMap<String, Entry>) {
         let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
         let mut up: Vec<(&Link, String, Arc<ServiceSet>)> = Vec::new();
+        let mut down: Vec<super::services::DownLink> = Vec::new();
         // Static links first, so a node reached twice counts under its static link.
         let ordered = registry
             .values()
@@ -626,6 +633,15 @@ impl Inner {
         for entry in ordered {
             let runtime = lock(&entry.link.runtime);
             if runtime.state != LinkState::Up {
+                down.push(super::services::DownLink {
+                    link: entry.link.name.clone(),
+                    zone: entry.link.zone.clone(),
+                    error: runtime
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "not connected yet".to_string()),
+                    last_offered: runtime.last_services.clone(),
+                });
                 continue;
             }
             let first_path = runtime
@@ -645,7 +661,8 @@ impl Inner {
             link: &link.name,
             zone,
             set,
-        }));
+        }))
+        .with_down_links(down);
         self.services_tx.send_replace(Arc::new(merged));
     }
 

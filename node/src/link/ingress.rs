@@ -196,7 +196,7 @@ async fn serve_connection(incoming: quinn::Incoming, ctx: Arc<Context>) {
             return;
         }
     };
-    info!(%remote, zone = %peer.zone, node = %peer.node, identity = ?identity, "link accepted");
+    info!(%remote, zone = %peer.zone, node = %peer.node, identity = %identity.join(","), "link accepted");
     let peer = Arc::new(peer);
     let push = push_services(ctl_send, ctx.services_rx.clone());
     tokio::pin!(push);

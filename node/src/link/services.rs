@@ -41,6 +41,30 @@ pub struct LinkInstances {
 pub struct RemoteServices {
     /// By (mesh, service), the tag sets offered.
     by_service: BTreeMap<(String, String), Vec<RemoteService>>,
+    /// Links that are not up, for explanations only (never for routing).
+    down: Vec<DownLink>,
+}
+
+/// Why no link that is up offers a service ([`RemoteServices::why_not_offered`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotOffered {
+    /// A link that is down offered it while it was up.
+    pub was_offered: bool,
+    /// The links that are down and their errors.
+    pub detail: String,
+}
+
+/// A link that is not up: why, and what its ingress offered while it was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DownLink {
+    /// The link's name.
+    pub link: String,
+    /// The remote zone.
+    pub zone: String,
+    /// Its last error (`not connected yet` when it never came up).
+    pub error: String,
+    /// What its ingress last offered while it was up (empty when it never was).
+    pub last_offered: std::sync::Arc<ServiceSet>,
 }
 
 /// One contribution to [`RemoteServices::merge`]: a link, its zone and its ingress's set.
@@ -90,7 +114,61 @@ impl RemoteServices {
                 .or_default()
                 .push(RemoteService { mesh, tags, links });
         }
-        RemoteServices { by_service }
+        RemoteServices {
+            by_service,
+            down: Vec::new(),
+        }
+    }
+
+    /// The same view, knowing which links are down ([`RemoteServices::why_not_offered`]).
+    pub fn with_down_links(mut self, down: Vec<DownLink>) -> Self {
+        self.down = down;
+        self
+    }
+
+    /// Why no link that is up offers `service` of `mesh`, when a link that is down explains it:
+    /// a down link whose ingress offered it, else every down link (its services are unknown).
+    /// `None` when every link is up.
+    pub fn why_not_offered(&self, mesh: &str, service: &str) -> Option<NotOffered> {
+        let offered_by: Vec<&DownLink> = self
+            .down
+            .iter()
+            .filter(|d| {
+                d.last_offered
+                    .services
+                    .iter()
+                    .any(|s| s.mesh == mesh && s.service() == Some(service))
+            })
+            .collect();
+        if !offered_by.is_empty() {
+            let links: Vec<String> = offered_by
+                .iter()
+                .map(|d| format!("{} (zone {}): {}", d.link, d.zone, d.error))
+                .collect();
+            return Some(NotOffered {
+                was_offered: true,
+                detail: format!(
+                    "{service:?} was offered through link(s) that are down now: {}",
+                    links.join("; ")
+                ),
+            });
+        }
+        if self.down.is_empty() {
+            return None;
+        }
+        let links: Vec<String> = self
+            .down
+            .iter()
+            .map(|d| format!("{} (zone {}): {}", d.link, d.zone, d.error))
+            .collect();
+        Some(NotOffered {
+            was_offered: false,
+            detail: format!(
+                "{} link(s) are down, and what their zones offer is not known until they are up: {}",
+                self.down.len(),
+                links.join("; ")
+            ),
+        })
     }
 
     /// Every service, ordered by mesh, service and tags.

@@ -121,7 +121,7 @@ impl EgressIdentities {
         let config = server_config_for_mesh(&ca, &trust, &issued, self.alpn.clone())?;
         tracing::debug!(
             mesh = ca.mesh(),
-            names = ?key.1,
+            names = %key.1.join(","),
             "issued the egress identity"
         );
         state
