@@ -601,10 +601,7 @@ fn json_logs_carry_plain_values() {
         .unwrap_or_else(|| panic!("{log}"));
     let gossip = cluster.nodes[0].info.gossip.clone();
     assert!(
-        warning["message"]
-            .as_str()
-            .unwrap()
-            .contains(&gossip),
+        warning["message"].as_str().unwrap().contains(&gossip),
         "{warning}"
     );
     assert!(!log.contains("Some("), "{log}");

@@ -658,6 +658,25 @@ mod tests {
     }
 
     proptest! {
+        /// Force-leave keys come from gossip: any name and value is read without panicking,
+        /// and never touches a live member.
+        #[test]
+        fn any_force_leave_key_is_safe(
+            name in "\\PC{0,20}",
+            value in "\\PC{0,40}",
+            generation in any::<u64>(),
+            at in any::<u64>(),
+        ) {
+            let mut a = entry("a", 1, "127.0.0.1:1", true, "serving");
+            a.keys.insert(format!("{}{name}", keys::FORCE_LEAVE_PREFIX), value);
+            a.keys.insert(format!("{}b", keys::FORCE_LEAVE_PREFIX), force_leave_value(generation, at));
+            let view = ZoneView::resolve(&[a, entry("b", 1, "127.0.0.1:2", true, "serving")]);
+            prop_assert!(view.members.iter().all(|m| m.state == MemberState::Alive));
+            let mut view = view;
+            view.forget_left(at, generation);
+            prop_assert_eq!(view.members.len(), 2);
+        }
+
         #[test]
         fn resolve_is_order_independent_and_names_stay_unique(
             mut entries in prop::collection::vec(arb_entry(), 0..12),
