@@ -747,7 +747,7 @@ fn a_mesh_ca_that_cannot_be_loaded_shows_everywhere_it_matters() {
                 .any(|w| w.as_str().unwrap_or("").contains("\"default\""))
         });
         let m = metrics(&cluster, 0);
-        let gauge = m.contains("zone_egress_mesh_identity_ready{mesh=\"default\"} 0");
+        let gauge = m.contains("zone_egress_meshes_without_identity 1");
         Ok((status == 200 && warned && gauge).then_some(()))
     })
     .unwrap();

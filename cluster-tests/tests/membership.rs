@@ -317,6 +317,10 @@ fn force_leave_removes_a_dead_member_and_refuses_a_live_one() {
         },
     )
     .unwrap();
+    // Already left: nothing to remove.
+    let (code, out) = cli(&victim, Some("t0k"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("409") && out.contains("already left"), "{out}");
     // It comes back as a new generation: alive again, the force-leave does not touch it.
     cluster.restart(1).unwrap();
     eventually(CONVERGE, "the restarted member alive everywhere", || {
@@ -328,6 +332,32 @@ fn force_leave_removes_a_dead_member_and_refuses_a_live_one() {
         Ok(Some(()))
     })
     .unwrap();
+    // The survivors' logs tell the story in one line per event: joined, failed, restarted.
+    let events = |i: usize| -> Vec<String> {
+        cluster.nodes[i]
+            .log()
+            .lines()
+            .filter(|l| l.contains("member ") && l.contains(&format!("member={victim}")))
+            .map(|l| l.to_string())
+            .collect()
+    };
+    eventually(CONVERGE, "the restart in the log", || {
+        Ok(events(0)
+            .iter()
+            .any(|l| l.contains("member restarted"))
+            .then_some(()))
+    })
+    .unwrap();
+    let lines = events(0);
+    assert!(
+        lines.iter().any(|l| l.contains("member joined")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("member failed")),
+        "{lines:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("came back")), "{lines:#?}");
 }
 
 #[test]

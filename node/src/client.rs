@@ -357,7 +357,12 @@ pub fn delete(args: &DeleteArgs) -> anyhow::Result<String> {
 
 /// Runs `zone-egress force-leave NAME`: `POST /v1/members/NAME/force-leave`.
 pub fn force_leave(args: &crate::cli::ForceLeaveArgs) -> anyhow::Result<String> {
-    if args.name.is_empty() || args.name.contains(['/', '?', '#', '%']) {
+    if args.name.is_empty()
+        || args
+            .name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "/?#%".contains(c))
+    {
         bail!("{:?} is not a member name", args.name);
     }
     let value = call(

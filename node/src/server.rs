@@ -604,22 +604,23 @@ fn others_present(snapshot: &ZoneSnapshot, name: &str, generation: u64) -> bool 
 }
 
 /// How often the mesh identities are checked without a resource change (a CA file may change).
-const MESH_IDENTITY_CHECK: Duration = Duration::from_secs(30);
+const MESH_IDENTITY_CHECK: Duration = Duration::from_secs(5);
 
 /// Checks, on every resource change and every [`MESH_IDENTITY_CHECK`], that this egress can
 /// issue its identity for every mesh with mTLS (CA loadable, key matching): what a terminated
-/// connection needs. A mesh that fails is a `/ready` warning and
-/// `zone_egress_mesh_identity_ready{mesh} 0`.
+/// connection needs. A mesh that fails is a `/ready` warning (the mesh only: `/ready` is open to
+/// anyone, the cause is in the log and in `inspect route`), and counts in
+/// `zone_egress_meshes_without_identity`.
 async fn keep_mesh_identities(
     mut resources_rx: watch::Receiver<Arc<store::Resources>>,
     identities: Arc<crate::pki::EgressIdentities>,
     readiness_tx: watch::Sender<Readiness>,
 ) {
-    let mut known: std::collections::BTreeSet<String> = Default::default();
+    let mut logged: std::collections::BTreeMap<String, String> = Default::default();
     loop {
         let resources = resources_rx.borrow_and_update().clone();
         let mut problems = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
+        let mut causes = std::collections::BTreeMap::new();
         for resource in resources.list(proto::resource::Kind::Mesh, None) {
             let proto::resource::Resource::Mesh(mesh) = resource else {
                 continue;
@@ -628,34 +629,26 @@ async fn keep_mesh_identities(
                 continue;
             }
             let name = mesh.name.as_str().to_string();
-            let ok = match identities.server_config(mesh, &[], std::time::SystemTime::now()) {
-                Ok(_) => true,
-                Err(e) => {
-                    problems.push(format!(
-                        "mesh {name:?}: this egress cannot issue its identity, so every \
-                         terminated connection of the mesh is closed (reason identity): {e}"
-                    ));
-                    false
-                }
-            };
-            metrics::gauge!("zone_egress_mesh_identity_ready", "mesh" => name.clone()).set(if ok {
-                1.0
-            } else {
-                0.0
-            });
-            seen.insert(name);
+            if let Err(e) = identities.server_config(mesh, &[], std::time::SystemTime::now()) {
+                problems.push(format!(
+                    "mesh {name:?}: this egress cannot issue its identity, so every terminated \
+                     connection of the mesh is closed (reason identity; the cause is in the log \
+                     and in inspect route)"
+                ));
+                causes.insert(name, e.to_string());
+            }
         }
-        for gone in known.difference(&seen) {
-            metrics::gauge!("zone_egress_mesh_identity_ready", "mesh" => gone.clone()).set(0.0);
+        for (mesh, cause) in &causes {
+            if logged.get(mesh) != Some(cause) {
+                tracing::warn!(mesh = %mesh, error = %cause, "cannot issue the egress identity of a mesh");
+            }
         }
-        known = seen;
+        logged = causes;
+        metrics::gauge!("zone_egress_meshes_without_identity").set(problems.len() as f64);
         readiness_tx.send_if_modified(|r| {
             if r.mesh_ca == problems {
                 false
             } else {
-                for p in problems.iter().filter(|p| !r.mesh_ca.contains(p)) {
-                    tracing::warn!(problem = %p, "mesh identity");
-                }
                 r.mesh_ca = problems;
                 true
             }

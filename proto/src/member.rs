@@ -415,8 +415,14 @@ impl ZoneView {
     }
 
     /// What changed between two views of the zone, one event per member that joined, left,
-    /// failed, came back or restarted (a new generation), in name order.
-    pub fn events_since(&self, before: &ZoneView) -> Vec<MemberEvent> {
+    /// failed, came back or restarted (a new generation), in name order. `ever_present` holds
+    /// every (name, generation) seen alive or draining before: gossip may list a generation
+    /// before it is alive, and its first appearance is a join (or a restart), not a return.
+    pub fn events_since(
+        &self,
+        before: &ZoneView,
+        ever_present: &std::collections::BTreeSet<(String, u64)>,
+    ) -> Vec<MemberEvent> {
         let mut events = Vec::new();
         for m in &self.members {
             let same_name: Vec<&Member> =
@@ -432,7 +438,13 @@ impl ZoneView {
                     MemberState::Left => Some(MemberEventKind::Left),
                     MemberState::Dead => Some(MemberEventKind::Failed),
                     MemberState::Alive | MemberState::Draining if !b.state.is_present() => {
-                        Some(MemberEventKind::CameBack)
+                        if ever_present.contains(&(m.name.clone(), m.generation)) {
+                            Some(MemberEventKind::CameBack)
+                        } else if ever_present.iter().any(|(n, _)| *n == m.name) {
+                            Some(MemberEventKind::Restarted)
+                        } else {
+                            Some(MemberEventKind::Joined)
+                        }
                     }
                     _ => None,
                 },
@@ -624,8 +636,12 @@ mod tests {
             entry("e", 2, "127.0.0.1:5", true, "serving"),
             entry("f", 1, "127.0.0.1:6", true, "serving"),
         ]);
+        let ever: std::collections::BTreeSet<(String, u64)> = ["a", "b", "c", "d", "e"]
+            .into_iter()
+            .map(|n| (n.to_string(), 1))
+            .collect();
         let events: Vec<(String, &str)> = after
-            .events_since(&before)
+            .events_since(&before, &ever)
             .into_iter()
             .map(|e| (e.name, e.kind.as_str()))
             .collect();
@@ -643,7 +659,26 @@ mod tests {
                 .map(|(n, k)| (n.to_string(), *k))
                 .collect::<Vec<_>>()
         );
-        assert!(after.events_since(&after).is_empty());
+        assert!(after.events_since(&after, &ever).is_empty());
+        // Listed before it was alive (gossip knows of it first): its first life is a join, a
+        // new generation's first life a restart, never "came back".
+        let listed = ZoneView::resolve(&[
+            entry("g", 1, "127.0.0.1:7", false, "serving"),
+            entry("e", 3, "127.0.0.1:5", false, "serving"),
+        ]);
+        let alive = ZoneView::resolve(&[
+            entry("g", 1, "127.0.0.1:7", true, "serving"),
+            entry("e", 3, "127.0.0.1:5", true, "serving"),
+        ]);
+        let kinds: Vec<(String, &str)> = alive
+            .events_since(&listed, &ever)
+            .into_iter()
+            .map(|e| (e.name, e.kind.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [("e".to_string(), "restarted"), ("g".to_string(), "joined")]
+        );
     }
 
     fn arb_entry() -> impl Strategy<Value = MemberEntry> {

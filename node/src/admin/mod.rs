@@ -309,15 +309,29 @@ async fn force_leave(
         ));
     }
     if let Some(present) = generations.iter().find(|m| m.state.is_present()) {
+        let advice = if present.state == proto::MemberState::Draining {
+            "it leaves by itself once it has drained"
+        } else {
+            "stop or drain it instead"
+        };
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
                 "member {name:?} is {} (generation {} at {}): force-leave removes dead members \
-                 only; stop or drain it instead",
+                 only; {advice}",
                 present.state.as_str(),
                 present.generation,
                 present.gossip_address
             ),
+        ));
+    }
+    if generations
+        .iter()
+        .all(|m| m.state == proto::MemberState::Left)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("member {name:?} has already left: nothing to remove"),
         ));
     }
     let generation = generations.iter().map(|m| m.generation).max().unwrap_or(0);
@@ -598,6 +612,17 @@ mod tests {
                 "type: Mesh\nname: m\nmtls: {{ backends: [ {{ name: a, type: provided, conf: {{ cert: {{ file: /c }}, key: {{ inlineString: [\"{KEY_BODY}\"] }} }} }} ] }}\n"
             ),
             format!("{{\"type\": \"Mesh\", \"name\": \"m\", \"x\": \"{KEY_BODY}\""),
+            // The key where an enum, a name, a path or a certificate belongs.
+            format!(
+                "type: Mesh\nname: m\nmtls: {{ backends: [ {{ name: a, type: \"-----BEGIN PRIVATE KEY-----\\n{KEY_BODY}\\n\", conf: {{ cert: {{ file: /c }}, key: {{ file: /k }} }} }} ] }}\n"
+            ),
+            format!("type: Mesh\nname: \"-----BEGIN PRIVATE KEY-----\\n{KEY_BODY}\"\n"),
+            format!(
+                "type: Mesh\nname: m\nmtls: {{ backends: [ {{ name: a, type: provided, conf: {{ cert: {{ file: /c }}, key: {{ file: \"-----BEGIN PRIVATE KEY-----\\n{KEY_BODY}\\n\" }} }} }} ] }}\n"
+            ),
+            format!(
+                "type: Mesh\nname: m\nmtls: {{ backends: [ {{ name: a, type: provided, conf: {{ cert: {{ inlineString: \"-----BEGIN PRIVATE KEY-----\\n{KEY_BODY}\\n\" }}, key: {{ file: /k }} }} }} ] }}\n"
+            ),
         ] {
             for (uri, ct) in [
                 ("/v1/apply", None),
@@ -617,6 +642,66 @@ mod tests {
                 assert!(!body.to_string().contains(KEY_BODY), "{uri}: {body}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn the_secrets_parameter_is_strict_and_the_bearer_scheme_is_not_case_sensitive() {
+        let (state, _r) = state(Some("t")).await;
+        let (status, _) = send_text(
+            &state,
+            "PUT",
+            "/v1/meshes/m",
+            Some("bearer t"),
+            mesh_with_inline_key(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        for query in [
+            "secrets=TRUE",
+            "secrets=yes",
+            "secrets=",
+            "secrets=true&secrets=false",
+        ] {
+            let (status, body) = send_text(
+                &state,
+                "GET",
+                &format!("/v1/meshes/m?{query}"),
+                Some("BEARER t"),
+                Vec::new(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+            assert!(!leaks(&body));
+        }
+        let (status, body) = send_text(
+            &state,
+            "GET",
+            "/v1/meshes/m?secrets=false",
+            Some("Bearer t"),
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!leaks(&body));
+        let (status, body) = send_text(
+            &state,
+            "GET",
+            "/v1/meshes/m?secrets=1",
+            Some("bEaReR t"),
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(leaks(&body));
+        let (status, _) = send_text(
+            &state,
+            "GET",
+            "/v1/meshes/m?secrets=true",
+            Some("Bearer"),
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]

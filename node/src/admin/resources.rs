@@ -54,13 +54,14 @@ impl FromRequestParts<AdminState> for Authorized {
     }
 }
 
-/// The bearer token of a request, trimmed.
+/// The bearer token of a request, trimmed (the scheme is case-insensitive, RFC 7235 §2.1).
 pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether `presented` is `token`, compared in constant time.
@@ -68,14 +69,27 @@ pub(super) fn token_matches(presented: &str, token: &crate::config::Secret) -> b
     constant_time_eq(presented.as_bytes(), token.expose().as_bytes())
 }
 
-/// Whether a read asks for secrets (`?secrets=true`); if so it must be [`Authorized`].
+/// Whether a read asks for secrets (`?secrets=true`); if so it must be [`Authorized`]. The
+/// parameter takes `true`/`false` (or `1`/`0`) once; anything else is a `400`.
 async fn show_secrets(parts: &mut Parts, state: &AdminState) -> Result<bool, ApiError> {
-    let asks = parts
+    let values: Vec<&str> = parts
         .uri
         .query()
         .unwrap_or("")
         .split('&')
-        .any(|pair| pair == "secrets=true" || pair == "secrets=1");
+        .filter_map(|pair| pair.strip_prefix("secrets="))
+        .collect();
+    let asks = match values.as_slice() {
+        [] => false,
+        ["true" | "1"] => true,
+        ["false" | "0"] => false,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "`secrets` takes true or false, once",
+            ));
+        }
+    };
     if asks {
         Authorized::from_request_parts(parts, state)
             .await
@@ -98,22 +112,40 @@ fn shown(resource: &Resource, secrets: bool) -> Value {
     }
 }
 
-/// An error line with every quoted value cut out: serde's messages quote what they could not
-/// use (`invalid type: string "-----BEGIN PRIVATE KEY..."`), which may be a secret put in the
-/// wrong place. Field names (in backticks) stay.
+/// An error line with the values of the document cut out: serde's messages quote what they
+/// could not use (`invalid type: string "-----BEGIN PRIVATE KEY..."`, ``unknown variant
+/// `<value>` ``), which may be a secret put in the wrong place. Every double-quoted segment
+/// becomes `"…"`; a backticked one stays only when it is a short token (a field name, an
+/// expected variant, a name: at most 64 characters of letters, digits and `_.-/[]{}=,:`).
 pub(super) fn scrub(message: &str) -> String {
+    let is_token = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-/[]{}=,:".contains(c))
+    };
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
-    while let Some(open) = rest.find('"') {
+    while let Some(open) = rest.find(['"', '`']) {
         out.push_str(&rest[..open]);
+        let quote = &rest[open..open + 1];
         let after = &rest[open + 1..];
-        match after.find('"') {
+        match after.find(quote) {
+            Some(close) if quote == "`" && is_token(&after[..close]) => {
+                out.push('`');
+                out.push_str(&after[..close]);
+                out.push('`');
+                rest = &after[close + 1..];
+            }
             Some(close) => {
-                out.push_str("\"…\"");
+                out.push_str(quote);
+                out.push('…');
+                out.push_str(quote);
                 rest = &after[close + 1..];
             }
             None => {
-                out.push_str("\"…");
+                out.push_str(quote);
+                out.push('…');
                 rest = "";
             }
         }

@@ -466,6 +466,14 @@ fn validate(raw: RawConfig, flags: &Overrides, origin: &str) -> Result<Config, C
         raw_admin.read_token,
         raw_admin.read_token_file,
     )?;
+    if read_token.is_some() && token.is_none() {
+        return Err(ConfigError::invalid(
+            origin,
+            "admin.read_token",
+            "a read token needs an admin token (admin.token or admin.token_file): without one, \
+             writes and secrets would be open to every caller the read token lets in",
+        ));
+    }
     if token.is_none() && !admin_listen.ip().is_loopback() {
         return Err(ConfigError::invalid(
             origin,
@@ -611,6 +619,15 @@ fn validate(raw: RawConfig, flags: &Overrides, origin: &str) -> Result<Config, C
             "store.max_clock_offset",
         )?,
     };
+    if store.max_clock_offset < Duration::from_millis(100)
+        || store.max_clock_offset > Duration::from_secs(3600)
+    {
+        return Err(ConfigError::invalid(
+            origin,
+            "store.max_clock_offset",
+            "must be between 100ms and 1h (below, ordinary clock jitter refuses writes)",
+        ));
+    }
 
     let raw_log = raw.log.unwrap_or_default();
     let format = match (flags.log_format, raw_log.format.as_deref()) {
@@ -804,6 +821,11 @@ fn admin_token(
             &format!("admin.{field}"),
             "the token is empty",
         )),
+        Some(t) if t.chars().any(|c| c.is_control() || c == ' ') => Err(ConfigError::invalid(
+            origin,
+            &format!("admin.{field}"),
+            "a bearer token is one line of visible characters (no spaces, no line breaks)",
+        )),
         Some(t) => Ok(Some(Secret::new(t))),
         None => Ok(None),
     }
@@ -828,6 +850,11 @@ pub fn read_token_file(path: &Path) -> Result<String, String> {
     }
     match text.trim() {
         "" => Err(format!("the token file {} is empty", path.display())),
+        token if token.chars().any(|c| c.is_control() || c == ' ') => Err(format!(
+            "the token file {} holds more than one line or spaces inside the token: a bearer \
+             token is one line of visible characters",
+            path.display()
+        )),
         token => Ok(token.to_string()),
     }
 }
@@ -958,6 +985,44 @@ log: { format: text, access: false }
         .unwrap_err()
         .to_string();
         assert!(e.contains("flag --listen"), "{e}");
+    }
+
+    #[test]
+    fn tokens_graces_and_the_clock_offset_are_checked() {
+        let e = err("admin: { read_token: r }\n");
+        assert!(
+            e.contains("admin.read_token") && e.contains("needs an admin token"),
+            "{e}"
+        );
+        let c = load_file(file("admin: { token: a, read_token: r }\n").path()).unwrap();
+        assert_eq!(c.admin.read_token.as_ref().unwrap().expose(), "r");
+        let e = err("admin: { token: a, read_token: 'r 2' }\n");
+        assert!(
+            e.contains("admin.read_token") && e.contains("one line"),
+            "{e}"
+        );
+        let two_lines = file("line-1\nline-2\n");
+        let e = err(&format!(
+            "admin: {{ token_file: {} }}\n",
+            two_lines.path().display()
+        ));
+        assert!(
+            e.contains("admin.token_file") && e.contains("more than one line"),
+            "{e}"
+        );
+        for bad in ["0s", "50ms", "2h"] {
+            let e = err(&format!("store: {{ max_clock_offset: {bad} }}\n"));
+            assert!(e.contains("store.max_clock_offset"), "{bad}: {e}");
+        }
+        let e = err("gossip: { left_grace: 1s }\n");
+        assert!(
+            e.contains("gossip.left_grace") && e.contains("four gossip rounds"),
+            "{e}"
+        );
+        let c = load_file(file("gossip: { dead_node_grace: 10m, left_grace: 30s }\nstore: { max_clock_offset: 250ms }\n").path()).unwrap();
+        assert_eq!(c.gossip.dead_node_grace, Duration::from_secs(600));
+        assert_eq!(c.gossip.left_grace, Duration::from_secs(30));
+        assert_eq!(c.store.max_clock_offset, Duration::from_millis(250));
     }
 
     #[test]

@@ -285,6 +285,7 @@ async fn refresh_loop(
     view_tx: watch::Sender<Arc<ZoneSnapshot>>,
 ) {
     let mut previous = ZoneView::default();
+    let mut ever_present: std::collections::BTreeSet<(String, u64)> = Default::default();
     let mut membership = chitchat.lock().await.live_nodes_watcher();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -314,7 +315,7 @@ async fn refresh_loop(
                 u64::try_from(left_grace.as_millis()).unwrap_or(u64::MAX),
             );
             // Survivors say once when a member joins, leaves, fails, comes back or restarts.
-            for event in view.events_since(&previous) {
+            for event in view.events_since(&previous, &ever_present) {
                 let is_self = *event.name == *self_id.node_id;
                 if is_self {
                     continue;
@@ -328,6 +329,12 @@ async fn refresh_loop(
                 );
             }
             previous = view.clone();
+            ever_present.extend(
+                view.members
+                    .iter()
+                    .filter(|m| m.state.is_present())
+                    .map(|m| (m.name.clone(), m.generation)),
+            );
             let others_live = view.members.iter().any(|m| {
                 m.state.is_present()
                     && !(*m.name == *self_id.node_id && m.generation == self_id.generation_id)

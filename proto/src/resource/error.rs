@@ -112,6 +112,12 @@ pub enum Problem {
          --show-secrets`, shows it)"
     )]
     RedactedPlaceholder,
+    /// A file path that is too long or holds control characters (a PEM block pasted as a path).
+    #[error("`file` must be a path: at most 4096 bytes, no line breaks or control characters")]
+    BadPath,
+    /// A certificate field whose inline content carries a private key.
+    #[error("holds a private key, but this field takes certificates (the key has its own field)")]
+    KeyInCertificate,
     /// A field that must not be empty is.
     #[error("`{0}` must not be empty")]
     Empty(&'static str),

@@ -182,7 +182,12 @@ fn validate_tls(raw: RawTls, checker: &mut Checker) -> Option<ExternalTls> {
         None => Some(None),
         Some(raw) => {
             let path = format!("networking.tls.{field}");
-            checker.check(path, DataSource::from_raw(raw)).map(Some)
+            let parsed = if field == "clientKey" {
+                DataSource::from_raw(raw)
+            } else {
+                DataSource::certificate_from_raw(raw)
+            };
+            checker.check(path, parsed).map(Some)
         }
     };
     let ca_cert = source("caCert", raw.ca_cert);

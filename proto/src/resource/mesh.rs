@@ -270,7 +270,12 @@ fn validate_mtls(raw: RawMtls, checker: &mut Checker) -> Option<Mtls> {
                         None
                     }
                     Some(raw) => {
-                        checker.check(format!("{path}.conf.{field}"), DataSource::from_raw(raw))
+                        let parsed = if field == "cert" {
+                            DataSource::certificate_from_raw(raw)
+                        } else {
+                            DataSource::from_raw(raw)
+                        };
+                        checker.check(format!("{path}.conf.{field}"), parsed)
                     }
                 };
                 let cert = source("cert", conf.cert);

@@ -340,7 +340,14 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ParseErrors> {
     let mut resources = Vec::new();
     let mut errors = Vec::new();
     let mut seen: HashMap<ResourceKey, usize> = HashMap::new();
-    for (document, value) in yaml_documents(text, &mut errors) {
+    // A document that is a list (what `zone-egress get -o yaml|json` prints) holds documents.
+    let flattened = yaml_documents(text, &mut errors)
+        .into_iter()
+        .flat_map(|(document, value)| match value {
+            Value::Array(items) => items.into_iter().map(|v| (document, v)).collect(),
+            other => vec![(document, other)],
+        });
+    for (document, value) in flattened {
         match parse_value(document, value, None) {
             Ok(resource) => {
                 let key = resource.resource_key();
@@ -1074,10 +1081,14 @@ name: fine
             "type: ZoneEgress\nname: egress-1\n",
             &["type `ZoneEgress` cannot be applied: every node registers itself"],
         );
+        // A list holds documents (what `zone-egress get -o yaml` prints); a list of lists not.
+        assert_error("- type: Mesh\n", &["name: missing field `name`"]);
         assert_error(
-            "- type: Mesh\n",
+            "- - type: Mesh\n",
             &["document 1: a document must be a mapping, found a sequence"],
         );
+        let listed = parse_documents("- type: Mesh\n  name: a\n- type: Mesh\n  name: b\n").unwrap();
+        assert_eq!(listed.len(), 2);
         assert_error("type: Mesh\n", &["name: missing field `name`"]);
         assert_error(
             "type: Dataplane\nmesh: m\nname: d\n",

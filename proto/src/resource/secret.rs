@@ -93,12 +93,30 @@ impl DataSource {
         }
     }
 
-    /// Validates the raw form: exactly one alternative, non-empty, base64 that decodes.
+    /// [`DataSource::from_raw`] for a field that holds certificates (`cert`, `caCert`,
+    /// `clientCert`): inline content that carries a private key is refused, since a field
+    /// that is not secret is shown to every reader.
+    pub(crate) fn certificate_from_raw(raw: RawDataSource) -> Result<DataSource, Problem> {
+        let source = DataSource::from_raw(raw)?;
+        let text = source.inline_bytes().map(String::from_utf8_lossy);
+        if text.is_some_and(|t| t.contains("PRIVATE KEY")) {
+            return Err(Problem::KeyInCertificate);
+        }
+        Ok(source)
+    }
+
+    /// Validates the raw form: exactly one alternative, non-empty, base64 that decodes; a file
+    /// path of at most 4096 bytes without control characters.
     pub(crate) fn from_raw(raw: RawDataSource) -> Result<DataSource, Problem> {
         match (raw.file, raw.inline, raw.inline_string) {
             (Some(path), None, None) if path.is_empty() => Err(Problem::Empty("file")),
+            (Some(path), None, None) if path.len() > 4096 || path.chars().any(char::is_control) => {
+                Err(Problem::BadPath)
+            }
             (Some(path), None, None) => Ok(DataSource::File(path)),
-            (None, Some(v), None) | (None, None, Some(v)) if v.trim() == REDACTED => {
+            (None, Some(v), None) | (None, None, Some(v))
+                if v.trim().eq_ignore_ascii_case(REDACTED) =>
+            {
                 Err(Problem::RedactedPlaceholder)
             }
             (None, Some(b64), None) => match base64::decode(&b64) {
