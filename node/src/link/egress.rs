@@ -124,11 +124,17 @@ pub struct LinkStatus {
     pub bytes_received: u64,
     /// Connection attempts after the first one.
     pub reconnects: u64,
+    /// Streams this link could not open for a forwarded connection (refused, timed out, lost),
+    /// since the manager started; each also logs a WARN (at most one per link every 10 s).
+    pub streams_refused: u64,
     /// Services advertised by the ingress (0 while not up).
     pub services: usize,
     /// Why the last connection ended or failed.
     pub last_error: Option<String>,
 }
+
+/// At most one "cannot open a stream" WARN per link in this many milliseconds.
+const REFUSAL_WARN_EVERY_MS: u64 = 10_000;
 
 /// Spawns the egress end on `socket` (UDP, any address; it only dials). Must be called within
 /// a tokio runtime. `zone` and `node` are this node's, sent in every [`Hello`].
@@ -290,6 +296,21 @@ impl LinkManager {
             )
             .increment(1),
             Err(e) => {
+                let refused = link.streams_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                let now_ms = crate::gossip::unix_ms();
+                let last = link.last_refusal_warn_ms.load(Ordering::Relaxed);
+                if now_ms.saturating_sub(last) >= REFUSAL_WARN_EVERY_MS
+                    && link
+                        .last_refusal_warn_ms
+                        .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        link = %link.name, zone = %link.zone, service = %header.service,
+                        error = %e, refused_total = refused,
+                        "a link could not open a stream for a connection (logged at most every 10 s per link)"
+                    );
+                }
                 debug!(link = %link.name, service = %header.service, error = %e, "link stream refused");
                 metrics::counter!(
                     "zone_egress_link_refused_total",
@@ -456,6 +477,7 @@ impl Entry {
             bytes_sent: link.meter.sent.load(Ordering::Relaxed),
             bytes_received: link.meter.received.load(Ordering::Relaxed),
             reconnects: link.reconnects.load(Ordering::Relaxed),
+            streams_refused: link.streams_refused.load(Ordering::Relaxed),
             services: runtime.services.services.len(),
             last_error: runtime.last_error.clone(),
         }
@@ -470,6 +492,9 @@ struct Link {
     runtime: Mutex<Runtime>,
     open_streams: AtomicU64,
     reconnects: AtomicU64,
+    streams_refused: AtomicU64,
+    /// When the last "cannot open a stream" WARN was logged (ms since the manager's epoch).
+    last_refusal_warn_ms: AtomicU64,
     meter: Meter,
 }
 
@@ -509,6 +534,8 @@ impl Link {
             }),
             open_streams: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            streams_refused: AtomicU64::new(0),
+            last_refusal_warn_ms: AtomicU64::new(0),
             meter: Meter {
                 sent_total,
                 received_total,

@@ -915,10 +915,12 @@ fn link_status_serializes_for_the_admin_api() {
         bytes_sent: 3,
         bytes_received: 4,
         reconnects: 5,
+        streams_refused: 7,
         services: 6,
         last_error: None,
     };
     let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["streamsRefused"], 7);
     assert_eq!(json["state"], "up");
     assert_eq!(json["address"], "192.0.2.10:10001");
     assert_eq!(json["rttMs"], 1.5);

@@ -33,12 +33,29 @@ pub const LINK_SERVER_NAME: &str = "ze-link";
 pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
 /// A link without any packet for this long is closed.
 pub const MAX_IDLE: Duration = Duration::from_secs(3);
-/// Receive window of one stream: 8 MiB.
-pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
-/// Receive (and send) window of a connection: 32 MiB.
-pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+/// Receive window of one stream: 1 MiB (50 MB/s per stream at 20 ms RTT).
+///
+/// QUIC flow control has two levels, and the connection-level credit comes back only as the
+/// application reads a stream. A stream whose TCP side stops reading (a client that stalls, a
+/// destination that stops reading) stops being read, so it holds up to one stream window of
+/// connection credit. If `MAX_STREAMS` such streams could exhaust the connection window, a few
+/// stalled clients would starve every other stream of the link (seen: 4 × 8 MiB = 32 MiB). So
+/// the connection windows are sized to `MAX_STREAMS × STREAM_WINDOW_BYTES`
+/// ([`CONNECTION_WINDOW_BYTES`]): stalled streams can never exhaust them, each stream only ever
+/// blocks itself. This is HTTP/2 proxies' rule too (Envoy returns connection-level window as
+/// soon as data leaves the codec into per-stream buffers, and bounds each stream's buffer).
+///
+/// Memory: nothing is reserved; a stalled stream holds at most one stream window in the
+/// receiving end's buffer (1 MiB, plus the 2 × 64 KiB copy buffers of its splice), the same
+/// order as the kernel socket buffers a TCP proxy holds for a stalled connection. Worst case
+/// per link: every one of the `MAX_STREAMS` streams stalled with a full window, 4 GiB, which
+/// needs 4096 stalled clients; `limits.idle_timeout` ends stalls that never resume.
+pub const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
 /// Bidirectional streams an ingress accepts concurrently on one link.
 pub const MAX_STREAMS: u32 = 4096;
+/// Receive (and send) window of a connection: every stream's window at once, so stalled streams
+/// never block the others (see [`STREAM_WINDOW_BYTES`]).
+pub const CONNECTION_WINDOW_BYTES: u64 = STREAM_WINDOW_BYTES as u64 * MAX_STREAMS as u64;
 
 /// The link's certificate material: the link CA, this node's certificate chain and its key, all
 /// PEM. Its `Debug` never prints the key.
@@ -160,8 +177,9 @@ fn transport(peer_streams: u32) -> TransportConfig {
             u32::try_from(MAX_IDLE.as_millis()).unwrap_or(u32::MAX),
         ))))
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW_BYTES))
-        .receive_window(VarInt::from_u32(CONNECTION_WINDOW_BYTES))
-        .send_window(u64::from(CONNECTION_WINDOW_BYTES))
+        // invariant: 4 GiB is far below VarInt's 2^62 limit.
+        .receive_window(VarInt::from_u64(CONNECTION_WINDOW_BYTES).unwrap_or(VarInt::MAX))
+        .send_window(CONNECTION_WINDOW_BYTES)
         .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0));
     transport
