@@ -637,3 +637,54 @@ fn json_logs_carry_plain_values() {
     assert!(!log.contains("Some("), "{log}");
     assert!(!log.contains(":0 "), "{log}");
 }
+
+/// A node restarted on a host whose clock runs two minutes behind (libfaketime) comes back as
+/// a new generation the zone sees alive and ready, not hidden behind its old record.
+#[test]
+fn a_restart_with_the_clock_set_back_is_seen_by_the_zone() {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        std::path::Path::new(lib).exists(),
+        "libfaketime is not installed (apt-get install faketime; .ci/run does)"
+    );
+    let mut cluster = Cluster::start(2).unwrap();
+    cluster.wait_converged(CONVERGE).unwrap();
+    let name = cluster.nodes[1].options.name.clone();
+    let old = cluster.nodes[1].info.generation;
+    cluster.nodes[1].options.env = vec![
+        ("LD_PRELOAD".into(), lib.into()),
+        ("FAKETIME".into(), "-120s".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ];
+    cluster.restart(1).unwrap();
+    let new = cluster.nodes[1].info.generation;
+    assert!(new > old, "generation {new} after {old}");
+    eventually(
+        CONVERGE,
+        "the restarted node alive and registered everywhere",
+        || {
+            for i in 0..2 {
+                let listed = members(&cluster, i)?;
+                let me: Vec<&Value> = listed
+                    .iter()
+                    .filter(|m| m["name"] == name.as_str())
+                    .collect();
+                if me.len() != 1
+                    || me[0]["state"] != "alive"
+                    || me[0]["ready"] != true
+                    || me[0]["generation"] != new
+                {
+                    bail!("node {i}: {me:?}");
+                }
+                let (_, egresses) = get_json(&cluster.admin(i), "/v1/zone-egresses")?;
+                if egresses.as_array().map(|e| e.len()) != Some(2) {
+                    bail!("node {i}: {egresses}");
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .unwrap();
+    let (status, ready) = get_json(&cluster.admin(1), "/ready").unwrap();
+    assert_eq!(status, 200, "{ready}");
+}

@@ -13,6 +13,8 @@ pub struct Readiness {
     pub joined: bool,
     /// Set when another live node holds this name: the reason.
     pub name_conflict: Option<String>,
+    /// Set when the zone's view does not list this process as alive: the reason.
+    pub not_listed: Option<String>,
     /// Every listener of the role is bound and accepting.
     pub listeners_up: bool,
     /// The node is draining (signal or `POST /v1/drain`).
@@ -35,6 +37,7 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.joined
             && self.name_conflict.is_none()
+            && self.not_listed.is_none()
             && self.listeners_up
             && !self.draining
             && !self.drained
@@ -54,6 +57,9 @@ impl Readiness {
         }
         if let Some(conflict) = &self.name_conflict {
             reasons.push(conflict.clone());
+        }
+        if let Some(missing) = &self.not_listed {
+            reasons.push(missing.clone());
         }
         if !self.listeners_up {
             reasons.push("listeners are not up".to_string());

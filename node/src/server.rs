@@ -54,6 +54,48 @@ pub struct RuntimeInfo {
     pub link: Option<SocketAddr>,
 }
 
+/// File in the data dir holding the last generation this node ran with (decimal).
+pub const GENERATION_FILE: &str = "generation";
+
+/// This start's chitchat generation: the start time in ns, but always greater than the last
+/// generation of this data dir (kept in [`GENERATION_FILE`], written and synced before gossip
+/// starts). Peers keep a node's highest generation; a restart with a clock set back (a
+/// restored VM, a host whose clock lags) would otherwise come back with a lower one and stay
+/// invisible to the zone behind its old record.
+pub fn next_generation(data_dir: &std::path::Path, now_ns: u64) -> anyhow::Result<u64> {
+    use std::io::Write;
+    let path = data_dir.join(GENERATION_FILE);
+    let last: Option<u64> = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text.trim().parse().with_context(|| {
+            format!(
+                "{} is not a generation number (delete it to start afresh)",
+                path.display()
+            )
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let generation = match last {
+        Some(last) if last >= now_ns => {
+            tracing::warn!(
+                last_generation = last,
+                clock_ns = now_ns,
+                "this host's clock is behind the last start of this node: using the last \
+                 generation + 1 so the zone sees the restart"
+            );
+            last.saturating_add(1)
+        }
+        _ => now_ns,
+    };
+    let tmp = data_dir.join(format!("{GENERATION_FILE}.tmp"));
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(generation.to_string().as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(generation)
+}
+
 /// Runs a node until a signal arrives on `signals_rx` (one message per SIGTERM/SIGINT).
 pub async fn run(
     config: Config,
@@ -63,12 +105,15 @@ pub async fn run(
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let generation = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
     let prometheus = telemetry::prometheus();
     metrics::gauge!("zone_egress_build_info", "version" => VERSION).set(1.0);
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let generation = next_generation(
+        &config.data_dir,
+        u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+    )?;
 
     // 1. Sockets.
     let admin_listener = bind_tcp(config.admin.listen, "admin API (admin.listen / --admin)")?;
@@ -710,6 +755,7 @@ async fn keep_readiness(
             let before = r.clone();
             r.joined = joined;
             r.settling = snapshot.joined && !joined;
+            r.not_listed = snapshot.not_listed.clone();
             r.name_conflict = snapshot.name_conflict.clone();
             *r != before
         });
@@ -747,5 +793,25 @@ async fn publish_readiness(
         if readiness_rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generation_grows_even_when_the_clock_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(next_generation(dir.path(), 1_000).unwrap(), 1_000);
+        // The clock went back two minutes: still greater than the last one.
+        assert_eq!(next_generation(dir.path(), 880).unwrap(), 1_001);
+        assert_eq!(next_generation(dir.path(), 5_000).unwrap(), 5_000);
+        std::fs::write(dir.path().join(GENERATION_FILE), "garbage").unwrap();
+        let e = next_generation(dir.path(), 6_000).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("not a generation number"),
+            "{e:#}"
+        );
     }
 }

@@ -388,6 +388,7 @@ mod tests {
             .collect(),
         };
         let snapshot = ZoneSnapshot {
+            not_listed: None,
             view: ZoneView::resolve(&[entry]),
             joined: true,
             name_conflict: None,

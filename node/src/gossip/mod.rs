@@ -62,6 +62,9 @@ pub struct ZoneSnapshot {
     pub joined: bool,
     /// When another live member holds this node's name since before this generation.
     pub name_conflict: Option<String>,
+    /// When the zone's view does not list this process (name and generation) as alive or
+    /// draining: why (another generation of the name shadows it).
+    pub not_listed: Option<String>,
 }
 
 /// Handle on the running gossip plane.
@@ -357,10 +360,28 @@ async fn refresh_loop(
                         self_id.node_id
                     )
                 });
+            let listed = view
+                .member(&self_id.node_id, self_id.generation_id)
+                .is_some_and(|m| m.state.is_present());
+            let not_listed = (!listed).then(|| {
+                let shadow = view
+                    .members
+                    .iter()
+                    .filter(|m| *m.name == *self_id.node_id)
+                    .map(|m| format!("generation {} ({})", m.generation, m.state.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "the zone does not list this process (generation {}) as alive: it lists \
+                     {shadow} under this name",
+                    self_id.generation_id
+                )
+            });
             ZoneSnapshot {
                 view,
                 joined: no_seeds || others_live || !other_seeds,
                 name_conflict,
+                not_listed,
             }
         };
         view_tx.send_if_modified(|current| {
