@@ -240,6 +240,7 @@ impl Handle {
         let self_id = self.chitchat.chitchat_id().clone();
         let task = tokio::spawn(async move {
             let mut seen: std::collections::HashMap<ChitchatId, u64> = Default::default();
+            let mut was_live: HashSet<ChitchatId> = HashSet::new();
             let mut tick = tokio::time::interval(poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -247,6 +248,17 @@ impl Handle {
                 let mut batch = Vec::new();
                 {
                     let c = chitchat.lock().await;
+                    // Anti-entropy: a peer that comes back (after a pause or a partition) has
+                    // all its records offered again, so the store compares them with its own
+                    // and re-sends what wins (a tombstone that left gossip after its TTL while
+                    // the peer was away would otherwise never reach it).
+                    let live: HashSet<ChitchatId> = c.live_nodes().cloned().collect();
+                    for id in live.difference(&was_live) {
+                        if seen.remove(id).is_some() {
+                            tracing::debug!(peer = %id.node_id, "peer back: offering its records again");
+                        }
+                    }
+                    was_live = live;
                     for (id, state) in c.node_states() {
                         if *id == self_id {
                             continue;
