@@ -103,3 +103,54 @@ fn rotating_keys_node_by_node_keeps_the_fleet_whole() {
         }
     }
 }
+
+/// Drops an operator can fix are said, not only counted: a node whose clock runs 90 s ahead
+/// (libfaketime) cannot join, and the node it tries to join logs a WARN naming it and the
+/// cause and lists it in `/ready` warnings; so does a node with another key.
+#[test]
+fn a_skewed_clock_or_a_wrong_key_is_named_where_its_gossip_is_dropped() {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        std::path::Path::new(lib).exists(),
+        "apt-get install faketime (.ci/run does)"
+    );
+    let (good, bad) = (keygen(), keygen());
+    let mut cluster = Cluster::new().unwrap();
+    let mut options = cluster.next_options();
+    options.config = with_keys(&cluster, "good.key", &[&good]);
+    cluster.add_node_with(options).unwrap();
+    cluster.wait_converged(CONVERGE).unwrap();
+    let mut options = cluster.next_options();
+    options.name = "ahead".into();
+    options.config = with_keys(&cluster, "good.key", &[&good]);
+    options.env = vec![
+        ("LD_PRELOAD".into(), lib.into()),
+        ("FAKETIME".into(), "+90s".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ];
+    let ahead = cluster.add_node_with(options).unwrap();
+    let mut options = cluster.next_options();
+    options.name = "stranger".into();
+    options.config = with_keys(&cluster, "bad.key", &[&bad]);
+    let stranger = cluster.add_node_with(options).unwrap();
+    let ahead_addr = cluster.nodes[ahead].info.gossip.clone();
+    let stranger_addr = cluster.nodes[stranger].info.gossip.clone();
+    cluster_tests::eventually(CONVERGE, "both causes named on the seed", || {
+        let (status, ready) = get_json(&cluster.admin(0), "/ready")?;
+        let warnings = ready["warnings"].to_string();
+        let log = cluster.nodes[0].log();
+        let named = |addr: &str, cause: &str| {
+            warnings.contains(addr)
+                && warnings.contains(cause)
+                && log
+                    .lines()
+                    .any(|l| l.contains("WARN") && l.contains(addr) && l.contains(cause))
+        };
+        Ok((status == 200
+            && named(&ahead_addr, "60 s away from this node's clock")
+            && named(&stranger_addr, "failed authentication"))
+        .then_some(()))
+    })
+    .unwrap();
+    assert!(!names_seen_by(&cluster, 0).contains(&"ahead".to_string()));
+}

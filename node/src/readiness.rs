@@ -30,6 +30,9 @@ pub struct Readiness {
     pub clock_skew: Vec<String>,
     /// Meshes whose CA this node cannot load (warnings): their connections will fail here.
     pub mesh_ca: Vec<String>,
+    /// Gossip from peers dropped for a cause an operator can fix: another key, clock skew
+    /// (warnings; they also explain a node that cannot join).
+    pub gossip_drops: Vec<String>,
 }
 
 impl Readiness {
@@ -75,8 +78,9 @@ impl Readiness {
 
     /// Problems that do not make the node unready but need an operator.
     pub fn warnings(&self) -> Vec<String> {
-        self.clock_skew
+        self.gossip_drops
             .iter()
+            .chain(&self.clock_skew)
             .chain(&self.mesh_ca)
             .cloned()
             .collect()

@@ -170,7 +170,7 @@ pub async fn run(
         (Role::Egress, None) => None,
     };
     let link_addr = link_socket.as_ref().map(|s| s.local_addr()).transpose()?;
-    let (gossip_transport, gossip_addr) = gossip_transport(&config).await?;
+    let (gossip_transport, gossip_addr, gossip_problems) = gossip_transport(&config).await?;
     let gossip_advertise = SocketAddr::new(config.advertise, gossip_addr.port());
 
     // 2. Planes.
@@ -354,6 +354,11 @@ pub async fn run(
             readiness_tx.clone(),
         ))
     });
+    let drop_warnings = gossip_problems.map(|problems_rx| {
+        tokio::spawn(copy_warnings(problems_rx, readiness_tx.clone(), |r, w| {
+            r.gossip_drops = w
+        }))
+    });
     let skew_warnings = tokio::spawn(copy_warnings(
         store.clock_skew(),
         readiness_tx.clone(),
@@ -426,6 +431,9 @@ pub async fn run(
     }
     readiness.abort();
     skew_warnings.abort();
+    if let Some(task) = drop_warnings {
+        task.abort();
+    }
     if let Some(task) = mesh_ca_health {
         task.abort();
     }
@@ -452,7 +460,11 @@ pub async fn run(
 /// (with a loud warning: plain gossip can be read and forged by anyone who reaches the port).
 async fn gossip_transport(
     config: &Config,
-) -> anyhow::Result<(Box<dyn chitchat::transport::Transport>, SocketAddr)> {
+) -> anyhow::Result<(
+    Box<dyn chitchat::transport::Transport>,
+    SocketAddr,
+    Option<watch::Receiver<Vec<String>>>,
+)> {
     let addr = config.gossip.listen;
     let context = || format!("cannot listen on {addr} (UDP) for gossip (gossip.listen / --gossip)");
     match &config.gossip.key_file {
@@ -464,11 +476,12 @@ async fn gossip_transport(
                 .await
                 .with_context(context)?;
             let local = transport.local_addr();
+            let problems = transport.problems();
             tracing::info!(
                 keys,
                 "gossip is authenticated and encrypted (XChaCha20-Poly1305)"
             );
-            Ok((Box::new(transport), local))
+            Ok((Box::new(transport), local, Some(problems)))
         }
         None => {
             let transport = gossip::transport::bind(addr).await.with_context(context)?;
@@ -479,7 +492,7 @@ async fn gossip_transport(
                  anyone reaching {local} can read and forge (resources may carry secrets); \
                  create one with `zone-egress keygen > gossip.key` and set gossip.key_file"
             );
-            Ok((Box::new(transport), local))
+            Ok((Box::new(transport), local, None))
         }
     }
 }

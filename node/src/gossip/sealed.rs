@@ -660,6 +660,9 @@ impl Inbound {
 }
 
 /// Rate limit of the warning about failed authentication, per source IP.
+/// How long a fixable drop is reported after it last happened.
+const PROBLEM_MEMORY: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 struct AuthWarnings {
     last_warned: HashMap<IpAddr, Instant>,
@@ -687,6 +690,8 @@ pub struct SealedUdp {
     local: SocketAddr,
     unopened: Mutex<Option<Unopened>>,
     drops: Arc<DropCounters>,
+    /// Drops an operator can fix (wrong key, clock skew), one line per peer, recent only.
+    problems_tx: Arc<watch::Sender<Vec<String>>>,
     max_relays: usize,
     #[cfg(test)]
     inner_addr: std::sync::OnceLock<SocketAddr>,
@@ -708,6 +713,7 @@ impl SealedUdp {
             local,
             unopened: Mutex::new(Some(Unopened { external, keyring })),
             drops: Arc::default(),
+            problems_tx: Arc::new(watch::channel(Vec::new()).0),
             max_relays: MAX_RELAYS,
             #[cfg(test)]
             inner_addr: std::sync::OnceLock::new(),
@@ -717,6 +723,13 @@ impl SealedUdp {
     /// The bound external address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Drops an operator can fix, as sentences naming the peer and the cause (datagrams that
+    /// fail authentication: another key; authentic but stale: clock skew), each kept while it
+    /// recurs within the last 30 s. `/ready` lists them as warnings.
+    pub fn problems(&self) -> watch::Receiver<Vec<String>> {
+        self.problems_tx.subscribe()
     }
 
     /// How many datagrams or messages were dropped for `reason` so far.
@@ -744,6 +757,7 @@ impl Transport for SealedUdp {
             local: self.local,
             inner_addr,
             drops: Arc::clone(&self.drops),
+            problems_tx: Arc::clone(&self.problems_tx),
             max_relays: self.max_relays,
             relays: Mutex::default(),
         });
@@ -778,6 +792,7 @@ struct Shared {
     local: SocketAddr,
     inner_addr: SocketAddr,
     drops: Arc<DropCounters>,
+    problems_tx: Arc<watch::Sender<Vec<String>>>,
     max_relays: usize,
     relays: Mutex<RelayTable>,
 }
@@ -955,8 +970,27 @@ impl Shared {
 async fn receive_loop(shared: Arc<Shared>, fatal_tx: watch::Sender<Option<String>>) {
     let mut buf = vec![0u8; RECV_BUFFER_BYTES];
     let mut inbound = Inbound::default();
-    let mut warnings = AuthWarnings::default();
+    // One rate limit per cause: a clock warning never hides a key warning.
+    let mut auth_warnings = AuthWarnings::default();
+    let mut stale_warnings = AuthWarnings::default();
+    // Fixable drops by peer, with when they last happened (at most MAX_AUTH_WARN_ENTRIES).
+    let mut recent: HashMap<SocketAddr, (String, Instant)> = HashMap::new();
     loop {
+        let now = Instant::now();
+        recent.retain(|_, (_, at)| now.saturating_duration_since(*at) < PROBLEM_MEMORY);
+        if recent.len() > MAX_AUTH_WARN_ENTRIES {
+            recent.clear();
+        }
+        let mut problems: Vec<String> = recent.values().map(|(p, _)| p.clone()).collect();
+        problems.sort();
+        shared.problems_tx.send_if_modified(|current| {
+            if *current == problems {
+                false
+            } else {
+                *current = problems;
+                true
+            }
+        });
         let (len, from) = match shared.external.recv_from(&mut buf).await {
             Ok(received) => received,
             Err(e) if is_transient(&e) => {
@@ -978,10 +1012,35 @@ async fn receive_loop(shared: Arc<Shared>, fatal_tx: watch::Sender<Option<String
             Ok(Some(datagram)) => shared.deliver(from, &datagram).await,
             Err(reason) => {
                 shared.drops.count(reason, 1);
-                if reason == DropReason::AuthFailed && warnings.should_warn(from.ip(), now) {
-                    tracing::warn!(%from, "gossip datagram failed authentication: the sender holds no key of this node's gossip keyring (further ones from this address are logged at debug)");
-                } else {
-                    tracing::debug!(%from, bytes = len, reason = reason.label(), "gossip datagram dropped");
+                let cause = match reason {
+                    DropReason::AuthFailed => Some(
+                        "failed authentication: the sender holds no key of this node's gossip \
+                         keyring (gossip.key_file)",
+                    ),
+                    DropReason::Stale => Some(
+                        "is authentic but stamped more than 60 s away from this node's clock: \
+                         one of the two clocks is off (NTP)",
+                    ),
+                    _ => None,
+                };
+                match cause {
+                    Some(cause) => {
+                        let limiter = if reason == DropReason::Stale {
+                            &mut stale_warnings
+                        } else {
+                            &mut auth_warnings
+                        };
+                        if limiter.should_warn(from.ip(), now) {
+                            tracing::warn!(%from, reason = reason.label(), "gossip from {from} dropped: it {cause} (further ones from this address are logged at debug)");
+                        }
+                        recent.insert(
+                            from,
+                            (format!("gossip from {from} is dropped: it {cause}"), now),
+                        );
+                    }
+                    None => {
+                        tracing::debug!(%from, bytes = len, reason = reason.label(), "gossip datagram dropped")
+                    }
                 }
             }
         }
