@@ -696,3 +696,72 @@ fn external_services_pinned_to_a_zone_exit_only_there() {
     assert_eq!(status, 503, "{out}");
     assert!(out["error"].as_str().unwrap().contains("zone-b"), "{out}");
 }
+
+/// Ingress nodes that come back on other addresses, one after the other: the addresses zone-b
+/// advertises win over the static `ZoneIngress` that no longer answers, and traffic keeps
+/// flowing.
+#[test]
+fn ingresses_that_move_are_followed_to_their_advertised_addresses() {
+    let mut z = start();
+    let out = z.dir.join("page.html");
+    let link_of = |b: &Cluster, i: usize| b.nodes[i].info.link.clone().unwrap();
+    let mut b = std::mem::replace(&mut z.b, Cluster::new().unwrap());
+    let a = &z.a;
+    let up_to = |a: &Cluster, address: &str| -> bool {
+        get_json(&a.admin(0), "/v1/links")
+            .map(|(_, v)| {
+                v.as_array().is_some_and(|l| {
+                    l.iter()
+                        .any(|l| l["address"] == address && l["state"] == "up")
+                })
+            })
+            .unwrap_or(false)
+    };
+    let fetch = |a: &Cluster| -> Option<i32> {
+        let listen = a.nodes[0].info.listen.clone().unwrap();
+        let sni = &z.web_sni;
+        run(Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "10", "-o"])
+            .arg(&out)
+            .arg(format!("https://{sni}/index.html"))
+            .args(["--connect-to", &format!("{sni}:443:{listen}")])
+            .arg("--cacert")
+            .arg(z.dir.join("mesh-ca/ca.pem"))
+            .arg("--cert")
+            .arg(z.dir.join("client/cert.pem"))
+            .arg("--key")
+            .arg(z.dir.join("client/key.pem")))
+        .unwrap()
+        .0
+    };
+    for i in 0..2 {
+        let before = link_of(&b, i);
+        b.restart(i).unwrap();
+        let after = link_of(&b, i);
+        assert_ne!(
+            before, after,
+            "ingress-{i} should come back on another port"
+        );
+        eventually(
+            CONVERGE,
+            &format!("a link up to ingress-{i}'s new address {after}"),
+            || Ok(up_to(a, &after).then_some(())),
+        )
+        .unwrap();
+        let failures = (0..10).filter(|_| fetch(a) != Some(0)).count();
+        assert_eq!(
+            failures, 0,
+            "after ingress-{i} moved: {failures} of 10 requests failed"
+        );
+    }
+    // The static entry that no longer answers is visible and said.
+    let (_, links) = get_json(&a.admin(0), "/v1/links").unwrap();
+    let stale: Vec<&serde_json::Value> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["origin"] == "static" && l["state"] != "up")
+        .collect();
+    assert!(!stale.is_empty(), "{links}");
+    drop(b);
+}

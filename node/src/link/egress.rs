@@ -133,6 +133,9 @@ pub struct LinkStatus {
     pub last_error: Option<String>,
 }
 
+/// A link that has not come up for this long is reported once (WARN).
+const STILL_FAILING_WARN_AFTER: Duration = Duration::from_secs(10);
+
 /// At most one "cannot open a stream" WARN per link in this many milliseconds.
 const REFUSAL_WARN_EVERY_MS: u64 = 10_000;
 
@@ -693,6 +696,22 @@ impl Inner {
         self.services_tx.send_replace(Arc::new(merged));
     }
 
+    /// Runs [`Inner::discover`] again for every link that is up, with what it advertised last.
+    async fn rediscover(self: &Arc<Self>) {
+        let up: Vec<(Arc<Link>, HelloAck, Arc<ServiceSet>)> = self
+            .registry()
+            .values()
+            .filter_map(|e| {
+                let runtime = lock(&e.link.runtime);
+                let ack = runtime.remote.clone()?;
+                (runtime.state == LinkState::Up).then(|| (e.link.clone(), ack, runtime.services.clone()))
+            })
+            .collect();
+        for (link, ack, set) in up {
+            self.discover(&link, &ack, &set).await;
+        }
+    }
+
     /// Adds links to the ingresses `via`'s zone advertises; drops the ones it stopped
     /// advertising (when nothing else keeps them).
     async fn discover(self: &Arc<Self>, via: &Link, ack: &HelloAck, set: &ServiceSet) {
@@ -723,12 +742,24 @@ impl Inner {
         }
         for (name, node, address) in wanted {
             if let Some(entry) = registry.get_mut(&name) {
-                entry.discovered_by.insert(via.name.clone());
-                continue;
+                if entry.is_static || entry.link.address == address {
+                    entry.discovered_by.insert(via.name.clone());
+                    continue;
+                }
+                // The ingress moved: its zone advertises it elsewhere now. Re-dial there.
+                info!(link = %name, from = %entry.link.address, to = %address, "advertised ingress moved");
+                if let Some(old) = registry.remove(&name) {
+                    old.task.abort();
+                    old.link.close(codes::NO_ERROR, b"moved");
+                }
             }
-            let known = registry
-                .values()
-                .any(|e| e.link.address == address || e.link.reaches(&ack.zone, &node));
+            // A link already dialling this address, or one that is up and reaches this node,
+            // makes another one useless. A link that reaches the node only by its last hello
+            // but is not up (a static address the ingress left) does not: what the zone
+            // advertises wins while it fails.
+            let known = registry.values().any(|e| {
+                e.link.address == address || (e.link.is_up() && e.link.reaches(&ack.zone, &node))
+            });
             if !known {
                 let target = LinkTarget {
                     name,
@@ -814,6 +845,8 @@ async fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
 async fn run_link(inner: Arc<Inner>, link: Arc<Link>) {
     let mut backoff = Backoff::new();
     let mut attempt = 0u64;
+    let mut failing_since: Option<Instant> = None;
+    let mut warned_failing = false;
     loop {
         if attempt > 0 {
             link.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -827,10 +860,27 @@ async fn run_link(inner: Arc<Inner>, link: Arc<Link>) {
         let was_up = up_since.is_some();
         link.set_down(&error);
         inner.publish(&inner.registry());
+        // A node this link reached may be advertised elsewhere now (it moved): what the links
+        // that are up advertise is looked at again, now that this one no longer counts.
+        inner.rediscover().await;
         if was_up {
             warn!(link = %link.name, error = %error, "link down");
+            failing_since = Some(Instant::now());
+            warned_failing = false;
         } else {
             debug!(link = %link.name, error = %error, "link attempt failed");
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            // A link that keeps failing (a static ZoneIngress address the ingress left) is
+            // said once, after STILL_FAILING_WARN_AFTER.
+            if !warned_failing && since.elapsed() >= STILL_FAILING_WARN_AFTER {
+                warned_failing = true;
+                warn!(
+                    link = %link.name, zone = %link.zone, address = %link.address, error = %error,
+                    "link has not come up for {:?}: if the ingress moved, fix its ZoneIngress \
+                     (the addresses the zone advertises are linked meanwhile)",
+                    since.elapsed()
+                );
+            }
         }
         if up_since.is_some_and(|since: Instant| since.elapsed() >= BACKOFF_RESET_AFTER) {
             backoff.reset();
