@@ -549,3 +549,75 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
+
+/// Certificates and configs of two-zone tests, made with the `zone-egress pki` CLI in `dir`.
+pub mod zone_link {
+    use std::path::Path;
+
+    use super::{TEST_CONFIG, zone_egress};
+
+    fn p(dir: &Path, rel: &str) -> String {
+        dir.join(rel).to_string_lossy().into_owned()
+    }
+
+    /// Issues node `node`'s link certificate from `dir/link-ca` (which must exist) and returns
+    /// its config: [`TEST_CONFIG`] plus `link` (and `link.listen` on 127.0.0.1:0 for an
+    /// ingress, `listen`).
+    pub fn link_config(dir: &Path, node: &str, listen: bool) -> anyhow::Result<String> {
+        zone_egress(&[
+            "pki",
+            "issue",
+            "--ca",
+            &p(dir, "link-ca"),
+            "--spiffe",
+            &format!("spiffe://zone-link/{node}"),
+            "--dns",
+            "ze-link",
+            "--out",
+            &p(dir, &format!("link-{node}")),
+        ])?;
+        Ok(format!(
+            "{TEST_CONFIG}link: {{ ca: {}, cert: {}, key: {}{} }}\n",
+            p(dir, "link-ca/ca.pem"),
+            p(dir, &format!("link-{node}/cert.pem")),
+            p(dir, &format!("link-{node}/key.pem")),
+            if listen { ", listen: 127.0.0.1:0" } else { "" }
+        ))
+    }
+
+    /// Mesh `default` with the provided CA of `dir/mesh-ca` and `routing.zoneEgress` on.
+    pub fn mesh_yaml(dir: &Path) -> String {
+        format!(
+            "type: Mesh\nname: default\nmtls: {{ enabledBackend: ca-1, backends: [ {{ name: ca-1, type: provided, conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }} }} ] }}\nrouting: {{ zoneEgress: true }}\n",
+            p(dir, "mesh-ca/ca.pem"),
+            p(dir, "mesh-ca/ca.key")
+        )
+    }
+
+    /// A static `ZoneIngress` of zone-b named `name` for an ingress whose link listens on
+    /// `link` (`ip:port`).
+    pub fn zone_ingress_yaml(name: &str, link: &str) -> String {
+        let port = link.rsplit(':').next().unwrap_or_default();
+        format!(
+            "type: ZoneIngress\nname: {name}\nzone: zone-b\nnetworking: {{ advertisedAddress: 127.0.0.1, advertisedPort: {port} }}\n"
+        )
+    }
+}
+
+/// Standard base64 of `bytes` (padded), from coreutils' `base64`.
+pub fn base64(bytes: &[u8]) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut child = Command::new("base64")
+        .arg("-w0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run base64")?;
+    child
+        .stdin
+        .take()
+        .context("base64 stdin")?
+        .write_all(bytes)?;
+    let out = child.wait_with_output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use cluster_tests::upstream::{Nginx, run};
-use cluster_tests::{
-    Cluster, NodeOptions, TEST_CONFIG, eventually, get_json, hashed_sni, request, zone_egress,
-};
+use cluster_tests::{Cluster, NodeOptions, eventually, get_json, hashed_sni, request, zone_egress};
 
 const CONVERGE: Duration = Duration::from_secs(40);
 /// Stalled streams held open at once (more than the link's connection window / stream window).
@@ -137,25 +135,7 @@ fn setup() -> Setup {
     )
     .unwrap();
     let link = |node: &str, listen: bool| {
-        ze(&[
-            "pki",
-            "issue",
-            "--ca",
-            &p(&dir, "link-ca"),
-            "--spiffe",
-            &format!("spiffe://zone-link/{node}"),
-            "--dns",
-            "ze-link",
-            "--out",
-            &p(&dir, &format!("link-{node}")),
-        ]);
-        format!(
-            "{TEST_CONFIG}link: {{ ca: {}, cert: {}, key: {}{} }}\n",
-            p(&dir, "link-ca/ca.pem"),
-            p(&dir, &format!("link-{node}/cert.pem")),
-            p(&dir, &format!("link-{node}/key.pem")),
-            if listen { ", listen: 127.0.0.1:0" } else { "" }
-        )
+        cluster_tests::zone_link::link_config(&dir, node, listen).unwrap()
     };
     let mut b = Cluster::new().unwrap();
     b.zone = "zone-b".into();

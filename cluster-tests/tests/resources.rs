@@ -538,7 +538,7 @@ fn inline_keys_never_leave_a_node_without_the_admin_token() {
     let client_key = std::fs::read_to_string(dir.join("client/key.pem")).unwrap();
     // The bytes that must not come back: a line of each PEM body, and of its base64 form.
     let body_line = |pem: &str| pem.lines().nth(1).unwrap().to_string();
-    let client_b64 = base64(client_key.as_bytes());
+    let client_b64 = cluster_tests::base64(client_key.as_bytes()).unwrap();
     let needles = [
         body_line(&ca_key),
         body_line(&client_key),
@@ -683,27 +683,6 @@ fn inline_keys_never_leave_a_node_without_the_admin_token() {
     ])
     .unwrap();
     assert!(shown.contains(&needles[0]), "{shown}");
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(A[((n >> (18 - 6 * i)) & 0x3f) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// A node frozen for longer than `store.tombstone_ttl` misses a delete (its tombstone has left

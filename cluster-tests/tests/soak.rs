@@ -78,11 +78,7 @@ fn mesh_ca(dir: &Path) {
 }
 
 fn mesh_yaml(dir: &Path) -> String {
-    format!(
-        "type: Mesh\nname: default\nmtls: {{ enabledBackend: ca-1, backends: [ {{ name: ca-1, type: provided, conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }} }} ] }}\nrouting: {{ zoneEgress: true }}\n",
-        p(dir, "mesh-ca/ca.pem"),
-        p(dir, "mesh-ca/ca.key")
-    )
+    cluster_tests::zone_link::mesh_yaml(dir)
 }
 
 fn body(root: &Path) {
@@ -222,25 +218,7 @@ fn no_download_through_a_link_stops_short() {
         "zone-link",
     ]);
     let link = |node: &str, listen: bool| {
-        ze(&[
-            "pki",
-            "issue",
-            "--ca",
-            &p(&dir, "link-ca"),
-            "--spiffe",
-            &format!("spiffe://zone-link/{node}"),
-            "--dns",
-            "ze-link",
-            "--out",
-            &p(&dir, &format!("link-{node}")),
-        ]);
-        format!(
-            "{TEST_CONFIG}link: {{ ca: {}, cert: {}, key: {}{} }}\n",
-            p(&dir, "link-ca/ca.pem"),
-            p(&dir, &format!("link-{node}/cert.pem")),
-            p(&dir, &format!("link-{node}/key.pem")),
-            if listen { ", listen: 127.0.0.1:0" } else { "" }
-        )
+        cluster_tests::zone_link::link_config(&dir, node, listen).unwrap()
     };
     let sni = hashed_sni("web", 8443, "ms").unwrap();
     ze(&[

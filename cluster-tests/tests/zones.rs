@@ -47,25 +47,7 @@ fn p(dir: &Path, rel: &str) -> String {
 }
 
 fn link_config(dir: &Path, node: &str, listen: bool) -> String {
-    ze(&[
-        "pki",
-        "issue",
-        "--ca",
-        &p(dir, "link-ca"),
-        "--spiffe",
-        &format!("spiffe://zone-link/{node}"),
-        "--dns",
-        "ze-link",
-        "--out",
-        &p(dir, &format!("link-{node}")),
-    ]);
-    format!(
-        "{TEST_CONFIG}link: {{ ca: {}, cert: {}, key: {}{} }}\n",
-        p(dir, "link-ca/ca.pem"),
-        p(dir, &format!("link-{node}/cert.pem")),
-        p(dir, &format!("link-{node}/key.pem")),
-        if listen { ", listen: 127.0.0.1:0" } else { "" }
-    )
+    cluster_tests::zone_link::link_config(dir, node, listen).unwrap()
 }
 
 fn apply(admin: &str, yaml: &str) {

@@ -12,9 +12,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use proto::ZoneView;
 use proto::link::{AvailableService, IngressAddr, ServiceSet, StreamHeader};
 use proto::resource::{ExternalService, Host, Kind, Resource};
-use proto::{MemberState, Registration, Role, ZoneView};
 
 use crate::forward::route::ZONE_TAG;
 use crate::store::Resources;
@@ -22,22 +22,14 @@ use crate::store::Resources;
 /// The sidecar listeners of the zone's egress nodes that are alive, ready and not in a name
 /// conflict, in member order. Registrations whose address is not an IP are left out.
 pub fn ready_egresses(view: &ZoneView) -> Vec<SocketAddr> {
-    view.members
-        .iter()
-        .filter(|m| {
-            m.role == Some(Role::Egress)
-                && m.state == MemberState::Alive
-                && m.ready
-                && !m.name_conflict
-        })
-        .filter_map(|m| match &m.registration {
-            Some(Registration::ZoneEgress(r)) => r
-                .networking
+    view.ready_egresses()
+        .into_iter()
+        .filter_map(|r| {
+            r.networking
                 .address
                 .parse()
                 .ok()
-                .map(|ip| SocketAddr::new(ip, r.networking.port)),
-            _ => None,
+                .map(|ip| SocketAddr::new(ip, r.networking.port))
         })
         .collect()
 }

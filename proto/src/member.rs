@@ -389,6 +389,24 @@ impl ZoneView {
             .collect()
     }
 
+    /// Egress nodes a sidecar may be sent to now: alive (not draining), ready, no name
+    /// conflict, with a registration.
+    pub fn ready_egresses(&self) -> Vec<&ZoneEgress> {
+        self.members
+            .iter()
+            .filter(|m| {
+                m.role == Some(Role::Egress)
+                    && m.state == MemberState::Alive
+                    && m.ready
+                    && !m.name_conflict
+            })
+            .filter_map(|m| match &m.registration {
+                Some(Registration::ZoneEgress(r)) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Registered ingress nodes of the zone (alive or draining, no name conflict).
     pub fn zone_ingresses(&self) -> Vec<ZoneIngress> {
         self.registered()

@@ -494,24 +494,7 @@ mod tests {
     }
 
     fn base64_of(bytes: &[u8]) -> String {
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(char::from(A[((n >> (18 - 6 * i)) & 0x3f) as usize]));
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
+        proto::resource::base64::encode(bytes)
     }
 
     /// Whether an answer carries the key, in clear or in base64 (any of the three alignments).

@@ -8,8 +8,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use proto::Role;
 use proto::resource::{ExternalService, Kind, Resource};
-use proto::{MemberState, Registration, Role};
 use serde_json::json;
 
 use super::{AdminState, ApiError};
@@ -150,21 +150,14 @@ async fn outbounds(
     let zone = state.zone_rx.borrow().clone();
     let egresses: Vec<serde_json::Value> = zone
         .view
-        .members
-        .iter()
-        .filter(|m| {
-            m.role == Some(Role::Egress)
-                && m.state == MemberState::Alive
-                && m.ready
-                && !m.name_conflict
-        })
-        .filter_map(|m| match &m.registration {
-            Some(Registration::ZoneEgress(r)) => Some(json!({
+        .ready_egresses()
+        .into_iter()
+        .map(|r| {
+            json!({
                 "name": r.name,
                 "address": r.networking.address,
                 "port": r.networking.port,
-            })),
-            _ => None,
+            })
         })
         .collect();
     if egresses.is_empty() {

@@ -704,7 +704,8 @@ impl Inner {
             .filter_map(|e| {
                 let runtime = lock(&e.link.runtime);
                 let ack = runtime.remote.clone()?;
-                (runtime.state == LinkState::Up).then(|| (e.link.clone(), ack, runtime.services.clone()))
+                (runtime.state == LinkState::Up)
+                    .then(|| (e.link.clone(), ack, runtime.services.clone()))
             })
             .collect();
         for (link, ack, set) in up {

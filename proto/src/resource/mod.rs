@@ -39,7 +39,7 @@ pub use fields::{
     Host, HostPort, MAX_NAME_LEN, Name, Port, SERVICE_TAG, SNI_RESERVED, ServiceTags,
 };
 pub use mesh::{CaBackend, CaKind, Mesh, Mtls, Routing};
-pub use secret::{DataSource, REDACTED, Secret};
+pub use secret::{DataSource, REDACTED, Secret, base64};
 pub use zone_ingress::{ZoneIngress, ZoneIngressNetworking};
 
 use error::{Checker, Context, echo};

@@ -160,11 +160,11 @@ pub(crate) struct RawDataSource {
 
 /// Base64 as protobuf's JSON mapping reads it: standard or URL-safe alphabet, padding optional.
 /// ASCII whitespace is ignored, so a folded YAML scalar still decodes.
-pub(crate) mod base64 {
+pub mod base64 {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
     /// Standard alphabet, padded.
-    pub(crate) fn encode(bytes: &[u8]) -> String {
+    pub fn encode(bytes: &[u8]) -> String {
         let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
         for chunk in bytes.chunks(3) {
             let b = [
