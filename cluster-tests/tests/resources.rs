@@ -783,3 +783,151 @@ fn a_node_frozen_past_the_tombstone_ttl_converges_when_it_comes_back() {
     })
     .unwrap();
 }
+
+/// Drops a node's gossip both ways with iptables on loopback (the node's own UDP port only)
+/// until dropped.
+struct Partition {
+    port: String,
+}
+
+impl Partition {
+    fn cut(port: &str) -> Partition {
+        for dir in ["--dport", "--sport"] {
+            let ok = Command::new("iptables")
+                .args([
+                    "-I", "INPUT", "-i", "lo", "-p", "udp", dir, port, "-j", "DROP",
+                ])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(
+                ok,
+                "iptables is needed for the partition test (root, Debian's iptables)"
+            );
+        }
+        Partition {
+            port: port.to_string(),
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for dir in ["--dport", "--sport"] {
+            let _ = Command::new("iptables")
+                .args([
+                    "-D", "INPUT", "-i", "lo", "-p", "udp", dir, &self.port, "-j", "DROP",
+                ])
+                .status();
+        }
+    }
+}
+
+/// A partition longer than `store.tombstone_ttl`, with a delete on each side and a write on the
+/// cut-off side: once it heals, every node holds the same resources.
+#[test]
+fn a_partition_past_the_tombstone_ttl_heals_to_the_same_resources_everywhere() {
+    let mut cluster = Cluster::new().unwrap();
+    for _ in 0..3 {
+        let mut options = cluster.next_options();
+        options.config =
+            format!("{TEST_CONFIG}admin: {{ token: {TOKEN} }}\nstore: {{ tombstone_ttl: 3s }}\n");
+        cluster.add_node_with(options).unwrap();
+    }
+    cluster.wait_converged(CONVERGE).unwrap();
+    let es = |name: &str| {
+        format!(
+            "type: ExternalService\nmesh: default\nname: {name}\ntags: {{ kuma.io/service: {name} }}\nnetworking: {{ address: '127.0.0.1:1' }}\n"
+        )
+    };
+    let (status, v) = apply(
+        &cluster,
+        0,
+        &format!(
+            "type: Mesh\nname: default\n---\n{}---\n{}",
+            es("w"),
+            es("z")
+        ),
+    );
+    assert_eq!(status, 200, "{v}");
+    let path = |name: &str| format!("/v1/meshes/default/external-services/{name}");
+    let states = |cluster: &Cluster, i: usize| -> anyhow::Result<(u16, u16, u16)> {
+        Ok((
+            get(cluster, i, &path("w"))?.0,
+            get(cluster, i, &path("y"))?.0,
+            get(cluster, i, &path("z"))?.0,
+        ))
+    };
+    eventually(CONVERGE, "w and z everywhere", || {
+        for i in 0..3 {
+            if states(&cluster, i)? != (200, 404, 200) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .unwrap();
+    let port = cluster.nodes[2]
+        .info
+        .gossip
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let name = cluster.nodes[2].options.name.clone();
+    {
+        let _cut = Partition::cut(&port);
+        eventually(Duration::from_secs(30), "node 2 cut off", || {
+            let (_, members) = get(&cluster, 0, "/v1/members")?;
+            Ok(members
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["name"] == name.as_str()))
+                .is_some_and(|m| m["state"] == "dead")
+                .then_some(()))
+        })
+        .unwrap();
+        // The majority deletes w; the cut-off node deletes z and writes y.
+        let (status, v) = request(
+            "DELETE",
+            &format!("{}{}", cluster.admin(0), path("w")),
+            None,
+            Some(TOKEN),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{v}");
+        let (status, v) = request(
+            "DELETE",
+            &format!("{}{}", cluster.admin(2), path("z")),
+            None,
+            Some(TOKEN),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{v}");
+        let (status, v) = apply(&cluster, 2, &es("y"));
+        assert_eq!(status, 200, "{v}");
+        // Past the TTL: both tombstones leave gossip on their sides.
+        let deleted = Instant::now();
+        eventually(
+            Duration::from_secs(30),
+            "the tombstone TTL to pass twice",
+            || Ok((deleted.elapsed() > Duration::from_secs(7)).then_some(())),
+        )
+        .unwrap();
+        assert_eq!(states(&cluster, 0).unwrap(), (404, 404, 200));
+        assert_eq!(states(&cluster, 2).unwrap(), (200, 200, 404));
+    }
+    eventually(
+        CONVERGE,
+        "the same resources everywhere after the heal",
+        || {
+            for i in 0..3 {
+                let s = states(&cluster, i)?;
+                if s != (404, 200, 404) {
+                    bail!("node {i}: (w, y, z) = {s:?}");
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .unwrap();
+}
