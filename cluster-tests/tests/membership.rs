@@ -598,6 +598,21 @@ fn a_node_of_another_zone_does_not_join() {
         let (status, _) = get_json(&cluster.admin(stranger), "/ready").unwrap();
         assert_eq!(status, 503);
     }
+    // Both sides say why, naming the peer: the stranger's /ready, and the seed's.
+    let stranger_gossip = cluster.nodes[stranger].info.gossip.clone();
+    let seed_gossip = cluster.nodes[0].info.gossip.clone();
+    eventually(CONVERGE, "the zone mismatch named on both sides", || {
+        let (_, theirs) = get_json(&cluster.admin(stranger), "/ready")?;
+        let (_, seed) = get_json(&cluster.admin(0), "/ready")?;
+        let theirs = theirs["reasons"].to_string();
+        let seed = seed["warnings"].to_string();
+        Ok((theirs.contains("another zone")
+            && theirs.contains(&seed_gossip)
+            && seed.contains(&stranger_gossip)
+            && seed.contains("zone-egress/zone-b"))
+        .then_some(()))
+    })
+    .unwrap();
 }
 
 /// JSON logs carry values, not Rust debug text: addresses as `ip:port` (the bound port, not

@@ -33,6 +33,8 @@ pub struct Readiness {
     /// Gossip from peers dropped for a cause an operator can fix: another key, clock skew
     /// (warnings; they also explain a node that cannot join).
     pub gossip_drops: Vec<String>,
+    /// Peers refused because they belong to another zone (warnings).
+    pub gossip_peers: Vec<String>,
 }
 
 impl Readiness {
@@ -80,6 +82,7 @@ impl Readiness {
     pub fn warnings(&self) -> Vec<String> {
         self.gossip_drops
             .iter()
+            .chain(&self.gossip_peers)
             .chain(&self.clock_skew)
             .chain(&self.mesh_ca)
             .cloned()

@@ -769,6 +769,7 @@ async fn keep_readiness(
             r.joined = joined;
             r.settling = snapshot.joined && !joined;
             r.not_listed = snapshot.not_listed.clone();
+            r.gossip_peers = gossip::transport::peer_problems();
             r.name_conflict = snapshot.name_conflict.clone();
             *r != before
         });

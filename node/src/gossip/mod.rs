@@ -82,6 +82,7 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<Handle> {
         settings.advertise,
     );
     let listen_addr = settings.listen_addr;
+    transport::set_cluster_id(&cluster_id(&settings.zone));
     let config = ChitchatConfig {
         chitchat_id: chitchat_id.clone(),
         cluster_id: cluster_id(&settings.zone),

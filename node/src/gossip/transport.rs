@@ -71,9 +71,82 @@ pub(crate) fn count_received(message: &ChitchatMessage, bytes: usize, from: Sock
         .increment(1);
     metrics::counter!("zone_egress_gossip_bytes_total", "direction" => "received")
         .increment(bytes as u64);
-    if kind == "bad_cluster" {
-        tracing::warn!(%from, "a peer refused our gossip: it belongs to another zone");
+    match message {
+        ChitchatMessage::BadCluster => report_peer(
+            from,
+            format!(
+                "gossip peer {from} refuses this node's gossip: it belongs to another zone \
+                 (check --zone and the seeds)"
+            ),
+        ),
+        ChitchatMessage::Syn { cluster_id, .. } => {
+            if let Some(ours) = OUR_CLUSTER.get().filter(|ours| *ours != cluster_id) {
+                report_peer(
+                    from,
+                    format!(
+                        "gossip from {from} is refused: it is for {cluster_id:?}, this node is \
+                         {ours:?} (another zone; check its --zone and seeds)"
+                    ),
+                );
+            }
+        }
+        _ => {}
     }
+}
+
+/// This node's chitchat cluster id (`zone-egress/<zone>`), for naming mismatches.
+static OUR_CLUSTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Peers whose gossip is refused for a cause an operator can fix, with when it last happened.
+static PEER_PROBLEMS: std::sync::LazyLock<Mutex<PeerProblems>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// By peer: the problem, when it last happened, when it was last WARNed.
+type PeerProblems =
+    std::collections::HashMap<SocketAddr, (String, std::time::Instant, std::time::Instant)>;
+
+/// How long a refused peer is reported after its last refusal, and how often it is WARNed.
+const PEER_PROBLEM_MEMORY: std::time::Duration = std::time::Duration::from_secs(30);
+const PEER_PROBLEM_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Records this node's cluster id (once per process).
+pub fn set_cluster_id(cluster_id: &str) {
+    let _ = OUR_CLUSTER.set(cluster_id.to_string());
+}
+
+/// Notes a peer refused for `problem`: a WARN at most once a minute per peer, and a line in
+/// [`peer_problems`] while it recurs.
+fn report_peer(from: SocketAddr, problem: String) {
+    let now = std::time::Instant::now();
+    let Ok(mut problems) = PEER_PROBLEMS.lock() else {
+        return;
+    };
+    if problems.len() > 1024 {
+        problems.clear();
+    }
+    let warn = match problems.get(&from) {
+        Some((_, _, warned)) => now.saturating_duration_since(*warned) >= PEER_PROBLEM_WARN_EVERY,
+        None => true,
+    };
+    let warned_at = if warn {
+        tracing::warn!(peer = %from, "{problem} (said at most once a minute per peer)");
+        now
+    } else {
+        problems.get(&from).map_or(now, |(_, _, w)| *w)
+    };
+    problems.insert(from, (problem, now, warned_at));
+}
+
+/// The peers refused lately (zone mismatch), one sentence each, for `/ready` warnings.
+pub fn peer_problems() -> Vec<String> {
+    let now = std::time::Instant::now();
+    let Ok(mut problems) = PEER_PROBLEMS.lock() else {
+        return Vec::new();
+    };
+    problems.retain(|_, (_, last, _)| now.saturating_duration_since(*last) < PEER_PROBLEM_MEMORY);
+    let mut lines: Vec<String> = problems.values().map(|(p, _, _)| p.clone()).collect();
+    lines.sort();
+    lines
 }
 
 /// The metric label of a chitchat message.
