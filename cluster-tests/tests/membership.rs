@@ -613,6 +613,19 @@ fn a_node_of_another_zone_does_not_join() {
         .then_some(()))
     })
     .unwrap();
+    // Said once a minute per peer, not every gossip round.
+    for i in [0, stranger] {
+        let warns = cluster.nodes[i]
+            .log()
+            .lines()
+            .filter(|l| l.contains("WARN") && !l.contains("NO GOSSIP KEY"))
+            .count();
+        assert!(
+            warns <= 2,
+            "node {i} logged {warns} WARN lines:\n{}",
+            cluster.nodes[i].log()
+        );
+    }
 }
 
 /// JSON logs carry values, not Rust debug text: addresses as `ip:port` (the bound port, not
@@ -702,4 +715,87 @@ fn a_restart_with_the_clock_set_back_is_seen_by_the_zone() {
     .unwrap();
     let (status, ready) = get_json(&cluster.admin(1), "/ready").unwrap();
     assert_eq!(status, 200, "{ready}");
+}
+
+/// A node restarted with a smaller generation than the zone has seen (its generation file lost
+/// after a run with the clock ahead) is listed alive and ready next to its old, dead record;
+/// force-leave removes the old record and never the running process.
+#[test]
+fn a_restart_with_a_smaller_generation_stays_visible() {
+    let mut cluster = Cluster::new().unwrap();
+    for _ in 0..2 {
+        let mut options = cluster.next_options();
+        options.config = format!("{}admin: {{ token: t0k }}\n", cluster_tests::TEST_CONFIG);
+        cluster.add_node_with(options).unwrap();
+    }
+    cluster.wait_converged(CONVERGE).unwrap();
+    let name = cluster.nodes[1].options.name.clone();
+    let file = cluster.nodes[1].dir.join("generation");
+    let ahead = cluster.nodes[1].info.generation + 120_000_000_000;
+    cluster.kill(1).unwrap();
+    std::fs::write(&file, ahead.to_string()).unwrap();
+    cluster.restart(1).unwrap();
+    assert!(cluster.nodes[1].info.generation > ahead);
+    eventually(CONVERGE, "the run with the clock ahead seen", || {
+        Ok(members(&cluster, 0)?
+            .iter()
+            .any(|m| m["name"] == name.as_str() && m["generation"].as_u64() > Some(ahead))
+            .then_some(()))
+    })
+    .unwrap();
+    cluster.kill(1).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    cluster.restart(1).unwrap();
+    let small = cluster.nodes[1].info.generation;
+    assert!(small < ahead);
+    eventually(
+        CONVERGE,
+        "the smaller generation alive and ready everywhere",
+        || {
+            for i in 0..2 {
+                let listed = members(&cluster, i)?;
+                let alive = listed.iter().any(|m| {
+                    m["name"] == name.as_str()
+                        && m["generation"] == small
+                        && m["state"] == "alive"
+                        && m["ready"] == true
+                });
+                if !alive {
+                    bail!("node {i}: {listed:?}");
+                }
+            }
+            let (status, ready) = get_json(&cluster.admin(1), "/ready")?;
+            if status != 200 {
+                bail!("{ready}");
+            }
+            Ok(Some(()))
+        },
+    )
+    .unwrap();
+    let out = Command::new(binary().unwrap())
+        .args([
+            "force-leave",
+            &name,
+            "--admin",
+            &cluster.admin(0),
+            "--token",
+            "t0k",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(CONVERGE, "the old record left, the process alive", || {
+        let states = state_of(&members(&cluster, 0)?, &name);
+        Ok(
+            (states.contains(&"alive".to_string()) && !states.contains(&"dead".to_string()))
+                .then_some(()),
+        )
+    })
+    .unwrap();
+    let (status, _) = get_json(&cluster.admin(1), "/ready").unwrap();
+    assert_eq!(status, 200);
 }

@@ -76,6 +76,11 @@ pub fn next_generation(data_dir: &std::path::Path, now_ns: u64) -> anyhow::Resul
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let generation = match last {
+        Some(u64::MAX) => anyhow::bail!(
+            "{} holds the largest generation there is: a restart could not be told from the \
+             last run; delete the file (the node then starts at its clock's time)",
+            path.display()
+        ),
         Some(last) if last >= now_ns => {
             tracing::warn!(
                 last_generation = last,

@@ -11,11 +11,21 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global tracing subscriber. `RUST_LOG` wins over the default `info`. Text logs
+/// Installs the global tracing subscriber. `RUST_LOG` wins over the default `info`; the
+/// `chitchat` target logs errors only unless `RUST_LOG` names it. Text logs
 /// are coloured only on a terminal (not in files, journald or container logs).
 pub fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // chitchat WARNs a cluster-id mismatch on every gossip round (about two lines a second on
+    // each side); the node says it itself, once a minute per peer (`gossip::transport`). So
+    // chitchat's own lines are kept to errors unless RUST_LOG names the `chitchat` target.
+    let env = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if !env.contains("chitchat") {
+        if let Ok(directive) = "chitchat=error".parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -183,10 +183,15 @@ impl MemberEntry {
         self.live && self.lifecycle() != Some(Lifecycle::Left)
     }
 
+    /// Whether this entry hides `older`: a greater generation of the same name, at the same
+    /// address or while `older` is gone. An entry that is gone itself (dead, left) never hides
+    /// one that is present: a node restarted with a smaller generation (its generation file
+    /// lost and its clock behind) must stay visible next to its old record.
     fn supersedes(&self, older: &MemberEntry) -> bool {
         self.name == older.name
             && self.generation > older.generation
             && (self.gossip_address == older.gossip_address || !older.is_present())
+            && (self.is_present() || !older.is_present())
     }
 }
 
@@ -541,6 +546,29 @@ mod tests {
         ]);
         assert_eq!(view.members.len(), 1);
         assert_eq!(view.members[0].generation, 2);
+    }
+
+    #[test]
+    fn a_restart_with_a_smaller_generation_stays_visible_next_to_its_dead_record() {
+        let view = ZoneView::resolve(&[
+            entry("e1", 9, "127.0.0.1:7000", false, "serving"),
+            entry("e1", 5, "127.0.0.1:7000", true, "serving"),
+        ]);
+        let states: Vec<_> = view
+            .members
+            .iter()
+            .map(|m| (m.generation, m.state))
+            .collect();
+        assert_eq!(states, [(5, MemberState::Alive), (9, MemberState::Dead)]);
+        assert!(!view.members[0].name_conflict);
+        assert_eq!(view.zone_egresses().len(), 1);
+        // A live greater generation at the same address still hides the smaller one.
+        let view = ZoneView::resolve(&[
+            entry("e1", 9, "127.0.0.1:7000", true, "serving"),
+            entry("e1", 5, "127.0.0.1:7000", true, "serving"),
+        ]);
+        assert_eq!(view.members.len(), 1);
+        assert_eq!(view.members[0].generation, 9);
     }
 
     #[test]

@@ -305,36 +305,43 @@ async fn force_leave(
     if generations.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no member named {name:?} in zone {:?}", state.node.zone),
-        ));
-    }
-    if let Some(present) = generations.iter().find(|m| m.state.is_present()) {
-        let advice = if present.state == proto::MemberState::Draining {
-            "it leaves by itself once it has drained"
-        } else {
-            "stop or drain it instead"
-        };
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
             format!(
-                "member {name:?} is {} (generation {} at {}): force-leave removes dead members \
-                 only; {advice}",
-                present.state.as_str(),
-                present.generation,
-                present.gossip_address
+                "no member named {:?} in zone {:?}",
+                name.chars().take(64).collect::<String>(),
+                state.node.zone
             ),
         ));
     }
-    if generations
+    // The dead generations are the ones to remove; a present one (a later restart, even with
+    // a smaller generation) is never touched.
+    let dead = generations
         .iter()
-        .all(|m| m.state == proto::MemberState::Left)
-    {
+        .filter(|m| m.state == proto::MemberState::Dead)
+        .map(|m| m.generation)
+        .max();
+    let Some(generation) = dead else {
+        if let Some(present) = generations.iter().find(|m| m.state.is_present()) {
+            let advice = if present.state == proto::MemberState::Draining {
+                "it leaves by itself once it has drained"
+            } else {
+                "stop or drain it instead"
+            };
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "member {name:?} is {} (generation {} at {}): force-leave removes dead \
+                     members only; {advice}",
+                    present.state.as_str(),
+                    present.generation,
+                    present.gossip_address
+                ),
+            ));
+        }
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("member {name:?} has already left: nothing to remove"),
         ));
-    }
-    let generation = generations.iter().map(|m| m.generation).max().unwrap_or(0);
+    };
     let key = format!("{}{name}", proto::member::keys::FORCE_LEAVE_PREFIX);
     let value = proto::member::force_leave_value(generation, crate::gossip::unix_ms());
     state.gossip.set(&[(key.as_str(), value)]).await;

@@ -384,9 +384,14 @@ async fn refresh_loop(
                     .map(|m| format!("generation {} ({})", m.generation, m.state.as_str()))
                     .collect::<Vec<_>>()
                     .join(", ");
+                let listed = if shadow.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    shadow
+                };
                 format!(
                     "the zone does not list this process (generation {}) as alive: it lists \
-                     {shadow} under this name",
+                     {listed} under this name",
                     self_id.generation_id
                 )
             });
