@@ -553,8 +553,9 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// Certificates and configs of two-zone tests, made with the `zone-egress pki` CLI in `dir`.
 pub mod zone_link {
     use std::path::Path;
+    use std::time::Duration;
 
-    use super::{TEST_CONFIG, zone_egress};
+    use super::{Cluster, TEST_CONFIG, request, zone_egress};
 
     fn p(dir: &Path, rel: &str) -> String {
         dir.join(rel).to_string_lossy().into_owned()
@@ -592,6 +593,49 @@ pub mod zone_link {
             p(dir, "mesh-ca/ca.pem"),
             p(dir, "mesh-ca/ca.key")
         )
+    }
+
+    /// POSTs `yaml` to a node's `/v1/apply` (no token) and fails unless it answers 200.
+    pub fn apply(admin: &str, yaml: &str) -> anyhow::Result<()> {
+        let (status, body) = request(
+            "POST",
+            &format!("{admin}/v1/apply"),
+            Some(("application/yaml", yaml.as_bytes())),
+            None,
+        )?;
+        anyhow::ensure!(status == 200, "apply answered {status}: {body}");
+        Ok(())
+    }
+
+    /// Two zones joined by one link: zone-b with one ingress node (`ingress-0`) holding
+    /// `zone_b_resources`, zone-a with one egress node (`egress-0`) that knows the ingress by a
+    /// static `ZoneIngress` and has mesh `default` with the CA of `dir/mesh-ca`. `dir` must
+    /// hold `link-ca` and `mesh-ca` (`zone-egress pki init-ca`). Returns (zone-a, zone-b).
+    pub fn one_link(dir: &Path, zone_b_resources: &str) -> anyhow::Result<(Cluster, Cluster)> {
+        let mut b = Cluster::new()?;
+        b.zone = "zone-b".into();
+        let mut options = b.next_options();
+        options.name = "ingress-0".into();
+        options.config = link_config(dir, &options.name, true)?;
+        options.args = vec!["--role".into(), "ingress".into()];
+        b.add_node_with(options)?;
+        apply(&b.admin(0), zone_b_resources)?;
+        let mut a = Cluster::new()?;
+        let mut options = a.next_options();
+        options.name = "egress-0".into();
+        options.config = link_config(dir, "egress-0", false)?;
+        a.add_node_with(options)?;
+        a.wait_converged(Duration::from_secs(40))?;
+        let link = b.nodes[0].info.link.clone().unwrap_or_default();
+        apply(
+            &a.admin(0),
+            &format!(
+                "{}---\n{}",
+                mesh_yaml(dir),
+                zone_ingress_yaml("zone-b-ingress", &link)
+            ),
+        )?;
+        Ok((a, b))
     }
 
     /// A static `ZoneIngress` of zone-b named `name` for an ingress whose link listens on

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use cluster_tests::upstream::{Nginx, run};
-use cluster_tests::{Cluster, NodeOptions, eventually, get_json, hashed_sni, request, zone_egress};
+use cluster_tests::{Cluster, eventually, get_json, hashed_sni, zone_egress};
 
 const CONVERGE: Duration = Duration::from_secs(40);
 /// Stalled streams held open at once (more than the link's connection window / stream window).
@@ -30,17 +30,6 @@ fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("scripts")
         .join(name)
-}
-
-fn apply(admin: &str, yaml: &str) {
-    let (status, body) = request(
-        "POST",
-        &format!("{admin}/v1/apply"),
-        Some(("application/yaml", yaml.as_bytes())),
-        None,
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
 }
 
 struct Held(Vec<Child>);
@@ -134,45 +123,14 @@ fn setup() -> Setup {
         },
     )
     .unwrap();
-    let link = |node: &str, listen: bool| {
-        cluster_tests::zone_link::link_config(&dir, node, listen).unwrap()
-    };
-    let mut b = Cluster::new().unwrap();
-    b.zone = "zone-b".into();
-    let mut options: NodeOptions = b.next_options();
-    options.name = "ingress-0".into();
-    options.config = link(&options.name, true);
-    options.args = vec!["--role".into(), "ingress".into()];
-    b.add_node_with(options).unwrap();
-    apply(
-        &b.admin(0),
+    let (a, b) = cluster_tests::zone_link::one_link(
+        &dir,
         &format!(
             "type: Mesh\nname: default\n---\ntype: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound: [ {{ port: {}, tags: {{ kuma.io/service: web }} }} ]\n---\ntype: Dataplane\nmesh: default\nname: stuck-1\nnetworking:\n  address: 127.0.0.1\n  inbound: [ {{ port: {stuck_port}, tags: {{ kuma.io/service: stuck }} }} ]\n",
             nginx.https_port.unwrap()
         ),
-    );
-    let mut a = Cluster::new().unwrap();
-    let mut options = a.next_options();
-    options.config = link("egress-0", false);
-    a.add_node_with(options).unwrap();
-    a.wait_converged(CONVERGE).unwrap();
-    let link_port = b.nodes[0]
-        .info
-        .link
-        .as_ref()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
-    apply(
-        &a.admin(0),
-        &format!(
-            "type: Mesh\nname: default\nmtls: {{ enabledBackend: ca-1, backends: [ {{ name: ca-1, type: provided, conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }} }} ] }}\nrouting: {{ zoneEgress: true }}\n---\ntype: ZoneIngress\nname: zone-b-ingress\nzone: zone-b\nnetworking: {{ advertisedAddress: 127.0.0.1, advertisedPort: {link_port} }}\n",
-            p(&dir, "mesh-ca/ca.pem"),
-            p(&dir, "mesh-ca/ca.key")
-        ),
-    );
+    )
+    .unwrap();
     for sni in [&web_sni, &stuck_sni] {
         eventually(CONVERGE, &format!("{sni} through the link"), || {
             let (_, v) = get_json(&a.admin(0), &format!("/v1/inspect/route?sni={sni}"))?;

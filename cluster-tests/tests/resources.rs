@@ -685,11 +685,8 @@ fn inline_keys_never_leave_a_node_without_the_admin_token() {
     assert!(shown.contains(&needles[0]), "{shown}");
 }
 
-/// A node frozen for longer than `store.tombstone_ttl` misses a delete (its tombstone has left
-/// gossip when the node comes back): once it is back, every node holds the same resources,
-/// without a restart.
-#[test]
-fn a_node_frozen_past_the_tombstone_ttl_converges_when_it_comes_back() {
+/// Three nodes with a 3 s `store.tombstone_ttl` (so tests outlast it quickly), converged.
+fn short_ttl_cluster() -> Cluster {
     let mut cluster = Cluster::new().unwrap();
     for _ in 0..3 {
         let mut options = cluster.next_options();
@@ -698,11 +695,22 @@ fn a_node_frozen_past_the_tombstone_ttl_converges_when_it_comes_back() {
         cluster.add_node_with(options).unwrap();
     }
     cluster.wait_converged(CONVERGE).unwrap();
-    let es = |name: &str| {
-        format!(
-            "type: ExternalService\nmesh: default\nname: {name}\ntags: {{ kuma.io/service: {name} }}\nnetworking: {{ address: '127.0.0.1:1' }}\n"
-        )
-    };
+    cluster
+}
+
+/// An ExternalService of mesh `default` named (and tagged) `name`.
+fn es(name: &str) -> String {
+    format!(
+        "type: ExternalService\nmesh: default\nname: {name}\ntags: {{ kuma.io/service: {name} }}\nnetworking: {{ address: '127.0.0.1:1' }}\n"
+    )
+}
+
+/// A node frozen for longer than `store.tombstone_ttl` misses a delete (its tombstone has left
+/// gossip when the node comes back): once it is back, every node holds the same resources,
+/// without a restart.
+#[test]
+fn a_node_frozen_past_the_tombstone_ttl_converges_when_it_comes_back() {
+    let cluster = short_ttl_cluster();
     let (status, v) = apply(
         &cluster,
         0,
@@ -827,19 +835,7 @@ impl Drop for Partition {
 /// cut-off side: once it heals, every node holds the same resources.
 #[test]
 fn a_partition_past_the_tombstone_ttl_heals_to_the_same_resources_everywhere() {
-    let mut cluster = Cluster::new().unwrap();
-    for _ in 0..3 {
-        let mut options = cluster.next_options();
-        options.config =
-            format!("{TEST_CONFIG}admin: {{ token: {TOKEN} }}\nstore: {{ tombstone_ttl: 3s }}\n");
-        cluster.add_node_with(options).unwrap();
-    }
-    cluster.wait_converged(CONVERGE).unwrap();
-    let es = |name: &str| {
-        format!(
-            "type: ExternalService\nmesh: default\nname: {name}\ntags: {{ kuma.io/service: {name} }}\nnetworking: {{ address: '127.0.0.1:1' }}\n"
-        )
-    };
+    let cluster = short_ttl_cluster();
     let (status, v) = apply(
         &cluster,
         0,

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use cluster_tests::upstream::{Nginx, Soak, run, soak};
-use cluster_tests::{
-    Cluster, NodeOptions, TEST_CONFIG, eventually, get_json, hashed_sni, request, zone_egress,
-};
+use cluster_tests::{Cluster, TEST_CONFIG, eventually, get_json, hashed_sni, request, zone_egress};
 
 const CONVERGE: Duration = Duration::from_secs(40);
 /// Body size of every download.
@@ -217,9 +215,6 @@ fn no_download_through_a_link_stops_short() {
         "--name",
         "zone-link",
     ]);
-    let link = |node: &str, listen: bool| {
-        cluster_tests::zone_link::link_config(&dir, node, listen).unwrap()
-    };
     let sni = hashed_sni("web", 8443, "ms").unwrap();
     ze(&[
         "pki",
@@ -240,42 +235,14 @@ fn no_download_through_a_link_stops_short() {
     .unwrap();
     body(&nginx.root);
 
-    let mut b = Cluster::new().unwrap();
-    b.zone = "zone-b".into();
-    let mut options: NodeOptions = b.next_options();
-    options.name = "ingress-0".into();
-    options.config = link(&options.name, true);
-    options.args = vec!["--role".into(), "ingress".into()];
-    b.add_node_with(options).unwrap();
-    apply(
-        &b.admin(0),
+    let (a, _b) = cluster_tests::zone_link::one_link(
+        &dir,
         &format!(
             "type: Mesh\nname: default\n---\ntype: Dataplane\nmesh: default\nname: web-1\nnetworking:\n  address: 127.0.0.1\n  inbound: [ {{ port: {}, tags: {{ kuma.io/service: web }} }} ]\n",
             nginx.https_port.unwrap()
         ),
-    );
-
-    let mut a = Cluster::new().unwrap();
-    let mut options = a.next_options();
-    options.config = link("egress-0", false);
-    a.add_node_with(options).unwrap();
-    a.wait_converged(CONVERGE).unwrap();
-    let link_port = b.nodes[0]
-        .info
-        .link
-        .as_ref()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
-    apply(
-        &a.admin(0),
-        &format!(
-            "{}---\ntype: ZoneIngress\nname: zone-b-ingress\nzone: zone-b\nnetworking: {{ advertisedAddress: 127.0.0.1, advertisedPort: {link_port} }}\n",
-            mesh_yaml(&dir)
-        ),
-    );
+    )
+    .unwrap();
     wait_route(&a, &sni, "passthrough");
     let listen = a.nodes[0].info.listen.clone().unwrap();
     assert_no_download_stops_short("link", &dir, &sni, &listen, dir.join("mesh-ca/ca.pem"));
