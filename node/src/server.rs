@@ -290,7 +290,6 @@ pub async fn run(
 
     let identities = Arc::new(crate::pki::EgressIdentities::new(
         crate::pki::EgressIdentities::DEFAULT_VALIDITY,
-        Vec::new(),
     ));
     let (readiness_tx, readiness_rx) = watch::channel(Readiness::default());
     let (drain_tx, mut drain_rx) = watch::channel(false);
@@ -692,7 +691,7 @@ async fn keep_mesh_identities(
                 continue;
             }
             let name = mesh.name.as_str().to_string();
-            if let Err(e) = identities.server_config(mesh, &[], std::time::SystemTime::now()) {
+            if let Err(e) = identities.acceptor(mesh, &[], std::time::SystemTime::now()) {
                 problems.push(format!(
                     "mesh {name:?}: this egress cannot issue its identity, so every terminated \
                      connection of the mesh is closed (reason identity; the cause is in the log \

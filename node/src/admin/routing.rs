@@ -124,7 +124,7 @@ async fn outbounds(
     // Terminated here: the egress must be able to issue its identity for the mesh.
     if let (Some(identities), false) = (&state.identities, local.is_empty()) {
         if mesh.enabled_ca().is_some() && mesh.routing.zone_egress {
-            if let Err(e) = identities.server_config(&mesh, &[], std::time::SystemTime::now()) {
+            if let Err(e) = identities.acceptor(&mesh, &[], std::time::SystemTime::now()) {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(

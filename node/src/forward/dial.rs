@@ -48,6 +48,16 @@ pub enum DialError {
 }
 
 impl DialError {
+    /// Whether a time limit ended the attempt (resolve, connect or TLS handshake).
+    pub fn timed_out(&self) -> bool {
+        match self {
+            DialError::Resolve { message, .. }
+            | DialError::Connect { message, .. }
+            | DialError::Tls { message, .. } => message.contains("timed out after"),
+            DialError::Settings(_) => false,
+        }
+    }
+
     /// Metric label.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -63,8 +73,12 @@ impl DialError {
 pub trait Upstream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Upstream for T {}
 
-/// Connects to the external service, with TLS when `networking.tls.enabled`.
-pub async fn dial(service: &ExternalService) -> Result<Box<dyn Upstream>, DialError> {
+/// Connects to the external service, with TLS when `networking.tls.enabled`, offering `alpn`
+/// (protocol names, RFC 7301; empty: no ALPN) in the TLS handshake.
+pub async fn dial(
+    service: &ExternalService,
+    alpn: &[&[u8]],
+) -> Result<Box<dyn Upstream>, DialError> {
     let address = &service.networking.address;
     let target = address.to_string();
     let port = address.port.get();
@@ -122,6 +136,13 @@ pub async fn dial(service: &ExternalService) -> Result<Box<dyn Upstream>, DialEr
         .map(pki::load_client_identity)
         .transpose()?;
     let config = pki::client_config(ca.as_deref(), identity, tls.skip_hostname_verification)?;
+    let config = if alpn.is_empty() {
+        config
+    } else {
+        let mut config = std::sync::Arc::unwrap_or_clone(config);
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        std::sync::Arc::new(config)
+    };
     let host = tls.server_name.as_ref().unwrap_or(&address.host);
     let server_name = match host {
         Host::Ip(ip) => ServerName::IpAddress((*ip).into()),

@@ -11,6 +11,7 @@
 mod accept;
 mod dial;
 mod hello;
+pub mod http;
 pub mod route;
 mod splice;
 mod terminate;
@@ -70,10 +71,6 @@ pub const REJECTION_REASONS: &[(&str, &str)] = &[
     (
         "hash_mismatch",
         "a hashed SNI whose hash does not match the resource it names",
-    ),
-    (
-        "sni_not_dns",
-        "the tag form of an external service (termination needs the hashed form)",
     ),
     (
         "unknown_service",
@@ -146,6 +143,8 @@ pub struct Context {
     pub zone: String,
     /// Round-robin position over the endpoints of a service.
     next_endpoint: std::sync::atomic::AtomicUsize,
+    /// Upstream connection pools of the HTTP external services.
+    pools: http::Pools,
     /// Rejection reasons already logged (each is logged once at debug).
     logged: Mutex<HashSet<&'static str>>,
 }
@@ -170,6 +169,7 @@ impl Context {
             access_log,
             zone,
             next_endpoint: std::sync::atomic::AtomicUsize::new(0),
+            pools: http::Pools::default(),
             logged: Mutex::new(HashSet::new()),
         }
     }
@@ -321,23 +321,46 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Cont
     metrics::counter!("zone_egress_connections_routed_total", &labels).increment(1);
 
     let names = route::certificate_names(&sni, &service);
-    let config = match ctx
-        .identities
-        .server_config(&mesh, &names, SystemTime::now())
-    {
+    let config = match ctx.identities.acceptor(&mesh, &names, SystemTime::now()) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(mesh = %mesh_name, error = %e, "no egress identity for the mesh");
             return ctx.reject(peer, "identity", Some(&sni), &e.to_string());
         }
     };
-    let client = match terminate::accept(config, buffered, stream, ctx.limits.hello_timeout).await {
+    let protocol = service.protocol();
+    let alpn = protocol.is_http().then_some(crate::pki::ALPN_HTTP);
+    let timeout = ctx.limits.hello_timeout;
+    let client = match terminate::accept(&config, alpn, buffered, stream, timeout).await {
         Ok(c) => c,
         Err(e) => {
             metrics::counter!("zone_egress_handshake_failures_total", &labels).increment(1);
             return ctx.reject(peer, "handshake", Some(&sni), &e.to_string());
         }
     };
+    if protocol.is_http() {
+        let upstream = ctx.pools.get(&mesh_name, &service, &endpoints);
+        let active = metrics::gauge!("zone_egress_connections_active", &labels);
+        active.increment(1.0);
+        let served = http::serve(client, upstream, &ctx.limits).await;
+        active.decrement(1.0);
+        count_bytes(
+            &mesh_name,
+            &service_name,
+            served.bytes_up,
+            served.bytes_down,
+        );
+        if ctx.access_log {
+            tracing::info!(
+                target: "access", %peer, sni, mesh = %mesh_name, service = %service_name,
+                protocol = protocol.as_str(), outcome = "http", requests = served.requests,
+                upstream_failures = served.upstream_failures, bytes_up = served.bytes_up,
+                bytes_down = served.bytes_down, idle_timeout = served.idle_timeout,
+                duration_ms = accepted.elapsed().as_millis() as u64,
+            );
+        }
+        return;
+    }
     // The endpoints of the service in round-robin order; an endpoint that cannot be reached
     // hands the connection to the next one (nothing was sent upstream yet).
     let start = ctx
@@ -347,7 +370,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Cont
     let mut dialled = None;
     for i in 0..endpoints.len() {
         let endpoint = &endpoints[(start + i) % endpoints.len()];
-        match dial::dial(endpoint).await {
+        match dial::dial(endpoint, &[]).await {
             Ok(u) => {
                 dialled = Some((u, endpoint.networking.address.to_string()));
                 break;
@@ -371,24 +394,12 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Cont
     active.increment(1.0);
     let moved = splice::splice(client, upstream, ctx.limits.idle_timeout).await;
     active.decrement(1.0);
-    metrics::counter!(
-        "zone_egress_bytes_total",
-        &[
-            ("mesh", mesh_name.clone()),
-            ("service", service_name.clone()),
-            ("direction", "upstream".to_string())
-        ]
-    )
-    .increment(moved.client_to_upstream);
-    metrics::counter!(
-        "zone_egress_bytes_total",
-        &[
-            ("mesh", mesh_name.clone()),
-            ("service", service_name.clone()),
-            ("direction", "downstream".to_string())
-        ]
-    )
-    .increment(moved.upstream_to_client);
+    count_bytes(
+        &mesh_name,
+        &service_name,
+        moved.client_to_upstream,
+        moved.upstream_to_client,
+    );
     if ctx.access_log {
         tracing::info!(
             target: "access", %peer, sni, mesh = %mesh_name, service = %service_name,
@@ -396,6 +407,21 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Cont
             bytes_up = moved.client_to_upstream, bytes_down = moved.upstream_to_client,
             idle_timeout = moved.idle_timeout, duration_ms = accepted.elapsed().as_millis() as u64,
         );
+    }
+}
+
+/// Adds a terminated connection's bytes to `zone_egress_bytes_total`.
+fn count_bytes(mesh: &str, service: &str, upstream: u64, downstream: u64) {
+    for (direction, n) in [("upstream", upstream), ("downstream", downstream)] {
+        metrics::counter!(
+            "zone_egress_bytes_total",
+            &[
+                ("mesh", mesh.to_string()),
+                ("service", service.to_string()),
+                ("direction", direction.to_string())
+            ]
+        )
+        .increment(n);
     }
 }
 

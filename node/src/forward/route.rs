@@ -27,7 +27,8 @@ pub enum Decision {
         /// to another zone by `kuma.io/zone`), in name order: the endpoints the dial stage
         /// balances over. Never empty.
         endpoints: Vec<ExternalService>,
-        /// The SNI the client sent (DNS-valid hashed form, lower case).
+        /// The SNI the client sent: the tag form `name{mesh=m,…}` as sent, or the hashed form
+        /// in lower case.
         sni: String,
     },
     /// Pass the TLS bytes through to another zone over a QUIC link (never decrypted).
@@ -289,19 +290,14 @@ pub fn decide(
                     ),
                 );
             }
-            match matching.iter().find(|es| exits_here(es, zone)) {
-                Some(es) => Decision::reject(
-                    "sni_not_dns",
-                    format!(
-                        "{service:?} is an external service, which the egress reaches by \
-                         terminating mTLS; that needs the DNS-valid hashed SNI {:?} (the tag \
-                         form is for passthrough to other zones)",
-                        external_service_sni(es)
-                    ),
-                ),
-                // Pinned to other zones only: never terminated here, passed through to them.
-                None => decide_external(mesh, matching[0], server_name, zone, resources, remote),
-            }
+            // Kuma's egress terminates the tag form of an external service (its filter chain
+            // matches `serverNames: [name{mesh=m}]`); one pinned to other zones only is passed
+            // through to them by `decide_external`.
+            let named = matching
+                .iter()
+                .find(|es| exits_here(es, zone))
+                .unwrap_or(&matching[0]);
+            decide_external(mesh, named, server_name, zone, resources, remote)
         }
         Sni::Hashed(hashed) => {
             if hashed.kind != HashedKind::Mes {
@@ -497,7 +493,7 @@ pub fn explain(
     ) = (&decision, identities)
     {
         let names = certificate_names(sni, service);
-        if let Err(e) = identities.server_config(mesh, &names, std::time::SystemTime::now()) {
+        if let Err(e) = identities.acceptor(mesh, &names, std::time::SystemTime::now()) {
             decision = Decision::reject(
                 "identity",
                 format!(
@@ -584,10 +580,14 @@ pub fn explain(
     }
 }
 
-/// The DNS names the egress certificate for a connection carries: the SNI, and the external
-/// service's host when it is a DNS name.
+/// The DNS names the egress certificate for a connection carries: the SNI when it is a DNS
+/// name (the hashed form; the tag form `name{mesh=m}` is not, and a Kuma sidecar checks the
+/// egress's SPIFFE id, not a name), and the external service's host when it is a DNS name.
 pub fn certificate_names(sni: &str, service: &ExternalService) -> Vec<String> {
-    let mut names = vec![sni.to_string()];
+    let mut names = Vec::new();
+    if rustls::pki_types::DnsName::try_from(sni).is_ok() {
+        names.push(sni.to_string());
+    }
     if let Host::Dns(host) = &service.networking.address.host {
         names.push(host.clone());
     }
@@ -856,8 +856,7 @@ mod tests {
         };
         let sni = external_service_sni(&es);
         // ZONE's mesh CA is /x/ca.pem, which does not exist.
-        let identities =
-            crate::pki::EgressIdentities::new(std::time::Duration::from_secs(3600), vec![]);
+        let identities = crate::pki::EgressIdentities::new(std::time::Duration::from_secs(3600));
         let e = explain(
             &sni,
             "zone-a",
@@ -905,12 +904,56 @@ mod tests {
         assert!(e.detail.contains("zone-b-ingress"), "{e:?}");
     }
 
+    /// Kuma v2.14's egress matches `serverNames: [externalservice-1{mesh=mesh-1}]` and
+    /// terminates it (`pkg/xds/generator/egress/testdata/01.externalservice-only.golden.yaml`).
+    #[test]
+    fn the_tag_form_of_an_external_service_terminates_as_kumas_egress_does() {
+        let yaml = format!(
+            "{ZONE}---\ntype: ExternalService\nmesh: default\nname: httpbin-v2\ntags: {{ kuma.io/service: httpbin, version: v2 }}\nnetworking: {{ address: 'v2.httpbin.org:80' }}\n"
+        );
+        let r = resources(&yaml);
+        let remote = RemoteServices::default();
+        match decide(Some("httpbin{mesh=default}"), "zone-a", &r, &remote) {
+            Decision::TerminateExternal {
+                mesh,
+                service,
+                endpoints,
+                sni,
+            } => {
+                assert_eq!(mesh.name.as_str(), "default");
+                assert_eq!(sni, "httpbin{mesh=default}", "the SNI as sent");
+                assert_eq!(service.service(), "httpbin");
+                assert_eq!(endpoints.len(), 2, "every endpoint of the service");
+                // The tag form is not a DNS name: the certificate names the host only.
+                assert_eq!(
+                    certificate_names(&sni, &service),
+                    vec!["httpbin.org".to_string()]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A subset (sorted tags, Kuma's `SNIFromTags`) picks the matching resource.
+        match decide(
+            Some("httpbin{mesh=default,version=v2}"),
+            "zone-a",
+            &r,
+            &remote,
+        ) {
+            Decision::TerminateExternal { service, .. } => {
+                assert_eq!(service.name.as_str(), "httpbin-v2")
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = explain("httpbin{mesh=default}", "zone-a", &r, &remote, None);
+        assert_eq!((e.action, e.reason), ("terminate-external", "external"));
+    }
+
     #[test]
     fn every_rejection_has_its_reason() {
         let r = resources(ZONE);
         let cases = [
             (None, "no_sni"),
-            (Some("httpbin{mesh=default}"), "sni_not_dns"),
+            (Some("httpbin{mesh=default,version=v9}"), "unknown_service"),
             (Some("nothing{mesh=default}"), "unknown_service"),
             (Some("httpbin{mesh=nope}"), "unknown_mesh"),
             (Some("other{mesh=plain}"), "mesh_without_mtls"),

@@ -1,17 +1,18 @@
-//! Terminate stage (external services): the client's mTLS handshake with the mesh identity.
+//! Terminate stage (external services): the client's mTLS handshake with the mesh identity, on
+//! OpenSSL ([`crate::pki::acceptor`]: it accepts the tag-form SNI a Kuma sidecar sends).
 //!
 //! The ClientHello was already read by our own parser, so the buffered bytes are replayed into
-//! rustls ahead of the socket ([`Replay`]).
+//! the TLS stack ahead of the socket ([`Replay`]).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use openssl::ssl::SslContext;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
+use tokio_openssl::SslStream;
 
 /// A stream that yields `prefix` before reading from `inner`; writes go to `inner`.
 pub struct Replay<S> {
@@ -70,15 +71,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
     }
 }
 
-/// Runs the server side of the client's handshake within `timeout`.
+/// Runs the server side of the client's handshake within `timeout`, offering `alpn` (ALPN wire
+/// format; `None`: none).
 pub async fn accept(
-    config: Arc<rustls::ServerConfig>,
+    context: &SslContext,
+    alpn: Option<&'static [u8]>,
     buffered: Vec<u8>,
     stream: TcpStream,
     timeout: Duration,
-) -> io::Result<TlsStream<Replay<TcpStream>>> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::time::timeout(timeout, acceptor.accept(Replay::new(buffered, stream)))
+) -> io::Result<SslStream<Replay<TcpStream>>> {
+    let handshake = crate::pki::accept(context, alpn, Replay::new(buffered, stream));
+    tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
 }

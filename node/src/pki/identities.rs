@@ -1,8 +1,8 @@
 //! [`EgressIdentities`]: the egress's `spiffe://<mesh>/zone-egress` identities, one per (mesh,
-//! set of DNS names), each with its ready-made rustls server configuration.
+//! set of DNS names), each with its ready-made OpenSSL server context ([`super::acceptor`]).
 //!
 //! An identity is issued on first use and re-issued once its renewal time (two thirds of its
-//! lifetime) has passed or when the mesh's CA changed. Connections hold the `Arc<ServerConfig>`
+//! lifetime) has passed or when the mesh's CA changed. Connections hold the `Arc<SslContext>`
 //! they started with, so a renewal never drops one.
 //!
 //! The mesh CA is loaded once per backend definition; when it comes from files, the files are
@@ -19,14 +19,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use openssl::ssl::SslContext;
 use proto::resource::{CaBackend, CaKind, Mesh};
-use rustls::ServerConfig;
 use rustls::pki_types::CertificateDer;
 
 use super::PkiError;
+use super::acceptor::acceptor_for_mesh;
 use super::material::{parse_certificates, read_data_source};
 use super::mesh_ca::MeshCa;
-use super::tls::server_config_for_mesh;
 
 /// The egress identities of every mesh, issued on demand.
 ///
@@ -35,7 +35,6 @@ use super::tls::server_config_for_mesh;
 #[derive(Debug)]
 pub struct EgressIdentities {
     validity: Duration,
-    alpn: Vec<Vec<u8>>,
     state: Mutex<State>,
 }
 
@@ -76,7 +75,7 @@ struct Identity {
     trust: Vec<CertificateDer<'static>>,
     renew_at: SystemTime,
     not_after: SystemTime,
-    config: Arc<ServerConfig>,
+    config: Arc<SslContext>,
 }
 
 impl EgressIdentities {
@@ -85,23 +84,23 @@ impl EgressIdentities {
     /// How often a file-based mesh CA is read again.
     pub const CA_REFRESH: Duration = Duration::from_secs(60);
 
-    /// Identities valid for `validity`; their server configurations offer `alpn` (empty: none).
-    pub fn new(validity: Duration, alpn: Vec<Vec<u8>>) -> EgressIdentities {
+    /// Identities valid for `validity`.
+    pub fn new(validity: Duration) -> EgressIdentities {
         EgressIdentities {
             validity,
-            alpn,
             state: Mutex::new(State::default()),
         }
     }
 
-    /// The server configuration terminating mTLS for `mesh` with a certificate naming
-    /// `dns_names` (order and duplicates do not matter), issued or renewed as needed at `now`.
-    pub fn server_config(
+    /// The server context terminating mTLS for `mesh` with a certificate naming `dns_names`
+    /// (order and duplicates do not matter; each must be a DNS name), issued or renewed as
+    /// needed at `now`.
+    pub fn acceptor(
         &self,
         mesh: &Mesh,
         dns_names: &[String],
         now: SystemTime,
-    ) -> Result<Arc<ServerConfig>, PkiError> {
+    ) -> Result<Arc<SslContext>, PkiError> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let ca = state.ca(mesh, now)?;
         let trust = state.trust(mesh, now);
@@ -118,7 +117,7 @@ impl EgressIdentities {
             }
         }
         let issued = ca.issue_egress(ca.mesh(), &key.1, now, self.validity)?;
-        let config = server_config_for_mesh(&ca, &trust, &issued, self.alpn.clone())?;
+        let config = Arc::new(acceptor_for_mesh(&ca, &trust, &issued)?);
         tracing::debug!(
             mesh = ca.mesh(),
             names = %key.1.join(","),
@@ -268,13 +267,13 @@ mod tests {
     #[test]
     fn identities_are_cached_and_renewed_after_two_thirds() {
         let (mesh, _) = mesh_and_ca("default");
-        let identities = EgressIdentities::new(HOUR * 3, vec![]);
+        let identities = EgressIdentities::new(HOUR * 3);
         let start = SystemTime::now();
         let first = identities
-            .server_config(&mesh, &names(&["b.test", "a.test"]), start)
+            .acceptor(&mesh, &names(&["b.test", "a.test"]), start)
             .unwrap();
         let again = identities
-            .server_config(&mesh, &names(&["a.test", "b.test", "a.test"]), start + HOUR)
+            .acceptor(&mesh, &names(&["a.test", "b.test", "a.test"]), start + HOUR)
             .unwrap();
         assert!(
             Arc::ptr_eq(&first, &again),
@@ -282,17 +281,17 @@ mod tests {
         );
         drop(again);
         let other_names = identities
-            .server_config(&mesh, &names(&["c.test"]), start + HOUR)
+            .acceptor(&mesh, &names(&["c.test"]), start + HOUR)
             .unwrap();
         assert!(!Arc::ptr_eq(&first, &other_names));
 
         // Two thirds of 3 h (counted from one minute before `start`) have passed.
         let renewed = identities
-            .server_config(&mesh, &names(&["a.test", "b.test"]), start + HOUR * 2)
+            .acceptor(&mesh, &names(&["a.test", "b.test"]), start + HOUR * 2)
             .unwrap();
         assert!(!Arc::ptr_eq(&first, &renewed), "renewed after renew_at");
         let still = identities
-            .server_config(&mesh, &names(&["a.test", "b.test"]), start + HOUR * 3)
+            .acceptor(&mesh, &names(&["a.test", "b.test"]), start + HOUR * 3)
             .unwrap();
         assert!(Arc::ptr_eq(&renewed, &still));
         // The old configuration stays usable by the connections holding it.
@@ -303,18 +302,18 @@ mod tests {
     fn a_new_ca_means_a_new_identity() {
         let (mesh, _) = mesh_and_ca("default");
         let (rotated, _) = mesh_and_ca("default");
-        let identities = EgressIdentities::new(HOUR, vec![]);
+        let identities = EgressIdentities::new(HOUR);
         let now = SystemTime::now();
-        let first = identities.server_config(&mesh, &[], now).unwrap();
-        let second = identities.server_config(&rotated, &[], now).unwrap();
+        let first = identities.acceptor(&mesh, &[], now).unwrap();
+        let second = identities.acceptor(&rotated, &[], now).unwrap();
         assert!(!Arc::ptr_eq(&first, &second));
         assert!(Arc::ptr_eq(
             &second,
-            &identities.server_config(&rotated, &[], now).unwrap()
+            &identities.acceptor(&rotated, &[], now).unwrap()
         ));
 
         identities.forget_mesh("default");
-        let third = identities.server_config(&rotated, &[], now).unwrap();
+        let third = identities.acceptor(&rotated, &[], now).unwrap();
         assert!(!Arc::ptr_eq(&second, &third));
     }
 
@@ -324,9 +323,9 @@ mod tests {
         init_ca(dir.path(), "first").unwrap();
         let file = |name: &str| DataSource::File(dir.path().join(name).display().to_string());
         let mesh = mesh_with("default", file("ca.pem"), file("ca.key"));
-        let identities = EgressIdentities::new(HOUR * 24, vec![]);
+        let identities = EgressIdentities::new(HOUR * 24);
         let start = SystemTime::now();
-        let first = identities.server_config(&mesh, &[], start).unwrap();
+        let first = identities.acceptor(&mesh, &[], start).unwrap();
 
         // Rotate the CA on disk: picked up after CA_REFRESH.
         fs::remove_file(dir.path().join("ca.pem")).unwrap();
@@ -335,23 +334,21 @@ mod tests {
         let soon = start + EgressIdentities::CA_REFRESH / 2;
         assert!(Arc::ptr_eq(
             &first,
-            &identities.server_config(&mesh, &[], soon).unwrap()
+            &identities.acceptor(&mesh, &[], soon).unwrap()
         ));
         let later = start + EgressIdentities::CA_REFRESH;
-        let second = identities.server_config(&mesh, &[], later).unwrap();
+        let second = identities.acceptor(&mesh, &[], later).unwrap();
         assert!(!Arc::ptr_eq(&first, &second));
 
         // A broken file on disk: the loaded CA stays.
         fs::write(dir.path().join("ca.pem"), b"broken").unwrap();
         let much_later = later + EgressIdentities::CA_REFRESH * 2;
-        let third = identities.server_config(&mesh, &[], much_later).unwrap();
+        let third = identities.acceptor(&mesh, &[], much_later).unwrap();
         assert!(Arc::ptr_eq(&second, &third));
 
         // A changed backend that does not load is an error.
         let moved = mesh_with("default", file("missing.pem"), file("ca.key"));
-        let error = identities
-            .server_config(&moved, &[], much_later)
-            .unwrap_err();
+        let error = identities.acceptor(&moved, &[], much_later).unwrap_err();
         assert!(
             error.to_string().contains("conf.cert: cannot read"),
             "{error}"
@@ -362,9 +359,9 @@ mod tests {
     fn a_mesh_without_mtls_has_no_identity() {
         let (mut mesh, _) = mesh_and_ca("default");
         mesh.mtls = None;
-        let identities = EgressIdentities::new(HOUR, vec![]);
+        let identities = EgressIdentities::new(HOUR);
         let error = identities
-            .server_config(&mesh, &[], SystemTime::now())
+            .acceptor(&mesh, &[], SystemTime::now())
             .unwrap_err();
         assert!(matches!(error, PkiError::NoMtls { .. }), "{error}");
     }

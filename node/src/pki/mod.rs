@@ -1,5 +1,5 @@
 //! Certificates: the operator's CA commands, each mesh's CA, the egress's per-mesh identity and
-//! the rustls configurations built from them (DESIGN.md §3 `pki`, §4 `mtls`, §6 step 3).
+//! the TLS configurations built from them (DESIGN.md §3 `pki`, §4 `mtls`, §6 step 3).
 //!
 //! Files in the order material meets them:
 //! * `material.rs`: read a `DataSource` or a file, parse PEM (or DER) certificates and keys,
@@ -10,19 +10,21 @@
 //!   the `spiffe://<mesh>/zone-egress` identity;
 //! * `identities.rs`: [`EgressIdentities`], the per-(mesh, names) cache that re-issues an
 //!   identity before it expires or when the mesh CA changes;
-//! * `tls.rs`: rustls configurations (always the ring provider, chosen explicitly): the
-//!   terminating server side that requires a client certificate of the mesh, and the client side
-//!   for TLS origination towards external services;
-//! * `verify.rs`: the certificate verifiers behind them and [`spiffe_ids`].
+//! * `acceptor.rs`: the terminating server side (OpenSSL, which accepts the tag-form SNI Kuma
+//!   sidecars send) that requires a client certificate of the mesh;
+//! * `tls.rs`: rustls client configurations (always the ring provider, chosen explicitly) for
+//!   TLS origination towards external services;
+//! * `verify.rs`: the certificate checks behind them and [`spiffe_ids`].
 //!
 //! This module runs no task of its own: the forwarding plane calls
-//! [`EgressIdentities::server_config`] per terminated connection and holds the returned
-//! `Arc<ServerConfig>` for the connection's life, so a renewal never drops a connection.
+//! [`EgressIdentities::acceptor`] per terminated connection and holds the returned
+//! `Arc<SslContext>` for the connection's life, so a renewal never drops a connection.
 //!
 //! Key types: every key this module generates is ECDSA P-256 (PKCS#8). Operator-provided CA keys
 //! may be PKCS#8 (ECDSA P-256/P-384, Ed25519, RSA), SEC1 (`EC PRIVATE KEY`, P-256/P-384) or
 //! PKCS#1 (`RSA PRIVATE KEY`, 2048 bits or more); encrypted keys are refused.
 
+mod acceptor;
 mod identities;
 mod issue;
 mod material;
@@ -33,6 +35,7 @@ mod verify;
 use std::io;
 use std::path::PathBuf;
 
+pub use acceptor::{ALPN_HTTP, accept, acceptor_for_mesh, set_alpn};
 pub use identities::EgressIdentities;
 pub use issue::{
     CA_CERT_FILE, CA_KEY_FILE, CA_VALIDITY, CERT_FILE, IssueOptions, IssuedCert, KEY_FILE, init_ca,
@@ -40,7 +43,7 @@ pub use issue::{
 };
 pub use material::{load_client_identity, parse_certificates, parse_private_key, read_data_source};
 pub use mesh_ca::{EGRESS_SERVICE, MeshCa};
-pub use tls::{client_config, server_config_for_mesh};
+pub use tls::client_config;
 pub use verify::spiffe_ids;
 
 /// Why a certificate operation failed. Every variant is a local (configuration or internal)
@@ -158,6 +161,9 @@ pub enum PkiError {
     /// rustls refused the configuration (certificate, key or protocol versions).
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// OpenSSL refused a certificate, key or setting of the terminating side.
+    #[error("OpenSSL: {0}")]
+    OpenSsl(#[from] openssl::error::ErrorStack),
     /// rustls refused to build a certificate verifier from the roots.
     #[error("TLS verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),

@@ -1,9 +1,5 @@
 //! rustls configurations, always built on the ring provider chosen explicitly (never
-//! `builder()`, which panics when two providers are compiled in):
-//! * [`server_config_for_mesh`]: the egress terminating a sidecar's mTLS for an external
-//!   service (DESIGN.md §6 step 3): it presents the egress identity and requires a client
-//!   certificate that chains to the mesh CA and carries a `spiffe://<mesh>/...` id;
-//! * [`client_config`]: TLS origination towards an external service (`networking.tls`), with
+//! `builder()`, which panics when two providers are compiled in): [`client_config`]: TLS origination towards an external service (`networking.tls`), with
 //!   the service's `caCert` or else the system trust store ([`system_roots`]).
 //!
 //! Protocol versions are rustls' safe defaults (TLS 1.3 and 1.2).
@@ -13,47 +9,15 @@ use std::sync::{Arc, OnceLock};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore};
 
 use super::PkiError;
-use super::issue::IssuedCert;
 use super::material::parse_certificates;
-use super::mesh_ca::MeshCa;
-use super::verify::{MeshClientVerifier, SkipHostnameVerifier};
+use super::verify::SkipHostnameVerifier;
 
 /// The one crypto provider of this node.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The egress's server side for one mesh: presents `cert`, offers `alpn` (empty: no ALPN), and
-/// refuses at the handshake any client without a certificate chaining to one of `trusted` (the
-/// CA certificates of every backend the mesh lists, so that a rotation keeps the sidecars of the
-/// previous CA working: Kuma's "mTLS certificate rotation" keeps trusting a backend while it is
-/// listed), with an expired certificate, or without a SPIFFE id of `ca.mesh()`. `ca` (the
-/// enabled backend, which signed `cert`) is always trusted.
-pub fn server_config_for_mesh(
-    ca: &MeshCa,
-    trusted: &[CertificateDer<'static>],
-    cert: &IssuedCert,
-    alpn: Vec<Vec<u8>>,
-) -> Result<Arc<ServerConfig>, PkiError> {
-    let provider = provider();
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.certificate().clone())?;
-    for other in trusted.iter().filter(|c| *c != ca.certificate()) {
-        roots.add(other.clone())?;
-    }
-    let webpki =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
-    let verifier = Arc::new(MeshClientVerifier::new(ca.mesh(), webpki));
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
-    config.alpn_protocols = alpn;
-    Ok(Arc::new(config))
 }
 
 /// The client side of TLS origination. `ca_pem` (PEM bundle or one DER certificate) holds the
@@ -121,12 +85,15 @@ pub fn system_roots() -> Option<Arc<RootCertStore>> {
 mod tests {
     use std::time::{Duration, SystemTime};
 
+    use openssl::ssl::SslContext;
     use rustls::pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
-    use tokio_rustls::{TlsAcceptor, TlsConnector};
+    use tokio_rustls::TlsConnector;
 
     use super::*;
+    use crate::pki::MeshCa;
+    use crate::pki::acceptor::{accept, acceptor_for_mesh};
     use crate::pki::mesh_ca::tests::mesh_and_ca;
     use crate::pki::{IssueOptions, spiffe_ids};
 
@@ -143,7 +110,7 @@ mod tests {
 
     /// One TLS connection over a real socket; the server greets with `hi` after the handshake.
     async fn handshake(
-        server: Arc<ServerConfig>,
+        server: Arc<SslContext>,
         client: Arc<ClientConfig>,
         server_name: &str,
     ) -> Outcome {
@@ -151,16 +118,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server_task = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
-            let mut tls = TlsAcceptor::from(server)
-                .accept(tcp)
+            let mut tls = accept(&server, None, tcp)
                 .await
                 .map_err(|e| e.to_string())?;
             let ids = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .map(spiffe_ids)
+                .ssl()
+                .peer_certificate()
+                .and_then(|cert| cert.to_der().ok())
+                .map(|der| spiffe_ids(&CertificateDer::from(der)))
                 .unwrap_or_default();
             tls.write_all(b"hi").await.map_err(|e| e.to_string())?;
             tls.shutdown().await.map_err(|e| e.to_string())?;
@@ -210,14 +175,14 @@ mod tests {
         (issued.chain, issued.key)
     }
 
-    /// The egress server config of mesh `default` and its CA.
-    fn egress() -> (MeshCa, Arc<ServerConfig>) {
+    /// The egress server context of mesh `default` and its CA.
+    fn egress() -> (MeshCa, Arc<SslContext>) {
         let (_, ca) = mesh_and_ca("default");
         let issued = ca
             .issue_egress("default", &[EGRESS_NAME.into()], SystemTime::now(), HOUR)
             .unwrap();
-        let config = server_config_for_mesh(&ca, &[], &issued, vec![]).unwrap();
-        (ca, config)
+        let config = acceptor_for_mesh(&ca, &[], &issued).unwrap();
+        (ca, Arc::new(config))
     }
 
     /// Kuma's CA rotation: add `ca-2`, switch `enabledBackend`, remove `ca-1`. Each step
@@ -246,10 +211,10 @@ mod tests {
             (vec![b1.clone(), b2.clone()], "ca-2", [true, true]),
             (vec![b2.clone()], "ca-2", [false, true]),
         ];
-        let identities = crate::pki::EgressIdentities::new(HOUR, vec![]);
+        let identities = crate::pki::EgressIdentities::new(HOUR);
         for (backends, enabled, expected) in steps {
             let server = identities
-                .server_config(&mesh(enabled, backends.clone()), &[EGRESS_NAME.into()], now)
+                .acceptor(&mesh(enabled, backends.clone()), &[EGRESS_NAME.into()], now)
                 .unwrap();
             for (generation, ca) in generations.iter().enumerate() {
                 let identity = client_cert(ca, "spiffe://default/backend", now - HOUR, now + HOUR);
@@ -283,8 +248,8 @@ mod tests {
         );
         assert_eq!(outcome.client, Ok(()));
 
-        // (b) A certificate of another CA with the same subject and the right SPIFFE id: WebPKI
-        // finds the issuer by name and refuses the signature.
+        // (b) A certificate of another CA with the same subject and the right SPIFFE id: OpenSSL
+        // finds no trusted issuer with its key (the authority key identifier differs).
         let (_, other_ca) = mesh_and_ca("default");
         let foreign = client_cert(
             &other_ca,
@@ -310,12 +275,12 @@ mod tests {
             )
         };
         for (case, identity, server_error) in [
-            ("another CA", Some(foreign), "BadSignature"),
-            ("expired", Some(expired), "expired"),
-            ("another mesh", Some(other_mesh), "ForeignIdentity"),
-            ("self-signed", Some(self_signed), "UnknownIssuer"),
+            ("another CA", Some(foreign), "unable to get local issuer certificate"),
+            ("expired", Some(expired), "certificate has expired"),
+            ("another mesh", Some(other_mesh), "application verification failure"),
+            ("self-signed", Some(self_signed), "self-signed certificate"),
             // (e) No client certificate at all.
-            ("no certificate", None, "no certificates"),
+            ("no certificate", None, "peer did not return a certificate"),
         ] {
             let outcome = handshake(server.clone(), client(identity), EGRESS_NAME).await;
             let error = outcome.server.expect_err(case);
@@ -376,15 +341,5 @@ mod tests {
         }
         let error = client_config(Some(b"not a certificate"), None, false).unwrap_err();
         assert!(matches!(error, PkiError::BadCertificate(_)), "{error}");
-    }
-
-    #[test]
-    fn alpn_is_offered_as_given() {
-        let (_, ca) = mesh_and_ca("default");
-        let issued = ca
-            .issue_egress("default", &[], SystemTime::now(), HOUR)
-            .unwrap();
-        let config = server_config_for_mesh(&ca, &[], &issued, vec![b"h2".to_vec()]).unwrap();
-        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
     }
 }

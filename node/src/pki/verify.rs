@@ -1,20 +1,16 @@
-//! Certificate verifiers: the egress's client verifier (chain to the mesh CA, then a SPIFFE id
-//! of this mesh) and the origination verifier that may skip the host-name check; and
-//! [`spiffe_ids`], which reads a certificate's SPIFFE ids.
+//! Certificate checks: [`check_mesh_identity`] (a client of the egress carries a SPIFFE id of the
+//! mesh; used by the terminating stack, [`super::acceptor`]), the origination verifier that may
+//! skip the host-name check, and [`spiffe_ids`], which reads a certificate's SPIFFE ids.
 //!
-//! Both wrap rustls' WebPKI verifiers and only add or relax one check, so signature algorithms,
-//! validity periods and extended key usages are checked by WebPKI as usual.
+//! The origination verifier wraps rustls' WebPKI verifier and relaxes only the name check, so
+//! signature algorithms, validity periods and extended key usages are checked by WebPKI as usual.
 
-use std::fmt;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
-};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use x509_parser::extensions::GeneralName;
 
 use super::PkiError;
@@ -55,82 +51,6 @@ pub(crate) fn check_mesh_identity(cert: &CertificateDer<'_>, mesh: &str) -> Resu
             mesh: mesh.into(),
             found: ids,
         })
-    }
-}
-
-/// Requires a client certificate that chains to the mesh CA (the wrapped WebPKI verifier has it
-/// as its only root) and carries a SPIFFE id of the mesh.
-pub(crate) struct MeshClientVerifier {
-    mesh: String,
-    inner: Arc<dyn ClientCertVerifier>,
-}
-
-impl MeshClientVerifier {
-    /// Wraps a WebPKI client verifier built with the mesh CA as the only root.
-    pub(crate) fn new(mesh: &str, inner: Arc<dyn ClientCertVerifier>) -> MeshClientVerifier {
-        MeshClientVerifier {
-            mesh: mesh.into(),
-            inner,
-        }
-    }
-}
-
-impl fmt::Debug for MeshClientVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MeshClientVerifier")
-            .field("mesh", &self.mesh)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ClientCertVerifier for MeshClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        check_mesh_identity(end_entity, &self.mesh).map_err(|error| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
-        })?;
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 

@@ -54,6 +54,11 @@ impl ExternalService {
         self.tags.service()
     }
 
+    /// The `kuma.io/protocol` tag read as Kuma reads it ([`Protocol::parse`]).
+    pub fn protocol(&self) -> Protocol {
+        Protocol::parse(self.tags.get(PROTOCOL_TAG))
+    }
+
     /// Port of `networking.address` (the port in the hashed SNI).
     pub fn port(&self) -> u16 {
         self.networking.address.port.get()
@@ -292,5 +297,63 @@ mod tests {
             "type: ExternalService\nmesh: m\nname: e\ntags: { kuma.io/service: e }\nnetworking: {}\n",
             &["networking.address: missing field `address`"],
         );
+    }
+}
+
+/// Kuma's tag naming a service's application protocol.
+pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
+
+/// A service's application protocol, from its `kuma.io/protocol` tag (Kuma
+/// `pkg/core/resources/apis/mesh/protocol.go`: `tcp`, `http`, `http2`, `grpc`, `kafka`; a missing
+/// or unknown value is `tcp`).
+///
+/// The egress proxies `http`, `http2` and `grpc` as HTTP (Kuma's egress runs an HTTP connection
+/// manager with `autoHostRewrite` for them) and splices bytes for `tcp` and `kafka`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Bytes (also every unknown value).
+    Tcp,
+    /// HTTP/1.1 towards the upstream.
+    Http,
+    /// HTTP/2 towards the upstream.
+    Http2,
+    /// gRPC: HTTP/2 towards the upstream.
+    Grpc,
+    /// Kafka: bytes, like `tcp`.
+    Kafka,
+}
+
+impl Protocol {
+    /// Reads a `kuma.io/protocol` value; `None` or an unknown value is [`Protocol::Tcp`]. Kuma's
+    /// values are lower case; the comparison is too.
+    pub fn parse(value: Option<&str>) -> Protocol {
+        match value {
+            Some("http") => Protocol::Http,
+            Some("http2") => Protocol::Http2,
+            Some("grpc") => Protocol::Grpc,
+            Some("kafka") => Protocol::Kafka,
+            _ => Protocol::Tcp,
+        }
+    }
+
+    /// The tag value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+            Protocol::Kafka => "kafka",
+        }
+    }
+
+    /// Whether the egress proxies the service as HTTP (`http`, `http2`, `grpc`).
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+
+    /// Whether the upstream speaks HTTP/2 (`http2`, `grpc`).
+    pub fn upstream_h2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
     }
 }

@@ -1,0 +1,706 @@
+//! HTTP stage (external services tagged `kuma.io/protocol: http`, `http2` or `grpc`): after the
+//! client's mTLS is terminated, the egress speaks HTTP on both sides, as Kuma's egress does (an
+//! HTTP connection manager whose route has `autoHostRewrite: true` and `timeout: 0s`; Kuma v2.14
+//! `pkg/xds/generator/egress/testdata/01.externalservice-only.golden.yaml`).
+//!
+//! * Downstream: HTTP/1.1 or HTTP/2 (ALPN when the client offers it, else the HTTP/2 preface
+//!   decides, like Envoy's `codec_type: AUTO`), served by hyper. Header block ≤
+//!   [`MAX_HEADER_BYTES`] (HTTP/1.1: `431`, hyper's answer for an oversized head), the head of a
+//!   request within `limits.hello_timeout`, a malformed request line or a request with both
+//!   `Content-Length` and `Transfer-Encoding` refused with `400` (RFC 9112 §6.3: such a message
+//!   may be a smuggling attempt; the connection is closed after the answer).
+//! * Upstream: one pool of connections per external service (all its endpoints; a connection
+//!   goes to the endpoints in round-robin order, the next one when one cannot be reached),
+//!   HTTP/1.1 for `http`, HTTP/2 for `http2` and `grpc`, TLS originated per `networking.tls`
+//!   with ALPN `http/1.1` or `h2`. Many client connections share the pooled connections.
+//! * `Host` (HTTP/1.1) or `:authority` (HTTP/2) becomes the external service's host when it is
+//!   a DNS name (Envoy's `autoHostRewrite` on Kuma's `STRICT_DNS` cluster: the name, no port);
+//!   an IP-address service keeps what the client sent. No `x-forwarded-*` header is added.
+//! * Hop-by-hop headers (RFC 9110 §7.6.1: `Connection` and what it names, `Proxy-Connection`,
+//!   `Keep-Alive`, `TE` except `trailers`, `Transfer-Encoding`, `Upgrade`) are not forwarded,
+//!   except `Upgrade`/`Connection: upgrade` of an upgrade request (e.g. WebSocket), whose `101`
+//!   turns both connections into a byte splice.
+//! * Bodies stream both ways without buffering; there is no request timeout (Kuma: `timeout:
+//!   0s`). A connection silent both ways for `limits.idle_timeout` is closed.
+//! * When the upstream cannot be used the client gets a short `text/plain` answer naming the
+//!   egress and the reason: `503` (the endpoints refused or did not resolve, or TLS towards them
+//!   failed), `504` (connecting timed out), `502` (the upstream reset or answered something
+//!   that is not HTTP).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use proto::resource::{ExternalService, Host, Protocol};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::dial::{self, DialError};
+use crate::config::Limits;
+
+/// Largest request head (request line and headers) a client may send, in bytes.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// How long an idle pooled upstream connection is kept.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A body either way: the other side's streamed body, or a short answer of the egress.
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The pools of every HTTP external service this node has proxied, keyed by (mesh,
+/// `kuma.io/service`). A pool is replaced when the service's endpoints change.
+#[derive(Default)]
+pub struct Pools {
+    pools: Mutex<HashMap<(String, String), Arc<Upstream>>>,
+}
+
+impl Pools {
+    /// The pool for `endpoints` (every ExternalService of one service this zone exits to;
+    /// non-empty) reached by the SNI that named `named`.
+    pub fn get(
+        &self,
+        mesh: &str,
+        named: &ExternalService,
+        endpoints: &[ExternalService],
+    ) -> Arc<Upstream> {
+        let key = (mesh.to_string(), named.service().to_string());
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pool) = pools.get(&key) {
+            if pool.endpoints.as_slice() == endpoints && pool.named == *named {
+                return pool.clone();
+            }
+        }
+        let pool = Arc::new(Upstream::new(mesh, named, endpoints));
+        pools.insert(key, pool.clone());
+        pool
+    }
+}
+
+/// One external service's upstream side: the pooled client and what a request needs.
+pub struct Upstream {
+    client: Client<Connector, Incoming>,
+    endpoints: Arc<Vec<ExternalService>>,
+    named: ExternalService,
+    /// `Host`/`:authority` for every request (`None`: keep the client's).
+    host: Option<HeaderValue>,
+    /// HTTP/2 towards the upstream.
+    h2: bool,
+    labels: [(&'static str, String); 2],
+}
+
+impl Upstream {
+    fn new(mesh: &str, named: &ExternalService, endpoints: &[ExternalService]) -> Upstream {
+        let protocol = named.protocol();
+        let h2 = protocol.upstream_h2();
+        let endpoints = Arc::new(endpoints.to_vec());
+        let connector = Connector {
+            endpoints: endpoints.clone(),
+            next: Arc::new(AtomicUsize::new(0)),
+            alpn: if h2 { &[b"h2"] } else { &[b"http/1.1"] },
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(h2);
+        let host = match &named.networking.address.host {
+            Host::Dns(name) => HeaderValue::from_str(name).ok(),
+            Host::Ip(_) => None,
+        };
+        Upstream {
+            client: builder.build(connector),
+            endpoints,
+            named: named.clone(),
+            host,
+            h2,
+            labels: [
+                ("mesh", mesh.to_string()),
+                ("service", named.service().to_string()),
+            ],
+        }
+    }
+
+    /// The protocol of the service.
+    pub fn protocol(&self) -> Protocol {
+        self.named.protocol()
+    }
+}
+
+/// Dials the endpoints of a service for the pool: round-robin start, the next endpoint when one
+/// cannot be reached (nothing was sent yet).
+#[derive(Clone)]
+struct Connector {
+    endpoints: Arc<Vec<ExternalService>>,
+    next: Arc<AtomicUsize>,
+    alpn: &'static [&'static [u8]],
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = Conn;
+    type Error = DialError;
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, DialError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), DialError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let endpoints = self.endpoints.clone();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let alpn = self.alpn;
+        Box::pin(async move {
+            let mut failure = None;
+            for i in 0..endpoints.len() {
+                let endpoint = &endpoints[(start + i) % endpoints.len()];
+                match dial::dial(endpoint, alpn).await {
+                    Ok(io) => return Ok(Conn(TokioIo::new(io))),
+                    Err(e) => {
+                        tracing::debug!(endpoint = %endpoint.name, error = %e, "dial failed");
+                        failure = Some(e);
+                    }
+                }
+            }
+            Err(failure.unwrap_or_else(|| DialError::Connect {
+                target: String::new(),
+                message: "no endpoint".into(),
+            }))
+        })
+    }
+}
+
+/// A pooled upstream connection.
+struct Conn(TokioIo<Box<dyn dial::Upstream>>);
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// What one client connection did, for the access log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Served {
+    /// Requests answered (by the upstream or by the egress).
+    pub requests: u64,
+    /// Answers the egress made itself because the upstream failed (502/503/504).
+    pub upstream_failures: u64,
+    /// Whether the idle timeout ended the connection.
+    pub idle_timeout: bool,
+    /// TLS payload bytes read from the client (requests, including heads).
+    pub bytes_up: u64,
+    /// TLS payload bytes written to the client (answers, including heads).
+    pub bytes_down: u64,
+}
+
+/// Serves HTTP on a terminated client connection until the client closes it, it errs, or it is
+/// silent both ways for `limits.idle_timeout`.
+pub async fn serve<S>(stream: S, upstream: Arc<Upstream>, limits: &Limits) -> Served
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let counts = Arc::new(Counts::default());
+    let service = {
+        let counts = counts.clone();
+        hyper::service::service_fn(move |req| {
+            let upstream = upstream.clone();
+            let counts = counts.clone();
+            async move { Ok::<_, Infallible>(handle(req, &upstream, &counts).await) }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.hello_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    let idle = activity.idle_for(limits.idle_timeout);
+    let idle_timeout = tokio::select! {
+        result = connection => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+            false
+        }
+        () = idle => true,
+    };
+    Served {
+        requests: counts.requests.load(Ordering::Relaxed),
+        upstream_failures: counts.failures.load(Ordering::Relaxed),
+        idle_timeout,
+        bytes_up: activity.read.load(Ordering::Relaxed),
+        bytes_down: activity.written.load(Ordering::Relaxed),
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    requests: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// Forwards one request and returns the answer.
+async fn handle(
+    mut req: Request<Incoming>,
+    upstream: &Upstream,
+    counts: &Counts,
+) -> Response<Body> {
+    counts.requests.fetch_add(1, Ordering::Relaxed);
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        return answer(
+            upstream,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "both Content-Length and Transfer-Encoding (RFC 9112 §6.3)",
+            true,
+        );
+    }
+    let upgrade = upgrade_of(&req);
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let client_host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    remove_hop_by_hop(&mut parts.headers);
+    let host = match (&upstream.host, client_host) {
+        (Some(h), _) => h.clone(),
+        (None, Some(h)) => match HeaderValue::from_str(&h) {
+            Ok(v) => v,
+            Err(_) => {
+                return answer(
+                    upstream,
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "invalid Host",
+                    false,
+                );
+            }
+        },
+        (None, None) => {
+            return answer(
+                upstream,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "no Host",
+                false,
+            );
+        }
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let authority = if upstream.h2 {
+        host.to_str().unwrap_or("upstream").to_string()
+    } else {
+        // The pool key only: HTTP/1.1 sends the origin form and the `Host` header.
+        "upstream".to_string()
+    };
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(_) => {
+            return answer(
+                upstream,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "invalid request target",
+                false,
+            );
+        }
+    };
+    if upstream.h2 {
+        parts.version = Version::HTTP_2;
+        parts.headers.remove(header::HOST);
+    } else {
+        parts.version = Version::HTTP_11;
+        parts.headers.insert(header::HOST, host);
+    }
+    if let Some(protocol) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+    }
+    let started = Instant::now();
+    let result = upstream
+        .client
+        .request(Request::from_parts(parts, body))
+        .await;
+    metrics::histogram!("zone_egress_http_upstream_seconds", &upstream.labels)
+        .record(started.elapsed().as_secs_f64());
+    let mut response = match result {
+        Ok(r) => r,
+        Err(error) => {
+            counts.failures.fetch_add(1, Ordering::Relaxed);
+            return upstream_failure(upstream, &error);
+        }
+    };
+    count(upstream, response.status());
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match tokio::join!(client_upgrade, upstream_upgrade) {
+                    (Ok(client), Ok(upstream)) => {
+                        let (mut client, mut upstream) =
+                            (TokioIo::new(client), TokioIo::new(upstream));
+                        let idle = Duration::from_secs(3600);
+                        crate::copy::copy_both_ways(
+                            &mut client,
+                            &mut upstream,
+                            idle,
+                            &|_| {},
+                            &|_| {},
+                        )
+                        .await;
+                    }
+                    (c, u) => tracing::debug!(
+                        client = ?c.err(), upstream = ?u.err(), "upgrade did not complete"
+                    ),
+                }
+            });
+            return response.map(|b| b.boxed());
+        }
+    }
+    remove_hop_by_hop(response.headers_mut());
+    response.map(|b| b.boxed())
+}
+
+fn count(upstream: &Upstream, status: StatusCode) {
+    let [(m, mesh), (s, service)] = &upstream.labels;
+    metrics::counter!(
+        "zone_egress_http_requests_total",
+        &[
+            (*m, mesh.clone()),
+            (*s, service.clone()),
+            ("code", status.as_str().to_string())
+        ]
+    )
+    .increment(1);
+}
+
+/// The `Upgrade` protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` and `Upgrade`).
+fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let wants = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1 (and `Proxy-Connection`, `Keep-Alive`):
+/// `Connection` and every header it names, `TE` unless it is `trailers` (gRPC needs it),
+/// `Transfer-Encoding`, `Upgrade`, `Trailer` is kept (it describes the body's trailers, which
+/// are forwarded).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if name != header::TE {
+            headers.remove(&name);
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("proxy-connection"),
+        HeaderName::from_static("keep-alive"),
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(&name);
+    }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The answer when the upstream could not be used.
+fn upstream_failure(
+    upstream: &Upstream,
+    error: &hyper_util::client::legacy::Error,
+) -> Response<Body> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(dial) = e.downcast_ref::<DialError>() {
+            metrics::counter!("zone_egress_dial_failures_total", &upstream.labels).increment(1);
+            let status = if dial.timed_out() {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            return answer(upstream, status, dial.reason(), &dial.to_string(), false);
+        }
+        source = e.source();
+    }
+    let detail = match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    };
+    answer(
+        upstream,
+        StatusCode::BAD_GATEWAY,
+        "upstream_http",
+        &detail,
+        false,
+    )
+}
+
+/// A short answer of the egress itself: `zone-egress: <reason>: <detail>`, with the reason also
+/// in `x-zone-egress-reason`.
+fn answer(
+    upstream: &Upstream,
+    status: StatusCode,
+    reason: &'static str,
+    detail: &str,
+    close: bool,
+) -> Response<Body> {
+    count(upstream, status);
+    let body = format!("zone-egress: {reason}: {detail}\n");
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert("x-zone-egress-reason", HeaderValue::from_static(reason));
+    if close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// The last time bytes moved on a connection.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    /// Bytes read from the client.
+    read: AtomicU64,
+    /// Bytes written to the client.
+    written: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once no byte moved for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let idle = self.start.elapsed().saturating_sub(last);
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - idle).await;
+        }
+    }
+}
+
+/// A stream that records activity on every read and write that moved bytes.
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.activity.read.fetch_add(n as u64, Ordering::Relaxed);
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 {
+                self.activity.written.fetch_add(n as u64, Ordering::Relaxed);
+                self.activity.touch();
+            }
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_te_trailers_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        remove_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["te", "x-kept"]);
+        assert_eq!(h[header::TE], "trailers");
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        remove_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn an_upgrade_needs_connection_upgrade_and_http_1_1() {
+        let req = |version, connection: &str| {
+            Request::builder()
+                .version(version)
+                .header(header::CONNECTION, connection)
+                .header(header::UPGRADE, "websocket")
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(
+            upgrade_of(&req(Version::HTTP_11, "keep-alive, Upgrade")),
+            Some(HeaderValue::from_static("websocket"))
+        );
+        assert_eq!(upgrade_of(&req(Version::HTTP_11, "keep-alive")), None);
+        assert_eq!(upgrade_of(&req(Version::HTTP_2, "upgrade")), None);
+    }
+}
