@@ -31,13 +31,7 @@ pub struct Nginx {
 impl Nginx {
     /// Starts nginx in `dir` serving `dir/www`; `tls` is (cert.pem, key.pem) for HTTPS.
     pub fn start(dir: &Path, tls: Option<(&Path, &Path)>) -> anyhow::Result<Nginx> {
-        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .context("nginx is not installed (apt-get install nginx; .ci/run does)")?;
         let root = dir.join("www");
-        fs::create_dir_all(&root)?;
-        fs::create_dir_all(dir.join("logs"))?;
         let http_port = free_port()?;
         let https_port = tls.map(|_| free_port()).transpose()?;
         let https = match (tls, https_port) {
@@ -50,6 +44,28 @@ impl Nginx {
             ),
             _ => String::new(),
         };
+        let servers = format!(
+            "server {{ listen 127.0.0.1:{http_port}; root {root}; }}\n{https}",
+            root = root.display()
+        );
+        let ports: Vec<u16> = std::iter::once(http_port).chain(https_port).collect();
+        let mut nginx = Nginx::start_servers(dir, &servers, &ports)?;
+        nginx.http_port = http_port;
+        nginx.https_port = https_port;
+        Ok(nginx)
+    }
+
+    /// Starts nginx in `dir` with `servers` (nginx `server { … }` blocks, inside `http`) and
+    /// waits until every port of `ports` accepts. The document root `dir/www` exists; the
+    /// returned `http_port` is `ports[0]`.
+    pub fn start_servers(dir: &Path, servers: &str, ports: &[u16]) -> anyhow::Result<Nginx> {
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context("nginx is not installed (apt-get install nginx; .ci/run does)")?;
+        let root = dir.join("www");
+        fs::create_dir_all(&root)?;
+        fs::create_dir_all(dir.join("logs"))?;
         let conf = format!(
             "daemon off; master_process off; worker_processes 1; user root; \
              error_log {dir}/logs/error.log; pid {dir}/nginx.pid;\n\
@@ -57,9 +73,8 @@ impl Nginx {
              http {{ access_log off; sendfile on; \
              client_body_temp_path {dir}/tmp-body; proxy_temp_path {dir}/tmp-proxy; \
              fastcgi_temp_path {dir}/tmp-fcgi; uwsgi_temp_path {dir}/tmp-uwsgi; scgi_temp_path {dir}/tmp-scgi; \
-             server {{ listen 127.0.0.1:{http_port}; root {root}; }}\n{https}\n}}\n",
+             {servers}\n}}\n",
             dir = dir.display(),
-            root = root.display(),
         );
         let conf_path = dir.join("nginx.conf");
         fs::write(&conf_path, conf)?;
@@ -75,12 +90,11 @@ impl Nginx {
             .context("cannot start nginx")?;
         let mut nginx = Nginx {
             child,
-            http_port,
-            https_port,
+            http_port: ports.first().copied().unwrap_or_default(),
+            https_port: None,
             root,
             dir: dir.to_path_buf(),
         };
-        let ports: Vec<u16> = std::iter::once(http_port).chain(https_port).collect();
         let up = eventually(Duration::from_secs(10), "nginx to listen", || {
             if let Some(status) = nginx.child.try_wait()? {
                 bail!(
@@ -98,6 +112,69 @@ impl Nginx {
             return Err(e);
         }
         Ok(nginx)
+    }
+}
+
+/// HAProxy in the foreground with a configuration of the caller's (a stand-in for a Kuma
+/// sidecar: it sends any SNI with a client certificate).
+pub struct Haproxy {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Haproxy {
+    /// Starts `haproxy -f dir/haproxy.cfg` with `config` and waits until every port of `ports`
+    /// accepts.
+    pub fn start(dir: &Path, config: &str, ports: &[u16]) -> anyhow::Result<Haproxy> {
+        let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context("haproxy is not installed (apt-get install haproxy; .ci/run does)")?;
+        fs::create_dir_all(dir)?;
+        let path = dir.join("haproxy.cfg");
+        fs::write(&path, config)?;
+        let child = Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("haproxy.log"))?)
+            .spawn()
+            .context("cannot start haproxy")?;
+        let mut haproxy = Haproxy {
+            child,
+            dir: dir.to_path_buf(),
+        };
+        let up = eventually(Duration::from_secs(10), "haproxy to listen", || {
+            if let Some(status) = haproxy.child.try_wait()? {
+                bail!(
+                    "haproxy exited with {status}: {}",
+                    fs::read_to_string(haproxy.dir.join("haproxy.log")).unwrap_or_default()
+                );
+            }
+            Ok(ports
+                .iter()
+                .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                .then_some(()))
+        });
+        if let Err(e) = up {
+            let _ = haproxy.child.kill();
+            return Err(e);
+        }
+        Ok(haproxy)
+    }
+
+    /// What HAProxy wrote to stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

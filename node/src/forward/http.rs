@@ -6,9 +6,11 @@
 //! * Downstream: HTTP/1.1 or HTTP/2 (ALPN when the client offers it, else the HTTP/2 preface
 //!   decides, like Envoy's `codec_type: AUTO`), served by hyper. Header block ≤
 //!   [`MAX_HEADER_BYTES`] (HTTP/1.1: `431`, hyper's answer for an oversized head), the head of a
-//!   request within `limits.hello_timeout`, a malformed request line or a request with both
-//!   `Content-Length` and `Transfer-Encoding` refused with `400` (RFC 9112 §6.3: such a message
-//!   may be a smuggling attempt; the connection is closed after the answer).
+//!   request within `limits.hello_timeout`, a malformed request line or conflicting
+//!   `Content-Length` values refused with `400`. A request with both `Content-Length` and
+//!   `Transfer-Encoding` is read as chunked, forwarded without `Content-Length`, and the
+//!   connection is closed after the answer (hyper's handling, RFC 9112 §6.3 item 3), so a
+//!   request smuggled behind it is never read as a request.
 //! * Upstream: one pool of connections per external service (all its endpoints; a connection
 //!   goes to the endpoints in round-robin order, the next one when one cannot be reached),
 //!   HTTP/1.1 for `http`, HTTP/2 for `http2` and `grpc`, TLS originated per `networking.tls`
@@ -299,17 +301,6 @@ async fn handle(
     counts: &Counts,
 ) -> Response<Body> {
     counts.requests.fetch_add(1, Ordering::Relaxed);
-    if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
-    {
-        return answer(
-            upstream,
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "both Content-Length and Transfer-Encoding (RFC 9112 §6.3)",
-            true,
-        );
-    }
     let upgrade = upgrade_of(&req);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -335,18 +326,11 @@ async fn handle(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     "invalid Host",
-                    false,
                 );
             }
         },
         (None, None) => {
-            return answer(
-                upstream,
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "no Host",
-                false,
-            );
+            return answer(upstream, StatusCode::BAD_REQUEST, "bad_request", "no Host");
         }
     };
     let path = parts
@@ -373,7 +357,6 @@ async fn handle(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 "invalid request target",
-                false,
             );
         }
     };
@@ -519,7 +502,7 @@ fn upstream_failure(
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            return answer(upstream, status, dial.reason(), &dial.to_string(), false);
+            return answer(upstream, status, dial.reason(), &dial.to_string());
         }
         source = e.source();
     }
@@ -527,13 +510,7 @@ fn upstream_failure(
         Some(cause) => format!("{error}: {cause}"),
         None => error.to_string(),
     };
-    answer(
-        upstream,
-        StatusCode::BAD_GATEWAY,
-        "upstream_http",
-        &detail,
-        false,
-    )
+    answer(upstream, StatusCode::BAD_GATEWAY, "upstream_http", &detail)
 }
 
 /// A short answer of the egress itself: `zone-egress: <reason>: <detail>`, with the reason also
@@ -543,7 +520,6 @@ fn answer(
     status: StatusCode,
     reason: &'static str,
     detail: &str,
-    close: bool,
 ) -> Response<Body> {
     count(upstream, status);
     let body = format!("zone-egress: {reason}: {detail}\n");
@@ -559,9 +535,6 @@ fn answer(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert("x-zone-egress-reason", HeaderValue::from_static(reason));
-    if close {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
     response
 }
 

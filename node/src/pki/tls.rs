@@ -275,9 +275,17 @@ mod tests {
             )
         };
         for (case, identity, server_error) in [
-            ("another CA", Some(foreign), "unable to get local issuer certificate"),
+            (
+                "another CA",
+                Some(foreign),
+                "unable to get local issuer certificate",
+            ),
             ("expired", Some(expired), "certificate has expired"),
-            ("another mesh", Some(other_mesh), "application verification failure"),
+            (
+                "another mesh",
+                Some(other_mesh),
+                "application verification failure",
+            ),
             ("self-signed", Some(self_signed), "self-signed certificate"),
             // (e) No client certificate at all.
             ("no certificate", None, "peer did not return a certificate"),
