@@ -420,7 +420,12 @@ fn one_attempt(admins: &Mutex<Vec<String>>, path: &str, certs: &Path, n: usize) 
         };
     };
     let egresses = body["egresses"].as_array().cloned().unwrap_or_default();
-    let sni = body["sni"].as_str().unwrap_or_default();
+    // curl cannot send the tag form a Kuma sidecar sends (`sni`); the egress accepts the hashed
+    // form of the resource as well.
+    let sni = body["hashedSni"]
+        .as_str()
+        .or(body["sni"].as_str())
+        .unwrap_or_default();
     if egresses.is_empty() || sni.is_empty() {
         return Attempt {
             start,

@@ -360,9 +360,10 @@ fn wrong_client_certificates_are_refused_and_others_keep_working() {
 }
 
 #[test]
-fn tag_form_sni_reaches_the_routing_decision() {
+fn tag_form_sni_is_terminated_like_the_hashed_form() {
     let (cluster, pki) = fleet();
     let nginx = Nginx::start(&cluster.root().join("nginx"), None).unwrap();
+    std::fs::write(nginx.root.join("index.html"), "hello by the tag form\n").unwrap();
     apply(
         &cluster,
         &format!(
@@ -371,32 +372,27 @@ fn tag_form_sni_reaches_the_routing_decision() {
             plain_es("httpbin", nginx.http_port)
         ),
     );
-    wait_routable(&cluster, "httpbin%7Bmesh%3Ddefault%7D", "sni_not_dns");
-    let listen = cluster.nodes[2].info.listen.clone().unwrap();
-    let before = counter(
-        &metrics(&cluster, 2),
-        "zone_egress_connections_rejected_total{reason=\"sni_not_dns\"}",
+    // Kuma's egress matches `serverNames: [httpbin{mesh=default}]` and terminates it.
+    wait_routable(
+        &cluster,
+        "httpbin%7Bmesh%3Ddefault%7D",
+        "terminate-external",
     );
-    let (_, out, _) = run(Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &listen,
-            "-servername",
-            "httpbin{mesh=default}",
-        ])
-        .arg("-cert")
+    let listen = cluster.nodes[2].info.listen.clone().unwrap();
+    let (_, out, _) = run(Command::new("sh")
+        .arg("-c")
+        .arg(
+            "printf 'GET /index.html HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' | openssl s_client -quiet \
+             -connect \"$0\" -servername 'httpbin{mesh=default}' -cert \"$1\" -key \"$2\" \
+             -CAfile \"$3\" -verify_return_error",
+        )
+        .arg(&listen)
         .arg(pki.path("client/cert.pem"))
-        .arg("-key")
-        .arg(pki.path("client/key.pem")))
+        .arg(pki.path("client/key.pem"))
+        .arg(pki.path("mesh-ca/ca.pem")))
     .unwrap();
     let out = String::from_utf8_lossy(&out);
-    assert!(out.contains("no peer certificate available"), "{out}");
-    let after = counter(
-        &metrics(&cluster, 2),
-        "zone_egress_connections_rejected_total{reason=\"sni_not_dns\"}",
-    );
-    assert_eq!(after, before + 1);
+    assert!(out.contains("hello by the tag form"), "{out}");
     // The operator's view of the same decision, from the CLI.
     let explained = ze(&[
         "inspect",
@@ -407,8 +403,7 @@ fn tag_form_sni_reaches_the_routing_decision() {
         &cluster.admin(2),
     ]);
     let v: Value = serde_json::from_str(&explained).unwrap();
-    assert_eq!(v["reason"], "sni_not_dns");
-    assert!(v["detail"].as_str().unwrap().contains(".mes"), "{v}");
+    assert_eq!(v["action"], "terminate-external", "{v}");
     // Garbage and plain text are closed and counted, never routed.
     let (_, out, _) =
         run(Command::new("curl").args(["-sS", "--max-time", "5", &format!("http://{listen}/")]))
@@ -488,7 +483,9 @@ fn outbounds_name_ready_egresses_or_answer_503() {
     })
     .unwrap();
     assert_eq!(answer["mode"], "zone-egress");
-    assert_eq!(answer["sni"], sni_of("httpbin", 9));
+    // The SNI a Kuma sidecar sends, and the hashed form the egress accepts as well.
+    assert_eq!(answer["sni"], "httpbin{mesh=default}");
+    assert_eq!(answer["hashedSni"], sni_of("httpbin", 9));
     for i in 0..3 {
         let (status, v) = post_json(&cluster.admin(i), "/v1/drain", None).unwrap();
         assert_eq!(status, 202, "{v}");

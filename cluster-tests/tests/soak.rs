@@ -175,6 +175,26 @@ fn no_terminated_download_stops_short() {
     );
 }
 
+/// The HTTP path (`kuma.io/protocol: http`): hyper on both sides, the upstream pooled and
+/// reached with TLS, every client connection keep-alive.
+#[test]
+fn no_download_over_the_http_path_stops_short() {
+    let (cluster, nginx, dir) = terminating_node();
+    let port = nginx.https_port.unwrap();
+    apply(
+        &cluster.admin(0),
+        &format!(
+            "{}---\ntype: ExternalService\nmesh: default\nname: web\ntags: {{ kuma.io/service: web, kuma.io/protocol: http }}\nnetworking:\n  address: localhost:{port}\n  tls: {{ enabled: true, caCert: {{ file: {} }} }}\n",
+            mesh_yaml(&dir),
+            p(&dir, "upstream-ca/ca.pem")
+        ),
+    );
+    let sni = hashed_sni("web", port, "mes").unwrap();
+    wait_route(&cluster, &sni, "terminate-external");
+    let listen = cluster.nodes[0].info.listen.clone().unwrap();
+    assert_no_download_stops_short("http", &dir, &sni, &listen, dir.join("mesh-ca/ca.pem"));
+}
+
 #[test]
 fn no_tls_originated_download_stops_short() {
     let (cluster, nginx, dir) = terminating_node();

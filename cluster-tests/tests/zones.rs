@@ -617,7 +617,8 @@ fn external_services_pinned_to_a_zone_exit_only_there() {
     }
     let (status, out) = get_json(&a.admin(0), "/v1/meshes/default/outbounds/es2").unwrap();
     assert_eq!(status, 200, "{out}");
-    assert_eq!(out["sni"], local_sni.as_str(), "{out}");
+    assert_eq!(out["sni"], "es2{mesh=default}", "{out}");
+    assert_eq!(out["hashedSni"], local_sni.as_str(), "{out}");
 
     // 2. Without it, connections go through zone-b (its ingress, then its egress).
     let (status, v) = request(
@@ -644,7 +645,8 @@ fn external_services_pinned_to_a_zone_exit_only_there() {
     assert_eq!(r["upstream"], "zone-b", "{r}");
     let (status, out) = get_json(&a.admin(0), "/v1/meshes/default/outbounds/es2").unwrap();
     assert_eq!(status, 200, "{out}");
-    assert_eq!(out["sni"], remote_sni.as_str(), "{out}");
+    assert_eq!(out["sni"], "es2{mesh=default}", "{out}");
+    assert_eq!(out["hashedSni"], remote_sni.as_str(), "{out}");
     assert_eq!(out["zones"], serde_json::json!(["zone-b"]), "{out}");
     let m = cluster_tests::metrics_text(&b.admin(1)).unwrap();
     assert!(

@@ -101,7 +101,7 @@ async fn outbounds(
                 "addresses": local.iter().map(|e| e.networking.address.to_string()).collect::<Vec<_>>(),
                 "tls": first.networking.tls.as_ref().is_some_and(|t| t.enabled),
             }),
-            json!(route::external_service_sni(first)),
+            external_snis(&mesh_name, &service, first),
         )
     } else if let Some(first) = pinned_to.first() {
         let (mut direct, _) =
@@ -117,7 +117,7 @@ async fn outbounds(
                 )
             })?;
         direct["pinnedTo"] = json!(pinned);
-        (direct, json!(route::external_service_sni(first)))
+        (direct, external_snis(&mesh_name, &service, first))
     } else {
         remote_outbound(&state, &mesh_name, &service, query.get("port"))?
     };
@@ -178,6 +178,13 @@ async fn outbounds(
                 .count()
         )]));
     }
+    let (sni, hashed) = match sni {
+        serde_json::Value::Array(mut both) if both.len() == 2 => {
+            let hashed = both.pop();
+            (both.pop().unwrap_or_default(), hashed)
+        }
+        one => (one, None),
+    };
     let mut answer = json!({
         "mesh": mesh_name,
         "service": service,
@@ -185,10 +192,25 @@ async fn outbounds(
         "sni": sni,
         "egresses": egresses,
     });
+    if let Some(hashed) = hashed {
+        answer["hashedSni"] = hashed;
+    }
     if let Some(zones) = direct.get("zones") {
         answer["zones"] = zones.clone();
     }
     Ok(Json(answer).into_response())
+}
+
+/// The SNIs of an external service: the tag form a Kuma sidecar sends (`service{mesh=m}`,
+/// Kuma's `SNIFromTags` of the destination `kuma.io/service` and `mesh`), then the hashed form of
+/// the resource `es`, which the egress accepts as well; as a two-element JSON array.
+fn external_snis(mesh: &str, service: &str, es: &ExternalService) -> serde_json::Value {
+    let tagged = proto::sni::Sni::Tagged {
+        service: service.to_string(),
+        mesh: mesh.to_string(),
+        tags: Default::default(),
+    };
+    json!([tagged.to_string(), route::external_service_sni(es)])
 }
 
 /// The direct answer and the SNI for a service of another zone: the remote ingresses whose link

@@ -250,12 +250,13 @@ where
         activity: activity.clone(),
     });
     let counts = Arc::new(Counts::default());
+    let idle_timeout = limits.idle_timeout;
     let service = {
         let counts = counts.clone();
         hyper::service::service_fn(move |req| {
             let upstream = upstream.clone();
             let counts = counts.clone();
-            async move { Ok::<_, Infallible>(handle(req, &upstream, &counts).await) }
+            async move { Ok::<_, Infallible>(handle(req, &upstream, &counts, idle_timeout).await) }
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -270,7 +271,7 @@ where
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     let connection = builder.serve_connection_with_upgrades(io, service);
     let idle = activity.idle_for(limits.idle_timeout);
-    let idle_timeout = tokio::select! {
+    let timed_out = tokio::select! {
         result = connection => {
             if let Err(error) = result {
                 tracing::debug!(%error, "HTTP connection ended with an error");
@@ -282,7 +283,7 @@ where
     Served {
         requests: counts.requests.load(Ordering::Relaxed),
         upstream_failures: counts.failures.load(Ordering::Relaxed),
-        idle_timeout,
+        idle_timeout: timed_out,
         bytes_up: activity.read.load(Ordering::Relaxed),
         bytes_down: activity.written.load(Ordering::Relaxed),
     }
@@ -294,11 +295,13 @@ struct Counts {
     failures: AtomicU64,
 }
 
-/// Forwards one request and returns the answer.
+/// Forwards one request and returns the answer; an upgraded connection is spliced until it is
+/// silent both ways for `idle_timeout`.
 async fn handle(
     mut req: Request<Incoming>,
     upstream: &Upstream,
     counts: &Counts,
+    idle_timeout: Duration,
 ) -> Response<Body> {
     counts.requests.fetch_add(1, Ordering::Relaxed);
     let upgrade = upgrade_of(&req);
@@ -396,11 +399,10 @@ async fn handle(
                     (Ok(client), Ok(upstream)) => {
                         let (mut client, mut upstream) =
                             (TokioIo::new(client), TokioIo::new(upstream));
-                        let idle = Duration::from_secs(3600);
                         crate::copy::copy_both_ways(
                             &mut client,
                             &mut upstream,
-                            idle,
+                            idle_timeout,
                             &|_| {},
                             &|_| {},
                         )

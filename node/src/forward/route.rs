@@ -471,6 +471,14 @@ pub struct Explanation {
     /// Whether TLS would be originated to the upstream.
     #[serde(rename = "originateTls", skip_serializing_if = "Option::is_none")]
     pub originate_tls: Option<bool>,
+    /// The service's `kuma.io/protocol` as the egress reads it: `http`, `http2` and `grpc` are
+    /// proxied as HTTP, anything else is a byte splice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
+    /// For an external service: the SNI a Kuma sidecar sends for it (the tag form
+    /// `service{mesh=m}`); the hashed form is accepted as well.
+    #[serde(rename = "kumaSni", skip_serializing_if = "Option::is_none")]
+    pub kuma_sni: Option<String>,
 }
 
 /// Explains the decision for `sni` on an egress node of `zone`. With `identities`, a decision
@@ -526,6 +534,8 @@ pub fn explain(
             external_service: None,
             upstream: Some(zones.join(",")),
             originate_tls: None,
+            protocol: None,
+            kuma_sni: None,
         },
         Decision::TerminateExternal {
             mesh,
@@ -538,9 +548,31 @@ pub fn explain(
             reason: "external",
             detail: format!(
                 "terminate mTLS as spiffe://{}/zone-egress (client certificate of mesh {} \
-                 required), dial {}{}",
+                 required), {}, dial {}{}",
                 mesh.name.as_str(),
                 mesh.name.as_str(),
+                match (
+                    service.protocol().is_http(),
+                    &service.networking.address.host
+                ) {
+                    (true, Host::Dns(host)) => format!(
+                        "proxy HTTP ({} upstream, Host rewritten to {host})",
+                        if service.protocol().upstream_h2() {
+                            "HTTP/2"
+                        } else {
+                            "HTTP/1.1"
+                        }
+                    ),
+                    (true, Host::Ip(_)) => format!(
+                        "proxy HTTP ({} upstream, Host kept)",
+                        if service.protocol().upstream_h2() {
+                            "HTTP/2"
+                        } else {
+                            "HTTP/1.1"
+                        }
+                    ),
+                    (false, _) => "splice bytes".to_string(),
+                },
                 endpoints
                     .iter()
                     .map(|e| format!("{} ({})", e.networking.address, e.name.as_str()))
@@ -566,6 +598,15 @@ pub fn explain(
                     .join(","),
             ),
             originate_tls: Some(service.networking.tls.as_ref().is_some_and(|t| t.enabled)),
+            protocol: Some(service.protocol().as_str()),
+            kuma_sni: Some(
+                Sni::Tagged {
+                    service: service.service().to_string(),
+                    mesh: mesh.name.as_str().to_string(),
+                    tags: BTreeMap::new(),
+                }
+                .to_string(),
+            ),
         },
         Decision::Reject { reason, detail } => Explanation {
             sni: sni.to_string(),
@@ -576,6 +617,8 @@ pub fn explain(
             external_service: None,
             upstream: None,
             originate_tls: None,
+            protocol: None,
+            kuma_sni: None,
         },
     }
 }
@@ -946,6 +989,9 @@ mod tests {
         }
         let e = explain("httpbin{mesh=default}", "zone-a", &r, &remote, None);
         assert_eq!((e.action, e.reason), ("terminate-external", "external"));
+        assert_eq!(e.kuma_sni.as_deref(), Some("httpbin{mesh=default}"));
+        assert_eq!(e.protocol, Some("tcp"));
+        assert!(e.detail.contains("splice bytes"), "{e:?}");
     }
 
     #[test]

@@ -1,0 +1,452 @@
+//! Terminated-path benchmark: one egress node (the `zone-egress` binary of `$ZONE_EGRESS_BIN`)
+//! or HAProxy (`--haproxy`, `nbthread 2`, mTLS termination) in front of the same nginx, driven by
+//! the same mTLS load client (rustls, full handshake per new connection, hashed SNI so that the
+//! rustls-based egress of earlier versions can be measured too).
+//!
+//! ```text
+//! scripts/bench-tls.sh      # builds, runs every target and prints one table
+//! ZONE_EGRESS_BIN=target/release/zone-egress cargo run --release -p cluster-tests --bin bench-tls -- --label openssl
+//! ```
+//!
+//! Figures (each printed as one `key=value` line per target):
+//! - `new_conns_per_s`, `new_conn_p99_ms`: 32 workers for `--seconds`, each connecting,
+//!   handshaking (client certificate), sending one `GET /1k` with `Connection: close` and reading
+//!   the answer to its end;
+//! - `keepalive_rps`, `keepalive_p99_ms`: 32 connections sending `GET /1k` back to back;
+//! - `bulk_mb_per_s`: one connection downloading 64 MiB (best of 3);
+//! - `idle_kib_per_conn`: RSS growth of the proxy process per connection for 2,000 idle
+//!   handshaken connections (each also has its upstream connection open);
+//! - `http_pool_rps`, `http_pool_upstreams` (egress only, `--http`): 64 client connections to an
+//!   `kuma.io/protocol: http` service (pooled upstream) and the upstream connections nginx saw.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use cluster_tests::upstream::{Nginx, free_port, run};
+use cluster_tests::{Cluster, eventually, get_json, hashed_sni, request, rss_kib, zone_egress};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+#[derive(Parser)]
+struct Args {
+    /// Name of the target in the output.
+    #[arg(long)]
+    label: String,
+    /// Measure HAProxy instead of the egress.
+    #[arg(long)]
+    haproxy: bool,
+    /// Also measure the HTTP path with its upstream pool.
+    #[arg(long)]
+    http: bool,
+    /// Seconds per rate measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Idle connections held for the memory figure.
+    #[arg(long, default_value_t = 2000)]
+    idle: usize,
+}
+
+fn ze(args: &[&str]) -> anyhow::Result<String> {
+    zone_egress(args)
+}
+
+struct Target {
+    addr: String,
+    pid: u32,
+    sni: String,
+    http_sni: Option<String>,
+    _nginx: Nginx,
+    nginx_port: u16,
+    _cluster: Option<Cluster>,
+    _haproxy: Option<Child>,
+}
+
+fn setup(args: &Args, dir: &Path) -> anyhow::Result<(Target, Arc<rustls::ClientConfig>)> {
+    let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
+    ze(&[
+        "pki",
+        "init-ca",
+        "--out",
+        &p("mesh-ca"),
+        "--name",
+        "mesh-default",
+    ])?;
+    ze(&[
+        "pki",
+        "issue",
+        "--ca",
+        &p("mesh-ca"),
+        "--spiffe",
+        "spiffe://default/load",
+        "--out",
+        &p("client"),
+    ])?;
+    let nginx = Nginx::start(&dir.join("nginx"), None)?;
+    fs::write(nginx.root.join("1k"), vec![b'x'; 1024])?;
+    fs::write(nginx.root.join("64m"), vec![b'y'; 64 << 20])?;
+    let sni = hashed_sni("bench", nginx.http_port, "mes")?;
+    let http_port = nginx.http_port;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(p("mesh-ca/ca.pem"))? {
+        roots.add(c?)?;
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(p("client/cert.pem"))?.collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(p("client/key.pem"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    // A new connection is a full handshake, as a sidecar's first connection is.
+    config.resumption = rustls::client::Resumption::disabled();
+    let config = Arc::new(config);
+
+    if args.haproxy {
+        ze(&[
+            "pki",
+            "issue",
+            "--ca",
+            &p("mesh-ca"),
+            "--spiffe",
+            "spiffe://default/zone-egress",
+            "--dns",
+            &sni,
+            "--out",
+            &p("haproxy-id"),
+        ])?;
+        let pem = format!(
+            "{}{}",
+            fs::read_to_string(p("haproxy-id/cert.pem"))?,
+            fs::read_to_string(p("haproxy-id/key.pem"))?
+        );
+        fs::write(p("haproxy.pem"), pem)?;
+        let port = free_port()?;
+        let cfg = format!(
+            "global\n  maxconn 20000\n  nbthread 2\n  tune.ssl.default-dh-param 2048\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n\
+             frontend fe\n  bind 127.0.0.1:{port} ssl crt {crt} ca-file {ca} verify required\n  default_backend be\n\
+             backend be\n  server nginx 127.0.0.1:{http_port}\n",
+            crt = p("haproxy.pem"),
+            ca = p("mesh-ca/ca.pem"),
+        );
+        fs::write(p("haproxy.cfg"), cfg)?;
+        let child = Command::new("haproxy")
+            .args(["-db", "-f", &p("haproxy.cfg")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(p("haproxy.log"))?)
+            .spawn()
+            .context("haproxy")?;
+        let pid = child.id();
+        eventually(Duration::from_secs(10), "haproxy", || {
+            Ok(std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ()))
+        })?;
+        return Ok((
+            Target {
+                addr: format!("127.0.0.1:{port}"),
+                pid,
+                sni,
+                http_sni: None,
+                _nginx: nginx,
+                nginx_port: http_port,
+                _cluster: None,
+                _haproxy: Some(child),
+            },
+            config,
+        ));
+    }
+    let mut cluster = Cluster::new()?;
+    let mut options = cluster.next_options();
+    options.config = "limits: { max_connections: 20000 }\n".to_string();
+    options.env.push(("RUST_LOG".into(), "warn".into()));
+    cluster.add_node_with(options)?;
+    let admin = cluster.admin(0);
+    let yaml = format!(
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: provided\n      conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }}\nrouting: {{ zoneEgress: true }}\n---\n\
+         type: ExternalService\nmesh: default\nname: bench\ntags: {{ kuma.io/service: bench, kuma.io/protocol: tcp }}\nnetworking: {{ address: '127.0.0.1:{http_port}' }}\n{http}",
+        p("mesh-ca/ca.pem"),
+        p("mesh-ca/ca.key"),
+        http = if args.http {
+            format!(
+                "---\ntype: ExternalService\nmesh: default\nname: bench-http\ntags: {{ kuma.io/service: bench-http, kuma.io/protocol: http }}\nnetworking: {{ address: 'localhost:{http_port}' }}\n"
+            )
+        } else {
+            String::new()
+        }
+    );
+    let (status, body) = request(
+        "POST",
+        &format!("{admin}/v1/apply"),
+        Some(("application/yaml", yaml.as_bytes())),
+        None,
+    )?;
+    if status != 200 {
+        bail!("apply: {status} {body}");
+    }
+    eventually(Duration::from_secs(20), "routable", || {
+        let (_, v) = get_json(&admin, &format!("/v1/inspect/route?sni={sni}"))?;
+        Ok((v["action"] == "terminate-external").then_some(()))
+    })?;
+    let http_sni = if args.http {
+        Some(hashed_sni("bench-http", http_port, "mes")?)
+    } else {
+        None
+    };
+    let addr = cluster.nodes[0].info.listen.clone().context("listen")?;
+    let pid = cluster.nodes[0].info.pid;
+    Ok((
+        Target {
+            addr,
+            pid,
+            sni,
+            http_sni,
+            _nginx: nginx,
+            nginx_port: http_port,
+            _cluster: Some(cluster),
+            _haproxy: None,
+        },
+        config,
+    ))
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn connect(addr: &str, sni: &str, config: &Arc<rustls::ClientConfig>) -> anyhow::Result<Tls> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from(sni.to_string())?;
+    Ok(TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await?)
+}
+
+/// Reads one HTTP/1.1 answer with a Content-Length body; returns the body length.
+async fn read_answer(tls: &mut Tls, buf: &mut Vec<u8>) -> anyhow::Result<usize> {
+    buf.clear();
+    let mut chunk = [0u8; 16384];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .context("no content-length")?;
+            let have = buf.len() - end - 4;
+            let mut left = len.saturating_sub(have);
+            while left > 0 {
+                let n = tls.read(&mut chunk).await?;
+                if n == 0 {
+                    bail!("closed mid-body");
+                }
+                left = left.saturating_sub(n);
+            }
+            return Ok(len);
+        }
+        let n = tls.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("closed before the head");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn p99(mut v: Vec<Duration>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort();
+    v[(v.len() * 99 / 100).min(v.len() - 1)].as_secs_f64() * 1000.0
+}
+
+async fn new_conns(t: &Target, config: &Arc<rustls::ClientConfig>, secs: u64) -> (f64, f64, usize) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (addr, sni, config, stop) =
+            (t.addr.clone(), t.sni.clone(), config.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let r = async {
+                    let mut tls = connect(&addr, &sni, &config).await?;
+                    tls.write_all(b"GET /1k HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                        .await?;
+                    let mut sink = Vec::new();
+                    tls.read_to_end(&mut sink).await.ok();
+                    if sink.len() < 1024 {
+                        bail!("short answer");
+                    }
+                    anyhow::Ok(())
+                }
+                .await;
+                match r {
+                    Ok(()) => lat.push(start.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    (all.len() as f64 / secs as f64, p99(all), errors)
+}
+
+async fn keepalive(
+    addr: &str,
+    sni: &str,
+    config: &Arc<rustls::ClientConfig>,
+    conns: usize,
+    secs: u64,
+) -> (f64, f64, usize) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (addr, sni, config, stop) = (
+            addr.to_string(),
+            sni.to_string(),
+            config.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let Ok(mut tls) = connect(&addr, &sni, &config).await else {
+                return (lat, 1);
+            };
+            let mut buf = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                if tls
+                    .write_all(b"GET /1k HTTP/1.1\r\nHost: bench\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return (lat, 1);
+                }
+                match read_answer(&mut tls, &mut buf).await {
+                    Ok(_) => lat.push(start.elapsed()),
+                    Err(_) => return (lat, 1),
+                }
+            }
+            (lat, 0)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    (all.len() as f64 / secs as f64, p99(all), errors)
+}
+
+async fn bulk(t: &Target, config: &Arc<rustls::ClientConfig>) -> anyhow::Result<f64> {
+    let mut best: f64 = 0.0;
+    for _ in 0..3 {
+        let mut tls = connect(&t.addr, &t.sni, config).await?;
+        let start = Instant::now();
+        tls.write_all(b"GET /64m HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut n = 0usize;
+        let mut chunk = vec![0u8; 65536];
+        loop {
+            let r = tls.read(&mut chunk).await.unwrap_or(0);
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        if n < 64 << 20 {
+            bail!("bulk: {n} bytes");
+        }
+        best = best.max(n as f64 / 1e6 / start.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+async fn idle(t: &Target, config: &Arc<rustls::ClientConfig>, n: usize) -> anyhow::Result<f64> {
+    let before = rss_kib(t.pid).context("rss")?;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let tls = connect(&t.addr, &t.sni, config).await?;
+        held.push(tls);
+    }
+    // Every upstream connection open (the proxies dial after the handshake).
+    let port = t.nginx_port;
+    eventually(Duration::from_secs(30), "upstream connections", || {
+        Ok((upstream_conns(port)? >= n).then_some(()))
+    })?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(t.pid).context("rss")?;
+    drop(held);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok((after.saturating_sub(before)) as f64 / n as f64)
+}
+
+/// Established TCP connections to nginx's port (from `ss`).
+fn upstream_conns(port: u16) -> anyhow::Result<usize> {
+    let (_, out, _) = run(Command::new("ss").args([
+        "-Htn",
+        "state",
+        "established",
+        &format!("( dport = :{port} )"),
+    ]))?;
+    Ok(String::from_utf8_lossy(&out).lines().count())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::Builder::new().prefix("ze-bench-tls-").tempdir()?;
+    let (target, config) = setup(&args, dir.path())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let label = &args.label;
+        let (cps, cp99, cerr) = new_conns(&target, &config, args.seconds).await;
+        println!("{label} new_conns_per_s={cps:.0} new_conn_p99_ms={cp99:.2} errors={cerr}");
+        let (rps, kp99, kerr) = keepalive(&target.addr, &target.sni, &config, 32, args.seconds).await;
+        println!("{label} keepalive_rps={rps:.0} keepalive_p99_ms={kp99:.2} errors={kerr}");
+        let mb = bulk(&target, &config).await?;
+        println!("{label} bulk_mb_per_s={mb:.0}");
+        let kib = idle(&target, &config, args.idle).await?;
+        println!("{label} idle_kib_per_conn={kib:.1}");
+        if let Some(http_sni) = &target.http_sni {
+            let before = upstream_conns(target.nginx_port)?;
+            let (rps, p, e) = keepalive(&target.addr, http_sni, &config, 64, args.seconds).await;
+            let ups = upstream_conns(target.nginx_port)?.saturating_sub(before);
+            println!("{label} http_pool_rps={rps:.0} http_pool_p99_ms={p:.2} errors={e} http_pool_upstreams={ups}");
+            let (rps, p, e) = keepalive(&target.addr, &target.sni, &config, 64, args.seconds).await;
+            println!("{label} splice_64_rps={rps:.0} splice_64_p99_ms={p:.2} errors={e}");
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
