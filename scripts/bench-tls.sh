@@ -24,7 +24,8 @@ build() { # dir target-dir -> seconds of a clean release build of the node binar
 }
 old_build=$(build "$wt" "$PWD/target/bench-rustls")
 new_build=$(build "$PWD" "$PWD/target/bench-openssl")
-cargo build --release -p cluster-tests --bin bench-tls --bin zone-egress >/dev/null 2>&1
+cargo build --release -p cluster-tests --bin bench-tls >/dev/null 2>&1
+cargo build --release -p zone-egress --bin zone-egress >/dev/null 2>&1
 bench=target/release/bench-tls
 [[ ${ZE_BENCH_CLEAN:-1} == 0 ]] && echo "(not clean builds: build_s is not a clean-build time)"
 echo "rustls build_s=$old_build binary_bytes=$(stat -c %s target/bench-rustls/release/zone-egress)"

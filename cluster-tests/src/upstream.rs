@@ -69,8 +69,9 @@ impl Nginx {
         let conf = format!(
             "daemon off; master_process off; worker_processes 1; user root; \
              error_log {dir}/logs/error.log; pid {dir}/nginx.pid;\n\
-             events {{ worker_connections 512; }}\n\
-             http {{ access_log off; sendfile on; \
+             worker_rlimit_nofile 16000;\n\
+             events {{ worker_connections 16384; }}\n\
+             http {{ access_log off; sendfile on; keepalive_requests 1000000; keepalive_timeout 300s; \
              client_body_temp_path {dir}/tmp-body; proxy_temp_path {dir}/tmp-proxy; \
              fastcgi_temp_path {dir}/tmp-fcgi; uwsgi_temp_path {dir}/tmp-uwsgi; scgi_temp_path {dir}/tmp-scgi; \
              {servers}\n}}\n",

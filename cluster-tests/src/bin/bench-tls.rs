@@ -133,7 +133,7 @@ fn setup(args: &Args, dir: &Path) -> anyhow::Result<(Target, Arc<rustls::ClientC
         fs::write(p("haproxy.pem"), pem)?;
         let port = free_port()?;
         let cfg = format!(
-            "global\n  maxconn 20000\n  nbthread 2\n  tune.ssl.default-dh-param 2048\n\
+            "global\n  maxconn 8000\n  nbthread 2\n  tune.ssl.default-dh-param 2048\n\
              defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n\
              frontend fe\n  bind 127.0.0.1:{port} ssl crt {crt} ca-file {ca} verify required\n  default_backend be\n\
              backend be\n  server nginx 127.0.0.1:{http_port}\n",
