@@ -15,6 +15,7 @@ B=ze-bench-b
 if ! command -v haproxy >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy >/dev/null
 fi
+scripts/build-deps.sh
 cargo build --release --bins
 BIN="$(realpath "${CARGO_TARGET_DIR:-target}")/release/bench-link"
 

@@ -19,6 +19,7 @@ dir=${ZE_FLEET_DIR:-.fleet}
 smoke=false
 [[ "${1:-}" == "--smoke" ]] && smoke=true
 
+scripts/build-deps.sh
 if [[ "$profile" == release ]]; then
   cargo build --release --bin zone-egress
 else

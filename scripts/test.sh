@@ -5,6 +5,7 @@
 # so binaries and images are built first (the image build is a static release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/build-deps.sh
 cargo build --workspace --bins
 deploy/docker/build.sh zone-egress:dev
 deploy/compose/demo-image.sh zone-egress-demo:dev

@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 profile=${ZE_PROFILE:-release}
 smoke=false
 [[ "${1:-}" == "--smoke" ]] && smoke=true
+scripts/build-deps.sh
 if [[ "$profile" == release ]]; then cargo build --release --bin zone-egress; else cargo build --bin zone-egress; fi
 bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/$profile/zone-egress"
 cfg=config/two-zones

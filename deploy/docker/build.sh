@@ -8,9 +8,10 @@ cd "$(dirname "$0")/../.."
 tag=${1:-zone-egress:dev}
 triple=x86_64-unknown-linux-gnu
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/deploy-static}
-# OPENSSL_STATIC: the terminating TLS stack (OpenSSL) is linked from Debian's libssl.a and
-# libcrypto.a (libssl-dev), so the binary stays static.
-OPENSSL_STATIC=1 RUSTFLAGS="-C target-feature=+crt-static" \
+scripts/build-deps.sh
+# The terminating TLS stack (BoringSSL) is built from source by boring-sys (needs cmake and
+# libclang) and linked statically.
+RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked --bin zone-egress --target "$triple"
 bin="$CARGO_TARGET_DIR/$triple/release/zone-egress"
 

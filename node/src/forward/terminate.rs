@@ -1,5 +1,5 @@
 //! Terminate stage (external services): the client's mTLS handshake with the mesh identity, on
-//! OpenSSL ([`crate::pki::acceptor`]: it accepts the tag-form SNI a Kuma sidecar sends).
+//! BoringSSL ([`crate::pki::acceptor`]: it accepts the tag-form SNI a Kuma sidecar sends).
 //!
 //! The ClientHello was already read by our own parser, so the buffered bytes are replayed into
 //! the TLS stack ahead of the socket ([`Replay`]).
@@ -9,10 +9,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use openssl::ssl::SslContext;
+use boring::ssl::SslContext;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_openssl::SslStream;
+use tokio_boring::SslStream;
 
 /// A stream that yields `prefix` before reading from `inner`; writes go to `inner`.
 pub struct Replay<S> {

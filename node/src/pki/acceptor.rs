@@ -1,10 +1,13 @@
-//! The egress's terminating TLS stack: OpenSSL (through the `openssl` crate), chosen because it
-//! completes a handshake whatever host name the client puts in SNI. A stock Kuma sidecar sends
-//! the tag form `name{mesh=m}` for a legacy ExternalService (Kuma v2.14
+//! The egress's terminating TLS stack: BoringSSL (through the `boring` crate, built from source
+//! by `boring-sys` and linked statically), chosen because it completes a handshake whatever host
+//! name the client puts in SNI, and because it measured best. A stock Kuma sidecar sends the tag
+//! form `name{mesh=m}` for a legacy ExternalService (Kuma v2.14
 //! `pkg/xds/generator/egress/testdata/01.externalservice-only.golden.yaml`), which rustls 0.23
-//! refuses (`ServerNameMustContainOneHostName`); OpenSSL refuses only an empty name, one over 255
-//! bytes or one containing NUL (RFC 6066 §3 leaves the name's syntax to the application). The
-//! measurements behind the choice are in BENCHMARKS.md ("Terminating TLS stack").
+//! refuses (`ServerNameMustContainOneHostName`); BoringSSL, like OpenSSL, refuses only an empty
+//! name, one over 255 bytes or one containing NUL (RFC 6066 §3 leaves the name's syntax to the
+//! application). It is also what Envoy, and so Kuma's own egress, terminates with. The
+//! measurements behind the choice (rustls, OpenSSL 3.0 and BoringSSL side by side) are in
+//! BENCHMARKS.md ("Terminating TLS stack").
 //!
 //! [`acceptor_for_mesh`] builds the server side for one mesh and one egress certificate. The
 //! client rules are those of the rustls stack it replaced, and of Kuma's egress
@@ -13,7 +16,7 @@
 //! * it must chain to the CA certificate of a backend the mesh lists (every listed backend, for
 //!   Kuma's CA rotation); a listed CA need not be self-signed (`X509_V_FLAG_PARTIAL_CHAIN`: a
 //!   trust anchor ends the chain, as in WebPKI);
-//! * it must be within its validity period and fit a TLS client (OpenSSL's `ssl_client`
+//! * it must be within its validity period and fit a TLS client (the `ssl_client`
 //!   purpose: an extended key usage, when present, includes `clientAuth`);
 //! * it must carry a `spiffe://<mesh>/…` URI SAN and no SPIFFE id of another trust domain
 //!   ([`super::verify::check_mesh_identity`], shared with the rest of the node).
@@ -29,14 +32,14 @@
 
 use std::sync::OnceLock;
 
-use openssl::ex_data::Index;
-use openssl::pkey::PKey;
-use openssl::ssl::{
+use boring::ex_data::Index;
+use boring::pkey::PKey;
+use boring::ssl::{
     AlpnError, Ssl, SslAcceptor, SslContext, SslMethod, SslOptions, SslRef, SslSessionCacheMode,
     SslVerifyMode, select_next_proto,
 };
-use openssl::x509::X509;
-use openssl::x509::verify::X509VerifyFlags;
+use boring::x509::X509;
+use boring::x509::verify::X509VerifyFlags;
 use rustls::pki_types::CertificateDer;
 
 use super::PkiError;
@@ -50,7 +53,7 @@ pub const ALPN_HTTP: &[u8] = b"\x02h2\x08http/1.1";
 /// The per-connection ALPN offer, as ex-data of the `Ssl`.
 fn alpn_index() -> Index<Ssl, &'static [u8]> {
     static INDEX: OnceLock<Index<Ssl, &'static [u8]>> = OnceLock::new();
-    *INDEX.get_or_init(|| Ssl::new_ex_index().expect("OpenSSL has room for one ex-data index"))
+    *INDEX.get_or_init(|| Ssl::new_ex_index().expect("BoringSSL has room for one ex-data index"))
 }
 
 /// Lets `ssl` negotiate the protocols of `offer` (ALPN wire format, server preference first).
@@ -61,7 +64,7 @@ pub fn set_alpn(ssl: &mut SslRef, offer: &'static [u8]) {
 
 /// The egress's server side for one mesh (see the module documentation): presents `cert`
 /// (leaf, then any chain) and trusts client certificates of `ca` and of every certificate in
-/// `trusted`. Errors: OpenSSL refuses the certificate or key ([`PkiError::OpenSsl`]).
+/// `trusted`. Errors: BoringSSL refuses the certificate or key ([`PkiError::BoringSsl`]).
 pub fn acceptor_for_mesh(
     ca: &MeshCa,
     trusted: &[CertificateDer<'static>],
@@ -87,8 +90,8 @@ pub fn acceptor_for_mesh(
         builder.add_client_ca(&x509)?;
     }
     builder
-        .verify_param_mut()
-        .set_flags(X509VerifyFlags::PARTIAL_CHAIN)?;
+        .cert_store_mut()
+        .set_flags(X509VerifyFlags::PARTIAL_CHAIN);
     let mesh = ca.mesh().to_string();
     builder.set_verify_callback(
         SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
@@ -107,7 +110,7 @@ pub fn acceptor_for_mesh(
             };
             let ok = check_mesh_identity(&CertificateDer::from(der), &mesh).is_ok();
             if !ok {
-                store.set_error(openssl::x509::X509VerifyResult::APPLICATION_VERIFICATION);
+                store.set_error(Err(boring::x509::X509VerifyError::APPLICATION_VERIFICATION));
             }
             ok
         },
@@ -124,14 +127,14 @@ pub fn acceptor_for_mesh(
 }
 
 /// Runs the server side of a handshake on `stream` with `context`, offering `alpn` (ALPN wire
-/// format; `None`: no ALPN). Errors: the handshake failed; the message names OpenSSL's reason
+/// format; `None`: no ALPN). Errors: the handshake failed; the message names BoringSSL's reason
 /// and, for a refused client certificate, the verification result (e.g. `certificate has
 /// expired`, `application verification failure` for a SPIFFE id of another mesh).
 pub async fn accept<S>(
     context: &SslContext,
     alpn: Option<&'static [u8]>,
     stream: S,
-) -> std::io::Result<tokio_openssl::SslStream<S>>
+) -> std::io::Result<tokio_boring::SslStream<S>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -139,21 +142,18 @@ where
     if let Some(offer) = alpn {
         set_alpn(&mut ssl, offer);
     }
-    let mut tls = tokio_openssl::SslStream::new(ssl, stream).map_err(std::io::Error::other)?;
-    match std::pin::Pin::new(&mut tls).accept().await {
-        Ok(()) => Ok(tls),
+    match tokio_boring::SslStreamBuilder::new(ssl, stream)
+        .accept()
+        .await
+    {
+        Ok(tls) => Ok(tls),
         Err(error) => {
-            let verify = tls.ssl().verify_result();
-            let detail = if verify == openssl::x509::X509VerifyResult::OK {
-                error.to_string()
-            } else {
-                format!("{error}: {}", verify.error_string())
+            let verify = error.ssl().map(|s| s.verify_result());
+            let detail = match verify {
+                Some(Err(v)) => format!("{error}: {}", v.error_string()),
+                _ => error.to_string(),
             };
-            let kind = match error.io_error() {
-                Some(io) => io.kind(),
-                None => std::io::ErrorKind::InvalidData,
-            };
-            Err(std::io::Error::new(kind, detail))
+            Err(std::io::Error::new(std::io::ErrorKind::InvalidData, detail))
         }
     }
 }

@@ -1,5 +1,5 @@
 //! [`EgressIdentities`]: the egress's `spiffe://<mesh>/zone-egress` identities, one per (mesh,
-//! set of DNS names), each with its ready-made OpenSSL server context ([`super::acceptor`]).
+//! set of DNS names), each with its ready-made BoringSSL server context ([`super::acceptor`]).
 //!
 //! An identity is issued on first use and re-issued once its renewal time (two thirds of its
 //! lifetime) has passed or when the mesh's CA changed. Connections hold the `Arc<SslContext>`
@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use openssl::ssl::SslContext;
+use boring::ssl::SslContext;
 use proto::resource::{CaBackend, CaKind, Mesh};
 use rustls::pki_types::CertificateDer;
 

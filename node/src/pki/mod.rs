@@ -10,7 +10,7 @@
 //!   the `spiffe://<mesh>/zone-egress` identity;
 //! * `identities.rs`: [`EgressIdentities`], the per-(mesh, names) cache that re-issues an
 //!   identity before it expires or when the mesh CA changes;
-//! * `acceptor.rs`: the terminating server side (OpenSSL, which accepts the tag-form SNI Kuma
+//! * `acceptor.rs`: the terminating server side (BoringSSL, which accepts the tag-form SNI Kuma
 //!   sidecars send) that requires a client certificate of the mesh;
 //! * `tls.rs`: rustls client configurations (always the ring provider, chosen explicitly) for
 //!   TLS origination towards external services;
@@ -161,9 +161,9 @@ pub enum PkiError {
     /// rustls refused the configuration (certificate, key or protocol versions).
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
-    /// OpenSSL refused a certificate, key or setting of the terminating side.
-    #[error("OpenSSL: {0}")]
-    OpenSsl(#[from] openssl::error::ErrorStack),
+    /// BoringSSL refused a certificate, key or setting of the terminating side.
+    #[error("BoringSSL: {0}")]
+    BoringSsl(#[from] boring::error::ErrorStack),
     /// rustls refused to build a certificate verifier from the roots.
     #[error("TLS verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),

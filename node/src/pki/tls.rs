@@ -85,7 +85,7 @@ pub fn system_roots() -> Option<Arc<RootCertStore>> {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use openssl::ssl::SslContext;
+    use boring::ssl::SslContext;
     use rustls::pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
@@ -248,7 +248,7 @@ mod tests {
         );
         assert_eq!(outcome.client, Ok(()));
 
-        // (b) A certificate of another CA with the same subject and the right SPIFFE id: OpenSSL
+        // (b) A certificate of another CA with the same subject and the right SPIFFE id: BoringSSL
         // finds no trusted issuer with its key (the authority key identifier differs).
         let (_, other_ca) = mesh_and_ca("default");
         let foreign = client_cert(
@@ -286,9 +286,9 @@ mod tests {
                 Some(other_mesh),
                 "application verification failure",
             ),
-            ("self-signed", Some(self_signed), "self-signed certificate"),
+            ("self-signed", Some(self_signed), "self signed certificate"),
             // (e) No client certificate at all.
-            ("no certificate", None, "peer did not return a certificate"),
+            ("no certificate", None, "PEER_DID_NOT_RETURN_A_CERTIFICATE"),
         ] {
             let outcome = handshake(server.clone(), client(identity), EGRESS_NAME).await;
             let error = outcome.server.expect_err(case);
