@@ -191,7 +191,9 @@ fn setup() -> Setup {
     let unverified = "verify none";
     let verified = "verify required verifyhost localhost";
     let frontends: Vec<(&str, String, &str, &str)> = vec![
-        ("tag", "echo{mesh=default}".into(), "", unverified),
+        // ALPN `kuma`: what a Kuma sidecar offers the egress (`KumaALPNProtocols`,
+        // `pkg/xds/envoy/tls/tls.go`); the egress negotiates none, as Kuma's egress.
+        ("tag", "echo{mesh=default}".into(), "alpn kuma", unverified),
         ("hashed", hashed.clone(), "", verified),
         ("h2", "echo2{mesh=default}".into(), "alpn h2", unverified),
         ("ws", "ws{mesh=default}".into(), "", unverified),
