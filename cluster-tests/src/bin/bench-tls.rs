@@ -264,6 +264,24 @@ async fn read_answer(tls: &mut Tls, buf: &mut Vec<u8>) -> anyhow::Result<usize> 
     }
 }
 
+/// Lets the workers run for `secs`, stops them, and returns (operations/s, p99 in ms, errors).
+async fn finish(
+    tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, usize)>>,
+    stop: &AtomicBool,
+    secs: u64,
+) -> (f64, f64, usize) {
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        all.extend(l);
+        errors += e;
+    }
+    (all.len() as f64 / secs as f64, p99(all), errors)
+}
+
 fn p99(mut v: Vec<Duration>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -303,16 +321,7 @@ async fn new_conns(t: &Target, config: &Arc<rustls::ClientConfig>, secs: u64) ->
             (lat, errors)
         }));
     }
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.unwrap();
-        all.extend(l);
-        errors += e;
-    }
-    (all.len() as f64 / secs as f64, p99(all), errors)
+    finish(tasks, &stop, secs).await
 }
 
 async fn keepalive(
@@ -354,16 +363,7 @@ async fn keepalive(
             (lat, 0)
         }));
     }
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.unwrap();
-        all.extend(l);
-        errors += e;
-    }
-    (all.len() as f64 / secs as f64, p99(all), errors)
+    finish(tasks, &stop, secs).await
 }
 
 async fn bulk(t: &Target, config: &Arc<rustls::ClientConfig>) -> anyhow::Result<f64> {
