@@ -69,7 +69,8 @@ fn setup() -> Setup {
     let mut cluster = Cluster::new().unwrap();
     for _ in 0..2 {
         let mut options = cluster.next_options();
-        options.config = TEST_CONFIG.to_string();
+        // A short ClientHello limit: a keep-alive connection must outlive it.
+        options.config = format!("{TEST_CONFIG}limits: {{ hello_timeout: 1s }}\n");
         cluster.add_node_with(options).unwrap();
     }
     cluster.wait_converged(CONVERGE).unwrap();
@@ -398,6 +399,33 @@ fn the_tag_form_is_terminated_with_the_mesh_identity() {
     .unwrap();
 }
 
+/// A keep-alive connection waits for its next request as long as `limits.idle_timeout`, not the
+/// ClientHello's limit (1 s here): hyper's head timer also runs between requests.
+#[test]
+fn a_keep_alive_connection_outlives_the_hello_timeout() {
+    let s = setup();
+    let url = format!("http://127.0.0.1:{}/echo", s.port("tag"));
+    // 20 per minute: the second request 3 s after the first, on the same connection.
+    let (code, out, err) = run(Command::new("curl")
+        .args(["-sS", "--fail", "--rate", "20/m", "-H", "Host: echo.mesh"])
+        .args([
+            "-w",
+            "connects=%{num_connects}\n",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+        ])
+        .args([&url, &url]))
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        "connects=1\nconnects=0",
+        "the second request reused the connection"
+    );
+}
+
 #[test]
 fn http2_reaches_an_h2_external_service_and_tls_is_originated() {
     let s = setup();
@@ -570,6 +598,37 @@ fn bad_requests_are_refused_and_the_node_stays_ready() {
     assert!(
         got.to_ascii_lowercase().contains("connection: close"),
         "{got:?}"
+    );
+    // CONNECT is not tunnelled; a transfer coding hyper does not undo is refused; a broken
+    // chunked body is the client's fault (400), not the upstream's (502).
+    for (case, bytes, want) in [
+        (
+            "CONNECT",
+            &b"CONNECT 127.0.0.1:1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\nConnection: close\r\n\r\n"[..],
+            "HTTP/1.1 403",
+        ),
+        (
+            "gzip, chunked",
+            b"POST /echo HTTP/1.1\r\nHost: echo.mesh\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "HTTP/1.1 501",
+        ),
+        (
+            "broken chunk size",
+            b"POST /echo HTTP/1.1\r\nHost: echo.mesh\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+    ] {
+        let got = raw(port, bytes);
+        assert!(got.starts_with(want), "{case}: {got:?}");
+        assert!(got.contains("zone-egress: "), "{case}: the egress answered: {got:?}");
+    }
+    let m = metrics_text(&s.cluster.admin(1)).unwrap();
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("zone_egress_http_requests_total")
+                && l.contains("service=\"echo\"")
+                && l.contains("code=\"502\"")),
+        "a client's fault counted as an upstream failure:\n{m}"
     );
     // An upstream that refuses connections: 503 from the egress, saying why.
     let (code, body, err) = curl(

@@ -203,14 +203,21 @@ async fn outbounds(
 
 /// The SNIs of an external service: the tag form a Kuma sidecar sends (`service{mesh=m}`,
 /// Kuma's `SNIFromTags` of the destination `kuma.io/service` and `mesh`), then the hashed form of
-/// the resource `es`, which the egress accepts as well; as a two-element JSON array.
+/// the resource `es`, which the egress accepts as well; as a two-element JSON array, or the
+/// hashed form alone when the tag form is longer than a server name can be.
 fn external_snis(mesh: &str, service: &str, es: &ExternalService) -> serde_json::Value {
     let tagged = proto::sni::Sni::Tagged {
         service: service.to_string(),
         mesh: mesh.to_string(),
         tags: Default::default(),
     };
-    json!([tagged.to_string(), route::external_service_sni(es)])
+    let tagged = tagged.to_string();
+    let hashed = route::external_service_sni(es);
+    // A name no TLS client sends: give the hashed form alone.
+    if tagged.len() > route::MAX_SNI_BYTES {
+        return json!(hashed);
+    }
+    json!([tagged, hashed])
 }
 
 /// The direct answer and the SNI for a service of another zone: the remote ingresses whose link

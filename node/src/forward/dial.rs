@@ -73,6 +73,27 @@ impl DialError {
 pub trait Upstream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Upstream for T {}
 
+/// Checks that the TLS origination settings of `service` can be used (`caCert`, `clientCert`,
+/// `clientKey` readable and parseable, the key matching the certificate); `Ok` when it does not
+/// originate TLS. The same reading `dial` does, without connecting: what `inspect route` asks.
+pub fn check_settings(service: &ExternalService) -> Result<(), DialError> {
+    let Some(tls) = service.networking.tls.as_ref().filter(|t| t.enabled) else {
+        return Ok(());
+    };
+    let ca = tls
+        .ca_cert
+        .as_ref()
+        .map(pki::read_data_source)
+        .transpose()?;
+    let identity = tls
+        .client
+        .as_ref()
+        .map(pki::load_client_identity)
+        .transpose()?;
+    pki::client_config(ca.as_deref(), identity, tls.skip_hostname_verification)?;
+    Ok(())
+}
+
 /// Connects to the external service, with TLS when `networking.tls.enabled`, offering `alpn`
 /// (protocol names, RFC 7301; empty: no ALPN) in the TLS handshake.
 pub async fn dial(

@@ -55,6 +55,8 @@ use crate::config::Limits;
 
 /// Largest request head (request line and headers) a client may send, in bytes.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most header fields in an HTTP/1.1 request (Envoy's default `max_headers_count`).
+pub const MAX_HEADERS: usize = 100;
 /// How long an idle pooled upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -238,9 +240,39 @@ pub struct Served {
     pub bytes_down: u64,
 }
 
+/// The HTTP version the client side speaks, from the ALPN protocol the handshake negotiated
+/// (RFC 7301: `h2` or `http/1.1` binds the connection to it); without ALPN the first bytes decide
+/// (the HTTP/2 preface or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientProtocol {
+    /// ALPN `http/1.1`.
+    Http1,
+    /// ALPN `h2`.
+    Http2,
+    /// No ALPN (a Kuma sidecar offers only `kuma`): auto-detected.
+    Auto,
+}
+
+impl ClientProtocol {
+    /// From the negotiated ALPN protocol name.
+    pub fn from_alpn(alpn: Option<&[u8]>) -> ClientProtocol {
+        match alpn {
+            Some(b"h2") => ClientProtocol::Http2,
+            Some(b"http/1.1") => ClientProtocol::Http1,
+            _ => ClientProtocol::Auto,
+        }
+    }
+}
+
 /// Serves HTTP on a terminated client connection until the client closes it, it errs, or it is
-/// silent both ways for `limits.idle_timeout`.
-pub async fn serve<S>(stream: S, upstream: Arc<Upstream>, limits: &Limits) -> Served
+/// silent both ways for `limits.idle_timeout` (also while waiting for the next request of a
+/// keep-alive connection, and for a request head that trickles in).
+pub async fn serve<S>(
+    stream: S,
+    protocol: ClientProtocol,
+    upstream: Arc<Upstream>,
+    limits: &Limits,
+) -> Served
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -251,6 +283,7 @@ where
     });
     let counts = Arc::new(Counts::default());
     let idle_timeout = limits.idle_timeout;
+    let labels = upstream.labels.clone();
     let service = {
         let counts = counts.clone();
         hyper::service::service_fn(move |req| {
@@ -260,10 +293,18 @@ where
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder = match protocol {
+        ClientProtocol::Http1 => builder.http1_only(),
+        ClientProtocol::Http2 => builder.http2_only(),
+        ClientProtocol::Auto => builder,
+    };
+    // hyper's head timer also runs between the requests of a keep-alive connection: it is the
+    // idle timeout, not the ClientHello's.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.hello_timeout)
+        .header_read_timeout(limits.idle_timeout)
+        .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
@@ -274,6 +315,9 @@ where
     let timed_out = tokio::select! {
         result = connection => {
             if let Err(error) = result {
+                // hyper answered 400/431 itself (a malformed or oversized head), or the
+                // connection broke.
+                metrics::counter!("zone_egress_http_connection_errors_total", &labels).increment(1);
                 tracing::debug!(%error, "HTTP connection ended with an error");
             }
             false
@@ -304,6 +348,29 @@ async fn handle(
     idle_timeout: Duration,
 ) -> Response<Body> {
     counts.requests.fetch_add(1, Ordering::Relaxed);
+    if req.method() == http::Method::CONNECT {
+        return answer(
+            upstream,
+            StatusCode::FORBIDDEN,
+            "connect_method",
+            "the egress does not tunnel CONNECT to an external service",
+        );
+    }
+    // hyper reads `chunked`; any other transfer coding would reach the upstream undone.
+    let other_coding = req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .any(|c| !c.trim().eq_ignore_ascii_case("chunked"));
+    if other_coding {
+        return answer(
+            upstream,
+            StatusCode::NOT_IMPLEMENTED,
+            "transfer_coding",
+            "only the chunked transfer coding is accepted (RFC 9112 §6.1)",
+        );
+    }
     let upgrade = upgrade_of(&req);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -386,8 +453,11 @@ async fn handle(
     let mut response = match result {
         Ok(r) => r,
         Err(error) => {
-            counts.failures.fetch_add(1, Ordering::Relaxed);
-            return upstream_failure(upstream, &error);
+            let (answer, upstream_at_fault) = upstream_failure(upstream, &error);
+            if upstream_at_fault {
+                counts.failures.fetch_add(1, Ordering::Relaxed);
+            }
+            return answer;
         }
     };
     count(upstream, response.status());
@@ -490,13 +560,24 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The answer when the upstream could not be used.
+/// The answer when the request could not be forwarded, and whether the upstream is at fault:
+/// the client's body failed (`400`, not the upstream's fault), or the upstream could not be used.
 fn upstream_failure(
     upstream: &Upstream,
     error: &hyper_util::client::legacy::Error,
-) -> Response<Body> {
+) -> (Response<Body>, bool) {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_user() {
+                let cause = std::error::Error::source(h)
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| h.to_string());
+                let detail = format!("the request body could not be read: {cause}");
+                let response = answer(upstream, StatusCode::BAD_REQUEST, "request_body", &detail);
+                return (response, false);
+            }
+        }
         if let Some(dial) = e.downcast_ref::<DialError>() {
             metrics::counter!("zone_egress_dial_failures_total", &upstream.labels).increment(1);
             let status = if dial.timed_out() {
@@ -504,7 +585,10 @@ fn upstream_failure(
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            return answer(upstream, status, dial.reason(), &dial.to_string());
+            return (
+                answer(upstream, status, dial.reason(), &dial.to_string()),
+                true,
+            );
         }
         source = e.source();
     }
@@ -512,7 +596,10 @@ fn upstream_failure(
         Some(cause) => format!("{error}: {cause}"),
         None => error.to_string(),
     };
-    answer(upstream, StatusCode::BAD_GATEWAY, "upstream_http", &detail)
+    (
+        answer(upstream, StatusCode::BAD_GATEWAY, "upstream_http", &detail),
+        true,
+    )
 }
 
 /// A short answer of the egress itself: `zone-egress: <reason>: <detail>`, with the reason also

@@ -342,7 +342,8 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Cont
         let upstream = ctx.pools.get(&mesh_name, &service, &endpoints);
         let active = metrics::gauge!("zone_egress_connections_active", &labels);
         active.increment(1.0);
-        let served = http::serve(client, upstream, &ctx.limits).await;
+        let version = http::ClientProtocol::from_alpn(client.ssl().selected_alpn_protocol());
+        let served = http::serve(client, version, upstream, &ctx.limits).await;
         active.decrement(1.0);
         count_bytes(
             &mesh_name,

@@ -83,6 +83,10 @@ pub fn external_service_sni(service: &ExternalService) -> String {
     )
 }
 
+/// Longest server name a connection can carry: BoringSSL and OpenSSL clients refuse to send a
+/// longer one and servers refuse it (`unrecognized_name`), though RFC 6066 §3 allows 2^16-1.
+pub const MAX_SNI_BYTES: usize = 255;
+
 /// Kuma's tag that pins a service to a zone.
 pub const ZONE_TAG: &str = "kuma.io/zone";
 
@@ -249,6 +253,15 @@ pub fn decide(
     let Some(server_name) = server_name else {
         return Decision::reject("no_sni", "the ClientHello carries no server name");
     };
+    if server_name.len() > MAX_SNI_BYTES {
+        return Decision::reject(
+            "bad_sni",
+            format!(
+                "the server name is {} bytes; TLS stacks send and accept at most {MAX_SNI_BYTES}",
+                server_name.len()
+            ),
+        );
+    }
     let parsed = match Sni::parse(server_name) {
         Ok(p) => p,
         Err(e) => return Decision::reject("bad_sni", format!("{server_name:?}: {e}")),
@@ -481,10 +494,29 @@ pub struct Explanation {
     pub kuma_sni: Option<String>,
 }
 
-/// Explains the decision for `sni` on an egress node of `zone`. With `identities`, a decision
-/// to terminate is checked the way a connection would be: when the egress identity of the mesh
-/// cannot be issued (CA unreadable, key not matching) the answer is the refusal a connection
-/// gets (`identity`), not "terminate".
+impl Explanation {
+    fn refusal(sni: &str, reason: &'static str, detail: String) -> Explanation {
+        Explanation {
+            sni: sni.to_string(),
+            action: "reject",
+            reason,
+            detail,
+            mesh: None,
+            external_service: None,
+            upstream: None,
+            originate_tls: None,
+            protocol: None,
+            kuma_sni: None,
+        }
+    }
+}
+
+/// Explains the decision for `sni` on an egress node of `zone`. A name with a byte outside
+/// printable ASCII is `malformed`, as the ClientHello parser refuses it. With `identities` (on a
+/// node), a decision to terminate is checked the way a connection would be: when the TLS
+/// origination settings of every endpoint are unusable the answer is `tls_settings`, and when
+/// the egress identity of the mesh cannot be issued (CA unreadable, key not matching) it is
+/// `identity`, not "terminate".
 pub fn explain(
     sni: &str,
     zone: &str,
@@ -492,7 +524,40 @@ pub fn explain(
     remote: &RemoteServices,
     identities: Option<&crate::pki::EgressIdentities>,
 ) -> Explanation {
+    // A connection with such a name never reaches the routing decision: the ClientHello
+    // parser refuses it (`proto::hello`).
+    if !sni.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Explanation::refusal(
+            sni,
+            "malformed",
+            "a ClientHello whose host_name has a byte outside printable ASCII (space, control or \
+             8-bit) is refused as malformed before routing"
+                .to_string(),
+        );
+    }
     let mut decision = decide(Some(sni), zone, resources, remote);
+    // A connection fails over to the next endpoint when one's TLS settings are unusable, and is
+    // refused (`tls_settings`) when every endpoint's are.
+    if let (Decision::TerminateExternal { endpoints, .. }, Some(_)) = (&decision, identities) {
+        let failures: Vec<String> = endpoints
+            .iter()
+            .filter_map(|e| {
+                super::dial::check_settings(e)
+                    .err()
+                    .map(|err| format!("{}: {err}", e.name.as_str()))
+            })
+            .collect();
+        if !failures.is_empty() && failures.len() == endpoints.len() {
+            decision = Decision::reject(
+                "tls_settings",
+                format!(
+                    "the TLS origination settings of every endpoint are unusable, so the \
+                     connection is closed after the handshake: {}",
+                    failures.join("; ")
+                ),
+            );
+        }
+    }
     if let (
         Decision::TerminateExternal {
             mesh, service, sni, ..
@@ -608,18 +673,7 @@ pub fn explain(
                 .to_string(),
             ),
         },
-        Decision::Reject { reason, detail } => Explanation {
-            sni: sni.to_string(),
-            action: "reject",
-            reason,
-            detail,
-            mesh: None,
-            external_service: None,
-            upstream: None,
-            originate_tls: None,
-            protocol: None,
-            kuma_sni: None,
-        },
+        Decision::Reject { reason, detail } => Explanation::refusal(sni, reason, detail),
     }
 }
 
@@ -992,6 +1046,47 @@ mod tests {
         assert_eq!(e.kuma_sni.as_deref(), Some("httpbin{mesh=default}"));
         assert_eq!(e.protocol, Some("tcp"));
         assert!(e.detail.contains("splice bytes"), "{e:?}");
+    }
+
+    /// What `inspect route` says is what a connection gets, also where the connection fails
+    /// before routing (the ClientHello parser) or after the handshake (TLS origination).
+    #[test]
+    fn explanations_agree_with_connections_at_the_edges() {
+        let r = resources(ZONE);
+        let remote = RemoteServices::default();
+        for sni in [
+            "we b{mesh=default}",
+            "w\u{e9}b{mesh=default}",
+            "web\u{1}{mesh=default}",
+        ] {
+            assert_eq!(
+                explain(sni, "zone-a", &r, &remote, None).reason,
+                "malformed",
+                "{sni:?}"
+            );
+        }
+        let long = format!("{}{{mesh=default}}", "s".repeat(250));
+        assert_eq!(
+            decide(Some(&long), "zone-a", &r, &remote).label(),
+            "bad_sni"
+        );
+        let yaml = format!(
+            "{ZONE}---\ntype: ExternalService\nmesh: default\nname: badtls\ntags: {{ kuma.io/service: badtls }}\nnetworking: {{ address: 'x.org:443', tls: {{ enabled: true, caCert: {{ inlineString: notacert }} }} }}\n"
+        );
+        let r = resources(&yaml);
+        let identities = crate::pki::EgressIdentities::new(std::time::Duration::from_secs(3600));
+        let e = explain(
+            "badtls{mesh=default}",
+            "zone-a",
+            &r,
+            &remote,
+            Some(&identities),
+        );
+        assert_eq!(e.reason, "tls_settings", "{e:?}");
+        assert!(e.detail.contains("badtls"), "{e:?}");
+        // Without a node's context (the CLI's offline form) the settings are not read.
+        let e = explain("badtls{mesh=default}", "zone-a", &r, &remote, None);
+        assert_eq!(e.reason, "external");
     }
 
     #[test]
