@@ -70,6 +70,16 @@ struct Target {
     _haproxy: Option<Child>,
 }
 
+impl Drop for Target {
+    fn drop(&mut self) {
+        // A `Child` is not killed when dropped: stop HAProxy with the run.
+        if let Some(child) = self._haproxy.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn setup(args: &Args, dir: &Path) -> anyhow::Result<(Target, Arc<rustls::ClientConfig>)> {
     let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
     ze(&[
