@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::bail;
 use cluster_tests::upstream::{Haproxy, Nginx, free_port, run, sha256};
 use cluster_tests::{
-    Cluster, TEST_CONFIG, eventually, get_json, hashed_sni, metrics_text, request, zone_egress,
+    Cluster, TEST_CONFIG, eventually, get_json, hashed_sni, metrics_text, pki, request,
 };
 
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -61,10 +61,6 @@ fn script(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-fn ze(args: &[&str]) {
-    zone_egress(args).unwrap();
-}
-
 fn setup() -> Setup {
     let mut cluster = Cluster::new().unwrap();
     for _ in 0..2 {
@@ -76,51 +72,26 @@ fn setup() -> Setup {
     cluster.wait_converged(CONVERGE).unwrap();
     let dir = cluster.root().to_path_buf();
     let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
-    ze(&[
-        "pki",
-        "init-ca",
-        "--out",
-        &p("mesh-ca"),
-        "--name",
-        "mesh-default",
-    ]);
-    ze(&[
-        "pki",
-        "init-ca",
-        "--out",
-        &p("upstream-ca"),
-        "--name",
-        "upstream",
-    ]);
-    ze(&[
-        "pki",
-        "issue",
-        "--ca",
-        &p("mesh-ca"),
-        "--spiffe",
+    pki::init_ca(&dir, "mesh-ca", "mesh-default").unwrap();
+    pki::init_ca(&dir, "upstream-ca", "upstream").unwrap();
+    pki::issue(
+        &dir,
+        "mesh-ca",
         "spiffe://default/demo-client",
-        "--out",
-        &p("sidecar"),
-    ]);
-    ze(&[
-        "pki",
-        "issue",
-        "--ca",
-        &p("upstream-ca"),
-        "--spiffe",
+        &[],
+        "sidecar",
+    )
+    .unwrap();
+    pki::issue(
+        &dir,
+        "upstream-ca",
         "spiffe://upstream/nginx",
-        "--dns",
-        "localhost",
-        "--out",
-        &p("nginx"),
-    ]);
+        &["localhost"],
+        "nginx",
+    )
+    .unwrap();
     // HAProxy reads the certificate and key from one file.
-    let identity = format!(
-        "{}{}",
-        std::fs::read_to_string(dir.join("sidecar/cert.pem")).unwrap(),
-        std::fs::read_to_string(dir.join("sidecar/key.pem")).unwrap()
-    );
-    std::fs::write(dir.join("sidecar.pem"), identity).unwrap();
+    pki::combined_pem(&dir, "sidecar").unwrap();
 
     // nginx: on each port a default server answering 404 and the virtual host `localhost`.
     let (http, h2) = (free_port().unwrap(), free_port().unwrap());

@@ -88,28 +88,40 @@ where
     }
 }
 
-/// When a byte was last read, in milliseconds since the copy started.
-struct IdleClock {
+/// When a byte last moved, in milliseconds since the clock started; shared by the copy loop and
+/// the HTTP stage's idle timeout.
+pub(crate) struct IdleClock {
     started: Instant,
     last_ms: AtomicU64,
 }
 
 impl IdleClock {
-    fn new() -> IdleClock {
+    pub(crate) fn new() -> IdleClock {
         IdleClock {
             started: Instant::now(),
             last_ms: AtomicU64::new(0),
         }
     }
 
-    fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(now, Ordering::Relaxed);
     }
 
-    fn idle_for(&self) -> Duration {
+    pub(crate) fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(last)
+    }
+
+    /// Resolves once nothing moved for `limit`.
+    pub(crate) async fn expired(&self, limit: Duration) {
+        loop {
+            let idle = self.idle_for();
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - idle).await;
+        }
     }
 }
 

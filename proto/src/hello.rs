@@ -326,6 +326,13 @@ fn parse_body(body: &[u8], consumed: usize) -> Result<ClientHello, HelloError> {
 }
 
 /// server_name extension (RFC 6066 §3): the `host_name` entry, if any.
+/// Whether `b` may appear in a server name this parser accepts: printable ASCII only (no space,
+/// no control, no 8-bit), since the SNI ends up in logs and metric labels. Not a DNS check: `{`,
+/// `}`, `=` and `,` of the tag form pass. A name with any other byte is `Malformed`.
+pub fn is_host_name_byte(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b)
+}
+
 fn parse_server_name(data: &[u8]) -> Result<Option<String>, HelloError> {
     let mut r = Reader::new(data);
     let list = r.vec16("server name list runs past its extension")?;
@@ -349,9 +356,7 @@ fn parse_server_name(data: &[u8]) -> Result<Option<String>, HelloError> {
         if name.is_empty() {
             return Err(HelloError::Malformed("empty host_name"));
         }
-        // Printable ASCII only (no space, no control, no 8-bit): the SNI ends up in logs and
-        // metric labels. Not a DNS check: `{`, `}`, `=` and `,` of the tag form pass.
-        if !name.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        if !name.iter().all(|&b| is_host_name_byte(b)) {
             return Err(HelloError::Malformed(
                 "host_name has a byte outside printable ASCII",
             ));

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use cluster_tests::upstream::{Nginx, free_port, run};
-use cluster_tests::{Cluster, eventually, get_json, hashed_sni, request, rss_kib, zone_egress};
+use cluster_tests::{Cluster, eventually, get_json, hashed_sni, pki, request, rss_kib};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,10 +55,6 @@ struct Args {
     idle: usize,
 }
 
-fn ze(args: &[&str]) -> anyhow::Result<String> {
-    zone_egress(args)
-}
-
 struct Target {
     addr: String,
     pid: u32,
@@ -82,24 +78,8 @@ impl Drop for Target {
 
 fn setup(args: &Args, dir: &Path) -> anyhow::Result<(Target, Arc<rustls::ClientConfig>)> {
     let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
-    ze(&[
-        "pki",
-        "init-ca",
-        "--out",
-        &p("mesh-ca"),
-        "--name",
-        "mesh-default",
-    ])?;
-    ze(&[
-        "pki",
-        "issue",
-        "--ca",
-        &p("mesh-ca"),
-        "--spiffe",
-        "spiffe://default/load",
-        "--out",
-        &p("client"),
-    ])?;
+    pki::init_ca(dir, "mesh-ca", "mesh-default")?;
+    pki::issue(dir, "mesh-ca", "spiffe://default/load", &[], "client")?;
     let nginx = Nginx::start(&dir.join("nginx"), None)?;
     fs::write(nginx.root.join("1k"), vec![b'x'; 1024])?;
     fs::write(nginx.root.join("64m"), vec![b'y'; 64 << 20])?;
@@ -123,31 +103,16 @@ fn setup(args: &Args, dir: &Path) -> anyhow::Result<(Target, Arc<rustls::ClientC
     let config = Arc::new(config);
 
     if args.haproxy {
-        ze(&[
-            "pki",
-            "issue",
-            "--ca",
-            &p("mesh-ca"),
-            "--spiffe",
-            "spiffe://default/zone-egress",
-            "--dns",
-            &sni,
-            "--out",
-            &p("haproxy-id"),
-        ])?;
-        let pem = format!(
-            "{}{}",
-            fs::read_to_string(p("haproxy-id/cert.pem"))?,
-            fs::read_to_string(p("haproxy-id/key.pem"))?
-        );
-        fs::write(p("haproxy.pem"), pem)?;
+        let identity = "spiffe://default/zone-egress";
+        pki::issue(dir, "mesh-ca", identity, &[&sni], "haproxy-id")?;
+        let crt = pki::combined_pem(dir, "haproxy-id")?;
         let port = free_port()?;
         let cfg = format!(
             "global\n  maxconn 8000\n  nbthread 2\n  tune.ssl.default-dh-param 2048\n\
              defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n\
              frontend fe\n  bind 127.0.0.1:{port} ssl crt {crt} ca-file {ca} verify required\n  default_backend be\n\
              backend be\n  server nginx 127.0.0.1:{http_port}\n",
-            crt = p("haproxy.pem"),
+            crt = crt.display(),
             ca = p("mesh-ca/ca.pem"),
         );
         fs::write(p("haproxy.cfg"), cfg)?;
@@ -280,6 +245,7 @@ async fn finish(
     stop: &AtomicBool,
     secs: u64,
 ) -> (f64, f64, usize) {
+    // The measurement window itself, not a wait for something to happen.
     tokio::time::sleep(Duration::from_secs(secs)).await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
@@ -412,10 +378,21 @@ async fn idle(t: &Target, config: &Arc<rustls::ClientConfig>, n: usize) -> anyho
     eventually(Duration::from_secs(30), "upstream connections", || {
         Ok((upstream_conns(port)? >= n).then_some(()))
     })?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(t.pid).context("rss")?;
+    // The proxy's memory once it stops growing (two equal readings in a row).
+    let mut last = 0;
+    let after = eventually(Duration::from_secs(30), "RSS to settle", || {
+        let now = rss_kib(t.pid).context("rss")?;
+        let settled = (now == last).then_some(now);
+        last = now;
+        Ok(settled)
+    })?;
     drop(held);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The next measurement starts with no upstream connection left over.
+    eventually(
+        Duration::from_secs(30),
+        "upstream connections closed",
+        || Ok((upstream_conns(port)? == 0).then_some(())),
+    )?;
     Ok((after.saturating_sub(before)) as f64 / n as f64)
 }
 

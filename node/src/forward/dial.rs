@@ -77,8 +77,17 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Upstream for T {}
 /// `clientKey` readable and parseable, the key matching the certificate); `Ok` when it does not
 /// originate TLS. The same reading `dial` does, without connecting: what `inspect route` asks.
 pub fn check_settings(service: &ExternalService) -> Result<(), DialError> {
+    origination_config(service, &[]).map(|_| ())
+}
+
+/// The client configuration of `service`'s TLS origination, offering `alpn`; `None` when
+/// `networking.tls` is not enabled.
+fn origination_config(
+    service: &ExternalService,
+    alpn: &[&[u8]],
+) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, DialError> {
     let Some(tls) = service.networking.tls.as_ref().filter(|t| t.enabled) else {
-        return Ok(());
+        return Ok(None);
     };
     let ca = tls
         .ca_cert
@@ -90,8 +99,13 @@ pub fn check_settings(service: &ExternalService) -> Result<(), DialError> {
         .as_ref()
         .map(pki::load_client_identity)
         .transpose()?;
-    pki::client_config(ca.as_deref(), identity, tls.skip_hostname_verification)?;
-    Ok(())
+    let config = pki::client_config(ca.as_deref(), identity, tls.skip_hostname_verification)?;
+    if alpn.is_empty() {
+        return Ok(Some(config));
+    }
+    let mut config = std::sync::Arc::unwrap_or_clone(config);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Some(std::sync::Arc::new(config)))
 }
 
 /// Connects to the external service, with TLS when `networking.tls.enabled`, offering `alpn`
@@ -143,28 +157,12 @@ pub async fn dial(
         });
     };
     let _ = stream.set_nodelay(true);
-    let Some(tls) = service.networking.tls.as_ref().filter(|t| t.enabled) else {
+    let Some(config) = origination_config(service, alpn)? else {
         return Ok(Box::new(stream));
     };
-    let ca = tls
-        .ca_cert
-        .as_ref()
-        .map(pki::read_data_source)
-        .transpose()?;
-    let identity = tls
-        .client
-        .as_ref()
-        .map(pki::load_client_identity)
-        .transpose()?;
-    let config = pki::client_config(ca.as_deref(), identity, tls.skip_hostname_verification)?;
-    let config = if alpn.is_empty() {
-        config
-    } else {
-        let mut config = std::sync::Arc::unwrap_or_clone(config);
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        std::sync::Arc::new(config)
-    };
-    let host = tls.server_name.as_ref().unwrap_or(&address.host);
+    let host = (service.networking.tls.as_ref())
+        .and_then(|t| t.server_name.as_ref())
+        .unwrap_or(&address.host);
     let server_name = match host {
         Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
         Host::Dns(name) => ServerName::try_from(name.clone()).map_err(|e| DialError::Tls {

@@ -276,7 +276,11 @@ pub async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity {
+        clock: crate::copy::IdleClock::new(),
+        read: AtomicU64::new(0),
+        written: AtomicU64::new(0),
+    });
     let io = TokioIo::new(Tracked {
         inner: stream,
         activity: activity.clone(),
@@ -311,7 +315,7 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     let connection = builder.serve_connection_with_upgrades(io, service);
-    let idle = activity.idle_for(limits.idle_timeout);
+    let idle = activity.clock.expired(limits.idle_timeout);
     let timed_out = tokio::select! {
         result = connection => {
             if let Err(error) = result {
@@ -357,12 +361,8 @@ async fn handle(
         );
     }
     // hyper reads `chunked`; any other transfer coding would reach the upstream undone.
-    let other_coding = req
-        .headers()
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .any(|c| !c.trim().eq_ignore_ascii_case("chunked"));
+    let other_coding = tokens(req.headers(), &header::TRANSFER_ENCODING)
+        .any(|c| !c.eq_ignore_ascii_case("chunked"));
     if other_coding {
         return answer(
             upstream,
@@ -508,13 +508,8 @@ fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
-    let wants = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let wants =
+        tokens(req.headers(), &header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"));
     if wants {
         req.headers().get(header::UPGRADE).cloned()
     } else {
@@ -522,17 +517,23 @@ fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
     }
 }
 
+/// The comma-separated elements of every `name` field (RFC 9110 §5.6.1), trimmed; a value that
+/// is not visible ASCII counts as one element `?` (so it never matches a known token).
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+}
+
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1 (and `Proxy-Connection`, `Keep-Alive`):
 /// `Connection` and every header it names, `TE` unless it is `trailers` (gRPC needs it),
 /// `Transfer-Encoding`, `Upgrade`, `Trailer` is kept (it describes the body's trailers, which
 /// are forwarded).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
         if name != header::TE {
@@ -548,12 +549,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(&name);
     }
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    let te_trailers = tokens(headers, &header::TE).any(|t| t.eq_ignore_ascii_case("trailers"));
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -627,42 +623,13 @@ fn answer(
     response
 }
 
-/// The last time bytes moved on a connection.
+/// What moved on a client connection, and when last.
 struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
+    clock: crate::copy::IdleClock,
     /// Bytes read from the client.
     read: AtomicU64,
     /// Bytes written to the client.
     written: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            read: AtomicU64::new(0),
-            written: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Resolves once no byte moved for `limit`.
-    async fn idle_for(&self, limit: Duration) {
-        loop {
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let idle = self.start.elapsed().saturating_sub(last);
-            if idle >= limit {
-                return;
-            }
-            tokio::time::sleep(limit - idle).await;
-        }
-    }
 }
 
 /// A stream that records activity on every read and write that moved bytes.
@@ -682,7 +649,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.activity.read.fetch_add(n as u64, Ordering::Relaxed);
-            self.activity.touch();
+            self.activity.clock.touch();
         }
         result
     }
@@ -698,7 +665,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         if let Poll::Ready(Ok(n)) = result {
             if n > 0 {
                 self.activity.written.fetch_add(n as u64, Ordering::Relaxed);
-                self.activity.touch();
+                self.activity.clock.touch();
             }
         }
         result

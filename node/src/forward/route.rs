@@ -526,7 +526,7 @@ pub fn explain(
 ) -> Explanation {
     // A connection with such a name never reaches the routing decision: the ClientHello
     // parser refuses it (`proto::hello`).
-    if !sni.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+    if !sni.bytes().all(proto::hello::is_host_name_byte) {
         return Explanation::refusal(
             sni,
             "malformed",
