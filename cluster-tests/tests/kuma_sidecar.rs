@@ -204,6 +204,12 @@ fn setup() -> Setup {
             "alpn h2",
             unverified,
         ),
+        (
+            "h1only",
+            "echo{mesh=default}".into(),
+            "alpn http/1.1",
+            unverified,
+        ),
     ];
     let mut config = String::from(
         "global\n  maxconn 2000\n  log stderr format raw local0 info\ndefaults\n  log global\n  option tcplog\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n",
@@ -395,6 +401,22 @@ fn a_keep_alive_connection_outlives_the_hello_timeout() {
         "connects=1\nconnects=0",
         "the second request reused the connection"
     );
+}
+
+/// ALPN binds the connection to the negotiated version (RFC 7301): after `http/1.1` was agreed,
+/// an HTTP/2 preface is not HTTP/2.
+#[test]
+fn the_negotiated_alpn_binds_the_http_version() {
+    let s = setup();
+    let port = s.port("h1only");
+    let (code, body, err) = curl(port, &["-H", "Host: echo.mesh", "--fail"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(body.contains("proto=HTTP/1.1"), "{body}");
+    let (code, body, _) = curl(
+        port,
+        &["--http2-prior-knowledge", "-H", "Host: echo.mesh", "--fail"],
+    );
+    assert_ne!(code, Some(0), "HTTP/2 spoken over an http/1.1 ALPN: {body}");
 }
 
 #[test]

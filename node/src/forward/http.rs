@@ -296,25 +296,46 @@ where
             async move { Ok::<_, Infallible>(handle(req, &upstream, &counts, idle_timeout).await) }
         })
     };
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder = match protocol {
-        ClientProtocol::Http1 => builder.http1_only(),
-        ClientProtocol::Http2 => builder.http2_only(),
-        ClientProtocol::Auto => builder,
+    // The same settings on hyper's per-version builders and on hyper-util's `auto` ones (their
+    // methods share names, not a type). hyper's head timer also runs between the requests of a
+    // keep-alive connection: it is the idle timeout, not the ClientHello's.
+    macro_rules! http1_limits {
+        ($b:expr) => {
+            $b.timer(TokioTimer::new())
+                .header_read_timeout(limits.idle_timeout)
+                .max_headers(MAX_HEADERS)
+                .max_buf_size(MAX_HEADER_BYTES)
+        };
+    }
+    macro_rules! http2_limits {
+        ($b:expr) => {
+            $b.timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEADER_BYTES as u32)
+        };
+    }
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    let connection: Pin<Box<dyn Future<Output = Result<(), Error>> + Send>> = match protocol {
+        // hyper-util's `auto` ignores `http1_only`/`http2_only` when it serves upgrades: a
+        // connection bound by ALPN gets that version's own connection.
+        ClientProtocol::Http1 => {
+            let mut h1 = hyper::server::conn::http1::Builder::new();
+            http1_limits!(h1);
+            let conn = h1.serve_connection(io, service).with_upgrades();
+            Box::pin(async move { conn.await.map_err(Error::from) })
+        }
+        ClientProtocol::Http2 => {
+            let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            http2_limits!(h2);
+            let conn = h2.serve_connection(io, service);
+            Box::pin(async move { conn.await.map_err(Error::from) })
+        }
+        ClientProtocol::Auto => {
+            let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            http1_limits!(auto.http1());
+            http2_limits!(auto.http2());
+            Box::pin(async move { auto.serve_connection_with_upgrades(io, service).await })
+        }
     };
-    // hyper's head timer also runs between the requests of a keep-alive connection: it is the
-    // idle timeout, not the ClientHello's.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle_timeout)
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
-    let connection = builder.serve_connection_with_upgrades(io, service);
     let idle = activity.clock.expired(limits.idle_timeout);
     let timed_out = tokio::select! {
         result = connection => {
