@@ -16,8 +16,8 @@ use proto::ZoneView;
 use proto::link::{AvailableService, IngressAddr, ServiceSet, StreamHeader};
 use proto::resource::{ExternalService, Host, Kind, Resource};
 
-use crate::forward::route::ZONE_TAG;
 use crate::store::Resources;
+use proto::zone::ZONE_TAG;
 
 /// The sidecar listeners of the zone's egress nodes that are alive, ready and not in a name
 /// conflict, in member order. Registrations whose address is not an IP are left out.

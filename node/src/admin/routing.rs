@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use proto::Role;
-use proto::resource::{ExternalService, Kind, Resource};
+use proto::resource::ExternalService;
 use serde_json::json;
 
 use super::{AdminState, ApiError};
@@ -62,34 +62,19 @@ async fn outbounds(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let resources = state.resources_rx.borrow().clone();
-    let mesh = resources
-        .list(Kind::Mesh, None)
-        .into_iter()
-        .find_map(|r| match r {
-            Resource::Mesh(m) if m.name.as_str() == mesh_name => Some(m.clone()),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("mesh {mesh_name:?} does not exist"),
-            )
-        })?;
+    let mesh = resources.mesh(&mesh_name).cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("mesh {mesh_name:?} does not exist"),
+        )
+    })?;
     // Every ExternalService of the service counts; one pinned to another zone (kuma.io/zone)
     // is reached through that zone, never from here.
-    let (local, pinned) =
-        route::external_endpoints(&resources, &mesh_name, &service, &state.node.zone);
-    let pinned_to: Vec<ExternalService> = resources
-        .list(Kind::ExternalService, Some(&mesh_name))
-        .into_iter()
-        .filter_map(|r| match r {
-            Resource::ExternalService(es)
-                if es.service() == service && !route::exits_here(es, &state.node.zone) =>
-            {
-                Some(es.clone())
-            }
-            _ => None,
-        })
+    let zone = proto::zone::Zone::new(&state.node.zone, &resources);
+    let (local, pinned) = zone.external_endpoints(&mesh_name, &service);
+    let pinned_to: Vec<&ExternalService> = resources
+        .external_services_of(&mesh_name, &service)
+        .filter(|es| !zone.exits_here(es))
         .collect();
     let (direct, sni) = if let Some(first) = local.first() {
         (

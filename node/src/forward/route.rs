@@ -1,464 +1,28 @@
-//! Routing decision (DESIGN.md §6): from the SNI of a ClientHello and the zone's resources to
-//! what the egress does with the connection.
-//!
-//! Pure: the same function answers `GET /v1/inspect/route` and the listener, so what an
-//! operator inspects is what a connection gets.
+//! The node's side of the routing decision: the pure rules live in [`proto::zone::route`]; here
+//! the decision is explained for `GET /v1/inspect/route`, checked against what the node can do
+//! (TLS origination settings, the mesh identity), and turned into certificate names.
 
 use std::collections::BTreeMap;
 
-use proto::resource::{ExternalService, Host, Kind, Mesh, Resource};
-use proto::sni::{self, HashedKind, Sni};
+use proto::resource::{ExternalService, Host};
+use proto::sni::Sni;
+use proto::zone::Zone;
 use serde::Serialize;
+
+pub use proto::zone::route::{ClientIdentity, Decision, MAX_SNI_BYTES, external_service_sni};
 
 use crate::link::RemoteServices;
 use crate::store::Resources;
 
-/// What the egress does with a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Terminate the client's mTLS with the mesh identity, then dial the external service.
-    TerminateExternal {
-        /// The mesh (mTLS enabled).
-        mesh: Box<Mesh>,
-        /// The external service the SNI names (or, when it is pinned to another zone, the first
-        /// of `endpoints`): its host goes into the egress certificate.
-        service: Box<ExternalService>,
-        /// Every ExternalService of the same `kuma.io/service` this zone may exit to (not pinned
-        /// to another zone by `kuma.io/zone`), in name order: the endpoints the dial stage
-        /// balances over. Never empty.
-        endpoints: Vec<ExternalService>,
-        /// The SNI the client sent: the tag form `name{mesh=m,…}` as sent, or the hashed form
-        /// in lower case.
-        sni: String,
-    },
-    /// Pass the TLS bytes through to another zone over a QUIC link (never decrypted).
-    Passthrough {
-        /// Mesh (mTLS enabled in this zone).
-        mesh: String,
-        /// Service (`kuma.io/service`).
-        service: String,
-        /// Subset tags the client asked for.
-        tags: BTreeMap<String, String>,
-        /// The SNI the client sent.
-        sni: String,
-        /// Remote zones offering it.
-        zones: Vec<String>,
-    },
-    /// Close the connection.
-    Reject {
-        /// Stable label for metrics.
-        reason: &'static str,
-        /// Human explanation.
-        detail: String,
-    },
-}
-
-impl Decision {
-    fn reject(reason: &'static str, detail: impl Into<String>) -> Decision {
-        Decision::Reject {
-            reason,
-            detail: detail.into(),
-        }
-    }
-
-    /// The metric label of the decision.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Decision::TerminateExternal { .. } => "external",
-            Decision::Passthrough { .. } => "passthrough",
-            Decision::Reject { reason, .. } => reason,
-        }
-    }
-}
-
-/// The SNI a sidecar uses to reach an external service through the egress (Kuma's hashed form,
-/// kind `mes`, no tags; the port is the one of `networking.address`).
-pub fn external_service_sni(service: &ExternalService) -> String {
-    sni::hashed(
-        service.name.as_str(),
-        service.mesh.as_str(),
-        &BTreeMap::new(),
-        service.networking.address.port.get(),
-        HashedKind::Mes,
-    )
-}
-
-/// Longest server name a connection can carry: BoringSSL and OpenSSL clients refuse to send a
-/// longer one and servers refuse it (`unrecognized_name`), though RFC 6066 §3 allows 2^16-1.
-pub const MAX_SNI_BYTES: usize = 255;
-
-/// Kuma's tag that pins a service to a zone.
-pub const ZONE_TAG: &str = "kuma.io/zone";
-
-/// Whether this zone may dial `es` itself: it is not pinned to another zone by `kuma.io/zone`.
-/// An ExternalService pinned to a zone is reached only through that zone (Kuma: "zone-specific
-/// external services" go through the zone's ingress and egress), never dialled elsewhere.
-pub fn exits_here(es: &ExternalService, zone: &str) -> bool {
-    es.tags.get(ZONE_TAG).is_none_or(|pinned| pinned == zone)
-}
-
-/// The ExternalServices of `service` in `mesh`, split into those this zone exits to and the
-/// zones the others are pinned to (sorted, unique).
-pub fn external_endpoints<'a>(
-    resources: &'a Resources,
-    mesh: &'a str,
-    service: &str,
-    zone: &str,
-) -> (Vec<&'a ExternalService>, Vec<String>) {
-    let mut local = Vec::new();
-    let mut elsewhere = Vec::new();
-    for es in external_services(resources, mesh).filter(|es| es.service() == service) {
-        if exits_here(es, zone) {
-            local.push(es);
-        } else if let Some(pinned) = es.tags.get(ZONE_TAG) {
-            elsewhere.push(pinned.to_string());
-        }
-    }
-    elsewhere.sort();
-    elsewhere.dedup();
-    (local, elsewhere)
-}
-
-/// The decision for a known external service `named` (reached by its hashed SNI or its tag
-/// form): terminate here when this zone exits to some endpoint of its service, else pass it
-/// through to a zone it is pinned to, else refuse (`zone_unreachable`).
-fn decide_external(
-    mesh: &Mesh,
-    named: &ExternalService,
-    sni: &str,
-    zone: &str,
-    resources: &Resources,
-    remote: &RemoteServices,
-) -> Decision {
-    let service = named.service();
-    let (local, pinned) = external_endpoints(resources, mesh.name.as_str(), service, zone);
-    if !local.is_empty() {
-        let chosen = if exits_here(named, zone) {
-            named
-        } else {
-            local[0]
-        };
-        return Decision::TerminateExternal {
-            mesh: Box::new(mesh.clone()),
-            service: Box::new(chosen.clone()),
-            endpoints: local.into_iter().cloned().collect(),
-            sni: sni.to_string(),
-        };
-    }
-    let offered =
-        remote_zones(remote, mesh.name.as_str(), service, &BTreeMap::new()).unwrap_or_default();
-    let zones: Vec<String> = offered.into_iter().filter(|z| pinned.contains(z)).collect();
-    if zones.is_empty() {
-        let why = remote
-            .why_not_offered(mesh.name.as_str(), service)
-            .map(|w| format!("; {}", w.detail))
-            .unwrap_or_default();
-        return Decision::reject(
-            "zone_unreachable",
-            format!(
-                "external service {service:?} is pinned to zone(s) {} (kuma.io/zone): this zone \
-                 never dials it, and no link that is up reaches an ingress of that zone \
-                 offering it (GET /v1/links){why}",
-                pinned.join(", ")
-            ),
-        );
-    }
-    Decision::Passthrough {
-        mesh: mesh.name.as_str().to_string(),
-        service: service.to_string(),
-        tags: BTreeMap::new(),
-        sni: sni.to_string(),
-        zones,
-    }
-}
-
-/// The refusal for a service no link that is up offers: `link_down` when a link that is down
-/// offered it, else `unknown_service`, naming the links that are down either way.
-fn not_offered(remote: &RemoteServices, mesh: &str, service: &str, detail: String) -> Decision {
-    match remote.why_not_offered(mesh, service) {
-        Some(why) if why.was_offered => {
-            Decision::reject("link_down", format!("{detail}: {}", why.detail))
-        }
-        Some(why) => Decision::reject("unknown_service", format!("{detail}; {}", why.detail)),
-        None => Decision::reject("unknown_service", detail),
-    }
-}
-
-fn mesh_with_mtls<'a>(resources: &'a Resources, name: &str) -> Result<&'a Mesh, Decision> {
-    let mesh = resources
-        .list(Kind::Mesh, None)
-        .into_iter()
-        .find_map(|r| match r {
-            Resource::Mesh(m) if m.name.as_str() == name => Some(m),
-            _ => None,
-        });
-    match mesh {
-        None => Err(Decision::reject(
-            "unknown_mesh",
-            format!("mesh {name:?} does not exist in this zone"),
-        )),
-        Some(m) if m.enabled_ca().is_none() => Err(Decision::reject(
-            "mesh_without_mtls",
-            format!("mesh {name:?} has no enabled mTLS backend: no egress routing"),
-        )),
-        Some(m) => Ok(m),
-    }
-}
-
-fn external_services<'a>(
-    resources: &'a Resources,
-    mesh: &'a str,
-) -> impl Iterator<Item = &'a ExternalService> + 'a {
-    resources
-        .list(Kind::ExternalService, Some(mesh))
-        .into_iter()
-        .filter_map(|r| match r {
-            Resource::ExternalService(es) => Some(es),
-            _ => None,
-        })
-}
-
-/// The remote zones offering a service, or `None` when none does.
-fn remote_zones(
-    remote: &RemoteServices,
-    mesh: &str,
-    service: &str,
-    tags: &BTreeMap<String, String>,
-) -> Option<Vec<String>> {
-    let mut zones: Vec<String> = remote
-        .iter()
-        .filter(|s| {
-            s.mesh == mesh
-                && s.tags.get(proto::link::SERVICE_TAG).map(String::as_str) == Some(service)
-                && tags
-                    .iter()
-                    .filter(|(k, _)| k.as_str() != proto::link::SERVICE_TAG)
-                    .all(|(k, v)| s.tags.get(k) == Some(v))
-        })
-        .flat_map(|s| s.links.iter().map(|l| l.zone.clone()))
-        .collect();
-    zones.sort();
-    zones.dedup();
-    (!zones.is_empty()).then_some(zones)
-}
-
-/// Decides what to do with a connection whose ClientHello carried `server_name`, on an egress
-/// node of `zone`.
+/// The decision for a connection whose ClientHello carried `server_name`, on an egress node of
+/// `zone`, before the client has shown its certificate ([`proto::zone::route::route`]).
 pub fn decide(
     server_name: Option<&str>,
     zone: &str,
     resources: &Resources,
     remote: &RemoteServices,
 ) -> Decision {
-    let Some(server_name) = server_name else {
-        return Decision::reject("no_sni", "the ClientHello carries no server name");
-    };
-    if server_name.len() > MAX_SNI_BYTES {
-        return Decision::reject(
-            "bad_sni",
-            format!(
-                "the server name is {} bytes; TLS stacks send and accept at most {MAX_SNI_BYTES}",
-                server_name.len()
-            ),
-        );
-    }
-    let parsed = match Sni::parse(server_name) {
-        Ok(p) => p,
-        Err(e) => return Decision::reject("bad_sni", format!("{server_name:?}: {e}")),
-    };
-    match parsed {
-        Sni::Tagged {
-            service,
-            mesh,
-            tags,
-        } => {
-            let mesh = match mesh_with_mtls(resources, &mesh) {
-                Ok(m) => m,
-                Err(d) => return d,
-            };
-            let matching: Vec<&ExternalService> = external_services(resources, mesh.name.as_str())
-                .filter(|es| {
-                    es.service() == service
-                        && tags.iter().all(|(k, v)| es.tags.get(k) == Some(v.as_str()))
-                })
-                .collect();
-            if matching.is_empty() {
-                if let Some(zones) = remote_zones(remote, mesh.name.as_str(), &service, &tags) {
-                    return Decision::Passthrough {
-                        mesh: mesh.name.as_str().to_string(),
-                        service,
-                        tags,
-                        sni: server_name.to_string(),
-                        zones,
-                    };
-                }
-                return not_offered(
-                    remote,
-                    mesh.name.as_str(),
-                    &service,
-                    format!(
-                        "no external service {service:?} with tags {tags:?} in mesh {:?}, and \
-                         no link that is up offers it",
-                        mesh.name.as_str()
-                    ),
-                );
-            }
-            // Kuma's egress terminates the tag form of an external service (its filter chain
-            // matches `serverNames: [name{mesh=m}]`); one pinned to other zones only is passed
-            // through to them by `decide_external`.
-            let named = matching
-                .iter()
-                .find(|es| exits_here(es, zone))
-                .unwrap_or(&matching[0]);
-            decide_external(mesh, named, server_name, zone, resources, remote)
-        }
-        Sni::Hashed(hashed) => {
-            if hashed.kind != HashedKind::Mes {
-                return decide_remote_hashed(server_name, &hashed, resources, remote);
-            }
-            let mut named_but_wrong_hash = false;
-            let mut meshes_seen = Vec::new();
-            for candidate in &hashed.candidates {
-                let mesh_resource =
-                    resources
-                        .list(Kind::Mesh, None)
-                        .into_iter()
-                        .find_map(|r| match r {
-                            Resource::Mesh(m)
-                                if sni_mesh_matches(m.name.as_str(), &candidate.mesh) =>
-                            {
-                                Some(m)
-                            }
-                            _ => None,
-                        });
-                let Some(mesh_resource) = mesh_resource else {
-                    meshes_seen.push(candidate.mesh.clone());
-                    continue;
-                };
-                let mesh = match mesh_with_mtls(resources, mesh_resource.name.as_str()) {
-                    Ok(m) => m,
-                    Err(d) => return d,
-                };
-                for es in external_services(resources, mesh.name.as_str()) {
-                    let port = es.networking.address.port.get();
-                    if !hashed.names(es.name.as_str(), mesh.name.as_str(), port) {
-                        continue;
-                    }
-                    if hashed.verify(es.name.as_str(), mesh.name.as_str(), &BTreeMap::new(), port) {
-                        // In lower case: the name the egress's certificate carries.
-                        return decide_external(mesh, es, &hashed.sni, zone, resources, remote);
-                    }
-                    named_but_wrong_hash = true;
-                }
-            }
-            if named_but_wrong_hash {
-                Decision::reject(
-                    "hash_mismatch",
-                    format!(
-                        "{server_name:?} names a known external service but its hash does not match"
-                    ),
-                )
-            } else if !meshes_seen.is_empty() && meshes_seen.len() == hashed.candidates.len() {
-                Decision::reject(
-                    "unknown_mesh",
-                    format!("mesh {:?} does not exist in this zone", meshes_seen[0]),
-                )
-            } else {
-                Decision::reject(
-                    "unknown_service",
-                    format!("no external service matches {server_name:?}"),
-                )
-            }
-        }
-    }
-}
-
-/// A hashed `ms`/`mzms` SNI: a service of another zone, verified against what the links offer
-/// (the hash covers name, mesh and tags: the service-level SNI has no tags, a subset SNI the
-/// non-service tags of one offered tag set).
-fn decide_remote_hashed(
-    server_name: &str,
-    hashed: &proto::sni::HashedSni,
-    resources: &Resources,
-    remote: &RemoteServices,
-) -> Decision {
-    let mut named = false;
-    for candidate in &hashed.candidates {
-        let mesh_name = resources
-            .list(Kind::Mesh, None)
-            .into_iter()
-            .find_map(|r| match r {
-                Resource::Mesh(m) if sni_mesh_matches(m.name.as_str(), &candidate.mesh) => {
-                    Some(m.name.as_str().to_string())
-                }
-                _ => None,
-            })
-            .unwrap_or_else(|| candidate.mesh.clone());
-        let mesh = match mesh_with_mtls(resources, &mesh_name) {
-            Ok(m) => m.name.as_str().to_string(),
-            Err(d) if hashed.candidates.len() == 1 => return d,
-            Err(_) => continue,
-        };
-        for offered in remote.iter().filter(|s| s.mesh == mesh) {
-            let Some(service) = offered.tags.get(proto::link::SERVICE_TAG) else {
-                continue;
-            };
-            if !hashed.names(service, &mesh, candidate.port) {
-                continue;
-            }
-            named = true;
-            let subset: BTreeMap<String, String> = offered
-                .tags
-                .iter()
-                .filter(|(k, _)| k.as_str() != proto::link::SERVICE_TAG)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            for tags in [BTreeMap::new(), subset] {
-                if hashed.verify(service, &mesh, &tags, candidate.port) {
-                    let zones = remote_zones(remote, &mesh, service, &tags).unwrap_or_default();
-                    return Decision::Passthrough {
-                        mesh,
-                        service: service.clone(),
-                        tags,
-                        sni: server_name.to_string(),
-                        zones,
-                    };
-                }
-            }
-        }
-    }
-    if named {
-        Decision::reject(
-            "hash_mismatch",
-            format!(
-                "{server_name:?} names a service another zone offers but its hash does not match"
-            ),
-        )
-    } else {
-        let detail = format!(
-            "{server_name:?} names a {} service that no link that is up offers",
-            hashed.kind
-        );
-        // The service a hashed SNI names is one of its readings: the first explains best.
-        match hashed.candidates.first() {
-            Some(c) => not_offered(remote, &c.mesh, &c.name, detail),
-            None => Decision::reject("unknown_service", detail),
-        }
-    }
-}
-
-/// Whether a mesh name shows as `label` of a hashed (DNS-form, lower-case) SNI: names over 62
-/// characters are cut; ASCII case does not count (RFC 4343).
-fn sni_mesh_matches(mesh: &str, label: &str) -> bool {
-    if mesh.len() > 62 {
-        label.len() == 63
-            && label.ends_with('x')
-            && mesh
-                .get(..62)
-                .is_some_and(|m| label.get(..62).is_some_and(|l| m.eq_ignore_ascii_case(l)))
-    } else {
-        mesh.eq_ignore_ascii_case(label)
-    }
+    proto::zone::route::route(&Zone::new(zone, resources), remote, server_name, None)
 }
 
 /// The explanation `GET /v1/inspect/route` gives.
@@ -693,7 +257,8 @@ pub fn certificate_names(sni: &str, service: &ExternalService) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use proto::resource::parse_documents;
+    use proto::resource::{Kind, Resource, parse_documents};
+    use proto::sni::{self, HashedKind};
 
     use super::*;
     use crate::link::RemoteServices;
@@ -729,8 +294,8 @@ mod tests {
     /// `kuma.io/zone` to another zone is never dialled here, but reached through that zone.
     #[test]
     fn pinned_external_services_never_exit_from_another_zone() {
-        use crate::link::services::Contribution;
         use proto::link::{AvailableService, ServiceSet};
+        use proto::zone::remote::Contribution;
         let es = |name: &str, zone: Option<&str>, port: u16| {
             let pin = zone
                 .map(|z| format!(", kuma.io/zone: {z}"))
@@ -874,8 +439,8 @@ mod tests {
 
     #[test]
     fn services_of_other_zones_pass_through_in_both_sni_forms() {
-        use crate::link::services::Contribution;
         use proto::link::{AvailableService, ServiceSet};
+        use proto::zone::remote::Contribution;
         let r = resources(ZONE);
         let tags = |v: &str| -> BTreeMap<String, String> {
             [("kuma.io/service", "backend"), ("version", v)]
@@ -944,8 +509,8 @@ mod tests {
     /// load (`identity`), a link that is down (`link_down`, with the link and its error).
     #[test]
     fn explanations_name_what_will_make_a_connection_fail() {
-        use crate::link::services::DownLink;
         use proto::link::{AvailableService, ServiceSet};
+        use proto::zone::remote::DownLink;
         let r = resources(ZONE);
         let es = match r.list(Kind::ExternalService, Some("default"))[0] {
             Resource::ExternalService(es) => es.clone(),

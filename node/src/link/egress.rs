@@ -34,12 +34,12 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::frame::{read_frame, write_frame};
-use super::services::{Contribution, RemoteServices, total_weight, weighted_pick};
 use super::splice::{Meter, Spliced, TcpSide, splice_metered};
 use super::{
     CONNECT_TIMEOUT, HELLO_TIMEOUT, LINK_SERVER_NAME, LinkError, LinkTls, OPEN_TIMEOUT,
     REPLY_TIMEOUT, codes,
 };
+use proto::zone::remote::{Contribution, RemoteServices, total_weight, weighted_pick};
 
 /// First reconnection delay.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
@@ -654,7 +654,7 @@ impl Inner {
     fn publish(&self, registry: &BTreeMap<String, Entry>) {
         let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
         let mut up: Vec<(&Link, String, Arc<ServiceSet>)> = Vec::new();
-        let mut down: Vec<super::services::DownLink> = Vec::new();
+        let mut down: Vec<proto::zone::remote::DownLink> = Vec::new();
         // Static links first, so a node reached twice counts under its static link.
         let ordered = registry
             .values()
@@ -663,7 +663,7 @@ impl Inner {
         for entry in ordered {
             let runtime = lock(&entry.link.runtime);
             if runtime.state != LinkState::Up {
-                down.push(super::services::DownLink {
+                down.push(proto::zone::remote::DownLink {
                     link: entry.link.name.clone(),
                     zone: entry.link.zone.clone(),
                     error: runtime

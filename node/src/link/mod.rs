@@ -11,7 +11,8 @@
 //! * `egress.rs`: the [`LinkManager`]: dials each target with jittered exponential backoff,
 //!   speaks the control stream (`Hello` → `HelloAck` → `ServiceSet`s), adds the ingresses a zone
 //!   advertises, and [`LinkManager::open`]s one stream per forwarded connection;
-//! * `services.rs`: the merged [`RemoteServices`] view and the weighted pick;
+//! * the merged [`RemoteServices`] view and the weighted pick live in `proto::zone::remote`
+//!   (pure);
 //! * `ingress.rs`: accepts links, answers the control stream and pushes its zone's
 //!   [`ServiceSet`] on every change, then for each stream reads the [`StreamHeader`], dials a
 //!   local endpoint (round-robin) and replies `Accepted` or `Refused`;
@@ -51,7 +52,6 @@
 mod egress;
 mod frame;
 mod ingress;
-pub(crate) mod services;
 mod splice;
 mod tls;
 
@@ -68,7 +68,7 @@ pub use proto::link::{
     ALPN, AvailableService, FrameError, Hello, HelloAck, IngressAddr, ServiceSet, StreamHeader,
     StreamReply,
 };
-pub use services::{Contribution, LinkInstances, RemoteService, RemoteServices};
+pub use proto::zone::remote::{Contribution, LinkInstances, RemoteService, RemoteServices};
 pub use splice::{SpliceEnd, Spliced, TcpSide, splice_quic_tcp};
 pub use tls::{LINK_SERVER_NAME, LinkTls};
 

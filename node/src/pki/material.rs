@@ -10,7 +10,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use base64::Engine;
-use proto::resource::{ClientIdentity, DataSource};
+use proto::resource::{ClientCertificate, DataSource};
 use rcgen::KeyPair;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -80,7 +80,7 @@ pub fn parse_private_key(bytes: &[u8]) -> Result<PrivateKeyDer<'static>, PkiErro
 /// The certificate chain and key of an external service's `clientCert` / `clientKey`, ready for
 /// [`client_config`](super::client_config).
 pub fn load_client_identity(
-    identity: &ClientIdentity,
+    identity: &ClientCertificate,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
     let chain = parse_certificates(&read_data_source(&identity.client_cert)?)?;
     let key = parse_private_key(&read_data_source(&identity.client_key)?)?;

@@ -44,44 +44,7 @@ const HLC_META: &str = "hlc";
 /// One stored record: a resource or its tombstone, with the write's timestamp.
 pub type Record = Versioned<Resource>;
 
-/// The live resources of the zone as this node holds them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Resources {
-    by_key: BTreeMap<String, Resource>,
-}
-
-impl Resources {
-    /// One resource by key.
-    pub fn get(&self, key: &ResourceKey) -> Option<&Resource> {
-        self.by_key.get(&key.to_string())
-    }
-
-    /// Resources of a kind (and mesh, for mesh-scoped kinds), in key order.
-    pub fn list(&self, kind: Kind, mesh: Option<&str>) -> Vec<&Resource> {
-        self.by_key
-            .values()
-            .filter(|r| r.kind() == kind && (mesh.is_none() || r.mesh() == mesh))
-            .collect()
-    }
-
-    /// Number of resources of a kind.
-    pub fn count(&self, kind: Kind) -> usize {
-        self.by_key.values().filter(|r| r.kind() == kind).count()
-    }
-
-    /// Every resource.
-    pub fn iter(&self) -> impl Iterator<Item = &Resource> {
-        self.by_key.values()
-    }
-}
-
-impl FromIterator<Resource> for Resources {
-    fn from_iter<I: IntoIterator<Item = Resource>>(iter: I) -> Resources {
-        Resources {
-            by_key: iter.into_iter().map(|r| (r.key(), r)).collect(),
-        }
-    }
-}
+pub use proto::zone::Resources;
 
 /// One requested change.
 #[derive(Debug, Clone)]
@@ -292,12 +255,7 @@ fn expired(record: &Record, since_ms: u64, now_ms: u64, ttl: Duration) -> bool {
 }
 
 fn live(records: &BTreeMap<String, Record>) -> Resources {
-    Resources {
-        by_key: records
-            .iter()
-            .filter_map(|(k, r)| r.value.clone().map(|v| (k.clone(), v)))
-            .collect(),
-    }
+    records.values().filter_map(|r| r.value.clone()).collect()
 }
 
 impl Handle {
@@ -336,7 +294,7 @@ impl Handle {
                             limit: MAX_RESOURCE_BYTES,
                         });
                     }
-                    let outcome = match current.by_key.get(&text_key) {
+                    let outcome = match current.get(&key) {
                         Some(existing) if *existing == resource => Outcome::Unchanged,
                         Some(_) => Outcome::Updated,
                         None => Outcome::Created,
@@ -349,7 +307,7 @@ impl Handle {
                 }
                 Change::Delete(key) => {
                     let text_key = key.to_string();
-                    if !current.by_key.contains_key(&text_key) {
+                    if current.get(&key).is_none() {
                         return Err(StoreError::NotFound(text_key));
                     }
                     let ts = state.clock.tick(now);

@@ -89,7 +89,7 @@ pub struct ExternalTls {
     pub ca_cert: Option<DataSource>,
     /// Client certificate and key presented to the service.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub client: Option<ClientIdentity>,
+    pub client: Option<ClientCertificate>,
     /// Allow TLS renegotiation.
     #[serde(skip_serializing_if = "is_false")]
     pub allow_renegotiation: bool,
@@ -101,7 +101,7 @@ pub struct ExternalTls {
 /// `clientCert` and `clientKey`, which come together.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ClientIdentity {
+pub struct ClientCertificate {
     /// Certificate chain (PEM).
     pub client_cert: DataSource,
     /// Private key (PEM).
@@ -200,7 +200,7 @@ fn validate_tls(raw: RawTls, checker: &mut Checker) -> Option<ExternalTls> {
     let client_key = source("clientKey", raw.client_key);
     let client = match (client_cert?, client_key?) {
         (None, None) => None,
-        (Some(client_cert), Some(client_key)) => Some(ClientIdentity {
+        (Some(client_cert), Some(client_key)) => Some(ClientCertificate {
             client_cert,
             client_key,
         }),

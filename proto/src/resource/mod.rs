@@ -35,7 +35,7 @@ use serde_json::Value;
 pub use dataplane::{Dataplane, DataplaneNetworking, Inbound};
 pub use error::{ParseError, ParseErrors, Problem};
 pub use external_service::{
-    ClientIdentity, ExternalNetworking, ExternalService, ExternalTls, PROTOCOL_TAG, Protocol,
+    ClientCertificate, ExternalNetworking, ExternalService, ExternalTls, PROTOCOL_TAG, Protocol,
 };
 pub use fields::{
     Host, HostPort, MAX_NAME_LEN, Name, Port, SERVICE_TAG, SNI_RESERVED, ServiceTags,

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use proto::link::{SERVICE_TAG, ServiceSet};
+use crate::link::{SERVICE_TAG, ServiceSet};
 
 /// One service (mesh and full tag set) and the links that offer it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -221,7 +221,7 @@ impl RemoteServices {
 
 /// The candidate whose cumulative share holds `roll`, where `roll` is uniform in
 /// `[0, sum of weights)`; `None` when the sum is zero or `roll` is beyond it.
-pub(crate) fn weighted_pick(candidates: &[(String, u64)], roll: u64) -> Option<&str> {
+pub fn weighted_pick(candidates: &[(String, u64)], roll: u64) -> Option<&str> {
     let mut upper = 0u64;
     for (name, weight) in candidates {
         upper = upper.saturating_add(*weight);
@@ -233,7 +233,7 @@ pub(crate) fn weighted_pick(candidates: &[(String, u64)], roll: u64) -> Option<&
 }
 
 /// Sum of the candidates' weights.
-pub(crate) fn total_weight(candidates: &[(String, u64)]) -> u64 {
+pub fn total_weight(candidates: &[(String, u64)]) -> u64 {
     candidates
         .iter()
         .fold(0u64, |sum, (_, weight)| sum.saturating_add(*weight))
@@ -241,7 +241,7 @@ pub(crate) fn total_weight(candidates: &[(String, u64)]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use proto::link::AvailableService;
+    use crate::link::AvailableService;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
