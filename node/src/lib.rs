@@ -24,6 +24,5 @@ pub mod readiness;
 pub mod server;
 pub mod store;
 pub mod telemetry;
-pub mod zones;
 
 pub use server::{RuntimeInfo, VERSION, run};

@@ -268,8 +268,8 @@ pub async fn run(
             let zone_rx = gossip.view();
             let zone = config.zone.clone();
             let resolver: crate::link::Resolver = Arc::new(move |header| {
-                let egresses = crate::zones::ready_egresses(&zone_rx.borrow().view);
-                crate::zones::endpoints(&resources_rx.borrow(), header, &zone, &egresses)
+                let egresses = proto::zone::offer::ready_egresses(&zone_rx.borrow().view);
+                proto::zone::offer::endpoints(&resources_rx.borrow(), header, &zone, &egresses)
             });
             let socket = ingress_socket.take().context("link socket")?;
             Some(crate::link::spawn_ingress(
@@ -561,7 +561,7 @@ async fn keep_service_set(
     loop {
         let resources = resources_rx.borrow_and_update().clone();
         let snapshot = zone_rx.borrow_and_update().clone();
-        let egresses = crate::zones::ready_egresses(&snapshot.view);
+        let egresses = proto::zone::offer::ready_egresses(&snapshot.view);
         let ingresses = snapshot
             .view
             .zone_ingresses()
@@ -572,7 +572,7 @@ async fn keep_service_set(
                 port: zi.networking.advertised_port,
             })
             .collect();
-        let set = crate::zones::service_set(&resources, ingresses, &zone, &egresses);
+        let set = proto::zone::offer::service_set(&resources, ingresses, &zone, &egresses);
         services_tx.send_if_modified(|current| {
             if **current == set {
                 false

@@ -12,12 +12,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use proto::ZoneView;
-use proto::link::{AvailableService, IngressAddr, ServiceSet, StreamHeader};
-use proto::resource::{ExternalService, Host, Kind, Resource};
+use crate::ZoneView;
+use crate::link::{AvailableService, IngressAddr, ServiceSet, StreamHeader};
+use crate::resource::{ExternalService, Host, Kind, Resource};
 
-use crate::store::Resources;
-use proto::zone::ZONE_TAG;
+use super::{Resources, ZONE_TAG, matches_subset};
 
 /// The sidecar listeners of the zone's egress nodes that are alive, ready and not in a name
 /// conflict, in member order. Registrations whose address is not an IP are left out.
@@ -103,12 +102,7 @@ pub fn endpoints(
         return out;
     }
     let pinned = pinned_here(resources, Some(&header.mesh), zone).any(|es| {
-        es.service() == header.service
-            && header
-                .tags
-                .iter()
-                .filter(|(k, _)| k.as_str() != proto::link::SERVICE_TAG)
-                .all(|(k, v)| es.tags.get(k) == Some(v.as_str()))
+        es.service() == header.service && matches_subset(&header.tags, |k| es.tags.get(k))
     });
     if pinned {
         egresses.to_vec()
@@ -122,13 +116,8 @@ fn dataplane_endpoints(resources: &Resources, header: &StreamHeader) -> Vec<Sock
     for r in resources.list(Kind::Dataplane, Some(&header.mesh)) {
         let Resource::Dataplane(dp) = r else { continue };
         for inbound in &dp.networking.inbound {
-            let tags = inbound.tags.as_map();
             let matches = inbound.tags.service() == header.service
-                && header
-                    .tags
-                    .iter()
-                    .filter(|(k, _)| k.as_str() != proto::link::SERVICE_TAG)
-                    .all(|(k, v)| tags.get(k) == Some(v));
+                && matches_subset(&header.tags, |k| inbound.tags.get(k));
             if !matches {
                 continue;
             }
@@ -143,7 +132,7 @@ fn dataplane_endpoints(resources: &Resources, header: &StreamHeader) -> Vec<Sock
 
 #[cfg(test)]
 mod tests {
-    use proto::resource::parse_documents;
+    use crate::resource::parse_documents;
 
     use super::*;
 
