@@ -69,6 +69,10 @@ pub enum InspectCommand {
         /// The SNI a client would send.
         #[arg(long)]
         sni: String,
+        /// The client's SPIFFE id (`spiffe://<mesh>/<service>`): the mesh's traffic permissions
+        /// are applied as to a connection with that certificate.
+        #[arg(long, value_name = "URI")]
+        client: Option<String>,
         /// Admin API and token.
         #[command(flatten)]
         admin: AdminArgs,
@@ -107,11 +111,24 @@ pub enum PkiCommand {
         #[arg(long)]
         name: String,
     },
-    /// Issue a leaf certificate signed by a CA: writes DIR/cert.pem and DIR/key.pem.
+    /// Issue a leaf certificate: signed by the CA in `--ca DIR`, or by a mesh's CA through the
+    /// admin API of the fleet (`--mesh M --admin URL`, needs the admin token); writes
+    /// DIR/cert.pem and DIR/key.pem (and DIR/ca.pem from the fleet).
     Issue {
         /// Directory holding ca.pem and ca.key.
-        #[arg(long, value_name = "DIR")]
-        ca: PathBuf,
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "mesh",
+            conflicts_with = "mesh"
+        )]
+        ca: Option<PathBuf>,
+        /// Mesh whose CA signs (through the admin API of `--admin`).
+        #[arg(long, value_name = "MESH")]
+        mesh: Option<String>,
+        /// Admin API and token, with `--mesh`.
+        #[command(flatten)]
+        admin: AdminArgs,
         /// SPIFFE id (URI SAN), e.g. spiffe://default/backend.
         #[arg(long, value_name = "URI")]
         spiffe: String,
@@ -204,6 +221,16 @@ pub enum Resource {
     ExternalServices,
     /// Dataplanes of a mesh.
     Dataplanes,
+    /// Secrets of a mesh (data shown only with --show-secrets and the admin token).
+    Secrets,
+    /// Secrets of the zone.
+    GlobalSecrets,
+    /// MeshExternalServices of a mesh.
+    Meshexternalservices,
+    /// TrafficPermissions of a mesh.
+    TrafficPermissions,
+    /// MeshTrafficPermissions of a mesh.
+    Meshtrafficpermissions,
     /// QUIC links to other zones' ingresses.
     Links,
 }

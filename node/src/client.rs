@@ -33,21 +33,23 @@ pub fn sni(args: &SniArgs) -> anyhow::Result<String> {
 }
 
 /// Runs `zone-egress inspect route --sni`.
-pub fn inspect_route(admin: &AdminArgs, sni: &str) -> anyhow::Result<String> {
-    let mut encoded = String::new();
-    for b in sni.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            encoded.push(b as char);
-        } else {
-            encoded.push_str(&format!("%{b:02X}"));
+pub fn inspect_route(admin: &AdminArgs, sni: &str, client: Option<&str>) -> anyhow::Result<String> {
+    let encode = |text: &str| {
+        let mut encoded = String::new();
+        for b in text.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
         }
+        encoded
+    };
+    let mut path = format!("/v1/inspect/route?sni={}", encode(sni));
+    if let Some(client) = client {
+        path.push_str(&format!("&client={}", encode(client)));
     }
-    let value = call(
-        admin,
-        "GET",
-        &format!("/v1/inspect/route?sni={encoded}"),
-        None,
-    )?;
+    let value = call(admin, "GET", &path, None)?;
     Ok(format!("{}\n", serde_json::to_string_pretty(&value)?))
 }
 
@@ -279,6 +281,11 @@ pub fn get(args: &GetArgs) -> anyhow::Result<String> {
         Resource::Meshes => "/v1/meshes".to_string(),
         Resource::ExternalServices => format!("/v1/meshes/{mesh}/external-services"),
         Resource::Dataplanes => format!("/v1/meshes/{mesh}/dataplanes"),
+        Resource::Secrets => format!("/v1/meshes/{mesh}/secrets"),
+        Resource::GlobalSecrets => "/v1/global-secrets".to_string(),
+        Resource::Meshexternalservices => format!("/v1/meshes/{mesh}/meshexternalservices"),
+        Resource::TrafficPermissions => format!("/v1/meshes/{mesh}/traffic-permissions"),
+        Resource::Meshtrafficpermissions => format!("/v1/meshes/{mesh}/meshtrafficpermissions"),
         Resource::Links => "/v1/links".to_string(),
     };
     let path = if args.show_secrets {
@@ -329,23 +336,67 @@ pub fn apply(args: &ApplyArgs) -> anyhow::Result<String> {
             text(&applied["name"]),
             text(&applied["outcome"]),
         ));
+        for warning in applied["warnings"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  warning: {}\n", text(warning)));
+        }
     }
     Ok(out)
 }
 
-/// The API path of one resource, from a kind as typed on the command line.
+/// The API path of one resource, from a kind as typed on the command line (the type name,
+/// its singular or its plural: `MeshExternalService`, `meshexternalservice`,
+/// `meshexternalservices`).
 pub fn resource_path(kind: &str, name: &str, mesh: &str) -> anyhow::Result<String> {
-    Ok(match kind {
-        "mesh" | "meshes" | "Mesh" => format!("/v1/meshes/{name}"),
-        "external-service" | "external-services" | "ExternalService" => {
-            format!("/v1/meshes/{mesh}/external-services/{name}")
-        }
-        "dataplane" | "dataplanes" | "Dataplane" => format!("/v1/meshes/{mesh}/dataplanes/{name}"),
-        "zone-ingress" | "zone-ingresses" | "ZoneIngress" => format!("/v1/zone-ingresses/{name}"),
-        other => bail!(
-            "unknown type {other:?}: expected mesh, external-service, dataplane or zone-ingress"
-        ),
+    let Some(kind) = proto::resource::Kind::parse(kind) else {
+        let known: Vec<&str> = proto::resource::Kind::ALL
+            .iter()
+            .map(|k| k.singular())
+            .collect();
+        bail!(
+            "unknown type {kind:?}: expected one of {}",
+            known.join(", ")
+        );
+    };
+    Ok(if kind.is_mesh_scoped() {
+        format!("/v1/meshes/{mesh}/{}/{name}", kind.plural())
+    } else {
+        format!("/v1/{}/{name}", kind.plural())
     })
+}
+
+/// `zone-egress pki issue --mesh M --spiffe URI --admin URL --out DIR`: asks the fleet to sign
+/// a certificate with the mesh's CA (`POST /v1/meshes/M/pki/issue`) and writes
+/// `DIR/cert.pem`, `DIR/key.pem` (mode 0600) and `DIR/ca.pem`.
+pub fn issue(
+    admin: &AdminArgs,
+    mesh: &str,
+    spiffe: &str,
+    dns: &[String],
+    ips: &[std::net::IpAddr],
+    validity: Duration,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "spiffe": spiffe,
+        "dns": dns,
+        "ips": ips,
+        "validity": format!("{}s", validity.as_secs().max(1)),
+    });
+    let answer = call(
+        admin,
+        "POST",
+        &format!("/v1/meshes/{mesh}/pki/issue"),
+        Some(("application/json", body.to_string().into_bytes())),
+    )?;
+    let field = |name: &str| {
+        answer[name]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("the answer has no {name:?}"))
+    };
+    let (cert, key, ca) = (field("certificate")?, field("key")?, field("ca")?);
+    crate::pki::write_issued(out, &cert, &key, &ca)?;
+    Ok(())
 }
 
 /// Runs `zone-egress delete TYPE NAME` and returns the text to print.
@@ -455,6 +506,80 @@ fn render(resource: Resource, output: Output, value: &Value) -> anyhow::Result<S
                         ]
                     })
                 }
+                Resource::Secrets | Resource::GlobalSecrets => {
+                    (&["MESH", "NAME", "TYPE", "LABELS"], |r| {
+                        vec![
+                            text(&r["mesh"]),
+                            text(&r["name"]),
+                            text(&r["type"]),
+                            labels(&r["labels"]),
+                        ]
+                    })
+                }
+                Resource::Meshexternalservices => (
+                    &["MESH", "NAME", "PORT", "PROTOCOL", "ENDPOINTS", "TLS"],
+                    |r| {
+                        let endpoints = r["spec"]["endpoints"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|e| format!("{}:{}", text(&e["address"]), text(&e["port"])))
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        vec![
+                            text(&r["mesh"]),
+                            text(&r["name"]),
+                            text(&r["spec"]["match"]["port"]),
+                            text(&r["spec"]["match"]["protocol"]),
+                            endpoints,
+                            text(&r["spec"]["tls"]["enabled"]).replace('-', "false"),
+                        ]
+                    },
+                ),
+                Resource::TrafficPermissions => {
+                    (&["MESH", "NAME", "SOURCES", "DESTINATIONS"], |r| {
+                        let selectors = |v: &Value| {
+                            v.as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(|s| labels(&s["match"]))
+                                .collect::<Vec<_>>()
+                                .join(" | ")
+                        };
+                        vec![
+                            text(&r["mesh"]),
+                            text(&r["name"]),
+                            selectors(&r["sources"]),
+                            selectors(&r["destinations"]),
+                        ]
+                    })
+                }
+                Resource::Meshtrafficpermissions => (&["MESH", "NAME", "TARGET", "FROM"], |r| {
+                    let target = |t: &Value| match t["name"].as_str() {
+                        Some(name) => format!("{} {name}", text(&t["kind"])),
+                        None if t.is_null() => "Mesh".to_string(),
+                        None => text(&t["kind"]),
+                    };
+                    let from = r["spec"]["from"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|f| {
+                            format!(
+                                "{}: {}",
+                                target(&f["targetRef"]),
+                                text(&f["default"]["action"])
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    vec![
+                        text(&r["mesh"]),
+                        text(&r["name"]),
+                        target(&r["spec"]["targetRef"]),
+                        from,
+                    ]
+                }),
                 Resource::Dataplanes => (&["MESH", "NAME", "ADDRESS", "INBOUNDS"], |d| {
                     let inbounds = d["networking"]["inbound"]
                         .as_array()
@@ -512,6 +637,21 @@ fn render(resource: Resource, output: Output, value: &Value) -> anyhow::Result<S
             format_table(&table)
         }
     })
+}
+
+/// A tag or label map as `k=v,k=v` (`-` when empty).
+fn labels(v: &Value) -> String {
+    let pairs: Vec<String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", text(v)))
+        .collect();
+    if pairs.is_empty() {
+        "-".to_string()
+    } else {
+        pairs.join(",")
+    }
 }
 
 fn text(v: &Value) -> String {

@@ -18,8 +18,8 @@ fn main() -> ExitCode {
         Command::ForceLeave(args) => print_result(node::client::force_leave(&args)),
         Command::Pki(command) => print_result(pki(command)),
         Command::Sni(args) => print_result(node::client::sni(&args)),
-        Command::Inspect(node::cli::InspectCommand::Route { sni, admin }) => {
-            print_result(node::client::inspect_route(&admin, &sni))
+        Command::Inspect(node::cli::InspectCommand::Route { sni, client, admin }) => {
+            print_result(node::client::inspect_route(&admin, &sni, client.as_deref()))
         }
         Command::Keygen => print_result(Ok(format!("{}\n", node::gossip::sealed::generate_key()))),
     }
@@ -34,12 +34,37 @@ fn pki(command: node::cli::PkiCommand) -> anyhow::Result<String> {
         }
         PkiCommand::Issue {
             ca,
+            mesh: Some(mesh),
+            admin,
+            spiffe,
+            dns,
+            ips,
+            out,
+            validity,
+            ..
+        } => {
+            node::client::issue(&admin, &mesh, &spiffe, &dns, &ips, validity, &out)?;
+            let _ = ca;
+            Ok(format!(
+                "wrote {0}/cert.pem, {0}/key.pem and {0}/ca.pem for {spiffe}, signed by the CA of \
+                 mesh {mesh}\n",
+                out.display()
+            ))
+        }
+        PkiCommand::Issue {
+            ca: None,
+            mesh: None,
+            ..
+        } => anyhow::bail!("give --ca DIR or --mesh MESH"),
+        PkiCommand::Issue {
+            ca: Some(ca),
             spiffe,
             dns,
             ips,
             out,
             validity,
             backdate,
+            ..
         } => {
             let start = std::time::SystemTime::now() - backdate;
             let options = node::pki::IssueOptions::new(spiffe.clone(), dns, ips, start, validity)?;

@@ -26,6 +26,33 @@ fn every_shipped_node_config_is_valid() {
     }
 }
 
+/// `cat config/resources/*.yaml | zone-egress apply -f -` (the README's command) is one batch:
+/// every `secret:` reference finds its Secret in it.
+#[test]
+fn the_shipped_resources_apply_as_one_batch() {
+    let mut text = String::new();
+    for path in yaml_files("config/resources") {
+        text.push_str(&std::fs::read_to_string(&path).unwrap());
+        text.push_str("\n---\n");
+    }
+    let resources = proto::resource::parse_documents(&text).unwrap();
+    for r in &resources {
+        for (path, secret) in r.secret_refs() {
+            let mesh = r.mesh().unwrap_or(r.name());
+            assert!(
+                resources
+                    .iter()
+                    .any(|s| s.kind() == proto::resource::Kind::Secret
+                        && s.mesh() == Some(mesh)
+                        && s.name() == secret),
+                "{} {}: {path} refers to a missing Secret {secret}",
+                r.kind(),
+                r.name()
+            );
+        }
+    }
+}
+
 #[test]
 fn every_shipped_resource_file_is_valid() {
     let mut files = yaml_files("config/resources");
@@ -39,5 +66,9 @@ fn every_shipped_resource_file_is_valid() {
         assert!(!resources.is_empty(), "{}", path.display());
         kinds.extend(resources.iter().map(|r| r.kind()));
     }
-    assert_eq!(kinds.len(), 4, "every kind has an example: {kinds:?}");
+    assert_eq!(
+        kinds.len(),
+        proto::resource::Kind::ALL.len(),
+        "every kind has an example: {kinds:?}"
+    );
 }

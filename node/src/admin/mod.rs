@@ -13,6 +13,7 @@
 //!   of resources shows `"<redacted>"` unless it asks `?secrets=true` *and* is authorized to
 //!   write ([`resources`]).
 
+mod pki;
 mod resources;
 mod routing;
 
@@ -129,6 +130,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/members/{name}/force-leave", post(force_leave))
         .merge(resources::routes())
         .merge(routing::routes())
+        .merge(pki::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -189,16 +189,23 @@ fn kind_routes(
         )
 }
 
-/// The resource routes (`/v1/zone-ingresses` itself is listed by the parent router).
+/// The resource routes: `/v1/<plural>` for zone-wide kinds (`/v1/meshes`,
+/// `/v1/global-secrets`), `/v1/meshes/{mesh}/<plural>` for mesh-scoped ones (Kuma's REST paths:
+/// `external-services`, `dataplanes`, `secrets`, `meshexternalservices`, `traffic-permissions`,
+/// `meshtrafficpermissions`). `/v1/zone-ingresses` itself is listed by the parent router.
 pub fn routes() -> axum::Router<AdminState> {
-    let router = axum::Router::new().route("/v1/apply", post(apply));
-    let router = kind_routes(router, Kind::Mesh, "/v1/meshes");
-    let router = kind_routes(
-        router,
-        Kind::ExternalService,
-        "/v1/meshes/{mesh}/external-services",
-    );
-    let router = kind_routes(router, Kind::Dataplane, "/v1/meshes/{mesh}/dataplanes");
+    let mut router = axum::Router::new().route("/v1/apply", post(apply));
+    for kind in Kind::ALL {
+        if kind == Kind::ZoneIngress {
+            continue;
+        }
+        let base = if kind.is_mesh_scoped() {
+            format!("/v1/meshes/{{mesh}}/{}", kind.plural())
+        } else {
+            format!("/v1/{}", kind.plural())
+        };
+        router = kind_routes(router, kind, &base);
+    }
     let one = "/v1/zone-ingresses/{name}";
     router.route(
         one,
@@ -240,7 +247,7 @@ fn store_error(e: StoreError) -> ApiError {
     };
     let message = match &e {
         StoreError::Invalid(_) => {
-            "the batch refers to resources that do not exist: nothing was applied".to_string()
+            "the batch does not fit the zone's resources: nothing was applied".to_string()
         }
         other => other.to_string(),
     };
@@ -287,7 +294,7 @@ fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
 /// sending gets the answer instead of a reset connection (a broken pipe on its side).
 const DRAIN_BYTES: usize = 4 * MAX_BODY_BYTES;
 
-async fn read_body(mut body: Body) -> Result<String, ApiError> {
+pub(super) async fn read_body(mut body: Body) -> Result<String, ApiError> {
     use http_body_util::BodyExt;
     let mut bytes = Vec::new();
     let mut total = 0usize;
@@ -439,7 +446,9 @@ async fn delete_one(
     Ok(Json(json!({"deleted": key.to_string()})).into_response())
 }
 
-fn applied_json(applied: &[Applied]) -> Value {
+/// The apply answer: per resource, its outcome and the warnings of [`Resource::warnings`]
+/// (what is stored but not acted on), when any.
+fn applied_json(applied: &[Applied], warnings: &HashMap<ResourceKey, Vec<String>>) -> Value {
     let items: Vec<Value> = applied
         .iter()
         .map(|a| {
@@ -450,6 +459,9 @@ fn applied_json(applied: &[Applied]) -> Value {
             });
             if let Some(mesh) = a.key.mesh() {
                 v["mesh"] = json!(mesh);
+            }
+            if let Some(w) = warnings.get(&a.key).filter(|w| !w.is_empty()) {
+                v["warnings"] = json!(w);
             }
             v
         })
@@ -487,7 +499,11 @@ async fn apply(
             "the body holds no document",
         ));
     }
+    let warnings: HashMap<ResourceKey, Vec<String>> = resources
+        .iter()
+        .map(|r| (r.resource_key(), r.warnings()))
+        .collect();
     let changes = resources.into_iter().map(Change::Put).collect();
     let applied = state.store.apply(changes).await.map_err(store_error)?;
-    Ok(Json(applied_json(&applied)).into_response())
+    Ok(Json(applied_json(&applied, &warnings)).into_response())
 }

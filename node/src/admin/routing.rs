@@ -39,6 +39,15 @@ async fn inspect_route(
             "give the SNI to explain: /v1/inspect/route?sni=...",
         ));
     };
+    let client = match query.get("client") {
+        None => None,
+        Some(id) => Some(route::ClientIdentity::from_spiffe_id(id).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("client {id:?} is not a SPIFFE id spiffe://<mesh>/<service>"),
+            )
+        })?),
+    };
     let resources = state.resources_rx.borrow().clone();
     let remote = state.remote_rx.borrow().clone();
     let identities = state.identities.as_deref();
@@ -48,6 +57,7 @@ async fn inspect_route(
         &resources,
         &remote,
         identities,
+        client.as_ref(),
     ))
     .into_response())
 }
@@ -71,7 +81,18 @@ async fn outbounds(
     // Every ExternalService of the service counts; one pinned to another zone (kuma.io/zone)
     // is reached through that zone, never from here.
     let zone = proto::zone::Zone::new(&state.node.zone, &resources);
-    let (local, pinned) = zone.external_endpoints(&mesh_name, &service);
+    // A MeshExternalService of that name: its endpoints, reached with its hashed `mes` SNI.
+    let mes = resources
+        .mesh_external_services(&mesh_name)
+        .find(|m| m.name.as_str() == service);
+    let mes_endpoints: Vec<ExternalService> = mes
+        .map(|m| resources.mesh_external_endpoints(m))
+        .unwrap_or_default();
+    let (local, pinned) = if mes.is_some() {
+        (mes_endpoints.iter().collect(), Vec::new())
+    } else {
+        zone.external_endpoints(&mesh_name, &service)
+    };
     let pinned_to: Vec<&ExternalService> = resources
         .external_services_of(&mesh_name, &service)
         .filter(|es| !zone.exits_here(es))
@@ -86,7 +107,10 @@ async fn outbounds(
                 "addresses": local.iter().map(|e| e.networking.address.to_string()).collect::<Vec<_>>(),
                 "tls": first.networking.tls.as_ref().is_some_and(|t| t.enabled),
             }),
-            external_snis(&mesh_name, &service, first),
+            match mes {
+                Some(mes) => json!(proto::zone::route::mesh_external_service_sni(mes)),
+                None => external_snis(&mesh_name, &service, first),
+            },
         )
     } else if let Some(first) = pinned_to.first() {
         let (mut direct, _) =

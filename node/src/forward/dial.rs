@@ -99,7 +99,19 @@ fn origination_config(
         .as_ref()
         .map(pki::load_client_identity)
         .transpose()?;
-    let config = pki::client_config(ca.as_deref(), identity, tls.skip_hostname_verification)?;
+    let names = if tls.skip_hostname_verification {
+        pki::NameCheck::Skip
+    } else if !tls.subject_alt_names.is_empty() {
+        pki::NameCheck::SubjectAltNames(tls.subject_alt_names.clone())
+    } else {
+        pki::NameCheck::ServerName
+    };
+    let checks = pki::Checks {
+        ca: !tls.skip_ca_verification,
+        names,
+        versions: tls.versions,
+    };
+    let config = pki::origination_config(ca.as_deref(), identity, &checks)?;
     if alpn.is_empty() {
         return Ok(Some(config));
     }

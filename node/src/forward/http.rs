@@ -267,10 +267,14 @@ impl ClientProtocol {
 /// Serves HTTP on a terminated client connection until the client closes it, it errs, or it is
 /// silent both ways for `limits.idle_timeout` (also while waiting for the next request of a
 /// keep-alive connection, and for a request head that trickles in).
+///
+/// With `denied` (the mesh's traffic permissions refuse this client), every request is answered
+/// `403` with reason `permission` and that detail, and nothing goes upstream.
 pub async fn serve<S>(
     stream: S,
     protocol: ClientProtocol,
     upstream: Arc<Upstream>,
+    denied: Option<String>,
     limits: &Limits,
 ) -> Served
 where
@@ -288,12 +292,25 @@ where
     let counts = Arc::new(Counts::default());
     let idle_timeout = limits.idle_timeout;
     let labels = upstream.labels.clone();
+    let denied: Option<Arc<str>> = denied.map(Arc::from);
     let service = {
         let counts = counts.clone();
         hyper::service::service_fn(move |req| {
             let upstream = upstream.clone();
             let counts = counts.clone();
-            async move { Ok::<_, Infallible>(handle(req, &upstream, &counts, idle_timeout).await) }
+            let denied = denied.clone();
+            async move {
+                if let Some(detail) = denied {
+                    counts.requests.fetch_add(1, Ordering::Relaxed);
+                    return Ok::<_, Infallible>(answer(
+                        &upstream,
+                        StatusCode::FORBIDDEN,
+                        "permission",
+                        &detail,
+                    ));
+                }
+                Ok::<_, Infallible>(handle(req, &upstream, &counts, idle_timeout).await)
+            }
         })
     };
     // The same settings on hyper's per-version builders and on hyper-util's `auto` ones (their

@@ -105,6 +105,10 @@ pub const REJECTION_REASONS: &[(&str, &str)] = &[
         "the client's mTLS handshake failed (no, foreign, expired or wrong-mesh certificate)",
     ),
     (
+        "permission",
+        "the mesh's traffic permissions refuse the client (TCP: closed after the handshake; HTTP: 403)",
+    ),
+    (
         "resolve",
         "the external service's host name did not resolve",
     ),
@@ -287,31 +291,33 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Cont
     let sni = hello.server_name.as_deref();
     let resources = ctx.resources_rx.borrow().clone();
     let remote = ctx.remote_rx.borrow().clone();
-    let (mesh, service, endpoints, sni) = match route::decide(sni, &ctx.zone, &resources, &remote) {
-        Decision::Reject { reason, detail } => return ctx.reject(peer, reason, sni, &detail),
-        Decision::TerminateExternal {
-            mesh,
-            service,
-            endpoints,
-            sni,
-        } => (mesh, service, endpoints, sni),
-        Decision::Passthrough {
-            mesh,
-            service,
-            tags,
-            sni,
-            ..
-        } => {
-            let header = proto::link::StreamHeader {
+    let (mesh, service, endpoints, sni, kind) =
+        match route::decide(sni, &ctx.zone, &resources, &remote) {
+            Decision::Reject { reason, detail } => return ctx.reject(peer, reason, sni, &detail),
+            Decision::TerminateExternal {
+                mesh,
+                service,
+                endpoints,
+                sni,
+                kind,
+            } => (mesh, service, endpoints, sni, kind),
+            Decision::Passthrough {
                 mesh,
                 service,
                 tags,
                 sni,
-                client: peer.to_string(),
-            };
-            return passthrough(stream, peer, buffered, header, accepted, ctx).await;
-        }
-    };
+                ..
+            } => {
+                let header = proto::link::StreamHeader {
+                    mesh,
+                    service,
+                    tags,
+                    sni,
+                    client: peer.to_string(),
+                };
+                return passthrough(stream, peer, buffered, header, accepted, ctx).await;
+            }
+        };
     let mesh_name = mesh.name.as_str().to_string();
     let service_name = service.service().to_string();
     let labels = [
@@ -338,12 +344,39 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Cont
             return ctx.reject(peer, "handshake", Some(&sni), &e.to_string());
         }
     };
+    // The mesh's traffic permissions, now that the client's certificate is known (the
+    // handshake required one of the mesh): a denied TCP client is closed, a denied HTTP client
+    // gets 403 for each request.
+    let denied = match crate::pki::client_identity(client.ssl()) {
+        None => Some("the client certificate carries no spiffe://<mesh>/<service> URI".into()),
+        Some(identity) => {
+            let decided = Decision::TerminateExternal {
+                mesh: mesh.clone(),
+                service: service.clone(),
+                endpoints: Vec::new(),
+                sni: sni.clone(),
+                kind,
+            };
+            let zone = proto::zone::Zone::new(&ctx.zone, &resources);
+            match proto::zone::route::authorize(&zone, decided, &identity) {
+                Decision::Reject { detail, .. } => Some(detail),
+                _ => None,
+            }
+        }
+    };
+    if let Some(detail) = &denied {
+        metrics::counter!("zone_egress_permission_denied_total", &labels).increment(1);
+        if !protocol.is_http() {
+            return ctx.reject(peer, "permission", Some(&sni), detail);
+        }
+        tracing::debug!(%peer, sni, reason = "permission", detail = %detail, "HTTP requests refused");
+    }
     if protocol.is_http() {
         let upstream = ctx.pools.get(&mesh_name, &service, &endpoints);
         let active = metrics::gauge!("zone_egress_connections_active", &labels);
         active.increment(1.0);
         let version = http::ClientProtocol::from_alpn(client.ssl().selected_alpn_protocol());
-        let served = http::serve(client, version, upstream, &ctx.limits).await;
+        let served = http::serve(client, version, upstream, denied, &ctx.limits).await;
         active.decrement(1.0);
         count_bytes(
             &mesh_name,

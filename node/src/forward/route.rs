@@ -56,6 +56,10 @@ pub struct Explanation {
     /// `service{mesh=m}`); the hashed form is accepted as well.
     #[serde(rename = "kumaSni", skip_serializing_if = "Option::is_none")]
     pub kuma_sni: Option<String>,
+    /// For a connection the egress terminates: the traffic-permission rule that lets the given
+    /// client through, or how to see it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permission: Option<String>,
 }
 
 impl Explanation {
@@ -71,6 +75,7 @@ impl Explanation {
             originate_tls: None,
             protocol: None,
             kuma_sni: None,
+            permission: None,
         }
     }
 }
@@ -87,6 +92,7 @@ pub fn explain(
     resources: &Resources,
     remote: &RemoteServices,
     identities: Option<&crate::pki::EgressIdentities>,
+    client: Option<&ClientIdentity>,
 ) -> Explanation {
     // A connection with such a name never reaches the routing decision: the ClientHello
     // parser refuses it (`proto::hello`).
@@ -100,6 +106,19 @@ pub fn explain(
         );
     }
     let mut decision = decide(Some(sni), zone, resources, remote);
+    let permission = match client {
+        Some(client) => {
+            let zone = Zone::new(zone, resources);
+            let verdict = proto::zone::route::permission(&zone, &decision, client);
+            decision = proto::zone::route::authorize(&zone, decision, client);
+            verdict.map(|v| v.by)
+        }
+        None => matches!(decision, Decision::TerminateExternal { .. }).then(|| {
+            "applied once the client's certificate is known: give ?client=spiffe://<mesh>/\
+             <service> (zone-egress inspect route --client) to see the verdict"
+                .to_string()
+        }),
+    };
     // A connection fails over to the next endpoint when one's TLS settings are unusable, and is
     // refused (`tls_settings`) when every endpoint's are.
     if let (Decision::TerminateExternal { endpoints, .. }, Some(_)) = (&decision, identities) {
@@ -165,11 +184,13 @@ pub fn explain(
             originate_tls: None,
             protocol: None,
             kuma_sni: None,
+            permission: None,
         },
         Decision::TerminateExternal {
             mesh,
             service,
             endpoints,
+            kind,
             ..
         } => Explanation {
             sni: sni.to_string(),
@@ -228,14 +249,22 @@ pub fn explain(
             ),
             originate_tls: Some(service.networking.tls.as_ref().is_some_and(|t| t.enabled)),
             protocol: Some(service.protocol().as_str()),
-            kuma_sni: Some(
-                Sni::Tagged {
+            // A Kuma sidecar sends the tag form for an ExternalService and the hashed `mes`
+            // form (name and `spec.match.port`) for a MeshExternalService.
+            kuma_sni: Some(match kind {
+                proto::resource::Kind::MeshExternalService => resources
+                    .mesh_external_services(mesh.name.as_str())
+                    .find(|m| m.name == service.name)
+                    .map(proto::zone::route::mesh_external_service_sni)
+                    .unwrap_or_default(),
+                _ => Sni::Tagged {
                     service: service.service().to_string(),
                     mesh: mesh.name.as_str().to_string(),
                     tags: BTreeMap::new(),
                 }
                 .to_string(),
-            ),
+            }),
+            permission,
         },
         Decision::Reject { reason, detail } => Explanation::refusal(sni, reason, detail),
     }
@@ -285,7 +314,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let e = explain(&sni, "zone-a", &r, &RemoteServices::default(), None);
+        let e = explain(&sni, "zone-a", &r, &RemoteServices::default(), None, None);
         assert_eq!(e.upstream.as_deref(), Some("httpbin.org:443"));
         assert_eq!(e.originate_tls, Some(true));
     }
@@ -335,7 +364,7 @@ mod tests {
                 other => panic!("{named}: {other:?}"),
             }
         }
-        let e = explain(&sni_of(&r, "a-remote"), "zone-a", &r, &none, None);
+        let e = explain(&sni_of(&r, "a-remote"), "zone-a", &r, &none, None, None);
         assert_eq!(
             e.upstream.as_deref(),
             Some("127.0.0.1:18001,127.0.0.1:18003"),
@@ -355,7 +384,7 @@ mod tests {
         let refused = decide(Some(&sni), "zone-a", &r, &none);
         assert_eq!(refused.label(), "zone_unreachable", "{refused:?}");
         assert!(
-            explain(&sni, "zone-a", &r, &none, None)
+            explain(&sni, "zone-a", &r, &none, None, None)
                 .detail
                 .contains("zone-b")
         );
@@ -525,12 +554,13 @@ mod tests {
             &r,
             &RemoteServices::default(),
             Some(&identities),
+            None,
         );
         assert_eq!((e.action, e.reason), ("reject", "identity"), "{e:?}");
         assert!(e.detail.contains("/x/ca.pem"), "{e:?}");
         // Without the check (pure routing), it would terminate.
         assert_eq!(
-            explain(&sni, "zone-a", &r, &RemoteServices::default(), None).reason,
+            explain(&sni, "zone-a", &r, &RemoteServices::default(), None, None).reason,
             "external"
         );
 
@@ -554,14 +584,14 @@ mod tests {
         for sent in ["backend{mesh=default}", hashed.as_str()] {
             let d = decide(Some(sent), "zone-a", &r, &remote);
             assert_eq!(d.label(), "link_down", "{sent}: {d:?}");
-            let e = explain(sent, "zone-a", &r, &remote, None);
+            let e = explain(sent, "zone-a", &r, &remote, None, None);
             assert!(
                 e.detail.contains("zone-b-ingress") && e.detail.contains("timed out"),
                 "{e:?}"
             );
         }
         // A service no link ever offered: unknown, but the down link is named.
-        let e = explain("other{mesh=default}", "zone-a", &r, &remote, None);
+        let e = explain("other{mesh=default}", "zone-a", &r, &remote, None, None);
         assert_eq!(e.reason, "unknown_service");
         assert!(e.detail.contains("zone-b-ingress"), "{e:?}");
     }
@@ -581,6 +611,7 @@ mod tests {
                 service,
                 endpoints,
                 sni,
+                ..
             } => {
                 assert_eq!(mesh.name.as_str(), "default");
                 assert_eq!(sni, "httpbin{mesh=default}", "the SNI as sent");
@@ -606,7 +637,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let e = explain("httpbin{mesh=default}", "zone-a", &r, &remote, None);
+        let e = explain("httpbin{mesh=default}", "zone-a", &r, &remote, None, None);
         assert_eq!((e.action, e.reason), ("terminate-external", "external"));
         assert_eq!(e.kuma_sni.as_deref(), Some("httpbin{mesh=default}"));
         assert_eq!(e.protocol, Some("tcp"));
@@ -625,7 +656,7 @@ mod tests {
             "web\u{1}{mesh=default}",
         ] {
             assert_eq!(
-                explain(sni, "zone-a", &r, &remote, None).reason,
+                explain(sni, "zone-a", &r, &remote, None, None).reason,
                 "malformed",
                 "{sni:?}"
             );
@@ -646,11 +677,12 @@ mod tests {
             &r,
             &remote,
             Some(&identities),
+            None,
         );
         assert_eq!(e.reason, "tls_settings", "{e:?}");
         assert!(e.detail.contains("badtls"), "{e:?}");
         // Without a node's context (the CLI's offline form) the settings are not read.
-        let e = explain("badtls{mesh=default}", "zone-a", &r, &remote, None);
+        let e = explain("badtls{mesh=default}", "zone-a", &r, &remote, None, None);
         assert_eq!(e.reason, "external");
     }
 

@@ -56,6 +56,18 @@ fn alpn_index() -> Index<Ssl, &'static [u8]> {
     *INDEX.get_or_init(|| Ssl::new_ex_index().expect("BoringSSL has room for one ex-data index"))
 }
 
+/// The client's identity from its certificate (verified by the handshake): the first
+/// `spiffe://<mesh>/<service>` URI SAN
+/// ([`proto::zone::ClientIdentity::from_spiffe_id`]); `None` without one.
+pub fn client_identity(ssl: &SslRef) -> Option<proto::zone::ClientIdentity> {
+    let cert = ssl.peer_certificate()?;
+    let names = cert.subject_alt_names()?;
+    names
+        .iter()
+        .filter_map(|n| n.uri())
+        .find_map(proto::zone::ClientIdentity::from_spiffe_id)
+}
+
 /// Lets `ssl` negotiate the protocols of `offer` (ALPN wire format, server preference first).
 /// Without a call, the connection negotiates no ALPN.
 pub fn set_alpn(ssl: &mut SslRef, offer: &'static [u8]) {

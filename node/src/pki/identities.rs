@@ -73,6 +73,8 @@ struct Identity {
     ca: CertificateDer<'static>,
     /// The CA certificates its configuration trusts for clients.
     trust: Vec<CertificateDer<'static>>,
+    /// The lifetime it was issued with.
+    validity: Duration,
     renew_at: SystemTime,
     not_after: SystemTime,
     config: Arc<SslContext>,
@@ -92,9 +94,21 @@ impl EgressIdentities {
         }
     }
 
+    /// The lifetime of a certificate issued from `mesh`'s enabled backend: its
+    /// `dpCert.rotation.expiration` (Kuma's field for data-plane certificates), else this node's
+    /// `pki.identity_validity`.
+    pub fn validity_for(&self, mesh: &Mesh) -> Duration {
+        mesh.enabled_ca()
+            .and_then(|b| b.dp_cert.as_ref())
+            .and_then(|d| d.expiration.as_ref())
+            .map(|e| e.get())
+            .filter(|v| !v.is_zero())
+            .unwrap_or(self.validity)
+    }
+
     /// The server context terminating mTLS for `mesh` with a certificate naming `dns_names`
     /// (order and duplicates do not matter; each must be a DNS name), issued or renewed as
-    /// needed at `now`.
+    /// needed at `now`, valid for [`EgressIdentities::validity_for`] the mesh.
     pub fn acceptor(
         &self,
         mesh: &Mesh,
@@ -108,15 +122,17 @@ impl EgressIdentities {
         names.sort();
         names.dedup();
         let key = (mesh.name.to_string(), names);
+        let validity = self.validity_for(mesh);
         if let Some(identity) = state.identities.get(&key) {
             if identity.ca == *ca.certificate()
                 && identity.trust == trust
+                && identity.validity == validity
                 && now < identity.renew_at
             {
                 return Ok(identity.config.clone());
             }
         }
-        let issued = ca.issue_egress(ca.mesh(), &key.1, now, self.validity)?;
+        let issued = ca.issue_egress(ca.mesh(), &key.1, now, validity)?;
         let config = Arc::new(acceptor_for_mesh(&ca, &trust, &issued)?);
         tracing::debug!(
             mesh = ca.mesh(),
@@ -131,6 +147,7 @@ impl EgressIdentities {
             Identity {
                 ca: ca.certificate().clone(),
                 trust,
+                validity,
                 renew_at: issued.renew_at(),
                 not_after: issued.not_after,
                 config: config.clone(),
@@ -244,7 +261,7 @@ impl State {
 fn from_files(backend: &CaBackend) -> bool {
     match &backend.kind {
         CaKind::Provided { cert, key } => cert.file().is_some() || key.file().is_some(),
-        CaKind::Builtin => false,
+        CaKind::Builtin { .. } => false,
     }
 }
 

@@ -24,6 +24,12 @@ pub(crate) const CERT_FILE_MODE: u32 = 0o644;
 
 /// The bytes a data source stands for: the file's content, or the inline bytes.
 pub fn read_data_source(source: &DataSource) -> Result<Vec<u8>, PkiError> {
+    if let Some(name) = source.secret_name() {
+        // The zone model resolves references to Secrets that exist (`Resources::resolve_source`).
+        return Err(PkiError::Unsupported(format!(
+            "Secret {name:?} of the mesh does not exist"
+        )));
+    }
     match (source.file(), source.inline_bytes()) {
         (Some(path), _) => read_file(path),
         (None, Some(bytes)) => Ok(bytes.to_vec()),

@@ -40,10 +40,13 @@ impl MeshCa {
         })?;
         let (cert, key) = match &backend.kind {
             CaKind::Provided { cert, key } => (cert, key),
-            CaKind::Builtin => {
+            CaKind::Builtin { .. } => {
+                let (cert, key) =
+                    proto::zone::builtin_ca_secret_names(mesh_name, backend.name.as_str());
                 return Err(PkiError::Unsupported(format!(
-                    "mesh {mesh_name} backend {}: type builtin is not supported yet; \
-                     use type provided with conf.cert and conf.key",
+                    "mesh {mesh_name} backend {}: the builtin CA is not minted yet (Secrets \
+                     {cert:?} and {key:?} are missing; the node that takes the Mesh's write \
+                     mints them)",
                     backend.name
                 )));
             }
@@ -149,11 +152,15 @@ pub(crate) mod tests {
                     vec![CaBackend {
                         name: backend,
                         kind: CaKind::Provided { cert, key },
+                        dp_cert: None,
+                        inert: Default::default(),
                     }],
                 )
                 .unwrap(),
             ),
             routing: Routing::default(),
+            labels: Default::default(),
+            inert: Default::default(),
         }
     }
 
@@ -331,10 +338,8 @@ pub(crate) mod tests {
         };
         let error = MeshCa::from_mesh(&builtin).unwrap_err();
         assert!(matches!(error, PkiError::Unsupported(_)), "{error}");
-        assert!(
-            error
-                .to_string()
-                .contains("mesh m backend b: type builtin is not supported")
-        );
+        assert!(error.to_string().contains(
+            "mesh m backend b: the builtin CA is not minted yet (Secrets \"m.ca-builtin-cert-b\""
+        ));
     }
 }

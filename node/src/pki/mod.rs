@@ -35,16 +35,17 @@ mod verify;
 use std::io;
 use std::path::PathBuf;
 
-pub use acceptor::{ALPN_HTTP, accept, acceptor_for_mesh, set_alpn};
+pub use acceptor::{ALPN_HTTP, accept, acceptor_for_mesh, client_identity, set_alpn};
 pub use identities::EgressIdentities;
 pub use issue::{
-    CA_CERT_FILE, CA_KEY_FILE, CA_VALIDITY, CERT_FILE, IssueOptions, IssuedCert, KEY_FILE, init_ca,
-    issue, issue_with, parse_spiffe_id,
+    BUILTIN_CA_RSA_BITS, CA_CERT_FILE, CA_KEY_FILE, CA_VALIDITY, CERT_FILE, IssueOptions,
+    IssuedCert, KEY_FILE, generate_builtin_ca, init_ca, issue, issue_with, parse_spiffe_id,
+    write_issued,
 };
 pub use material::{load_client_identity, parse_certificates, parse_private_key, read_data_source};
 pub use mesh_ca::{EGRESS_SERVICE, MeshCa};
-pub use tls::client_config;
-pub use verify::spiffe_ids;
+pub use tls::{Checks, client_config, origination_config};
+pub use verify::{NameCheck, spiffe_ids};
 
 /// Why a certificate operation failed. Every variant is a local (configuration or internal)
 /// failure except [`PkiError::ForeignIdentity`], which describes a peer's certificate.

@@ -2,7 +2,8 @@
 //! `builder()`, which panics when two providers are compiled in): [`client_config`]: TLS origination towards an external service (`networking.tls`), with
 //!   the service's `caCert` or else the system trust store ([`system_roots`]).
 //!
-//! Protocol versions are rustls' safe defaults (TLS 1.3 and 1.2).
+//! Protocol versions are rustls' safe defaults (TLS 1.3 and 1.2), narrowed by a
+//! MeshExternalService's `tls.version`.
 
 use std::sync::{Arc, OnceLock};
 
@@ -13,7 +14,7 @@ use rustls::{ClientConfig, RootCertStore};
 
 use super::PkiError;
 use super::material::parse_certificates;
-use super::verify::SkipHostnameVerifier;
+use super::verify::{NameCheck, OriginationVerifier};
 
 /// The one crypto provider of this node.
 fn provider() -> Arc<CryptoProvider> {
@@ -30,26 +31,83 @@ pub fn client_config(
     client_identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     skip_hostname_verification: bool,
 ) -> Result<Arc<ClientConfig>, PkiError> {
-    let roots = match ca_pem {
-        Some(pem) => {
-            let mut roots = RootCertStore::empty();
-            for cert in parse_certificates(pem)? {
-                roots.add(cert)?;
-            }
-            Arc::new(roots)
-        }
-        None => system_roots().ok_or(PkiError::NoRoots)?,
-    };
-    let provider = provider();
-    let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build()?;
-    let builder =
-        ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
-    let builder = if skip_hostname_verification {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SkipHostnameVerifier::new(webpki)))
+    let names = if skip_hostname_verification {
+        NameCheck::Skip
     } else {
-        builder.with_webpki_verifier(webpki)
+        NameCheck::ServerName
+    };
+    origination_config(
+        ca_pem,
+        client_identity,
+        &Checks {
+            ca: true,
+            names,
+            versions: None,
+        },
+    )
+}
+
+/// What TLS origination checks and allows (a MeshExternalService's `tls`).
+#[derive(Debug, Clone)]
+pub struct Checks {
+    /// Check the chain against the CA (`false`: `SkipCA`, `SkipAll`).
+    pub ca: bool,
+    /// How names are checked.
+    pub names: NameCheck,
+    /// `tls.version`: TLS 1.2 and 1.3 are what rustls speaks; a `max` below 1.2 is refused
+    /// ([`PkiError::Unsupported`]), a `min` below 1.2 allows 1.2 and 1.3.
+    pub versions: Option<proto::resource::TlsVersionRange>,
+}
+
+/// [`client_config`] with every check spelled out.
+pub fn origination_config(
+    ca_pem: Option<&[u8]>,
+    client_identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    checks: &Checks,
+) -> Result<Arc<ClientConfig>, PkiError> {
+    use proto::resource::TlsVersion;
+    let provider = provider();
+    let webpki = if checks.ca {
+        let roots = match ca_pem {
+            Some(pem) => {
+                let mut roots = RootCertStore::empty();
+                for cert in parse_certificates(pem)? {
+                    roots.add(cert)?;
+                }
+                Arc::new(roots)
+            }
+            None => system_roots().ok_or(PkiError::NoRoots)?,
+        };
+        Some(WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build()?)
+    } else {
+        None
+    };
+    let range = checks.versions.unwrap_or(proto::resource::TlsVersionRange {
+        min: None,
+        max: None,
+    });
+    let min = range.min.filter(|v| *v != TlsVersion::Auto);
+    let max = range.max.filter(|v| *v != TlsVersion::Auto);
+    if matches!(max, Some(TlsVersion::Tls10 | TlsVersion::Tls11)) {
+        return Err(PkiError::Unsupported(
+            "tls.version.max below TLS12: the egress originates TLS 1.2 and 1.3 only".into(),
+        ));
+    }
+    let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
+    if min != Some(TlsVersion::Tls13) {
+        versions.push(&rustls::version::TLS12);
+    }
+    if max != Some(TlsVersion::Tls12) {
+        versions.push(&rustls::version::TLS13);
+    }
+    let verifier = OriginationVerifier::new(webpki.clone(), checks.names.clone(), &provider);
+    let builder =
+        ClientConfig::builder_with_provider(provider).with_protocol_versions(&versions)?;
+    let builder = match (webpki, &checks.names) {
+        (Some(webpki), NameCheck::ServerName) => builder.with_webpki_verifier(webpki),
+        _ => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier)),
     };
     let config = match client_identity {
         Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
@@ -196,12 +254,16 @@ mod tests {
         let backend = |m: &Mesh, name: &str| CaBackend {
             name: Name::parse(name).unwrap(),
             kind: m.mtls.as_ref().unwrap().backends()[0].kind.clone(),
+            dp_cert: None,
+            inert: Default::default(),
         };
         let (b1, b2) = (backend(&m1, "ca-1"), backend(&m2, "ca-2"));
         let mesh = |enabled: &str, backends: Vec<CaBackend>| Mesh {
             name: Name::parse("default").unwrap(),
             mtls: Some(Mtls::new(Some(Name::parse(enabled).unwrap()), backends).unwrap()),
             routing: Routing::default(),
+            labels: Default::default(),
+            inert: Default::default(),
         };
         let roots = format!("{}{}", ca1.certificate_pem(), ca2.certificate_pem());
         let generations = [&ca1, &ca2];

@@ -1,8 +1,10 @@
 //! Certificate checks: [`check_mesh_identity`] (a client of the egress carries a SPIFFE id of the
-//! mesh; used by the terminating stack, [`super::acceptor`]), the origination verifier that may
-//! skip the host-name check, and [`spiffe_ids`], which reads a certificate's SPIFFE ids.
+//! mesh; used by the terminating stack, [`super::acceptor`]), the origination verifier with its
+//! chain and name checks (ExternalService `skipHostnameVerification`, MeshExternalService
+//! `verification.mode` and `subjectAltNames`), and [`spiffe_ids`], which reads a certificate's
+//! SPIFFE ids.
 //!
-//! The origination verifier wraps rustls' WebPKI verifier and relaxes only the name check, so
+//! The origination verifier wraps rustls' WebPKI verifier, so when the chain is checked,
 //! signature algorithms, validity periods and extended key usages are checked by WebPKI as usual.
 
 use std::sync::Arc;
@@ -54,22 +56,86 @@ pub(crate) fn check_mesh_identity(cert: &CertificateDer<'_>, mesh: &str) -> Resu
     }
 }
 
-/// Verifies a server's chain like WebPKI but accepts a certificate that is not valid for the
-/// server name (`skipHostnameVerification`). WebPKI checks the name last, after the chain, the
-/// validity period and the extended key usage, so a name error means everything else passed.
-#[derive(Debug)]
-pub(crate) struct SkipHostnameVerifier {
-    inner: Arc<WebPkiServerVerifier>,
+/// How TLS origination checks the server's certificate names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameCheck {
+    /// The certificate must be valid for the server name (WebPKI's rule, RFC 6125).
+    ServerName,
+    /// Names are not checked (`skipHostnameVerification`, `SkipSAN`, `SkipAll`).
+    Skip,
+    /// One DNS or URI SAN must match one entry (a MeshExternalService's `subjectAltNames`).
+    SubjectAltNames(Vec<proto::resource::SanMatch>),
 }
 
-impl SkipHostnameVerifier {
-    /// Wraps a WebPKI server verifier.
-    pub(crate) fn new(inner: Arc<WebPkiServerVerifier>) -> SkipHostnameVerifier {
-        SkipHostnameVerifier { inner }
+/// The origination verifier: the chain as WebPKI checks it (signature algorithms, validity
+/// period, extended key usage) unless `ca` is `None` (`SkipCA`, `SkipAll`), then the names per
+/// [`NameCheck`]. WebPKI checks the name last, so a name error from it means everything else
+/// passed.
+#[derive(Debug)]
+pub(crate) struct OriginationVerifier {
+    ca: Option<Arc<WebPkiServerVerifier>>,
+    names: NameCheck,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl OriginationVerifier {
+    /// Wraps a WebPKI server verifier (`None`: the chain is not checked).
+    pub(crate) fn new(
+        ca: Option<Arc<WebPkiServerVerifier>>,
+        names: NameCheck,
+        provider: &rustls::crypto::CryptoProvider,
+    ) -> OriginationVerifier {
+        OriginationVerifier {
+            ca,
+            names,
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+
+    fn check_names(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        server_name: &ServerName<'_>,
+    ) -> Result<(), rustls::Error> {
+        match &self.names {
+            NameCheck::Skip => Ok(()),
+            NameCheck::ServerName => {
+                let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&parsed, server_name)
+            }
+            NameCheck::SubjectAltNames(wanted) => {
+                let names = subject_alt_names(end_entity);
+                if names.iter().any(|n| wanted.iter().any(|w| w.matches(n))) {
+                    Ok(())
+                } else {
+                    Err(rustls::Error::InvalidCertificate(
+                        CertificateError::NotValidForName,
+                    ))
+                }
+            }
+        }
     }
 }
 
-impl ServerCertVerifier for SkipHostnameVerifier {
+/// The DNS and URI SANs of a certificate; empty when it does not parse.
+fn subject_alt_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, x509)) = x509_parser::parse_x509_certificate(cert) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = x509.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(n) | GeneralName::URI(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl ServerCertVerifier for OriginationVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -78,18 +144,22 @@ impl ServerCertVerifier for SkipHostnameVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
+        if let Some(ca) = &self.ca {
+            match ca.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            {
+                Ok(_) if self.names == NameCheck::ServerName => {
+                    return Ok(ServerCertVerified::assertion());
+                }
+                Ok(_)
+                | Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. },
+                )) => {}
+                Err(other) => return Err(other),
+            }
         }
+        self.check_names(end_entity, server_name)?;
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -98,7 +168,7 @@ impl ServerCertVerifier for SkipHostnameVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -107,15 +177,15 @@ impl ServerCertVerifier for SkipHostnameVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 
     fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
-        self.inner.root_hint_subjects()
+        self.ca.as_ref().and_then(|ca| ca.root_hint_subjects())
     }
 }
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::hlc::{Clock, Timestamp, Versioned, check_offset};
-use proto::resource::{Kind, Resource, ResourceKey};
+use proto::resource::{CaKind, Kind, Resource, ResourceKey};
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -46,8 +46,10 @@ pub type Record = Versioned<Resource>;
 
 pub use proto::zone::Resources;
 
-/// One requested change.
+/// One requested change (short-lived: a batch in flight, so the size difference between a
+/// resource and a key does not matter).
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Change {
     /// Create or replace.
     Put(Resource),
@@ -272,13 +274,21 @@ impl Handle {
     }
 
     /// Applies a batch all-or-nothing; answers once it is on disk.
-    pub async fn apply(&self, changes: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
+    ///
+    /// The batch is completed first ([`builtin_ca_changes`]): a Mesh whose builtin CA backend
+    /// has no CA yet gets one minted into the batch, and deleting a Mesh deletes its builtin CA
+    /// Secrets. Every record of a batch carries the same timestamp, so a concurrent batch
+    /// writing the same keys wins or loses as a whole (a Mesh never ends up with another
+    /// writer's CA).
+    pub async fn apply(&self, mut changes: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
         let shared = &self.shared;
         let mut state = shared.state.lock().await;
         let current = live(&state.records);
+        changes.extend(builtin_ca_changes(&current, &changes, SystemTime::now())?);
         check_references(&current, &changes)?;
 
         let now = now_ms();
+        let mut batch_ts = None;
         let mut applied = Vec::new();
         let mut writes: Vec<(String, Record)> = Vec::new();
         for change in changes {
@@ -300,7 +310,9 @@ impl Handle {
                         None => Outcome::Created,
                     };
                     if outcome != Outcome::Unchanged {
-                        let ts = state.clock.tick(now);
+                        let ts = batch_ts
+                            .get_or_insert_with(|| state.clock.tick(now))
+                            .clone();
                         writes.push((text_key, Versioned::put(ts, resource)));
                     }
                     applied.push(Applied { key, outcome });
@@ -310,7 +322,9 @@ impl Handle {
                     if current.get(&key).is_none() {
                         return Err(StoreError::NotFound(text_key));
                     }
-                    let ts = state.clock.tick(now);
+                    let ts = batch_ts
+                        .get_or_insert_with(|| state.clock.tick(now))
+                        .clone();
                     writes.push((text_key, Versioned::tombstone(ts)));
                     applied.push(Applied {
                         key,
@@ -339,7 +353,105 @@ impl Handle {
     }
 }
 
-/// Mesh-scoped resources need their mesh; a mesh with resources cannot be deleted.
+/// How many builtin CAs this node minted (`zone_egress_builtin_ca_minted_total`).
+pub const MINTED_METRIC: &str = "zone_egress_builtin_ca_minted_total";
+
+/// The changes a batch implies for builtin CAs:
+///
+/// * a Mesh put with a `builtin` backend whose two Secrets (`<mesh>.ca-builtin-cert-<backend>`,
+///   `-key-`) neither exist nor come in the batch gets them minted here
+///   ([`crate::pki::generate_builtin_ca`], `conf.caCert` honoured). Minting happens only in the
+///   write path of the node that takes the Mesh's write, under the store lock, so nodes that
+///   receive the Mesh by replication never mint, and one node never mints twice;
+/// * a Mesh delete takes its builtin CA Secrets with it (Kuma deletes a mesh's CA with it).
+fn builtin_ca_changes(
+    current: &Resources,
+    changes: &[Change],
+    now: SystemTime,
+) -> Result<Vec<Change>, StoreError> {
+    let in_batch = |key: &ResourceKey| {
+        changes.iter().any(|c| match c {
+            Change::Put(r) => r.resource_key() == *key,
+            Change::Delete(k) => k == key,
+        })
+    };
+    let mut extra = Vec::new();
+    for change in changes {
+        match change {
+            Change::Put(Resource::Mesh(mesh)) => {
+                let name = mesh.name.as_str();
+                for backend in mesh.mtls.iter().flat_map(|m| m.backends()) {
+                    let CaKind::Builtin {
+                        rsa_bits,
+                        expiration,
+                    } = &backend.kind
+                    else {
+                        continue;
+                    };
+                    let (cert_name, key_name) =
+                        proto::zone::builtin_ca_secret_names(name, backend.name.as_str());
+                    let key_of = |secret: &str| ResourceKey::new(Kind::Secret, Some(name), secret);
+                    let (Ok(cert_key), Ok(key_key)) = (key_of(&cert_name), key_of(&key_name))
+                    else {
+                        return Err(StoreError::Invalid(vec![format!(
+                            "Mesh {name:?} backend {:?}: the builtin CA's Secret names \
+                             ({cert_name:?}) are not valid resource names; use shorter names",
+                            backend.name.as_str()
+                        )]));
+                    };
+                    let exists = |k: &ResourceKey| current.get(k).is_some() || in_batch(k);
+                    if exists(&cert_key) && exists(&key_key) {
+                        continue;
+                    }
+                    let bits = rsa_bits.unwrap_or(crate::pki::BUILTIN_CA_RSA_BITS);
+                    let validity = expiration
+                        .as_ref()
+                        .map(|e| e.get())
+                        .unwrap_or(crate::pki::CA_VALIDITY);
+                    let (cert, key) = crate::pki::generate_builtin_ca(name, bits, now, validity)
+                        .map_err(|e| {
+                            StoreError::Invalid(vec![format!(
+                                "Mesh {name:?} backend {:?}: cannot mint the builtin CA: {e}",
+                                backend.name.as_str()
+                            )])
+                        })?;
+                    metrics::counter!(MINTED_METRIC).increment(1);
+                    tracing::info!(
+                        mesh = name,
+                        backend = backend.name.as_str(),
+                        rsa_bits = bits,
+                        "minted the builtin CA of the mesh"
+                    );
+                    for (secret, bytes) in [(cert_name, cert), (key_name, key)] {
+                        let doc = serde_json::json!({
+                            "type": "Secret", "mesh": name, "name": secret,
+                            "data": proto::resource::base64::encode(bytes.as_bytes()),
+                        });
+                        let resource = Resource::from_json(&doc.to_string()).map_err(|e| {
+                            StoreError::Invalid(vec![format!("builtin CA Secret: {e}")])
+                        })?;
+                        extra.push(Change::Put(resource));
+                    }
+                }
+            }
+            Change::Delete(key) if key.kind() == Kind::Mesh => {
+                let prefix = format!("{}.ca-builtin-", key.name());
+                for r in current.list(Kind::Secret, Some(key.name())) {
+                    let k = r.resource_key();
+                    if r.name().starts_with(&prefix) && !in_batch(&k) {
+                        extra.push(Change::Delete(k));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(extra)
+}
+
+/// Mesh-scoped resources need their mesh; a mesh with resources cannot be deleted; a `secret:`
+/// reference needs its Secret (in the zone or the batch), and a Secret that a resource (or a
+/// builtin CA backend) uses cannot be deleted.
 fn check_references(current: &Resources, changes: &[Change]) -> Result<(), StoreError> {
     let mut meshes: HashSet<String> = current
         .list(Kind::Mesh, None)
@@ -353,6 +465,31 @@ fn check_references(current: &Resources, changes: &[Change]) -> Result<(), Store
             }
         }
     }
+    let deleted = |key: &ResourceKey| {
+        changes
+            .iter()
+            .any(|c| matches!(c, Change::Delete(k) if k == key))
+    };
+    let put = |key: &ResourceKey| {
+        changes.iter().find_map(|c| match c {
+            Change::Put(r) if r.resource_key() == *key => Some(r),
+            _ => None,
+        })
+    };
+    // The zone as it will be: current resources, replaced or removed by the batch.
+    let after: Vec<&Resource> = current
+        .iter()
+        .filter(|r| !deleted(&r.resource_key()) && put(&r.resource_key()).is_none())
+        .chain(changes.iter().filter_map(|c| match c {
+            Change::Put(r) => Some(r),
+            Change::Delete(_) => None,
+        }))
+        .collect();
+    let secret_exists = |mesh: &str, name: &str| {
+        after
+            .iter()
+            .any(|r| r.kind() == Kind::Secret && r.mesh() == Some(mesh) && r.name() == name)
+    };
     let mut problems = Vec::new();
     for change in changes {
         match change {
@@ -366,21 +503,66 @@ fn check_references(current: &Resources, changes: &[Change]) -> Result<(), Store
                         ));
                     }
                 }
+                let mesh = r.mesh().unwrap_or(r.name());
+                for (path, secret) in r.secret_refs() {
+                    if !secret_exists(mesh, secret) {
+                        problems.push(format!(
+                            "{} {:?}: {path} refers to Secret {secret:?} of mesh {mesh:?}, which \
+                             does not exist; apply the Secret first (or in the same batch)",
+                            r.kind().as_str(),
+                            r.name()
+                        ));
+                    }
+                }
             }
             Change::Delete(key) if key.kind() == Kind::Mesh => {
                 let users: Vec<String> = current
                     .iter()
                     .filter(|r| r.mesh() == Some(key.name()))
-                    .filter(|r| {
-                        !changes
-                            .iter()
-                            .any(|c| matches!(c, Change::Delete(k) if *k == r.resource_key()))
-                    })
+                    .filter(|r| !deleted(&r.resource_key()))
                     .map(|r| format!("{} {}", r.kind().as_str(), r.name()))
                     .collect();
                 if !users.is_empty() {
                     return Err(StoreError::Conflict(format!(
                         "mesh {:?} still has resources ({}); delete them first",
+                        key.name(),
+                        users.join(", ")
+                    )));
+                }
+            }
+            Change::Delete(key) if key.kind() == Kind::Secret => {
+                let mesh = key.mesh().unwrap_or_default();
+                let users: Vec<String> = after
+                    .iter()
+                    .filter(|r| r.mesh().unwrap_or(r.name()) == mesh)
+                    .filter_map(|r| {
+                        let by_ref = r
+                            .secret_refs()
+                            .into_iter()
+                            .find(|(_, s)| *s == key.name())
+                            .map(|(path, _)| path);
+                        let by_builtin = match r {
+                            Resource::Mesh(m) => m
+                                .mtls
+                                .iter()
+                                .flat_map(|t| t.backends())
+                                .filter(|b| matches!(b.kind, CaKind::Builtin { .. }))
+                                .find(|b| {
+                                    let (c, k) =
+                                        proto::zone::builtin_ca_secret_names(mesh, b.name.as_str());
+                                    c == key.name() || k == key.name()
+                                })
+                                .map(|b| format!("the builtin CA of backend {}", b.name)),
+                            _ => None,
+                        };
+                        by_ref
+                            .or(by_builtin)
+                            .map(|why| format!("{} {} ({why})", r.kind().as_str(), r.name()))
+                    })
+                    .collect();
+                if !users.is_empty() {
+                    return Err(StoreError::Conflict(format!(
+                        "Secret {:?} of mesh {mesh:?} is in use by {}; change or delete them first",
                         key.name(),
                         users.join(", ")
                     )));

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Meta;
 use super::error::{Checker, Problem};
-use super::fields::{Host, Name, Port, ServiceTags};
+use super::fields::{Host, Labels, Name, Port, ServiceTags};
 
 /// A validated `Dataplane`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -25,6 +25,9 @@ pub struct Dataplane {
     pub mesh: Name,
     /// Resource name.
     pub name: Name,
+    /// Labels.
+    #[serde(skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     /// Where the endpoint is and what it serves.
     pub networking: DataplaneNetworking,
 }
@@ -139,6 +142,7 @@ pub(crate) fn validate(meta: &Meta, raw: RawDataplane, checker: &mut Checker) ->
     Some(Dataplane {
         mesh: meta.mesh.clone()?,
         name: meta.name.clone()?,
+        labels: meta.labels.clone(),
         networking: DataplaneNetworking {
             address: address?,
             advertised_address: advertised_address?,

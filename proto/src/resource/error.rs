@@ -35,8 +35,25 @@ pub enum Problem {
     #[error("a document must be a mapping, found {0}")]
     NotAMapping(&'static str),
     /// `type` names no resource kind this product knows.
-    #[error("unknown type `{0}`, expected one of Mesh, ExternalService, Dataplane, ZoneIngress")]
+    #[error(
+        "unknown type `{0}`, expected one of Mesh, ExternalService, Dataplane, ZoneIngress, \
+         Secret, GlobalSecret, MeshExternalService, TrafficPermission, MeshTrafficPermission"
+    )]
     UnknownType(String),
+    /// `type` names a Kuma resource type the egress does not act on.
+    #[error(
+        "type `{0}` is a Kuma resource that zone-egress does not support (it would have no \
+         effect here); remove it from the batch"
+    )]
+    NotSupported(String),
+    /// A Kubernetes-style document (`apiVersion`, `kind`, `metadata`, `spec`).
+    #[error(
+        "this is a Kubernetes-style document (`apiVersion`/`kind`/`metadata`); zone-egress takes \
+         Kuma's universal format: `type`, `name`, `mesh` (and `labels`) at the top level, then the \
+         resource's fields (for MeshExternalService and MeshTrafficPermission under `spec`), as \
+         `kumactl get <type> -o yaml` prints it against a universal control plane"
+    )]
+    KubernetesStyle,
     /// `type` names a kind every node publishes about itself; it is never applied by hand.
     #[error("type `{0}` cannot be applied: every node registers itself")]
     SelfRegistered(String),
@@ -99,9 +116,25 @@ pub enum Problem {
     /// A host that is neither an IP address nor a DNS name.
     #[error("`{0}` is neither an IP address nor a DNS name")]
     InvalidHost(String),
+    /// A label that breaks the label rules.
+    #[error("label {key:?}: {reason}")]
+    InvalidLabel {
+        /// The label's key.
+        key: String,
+        /// Which rule.
+        reason: &'static str,
+    },
+    /// A duration not in Kuma's form.
+    #[error(
+        "{0:?} is not a duration: digits and one unit of y, w, d, h, m, s, ms (e.g. 24h, 10y), or 0"
+    )]
+    InvalidDuration(String),
     /// A DataSource with none or several of its alternatives.
-    #[error("exactly one of `file`, `inline`, `inlineString` is required")]
+    #[error("exactly one of `secret`, `file`, `inline`, `inlineString` is required")]
     DataSourceChoice,
+    /// A base64 field that is not base64.
+    #[error("`{0}` is not valid base64")]
+    InvalidBase64Field(&'static str),
     /// `inline` data that is not base64.
     #[error("`inline` is not valid base64")]
     InvalidBase64,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Meta;
 use super::error::{Checker, Problem};
-use super::fields::{Host, HostPort, Name, ServiceTags};
+use super::fields::{Host, HostPort, Labels, Name, ServiceTags};
 use super::secret::{DataSource, RawDataSource};
 
 /// A validated `ExternalService`.
@@ -27,6 +27,9 @@ pub struct ExternalService {
     pub mesh: Name,
     /// Resource name; the service name in the hashed SNI.
     pub name: Name,
+    /// Labels.
+    #[serde(skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     /// Tags, with `kuma.io/service`.
     pub tags: ServiceTags,
     /// Where the service is.
@@ -96,6 +99,18 @@ pub struct ExternalTls {
     /// Do not check the service certificate's name.
     #[serde(skip_serializing_if = "is_false")]
     pub skip_hostname_verification: bool,
+    /// Do not check the certificate chain: a MeshExternalService's `SkipCA` / `SkipAll`
+    /// ([`crate::zone::Resources::mesh_external_endpoints`]); an ExternalService document never
+    /// sets it.
+    #[serde(skip)]
+    pub skip_ca_verification: bool,
+    /// Allowed TLS versions (a MeshExternalService's `tls.version`).
+    #[serde(skip)]
+    pub versions: Option<super::TlsVersionRange>,
+    /// Names the certificate must carry one of, instead of the server name (a
+    /// MeshExternalService's `verification.subjectAltNames`).
+    #[serde(skip)]
+    pub subject_alt_names: Vec<super::SanMatch>,
 }
 
 /// `clientCert` and `clientKey`, which come together.
@@ -160,6 +175,7 @@ pub(crate) fn validate(
     Some(ExternalService {
         mesh: meta.mesh.clone()?,
         name: meta.name.clone()?,
+        labels: meta.labels.clone(),
         tags: tags?,
         networking: ExternalNetworking {
             address: address?,
@@ -219,6 +235,9 @@ fn validate_tls(raw: RawTls, checker: &mut Checker) -> Option<ExternalTls> {
         client,
         allow_renegotiation: raw.allow_renegotiation,
         skip_hostname_verification: raw.skip_hostname_verification,
+        skip_ca_verification: false,
+        versions: None,
+        subject_alt_names: Vec::new(),
     })
 }
 

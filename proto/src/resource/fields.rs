@@ -311,6 +311,105 @@ impl ServiceTags {
     }
 }
 
+/// `labels` of any resource (Kuma: `map<string,string>` on every resource's meta): keys of 1 to
+/// 317 characters (an optional DNS-subdomain prefix and `/`, then a name, as Kubernetes label
+/// keys) and values of at most 253 characters, neither with whitespace or control characters.
+/// Stored and returned; `kuma.io/…` labels have no effect on the egress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Labels(BTreeMap<String, String>);
+
+impl Labels {
+    /// Checks the label rules.
+    pub fn parse(labels: BTreeMap<String, String>) -> Result<Labels, Problem> {
+        for (key, value) in &labels {
+            let invalid = |reason| Problem::InvalidLabel {
+                key: echo(key),
+                reason,
+            };
+            if key.is_empty() || key.len() > 317 {
+                return Err(invalid("the key must be 1 to 317 characters long"));
+            }
+            if value.len() > MAX_NAME_LEN {
+                return Err(invalid("the value must be at most 253 characters long"));
+            }
+            if [key, value]
+                .iter()
+                .any(|t| t.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                return Err(invalid("must not contain whitespace or control characters"));
+            }
+        }
+        Ok(Labels(labels))
+    }
+
+    /// Whether there is no label.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value of one label.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+/// A duration as Kuma writes it in `dpCert.rotation.expiration` and `caCert.expiration`:
+/// digits and one unit of `y` (365 days), `w`, `d`, `h`, `m`, `s`, `ms`, or `0`
+/// (`pkg/core/resources/apis/mesh/mesh_helpers.go` `ParseDuration`). Keeps the text it was
+/// written as, so it round-trips.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KumaDuration {
+    text: String,
+    millis: u64,
+}
+
+impl KumaDuration {
+    /// Parses Kuma's form.
+    pub fn parse(raw: &str) -> Result<KumaDuration, Problem> {
+        let bad = || Problem::InvalidDuration(echo(raw));
+        if raw == "0" {
+            return Ok(KumaDuration {
+                text: raw.to_string(),
+                millis: 0,
+            });
+        }
+        let digits = raw.bytes().take_while(u8::is_ascii_digit).count();
+        let (number, unit) = raw.split_at(digits);
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let unit_ms: u64 = match unit {
+            "y" => 365 * 86_400_000,
+            "w" => 7 * 86_400_000,
+            "d" => 86_400_000,
+            "h" => 3_600_000,
+            "m" => 60_000,
+            "s" => 1_000,
+            "ms" => 1,
+            _ => return Err(bad()),
+        };
+        Ok(KumaDuration {
+            text: raw.to_string(),
+            millis: n.checked_mul(unit_ms).ok_or_else(bad)?,
+        })
+    }
+
+    /// The duration.
+    pub fn get(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.millis)
+    }
+
+    /// The text as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl Serialize for KumaDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,15 +12,27 @@
 //! routing: { zoneEgress: true, localityAwareLoadBalancing: false }
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use serde::ser::SerializeStruct;
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
 
 use super::Meta;
 use super::error::{Checker, Problem, echo};
-use super::fields::Name;
+use super::fields::{KumaDuration, Labels, Name};
 use super::secret::{DataSource, RawDataSource};
+
+/// Mesh fields Kuma has that the egress stores and returns without acting on them.
+pub const INERT_MESH_FIELDS: [&str; 7] = [
+    "tracing",
+    "logging",
+    "metrics",
+    "networking",
+    "constraints",
+    "skipCreatingInitialPolicies",
+    "meshServices",
+];
 
 /// A validated `Mesh`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -28,12 +40,18 @@ use super::secret::{DataSource, RawDataSource};
 pub struct Mesh {
     /// Mesh name.
     pub name: Name,
+    /// Labels.
+    #[serde(skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     /// The mesh's CA; egress routing needs an enabled backend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mtls: Option<Mtls>,
     /// Routing flags.
     #[serde(skip_serializing_if = "Routing::is_default")]
     pub routing: Routing,
+    /// The fields of [`INERT_MESH_FIELDS`] that were given, as given.
+    #[serde(flatten)]
+    pub inert: BTreeMap<String, Value>,
 }
 
 impl Mesh {
@@ -65,6 +83,9 @@ pub struct Mtls {
     enabled_backend: Option<Name>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     backends: Vec<CaBackend>,
+    /// `skipValidation` (stored; Kuma skips its CA validation on apply).
+    #[serde(skip_serializing_if = "is_false")]
+    pub skip_validation: bool,
 }
 
 impl Mtls {
@@ -84,6 +105,7 @@ impl Mtls {
         Ok(Mtls {
             enabled_backend,
             backends,
+            skip_validation: false,
         })
     }
 
@@ -95,6 +117,11 @@ impl Mtls {
     /// All backends, in document order.
     pub fn backends(&self) -> &[CaBackend] {
         &self.backends
+    }
+
+    /// All backends, to change their sources (names stay as validated).
+    pub fn backends_mut(&mut self) -> &mut [CaBackend] {
+        &mut self.backends
     }
 
     /// The enabled backend.
@@ -111,6 +138,21 @@ pub struct CaBackend {
     pub name: Name,
     /// Where the CA comes from.
     pub kind: CaKind,
+    /// `dpCert`: the lifetime of the certificates issued from this CA (the egress identity and
+    /// `pki issue`); the node's `pki.identity_validity` when absent.
+    pub dp_cert: Option<DpCert>,
+    /// Fields Kuma has on a backend that the egress stores without acting on them (`mode`,
+    /// `rootChain`), as given.
+    pub inert: BTreeMap<String, Value>,
+}
+
+/// `dpCert` of a CA backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpCert {
+    /// `rotation.expiration`: how long an issued certificate is valid.
+    pub expiration: Option<KumaDuration>,
+    /// `requestTimeout` (stored).
+    pub request_timeout: Option<Value>,
 }
 
 /// Where a mesh CA comes from (`type` and `conf` of a backend).
@@ -123,8 +165,15 @@ pub enum CaKind {
         /// CA private key (PEM).
         key: DataSource,
     },
-    /// `type: builtin`: the fleet generates the CA itself.
-    Builtin,
+    /// `type: builtin`: the fleet generates the CA itself, stored as the Secrets
+    /// `<mesh>.ca-builtin-cert-<backend>` and `<mesh>.ca-builtin-key-<backend>` (Kuma's names,
+    /// `pkg/plugins/ca/builtin/manager.go`).
+    Builtin {
+        /// `conf.caCert.RSAbits`: an RSA key of this size instead of the default.
+        rsa_bits: Option<u32>,
+        /// `conf.caCert.expiration`: the CA's lifetime instead of the default.
+        expiration: Option<KumaDuration>,
+    },
 }
 
 impl Serialize for CaBackend {
@@ -134,19 +183,62 @@ impl Serialize for CaBackend {
             cert: &'a DataSource,
             key: &'a DataSource,
         }
-        let fields = if matches!(self.kind, CaKind::Builtin) {
-            2
-        } else {
-            3
-        };
-        let mut s = serializer.serialize_struct("CaBackend", fields)?;
-        s.serialize_field("name", &self.name)?;
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct BuiltinConf<'a> {
+            ca_cert: CaCert<'a>,
+        }
+        #[derive(Serialize)]
+        struct CaCert<'a> {
+            #[serde(rename = "RSAbits", skip_serializing_if = "Option::is_none")]
+            rsa_bits: Option<u32>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            expiration: Option<&'a str>,
+        }
+        #[derive(Serialize)]
+        struct Rotation<'a> {
+            expiration: &'a str,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct DpCertOut<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            rotation: Option<Rotation<'a>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            request_timeout: Option<&'a Value>,
+        }
+        let mut s = serializer.serialize_map(None)?;
+        s.serialize_entry("name", &self.name)?;
         match &self.kind {
             CaKind::Provided { cert, key } => {
-                s.serialize_field("type", "provided")?;
-                s.serialize_field("conf", &Conf { cert, key })?;
+                s.serialize_entry("type", "provided")?;
+                s.serialize_entry("conf", &Conf { cert, key })?;
             }
-            CaKind::Builtin => s.serialize_field("type", "builtin")?,
+            CaKind::Builtin {
+                rsa_bits,
+                expiration,
+            } => {
+                s.serialize_entry("type", "builtin")?;
+                if rsa_bits.is_some() || expiration.is_some() {
+                    let ca_cert = CaCert {
+                        rsa_bits: *rsa_bits,
+                        expiration: expiration.as_ref().map(KumaDuration::as_str),
+                    };
+                    s.serialize_entry("conf", &BuiltinConf { ca_cert })?;
+                }
+            }
+        }
+        if let Some(dp) = &self.dp_cert {
+            let out = DpCertOut {
+                rotation: dp.expiration.as_ref().map(|e| Rotation {
+                    expiration: e.as_str(),
+                }),
+                request_timeout: dp.request_timeout.as_ref(),
+            };
+            s.serialize_entry("dpCert", &out)?;
+        }
+        for (k, v) in &self.inert {
+            s.serialize_entry(k, v)?;
         }
         s.end()
     }
@@ -162,6 +254,9 @@ pub struct Routing {
     /// Prefer endpoints in the caller's zone.
     #[serde(skip_serializing_if = "is_false")]
     pub locality_aware_load_balancing: bool,
+    /// MeshExternalServices are refused unless allowed (Kuma's egress denies them all then).
+    #[serde(skip_serializing_if = "is_false")]
+    pub default_forbid_mesh_external_service_access: bool,
 }
 
 impl Routing {
@@ -177,9 +272,17 @@ fn is_false(value: &bool) -> bool {
 /// The fields of a `Mesh` document besides `type` and `name`, as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct RawMesh {
     mtls: Option<RawMtls>,
     routing: Option<RawRouting>,
+    tracing: Option<Value>,
+    logging: Option<Value>,
+    metrics: Option<Value>,
+    networking: Option<Value>,
+    constraints: Option<Value>,
+    skip_creating_initial_policies: Option<Value>,
+    mesh_services: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -188,15 +291,33 @@ struct RawMtls {
     enabled_backend: Option<String>,
     #[serde(default)]
     backends: Vec<RawBackend>,
+    #[serde(default)]
+    skip_validation: bool,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawBackend {
     name: String,
     #[serde(rename = "type")]
     kind: RawCaType,
     conf: Option<RawConf>,
+    dp_cert: Option<RawDpCert>,
+    mode: Option<Value>,
+    root_chain: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDpCert {
+    rotation: Option<RawRotation>,
+    request_timeout: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRotation {
+    expiration: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -208,9 +329,19 @@ enum RawCaType {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct RawConf {
     cert: Option<RawDataSource>,
     key: Option<RawDataSource>,
+    ca_cert: Option<RawCaCert>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCaCert {
+    #[serde(rename = "RSAbits")]
+    rsa_bits: Option<u32>,
+    expiration: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -220,6 +351,8 @@ struct RawRouting {
     zone_egress: bool,
     #[serde(default)]
     locality_aware_load_balancing: bool,
+    #[serde(default)]
+    default_forbid_mesh_external_service_access: bool,
 }
 
 /// Validates a `Mesh`; every problem is recorded in `checker`.
@@ -233,12 +366,29 @@ pub(crate) fn validate(meta: &Meta, raw: RawMesh, checker: &mut Checker) -> Opti
         .map(|r| Routing {
             zone_egress: r.zone_egress,
             locality_aware_load_balancing: r.locality_aware_load_balancing,
+            default_forbid_mesh_external_service_access: r
+                .default_forbid_mesh_external_service_access,
         })
         .unwrap_or_default();
+    let inert: BTreeMap<String, Value> = INERT_MESH_FIELDS
+        .into_iter()
+        .zip([
+            raw.tracing,
+            raw.logging,
+            raw.metrics,
+            raw.networking,
+            raw.constraints,
+            raw.skip_creating_initial_policies,
+            raw.mesh_services,
+        ])
+        .filter_map(|(k, v)| v.filter(|v| !v.is_null()).map(|v| (k.to_string(), v)))
+        .collect();
     Some(Mesh {
         name: meta.name.clone()?,
+        labels: meta.labels.clone(),
         mtls: mtls?,
         routing,
+        inert,
     })
 }
 
@@ -260,6 +410,16 @@ fn validate_mtls(raw: RawMtls, checker: &mut Checker) -> Option<Mtls> {
         }
         let conf = backend.conf.unwrap_or_default();
         let kind = match backend.kind {
+            RawCaType::Provided if conf.ca_cert.is_some() => {
+                checker.problem(
+                    format!("{path}.conf.caCert"),
+                    Problem::InvalidValue(
+                        "`caCert` configures a builtin backend; a provided one takes cert and key"
+                            .into(),
+                    ),
+                );
+                None
+            }
             RawCaType::Provided => {
                 let mut source = |field: &str, raw: Option<RawDataSource>| match raw {
                     None => {
@@ -287,11 +447,72 @@ fn validate_mtls(raw: RawMtls, checker: &mut Checker) -> Option<Mtls> {
                 checker.problem(format!("{path}.conf"), Problem::BuiltinConf);
                 None
             }
-            RawCaType::Builtin => Some(CaKind::Builtin),
+            RawCaType::Builtin => {
+                let ca_cert = conf.ca_cert.unwrap_or(RawCaCert {
+                    rsa_bits: None,
+                    expiration: None,
+                });
+                let bits_ok = match ca_cert.rsa_bits {
+                    None | Some(2048 | 3072 | 4096) => true,
+                    Some(_) => {
+                        checker.problem(
+                            format!("{path}.conf.caCert.RSAbits"),
+                            Problem::InvalidValue("must be 2048, 3072 or 4096".into()),
+                        );
+                        false
+                    }
+                };
+                let expiration = match ca_cert.expiration {
+                    None => Some(None),
+                    Some(e) => checker
+                        .check(
+                            format!("{path}.conf.caCert.expiration"),
+                            KumaDuration::parse(&e),
+                        )
+                        .map(Some),
+                };
+                match (bits_ok, expiration) {
+                    (true, Some(expiration)) => Some(CaKind::Builtin {
+                        rsa_bits: ca_cert.rsa_bits,
+                        expiration,
+                    }),
+                    _ => None,
+                }
+            }
         };
-        match name.zip(kind) {
-            Some((name, kind)) => backends.push(CaBackend { name, kind }),
-            None => all_valid = false,
+        let dp_cert = match backend.dp_cert {
+            None => Some(None),
+            Some(dp) => {
+                let expiration = match dp.rotation.and_then(|r| r.expiration) {
+                    None => Some(None),
+                    Some(e) => checker
+                        .check(
+                            format!("{path}.dpCert.rotation.expiration"),
+                            KumaDuration::parse(&e),
+                        )
+                        .map(Some),
+                };
+                expiration.map(|expiration| {
+                    Some(DpCert {
+                        expiration,
+                        request_timeout: dp.request_timeout,
+                    })
+                })
+            }
+        };
+        let inert: BTreeMap<String, Value> =
+            [("mode", backend.mode), ("rootChain", backend.root_chain)]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+                .collect();
+        match (name, kind, dp_cert) {
+            (Some(name), Some(kind), Some(dp_cert)) => backends.push(CaBackend {
+                name,
+                kind,
+                dp_cert,
+                inert,
+            }),
+            _ => all_valid = false,
         }
     }
     let enabled = raw.enabled_backend.filter(|e| !e.is_empty());
@@ -311,7 +532,9 @@ fn validate_mtls(raw: RawMtls, checker: &mut Checker) -> Option<Mtls> {
             }
         },
     };
-    checker.check("mtls", Mtls::new(enabled, backends))
+    let mut mtls = checker.check("mtls", Mtls::new(enabled, backends))?;
+    mtls.skip_validation = raw.skip_validation;
+    Some(mtls)
 }
 
 #[cfg(test)]
@@ -374,7 +597,7 @@ mod tests {
                 "  backends: [ { name: ca-1, type: provided, conf: { cert: { file: /c, inline: eA== }, key: { file: /k } } } ]\n",
             ),
             &[
-                "mtls.backends[0].conf.cert: exactly one of `file`, `inline`, `inlineString` is required",
+                "mtls.backends[0].conf.cert: exactly one of `secret`, `file`, `inline`, `inlineString` is required",
             ],
         );
         assert_error(
@@ -403,7 +626,12 @@ mod tests {
     fn mtls_new_checks_its_invariants() {
         let backend = |name: &str| CaBackend {
             name: Name::parse(name).unwrap(),
-            kind: CaKind::Builtin,
+            kind: CaKind::Builtin {
+                rsa_bits: None,
+                expiration: None,
+            },
+            dp_cert: None,
+            inert: BTreeMap::new(),
         };
         let name = |n: &str| Some(Name::parse(n).unwrap());
         assert!(Mtls::new(name("a"), vec![backend("a")]).is_ok());

@@ -20,11 +20,16 @@ mod dataplane;
 mod error;
 mod external_service;
 mod fields;
+mod kuma_secret;
+#[cfg(test)]
+mod kuma_tests;
 mod mesh;
+mod mesh_external_service;
+mod permission;
 mod secret;
 mod zone_ingress;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
@@ -38,9 +43,20 @@ pub use external_service::{
     ClientCertificate, ExternalNetworking, ExternalService, ExternalTls, PROTOCOL_TAG, Protocol,
 };
 pub use fields::{
-    Host, HostPort, MAX_NAME_LEN, Name, Port, SERVICE_TAG, SNI_RESERVED, ServiceTags,
+    Host, HostPort, KumaDuration, Labels, MAX_NAME_LEN, Name, Port, SERVICE_TAG, SNI_RESERVED,
+    ServiceTags,
 };
-pub use mesh::{CaBackend, CaKind, Mesh, Mtls, Routing};
+pub use kuma_secret::{MAX_SECRET_BYTES, SecretResource};
+pub use mesh::{CaBackend, CaKind, DpCert, INERT_MESH_FIELDS, Mesh, Mtls, Routing};
+pub use mesh_external_service::{
+    MeshExternalService, MeshExternalServiceEndpoint, MeshExternalServiceMatch,
+    MeshExternalServiceSpec, MeshExternalServiceTls, SanMatch, SanMatchKind, TlsVersion,
+    TlsVersionRange, Verification, VerificationMode,
+};
+pub use permission::{
+    Action, From, FromConf, MeshTrafficPermission, MeshTrafficPermissionSpec, Selector, TargetKind,
+    TargetRef, TrafficPermission,
+};
 pub use secret::{DataSource, REDACTED, Secret, base64};
 pub use zone_ingress::{ZoneIngress, ZoneIngressNetworking};
 
@@ -57,15 +73,30 @@ pub enum Kind {
     Dataplane,
     /// A static remote ingress (cluster-scoped).
     ZoneIngress,
+    /// Named bytes of a mesh that data sources refer to (mesh-scoped).
+    Secret,
+    /// Named bytes of the zone (cluster-scoped).
+    GlobalSecret,
+    /// Kuma's newer external service (mesh-scoped).
+    MeshExternalService,
+    /// Kuma's original permission policy (mesh-scoped).
+    TrafficPermission,
+    /// Kuma's targetRef permission policy (mesh-scoped).
+    MeshTrafficPermission,
 }
 
 impl Kind {
     /// Every kind, in the order they are listed.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Mesh,
         Kind::ExternalService,
         Kind::Dataplane,
         Kind::ZoneIngress,
+        Kind::Secret,
+        Kind::GlobalSecret,
+        Kind::MeshExternalService,
+        Kind::TrafficPermission,
+        Kind::MeshTrafficPermission,
     ];
 
     /// Kuma's type name, as in a document's `type`.
@@ -75,16 +106,27 @@ impl Kind {
             Kind::ExternalService => "ExternalService",
             Kind::Dataplane => "Dataplane",
             Kind::ZoneIngress => "ZoneIngress",
+            Kind::Secret => "Secret",
+            Kind::GlobalSecret => "GlobalSecret",
+            Kind::MeshExternalService => "MeshExternalService",
+            Kind::TrafficPermission => "TrafficPermission",
+            Kind::MeshTrafficPermission => "MeshTrafficPermission",
         }
     }
 
-    /// The plural used in API paths and `zone-egress get`: `external-services`.
+    /// The plural used in API paths and `zone-egress get` (Kuma's REST API names):
+    /// `external-services`, `meshexternalservices`.
     pub fn plural(self) -> &'static str {
         match self {
             Kind::Mesh => "meshes",
             Kind::ExternalService => "external-services",
             Kind::Dataplane => "dataplanes",
             Kind::ZoneIngress => "zone-ingresses",
+            Kind::Secret => "secrets",
+            Kind::GlobalSecret => "global-secrets",
+            Kind::MeshExternalService => "meshexternalservices",
+            Kind::TrafficPermission => "traffic-permissions",
+            Kind::MeshTrafficPermission => "meshtrafficpermissions",
         }
     }
 
@@ -95,12 +137,23 @@ impl Kind {
             Kind::ExternalService => "external-service",
             Kind::Dataplane => "dataplane",
             Kind::ZoneIngress => "zone-ingress",
+            Kind::Secret => "secret",
+            Kind::GlobalSecret => "global-secret",
+            Kind::MeshExternalService => "meshexternalservice",
+            Kind::TrafficPermission => "traffic-permission",
+            Kind::MeshTrafficPermission => "meshtrafficpermission",
         }
     }
 
     /// Whether documents of this kind carry `mesh`.
     pub fn is_mesh_scoped(self) -> bool {
-        matches!(self, Kind::ExternalService | Kind::Dataplane)
+        !matches!(self, Kind::Mesh | Kind::ZoneIngress | Kind::GlobalSecret)
+    }
+
+    /// Whether the kind holds secret material as a whole (its data is never shown to a reader
+    /// without the right to read secrets).
+    pub fn is_secret(self) -> bool {
+        matches!(self, Kind::Secret | Kind::GlobalSecret)
     }
 
     /// Parses the type name (`ExternalService`), the plural (`external-services`) or the singular
@@ -111,6 +164,52 @@ impl Kind {
             .find(|k| raw == k.as_str() || raw == k.plural() || raw == k.singular())
     }
 }
+
+/// Kuma v2.14's other resource types (`docs/generated/raw/crds`): a document of one of them is
+/// refused as "not supported by zone-egress", never stored (one rule: what the egress cannot act
+/// on is not silently kept).
+pub const UNSUPPORTED_KUMA_TYPES: [&str; 40] = [
+    "CircuitBreaker",
+    "FaultInjection",
+    "HealthCheck",
+    "HostnameGenerator",
+    "MeshAccessLog",
+    "MeshCircuitBreaker",
+    "MeshFaultInjection",
+    "MeshGateway",
+    "MeshGatewayConfig",
+    "MeshGatewayInstance",
+    "MeshGatewayRoute",
+    "MeshHealthCheck",
+    "MeshHTTPRoute",
+    "MeshIdentity",
+    "MeshLoadBalancingStrategy",
+    "MeshMetric",
+    "MeshMultiZoneService",
+    "MeshOpenTelemetryBackend",
+    "MeshPassthrough",
+    "MeshProxyPatch",
+    "MeshRateLimit",
+    "MeshRetry",
+    "MeshService",
+    "MeshTCPRoute",
+    "MeshTimeout",
+    "MeshTLS",
+    "MeshTrace",
+    "MeshTrust",
+    "MeshZoneAddress",
+    "ProxyTemplate",
+    "RateLimit",
+    "Retry",
+    "Timeout",
+    "TrafficLog",
+    "TrafficRoute",
+    "TrafficTrace",
+    "VirtualOutbound",
+    "Workload",
+    "Zone",
+    "ContainerPatch",
+];
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -224,6 +323,14 @@ pub enum Resource {
     Dataplane(Dataplane),
     /// A static `ZoneIngress`.
     ZoneIngress(ZoneIngress),
+    /// A `Secret` (with a mesh) or `GlobalSecret`.
+    Secret(SecretResource),
+    /// A `MeshExternalService`.
+    MeshExternalService(MeshExternalService),
+    /// A `TrafficPermission`.
+    TrafficPermission(TrafficPermission),
+    /// A `MeshTrafficPermission`.
+    MeshTrafficPermission(MeshTrafficPermission),
 }
 
 impl Resource {
@@ -234,7 +341,12 @@ impl Resource {
         match self {
             Resource::Mesh(m) => Resource::Mesh(m.redacted()),
             Resource::ExternalService(es) => Resource::ExternalService(es.redacted()),
-            Resource::Dataplane(_) | Resource::ZoneIngress(_) => self.clone(),
+            Resource::Secret(secret) => Resource::Secret(secret.redacted()),
+            Resource::MeshExternalService(mes) => Resource::MeshExternalService(mes.redacted()),
+            Resource::Dataplane(_)
+            | Resource::ZoneIngress(_)
+            | Resource::TrafficPermission(_)
+            | Resource::MeshTrafficPermission(_) => self.clone(),
         }
     }
 
@@ -245,36 +357,195 @@ impl Resource {
             Resource::ExternalService(_) => Kind::ExternalService,
             Resource::Dataplane(_) => Kind::Dataplane,
             Resource::ZoneIngress(_) => Kind::ZoneIngress,
+            Resource::Secret(s) if s.mesh.is_some() => Kind::Secret,
+            Resource::Secret(_) => Kind::GlobalSecret,
+            Resource::MeshExternalService(_) => Kind::MeshExternalService,
+            Resource::TrafficPermission(_) => Kind::TrafficPermission,
+            Resource::MeshTrafficPermission(_) => Kind::MeshTrafficPermission,
         }
     }
 
     /// Name of the resource.
     pub fn name(&self) -> &str {
-        match self {
-            Resource::Mesh(r) => r.name.as_str(),
-            Resource::ExternalService(r) => r.name.as_str(),
-            Resource::Dataplane(r) => r.name.as_str(),
-            Resource::ZoneIngress(r) => r.name.as_str(),
-        }
+        self.name_and_mesh().0.as_str()
     }
 
     /// Mesh, for mesh-scoped kinds.
     pub fn mesh(&self) -> Option<&str> {
+        self.name_and_mesh().1.map(Name::as_str)
+    }
+
+    fn name_and_mesh(&self) -> (&Name, Option<&Name>) {
         match self {
-            Resource::ExternalService(r) => Some(r.mesh.as_str()),
-            Resource::Dataplane(r) => Some(r.mesh.as_str()),
-            Resource::Mesh(_) | Resource::ZoneIngress(_) => None,
+            Resource::Mesh(r) => (&r.name, None),
+            Resource::ExternalService(r) => (&r.name, Some(&r.mesh)),
+            Resource::Dataplane(r) => (&r.name, Some(&r.mesh)),
+            Resource::ZoneIngress(r) => (&r.name, None),
+            Resource::Secret(r) => (&r.name, r.mesh.as_ref()),
+            Resource::MeshExternalService(r) => (&r.name, Some(&r.mesh)),
+            Resource::TrafficPermission(r) => (&r.name, Some(&r.mesh)),
+            Resource::MeshTrafficPermission(r) => (&r.name, Some(&r.mesh)),
         }
+    }
+
+    /// Labels of the resource.
+    pub fn labels(&self) -> &Labels {
+        match self {
+            Resource::Mesh(r) => &r.labels,
+            Resource::ExternalService(r) => &r.labels,
+            Resource::Dataplane(r) => &r.labels,
+            Resource::ZoneIngress(r) => &r.labels,
+            Resource::Secret(r) => &r.labels,
+            Resource::MeshExternalService(r) => &r.labels,
+            Resource::TrafficPermission(r) => &r.labels,
+            Resource::MeshTrafficPermission(r) => &r.labels,
+        }
+    }
+
+    /// The `Secret`s of its mesh this resource refers to with `secret:` data sources (names,
+    /// with the field path of each reference).
+    pub fn secret_refs(&self) -> Vec<(String, &str)> {
+        fn add<'a>(
+            refs: &mut Vec<(String, &'a str)>,
+            path: String,
+            source: Option<&'a DataSource>,
+        ) {
+            if let Some(name) = source.and_then(DataSource::secret_name) {
+                refs.push((path, name));
+            }
+        }
+        let mut refs = Vec::new();
+        match self {
+            Resource::Mesh(m) => {
+                for (i, b) in m.mtls.iter().flat_map(|t| t.backends()).enumerate() {
+                    if let CaKind::Provided { cert, key } = &b.kind {
+                        add(
+                            &mut refs,
+                            format!("mtls.backends[{i}].conf.cert"),
+                            Some(cert),
+                        );
+                        add(&mut refs, format!("mtls.backends[{i}].conf.key"), Some(key));
+                    }
+                }
+            }
+            Resource::ExternalService(es) => {
+                if let Some(tls) = &es.networking.tls {
+                    add(
+                        &mut refs,
+                        "networking.tls.caCert".into(),
+                        tls.ca_cert.as_ref(),
+                    );
+                    if let Some(client) = &tls.client {
+                        add(
+                            &mut refs,
+                            "networking.tls.clientCert".into(),
+                            Some(&client.client_cert),
+                        );
+                        add(
+                            &mut refs,
+                            "networking.tls.clientKey".into(),
+                            Some(&client.client_key),
+                        );
+                    }
+                }
+            }
+            Resource::MeshExternalService(mes) => {
+                let v = mes.spec.tls.as_ref().and_then(|t| t.verification.as_ref());
+                if let Some(v) = v {
+                    let path = "spec.tls.verification";
+                    add(&mut refs, format!("{path}.caCert"), v.ca_cert.as_ref());
+                    add(
+                        &mut refs,
+                        format!("{path}.clientCert"),
+                        v.client_cert.as_ref(),
+                    );
+                    add(
+                        &mut refs,
+                        format!("{path}.clientKey"),
+                        v.client_key.as_ref(),
+                    );
+                }
+            }
+            _ => {}
+        }
+        refs
+    }
+
+    /// What an apply answer tells about this resource besides "stored": the parts that are
+    /// stored but not acted on by the egress, one sentence each.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match self {
+            Resource::Mesh(m) => {
+                for field in m.inert.keys() {
+                    out.push(format!(
+                        "`{field}` is stored but has no effect on zone-egress"
+                    ));
+                }
+                for b in m.mtls.iter().flat_map(|t| t.backends()) {
+                    for field in b.inert.keys() {
+                        out.push(format!(
+                            "backend {:?}: `{field}` is stored but has no effect on zone-egress",
+                            b.name.as_str()
+                        ));
+                    }
+                }
+                if m.routing.locality_aware_load_balancing {
+                    out.push(
+                        "`routing.localityAwareLoadBalancing` is stored but has no effect on \
+                         zone-egress"
+                            .into(),
+                    );
+                }
+            }
+            Resource::MeshExternalService(mes) => {
+                if mes.spec.extension.is_some() {
+                    out.push("`spec.extension` is stored but has no effect on zone-egress".into());
+                }
+                if mes.spec.endpoints.iter().any(|e| e.priority.is_some()) {
+                    out.push(
+                        "`spec.endpoints[].priority` is stored; zone-egress balances over every \
+                         endpoint alike"
+                            .into(),
+                    );
+                }
+            }
+            Resource::MeshTrafficPermission(mtp) => {
+                if mtp.spec.rules.is_some() {
+                    out.push(
+                        "`spec.rules` is stored but not enforced: zone-egress, like Kuma's \
+                         egress, applies `from`"
+                            .into(),
+                    );
+                }
+                let tags_beyond_service = |t: &TargetRef| {
+                    t.tags
+                        .iter()
+                        .flatten()
+                        .any(|(k, _)| k.as_str() != SERVICE_TAG)
+                };
+                if mtp
+                    .spec
+                    .from
+                    .iter()
+                    .any(|f| tags_beyond_service(&f.target_ref))
+                {
+                    out.push(
+                        "a `from` entry selects clients by tags other than kuma.io/service: the \
+                         egress knows a client only by its SPIFFE id, so such an entry never \
+                         matches there"
+                            .into(),
+                    );
+                }
+            }
+            _ => {}
+        }
+        out
     }
 
     /// Identity of the resource.
     pub fn resource_key(&self) -> ResourceKey {
-        let (mesh, name) = match self {
-            Resource::Mesh(r) => (None, &r.name),
-            Resource::ExternalService(r) => (Some(&r.mesh), &r.name),
-            Resource::Dataplane(r) => (Some(&r.mesh), &r.name),
-            Resource::ZoneIngress(r) => (None, &r.name),
-        };
+        let (name, mesh) = self.name_and_mesh();
         ResourceKey {
             kind: self.kind(),
             mesh: mesh.cloned(),
@@ -462,6 +733,7 @@ struct Target<'a> {
 pub(crate) struct Meta {
     pub(crate) name: Option<Name>,
     pub(crate) mesh: Option<Name>,
+    pub(crate) labels: Labels,
 }
 
 /// Fields Kuma prints in `kumactl get` and ignores on apply.
@@ -509,6 +781,13 @@ fn parse_value(
     for field in IGNORED_FIELDS {
         map.remove(field);
     }
+    if ["apiVersion", "kind", "metadata"]
+        .iter()
+        .any(|f| map.contains_key(*f))
+    {
+        checker.problem("", Problem::KubernetesStyle);
+        return Err(checker.into_errors(document, &context));
+    }
 
     let kind = match map.remove("type") {
         None => {
@@ -519,6 +798,10 @@ fn parse_value(
             Some(kind) => Some(kind),
             None if raw == "ZoneEgress" => {
                 checker.problem("type", Problem::SelfRegistered(raw));
+                None
+            }
+            None if UNSUPPORTED_KUMA_TYPES.contains(&raw.as_str()) => {
+                checker.problem("type", Problem::NotSupported(raw));
                 None
             }
             None => {
@@ -555,7 +838,24 @@ fn parse_value(
         (false, None) => None,
     };
 
-    let meta = Meta { name, mesh };
+    let labels = match map.remove("labels") {
+        None | Some(Value::Null) => Some(Labels::default()),
+        Some(raw) => match serde_json::from_value::<BTreeMap<String, String>>(raw) {
+            Ok(labels) => checker.check("labels", Labels::parse(labels)),
+            Err(_) => {
+                checker.problem(
+                    "labels",
+                    Problem::InvalidValue("must be a mapping of strings to strings".into()),
+                );
+                None
+            }
+        },
+    };
+    let meta = Meta {
+        name,
+        mesh,
+        labels: labels.unwrap_or_default(),
+    };
     let spec = Value::Object(map);
     let resource = match kind {
         Kind::Mesh => deserialize(spec, &mut checker)
@@ -567,6 +867,20 @@ fn parse_value(
             .and_then(|raw| dataplane::validate(&meta, raw, &mut checker).map(Resource::Dataplane)),
         Kind::ZoneIngress => deserialize(spec, &mut checker).and_then(|raw| {
             zone_ingress::validate(&meta, raw, &mut checker).map(Resource::ZoneIngress)
+        }),
+        Kind::Secret | Kind::GlobalSecret => deserialize(spec, &mut checker)
+            .and_then(|raw| kuma_secret::validate(&meta, raw, &mut checker).map(Resource::Secret)),
+        Kind::MeshExternalService => deserialize(spec, &mut checker).and_then(|raw| {
+            mesh_external_service::validate(&meta, raw, &mut checker)
+                .map(Resource::MeshExternalService)
+        }),
+        Kind::TrafficPermission => deserialize(spec, &mut checker).and_then(|raw| {
+            permission::validate_traffic_permission(&meta, raw, &mut checker)
+                .map(Resource::TrafficPermission)
+        }),
+        Kind::MeshTrafficPermission => deserialize(spec, &mut checker).and_then(|raw| {
+            permission::validate_mesh_traffic_permission(&meta, raw, &mut checker)
+                .map(Resource::MeshTrafficPermission)
         }),
     };
     match resource {
@@ -966,10 +1280,8 @@ name: fine
     #[test]
     fn unknown_fields_are_named_with_their_path() {
         assert_error(
-            "type: Mesh\nname: m\nlogging: {}\n",
-            &[
-                "document 1 (Mesh m): logging: unknown field `logging`, expected `mtls` or `routing`",
-            ],
+            "type: Mesh\nname: m\nloging: {}\n",
+            &["document 1 (Mesh m): loging: unknown field `loging`, expected one of `mtls`"],
         );
         assert_error(
             "type: ExternalService\nmesh: m\nname: e\ntags: { kuma.io/service: e }\n\

@@ -1,5 +1,6 @@
-//! Kuma's `DataSource` (`{file: path}` | `{inline: base64}` | `{inlineString: text}`) and the
-//! [`Secret`] newtype that keeps inline key material out of logs.
+//! Kuma's `DataSource` (`{secret: name}` | `{file: path}` | `{inline: base64}` |
+//! `{inlineString: text}`, `api/system/v1alpha1/datasource.proto`) and the [`Secret`] newtype
+//! that keeps inline key material out of logs.
 //!
 //! Inline contents serialize as themselves (resources must round-trip through the store and
 //! gossip); `Debug` hides them, and answers to readers show [`DataSource::redacted`], where an
@@ -49,6 +50,9 @@ pub const REDACTED: &str = "<redacted>";
 /// Where a certificate or key comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DataSource {
+    /// A `Secret` of the resource's mesh, by name (`secret`): the zone model resolves it
+    /// ([`crate::zone::Resources::resolve_source`]) before anything reads the data.
+    Secret(super::fields::Name),
     /// A file on the node's disk (`file`).
     File(String),
     /// Bytes given inline, base64 in the document (`inline`).
@@ -77,6 +81,7 @@ impl DataSource {
     /// the right to read secrets is shown. A file path is not secret and stays.
     pub fn redacted(&self) -> DataSource {
         match self {
+            DataSource::Secret(name) => DataSource::Secret(name.clone()),
             DataSource::File(path) => DataSource::File(path.clone()),
             DataSource::Inline(_) => DataSource::Redacted { string: false },
             DataSource::InlineString(_) => DataSource::Redacted { string: true },
@@ -84,10 +89,18 @@ impl DataSource {
         }
     }
 
+    /// The name of the `Secret` it refers to, when it is a `secret` reference.
+    pub fn secret_name(&self) -> Option<&str> {
+        match self {
+            DataSource::Secret(name) => Some(name.as_str()),
+            _ => None,
+        }
+    }
+
     /// The bytes, when they are given inline (either form).
     pub fn inline_bytes(&self) -> Option<&[u8]> {
         match self {
-            DataSource::File(_) | DataSource::Redacted { .. } => None,
+            DataSource::Secret(_) | DataSource::File(_) | DataSource::Redacted { .. } => None,
             DataSource::Inline(bytes) => Some(bytes.expose()),
             DataSource::InlineString(text) => Some(text.expose().as_bytes()),
         }
@@ -106,8 +119,15 @@ impl DataSource {
     }
 
     /// Validates the raw form: exactly one alternative, non-empty, base64 that decodes; a file
-    /// path of at most 4096 bytes without control characters.
+    /// path of at most 4096 bytes without control characters; a secret name that is a valid
+    /// resource name.
     pub(crate) fn from_raw(raw: RawDataSource) -> Result<DataSource, Problem> {
+        if let Some(name) = raw.secret {
+            if raw.file.is_some() || raw.inline.is_some() || raw.inline_string.is_some() {
+                return Err(Problem::DataSourceChoice);
+            }
+            return super::fields::Name::parse(&name).map(DataSource::Secret);
+        }
         match (raw.file, raw.inline, raw.inline_string) {
             (Some(path), None, None) if path.is_empty() => Err(Problem::Empty("file")),
             (Some(path), None, None) if path.len() > 4096 || path.chars().any(char::is_control) => {
@@ -135,6 +155,7 @@ impl Serialize for DataSource {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(1))?;
         match self {
+            DataSource::Secret(name) => map.serialize_entry("secret", name.as_str())?,
             DataSource::File(path) => map.serialize_entry("file", path)?,
             DataSource::Inline(bytes) => {
                 map.serialize_entry("inline", &base64::encode(bytes.expose()))?
@@ -153,6 +174,7 @@ impl Serialize for DataSource {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct RawDataSource {
+    secret: Option<String>,
     file: Option<String>,
     inline: Option<String>,
     inline_string: Option<String>,
@@ -262,7 +284,9 @@ mod tests {
         ] {
             let message = DataSource::from_raw(raw(json)).unwrap_err().to_string();
             assert!(
-                message.contains("exactly one of `file`, `inline`, `inlineString` is required")
+                message.contains(
+                    "exactly one of `secret`, `file`, `inline`, `inlineString` is required"
+                )
             );
         }
         let message = DataSource::from_raw(raw(serde_json::json!({"inline": "not base64!"})))

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Meta;
 use super::error::Checker;
-use super::fields::{Host, Name, Port};
+use super::fields::{Host, Labels, Name, Port};
 
 /// A validated static remote `ZoneIngress`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -22,6 +22,9 @@ use super::fields::{Host, Name, Port};
 pub struct ZoneIngress {
     /// Resource name.
     pub name: Name,
+    /// Labels.
+    #[serde(skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
     /// The remote zone this ingress serves.
     pub zone: Name,
     /// How to reach it.
@@ -91,6 +94,7 @@ pub(crate) fn validate(
     );
     Some(ZoneIngress {
         name: meta.name.clone()?,
+        labels: meta.labels.clone(),
         zone: zone?,
         networking: ZoneIngressNetworking {
             address: address?,

@@ -6,16 +6,22 @@
 //! * [`Resources`]: the live resources of a zone, indexed by kind, mesh and `kuma.io/service`;
 //! * [`Zone`]: a zone's name with its resources, what [`route::decide`] reads;
 //! * [`offer`]: what this zone offers other zones, and the endpoints of a forwarded stream;
+//! * [`permission`]: the traffic permissions the egress applies;
 //! * [`remote`]: what other zones offer over the links that are up;
 //! * [`route`]: from an SNI (and the client's identity) to a [`route::Decision`].
 
 pub mod offer;
+pub mod permission;
 pub mod remote;
 pub mod route;
 
 use std::collections::BTreeMap;
 
-use crate::resource::{ExternalService, Kind, Mesh, Resource, ResourceKey};
+use crate::resource::{
+    CaKind, ClientCertificate, DataSource, ExternalNetworking, ExternalService, ExternalTls,
+    HostPort, Kind, Mesh, MeshExternalService, MeshTrafficPermission, PROTOCOL_TAG, Resource,
+    ResourceKey, SecretResource, ServiceTags, TrafficPermission,
+};
 
 pub use remote::RemoteServices;
 pub use route::{ClientIdentity, Decision, decide};
@@ -136,6 +142,195 @@ impl Resources {
                 Some(Resource::ExternalService(es)) => Some(es),
                 _ => None,
             })
+    }
+}
+
+/// Kuma's names of the Secrets that hold a builtin CA: `<mesh>.ca-builtin-cert-<backend>` and
+/// `<mesh>.ca-builtin-key-<backend>` (`pkg/plugins/ca/builtin/manager.go`).
+pub fn builtin_ca_secret_names(mesh: &str, backend: &str) -> (String, String) {
+    (
+        format!("{mesh}.ca-builtin-cert-{backend}"),
+        format!("{mesh}.ca-builtin-key-{backend}"),
+    )
+}
+
+macro_rules! typed {
+    ($self:ident, $kind:expr, $mesh:expr, $variant:ident) => {
+        $self
+            .list($kind, $mesh)
+            .into_iter()
+            .filter_map(|r| match r {
+                Resource::$variant(x) => Some(x),
+                _ => None,
+            })
+    };
+}
+
+impl Resources {
+    /// The `Secret` `name` of `mesh`.
+    pub fn secret(&self, mesh: &str, name: &str) -> Option<&SecretResource> {
+        let key = format!("{}/{mesh}/{name}", Kind::Secret.singular());
+        match self.by_key.get(&key) {
+            Some(Resource::Secret(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The MeshExternalServices of `mesh`, in name order.
+    pub fn mesh_external_services<'a>(
+        &'a self,
+        mesh: &str,
+    ) -> impl Iterator<Item = &'a MeshExternalService> + 'a {
+        typed!(
+            self,
+            Kind::MeshExternalService,
+            Some(mesh),
+            MeshExternalService
+        )
+    }
+
+    /// The TrafficPermissions of `mesh`, in name order.
+    pub fn traffic_permissions<'a>(
+        &'a self,
+        mesh: &str,
+    ) -> impl Iterator<Item = &'a TrafficPermission> + 'a {
+        typed!(self, Kind::TrafficPermission, Some(mesh), TrafficPermission)
+    }
+
+    /// The MeshTrafficPermissions of `mesh`, in name order.
+    pub fn mesh_traffic_permissions<'a>(
+        &'a self,
+        mesh: &str,
+    ) -> impl Iterator<Item = &'a MeshTrafficPermission> + 'a {
+        typed!(
+            self,
+            Kind::MeshTrafficPermission,
+            Some(mesh),
+            MeshTrafficPermission
+        )
+    }
+
+    /// A data source with a `secret:` reference replaced by the Secret's bytes (inline); any
+    /// other source as it is. A reference to a Secret that does not exist stays a reference,
+    /// which the reader refuses naming it.
+    pub fn resolve_source(&self, mesh: &str, source: &DataSource) -> DataSource {
+        match source {
+            DataSource::Secret(name) => match self
+                .secret(mesh, name.as_str())
+                .and_then(|s| s.data.clone())
+            {
+                Some(data) => DataSource::Inline(data),
+                None => source.clone(),
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// The Mesh as the egress uses it: `secret:` references resolved, and a builtin backend
+    /// whose CA has been minted turned into the provided CA it is (its two Secrets). A builtin
+    /// backend not minted yet stays builtin, which the CA reader refuses.
+    pub fn resolved_mesh(&self, mesh: &Mesh) -> Mesh {
+        let mut resolved = mesh.clone();
+        let name = mesh.name.as_str();
+        if let Some(mtls) = resolved.mtls.as_mut() {
+            for backend in mtls.backends_mut() {
+                match &mut backend.kind {
+                    CaKind::Provided { cert, key } => {
+                        *cert = self.resolve_source(name, cert);
+                        *key = self.resolve_source(name, key);
+                    }
+                    CaKind::Builtin { .. } => {
+                        let (cert, key) = builtin_ca_secret_names(name, backend.name.as_str());
+                        let cert = self.secret(name, &cert).and_then(|s| s.data.clone());
+                        let key = self.secret(name, &key).and_then(|s| s.data.clone());
+                        if let (Some(cert), Some(key)) = (cert, key) {
+                            backend.kind = CaKind::Provided {
+                                cert: DataSource::Inline(cert),
+                                key: DataSource::Inline(key),
+                            };
+                        }
+                    }
+                }
+            }
+        }
+        resolved
+    }
+
+    /// The ExternalService as the egress uses it: `secret:` references resolved.
+    pub fn resolved_external_service(&self, es: &ExternalService) -> ExternalService {
+        let mut resolved = es.clone();
+        let mesh = es.mesh.as_str();
+        if let Some(tls) = resolved.networking.tls.as_mut() {
+            if let Some(ca) = tls.ca_cert.as_mut() {
+                *ca = self.resolve_source(mesh, ca);
+            }
+            if let Some(client) = tls.client.as_mut() {
+                client.client_cert = self.resolve_source(mesh, &client.client_cert);
+                client.client_key = self.resolve_source(mesh, &client.client_key);
+            }
+        }
+        resolved
+    }
+
+    /// The endpoints of a MeshExternalService in the form the dial stage takes (one
+    /// ExternalService per `spec.endpoints` entry, named after the MeshExternalService, with
+    /// `kuma.io/service` its name and `kuma.io/protocol` its `match.protocol`; TLS per
+    /// `spec.tls`, `secret:` references resolved), in order.
+    pub fn mesh_external_endpoints(&self, mes: &MeshExternalService) -> Vec<ExternalService> {
+        let mesh = mes.mesh.as_str();
+        let mut tags = BTreeMap::new();
+        tags.insert(SERVICE_TAG.to_string(), mes.name.as_str().to_string());
+        tags.insert(
+            PROTOCOL_TAG.to_string(),
+            mes.spec.matcher.protocol.as_str().to_string(),
+        );
+        // invariant: a resource name is a valid tag value.
+        let Ok(tags) = ServiceTags::parse(tags) else {
+            return Vec::new();
+        };
+        let tls = mes.spec.tls.as_ref().filter(|t| t.enabled).map(|t| {
+            let v = t.verification.as_ref();
+            let mode = v.map(|v| v.mode).unwrap_or_default();
+            let resolve = |s: Option<&DataSource>| s.map(|s| self.resolve_source(mesh, s));
+            let client = match (
+                resolve(v.and_then(|v| v.client_cert.as_ref())),
+                resolve(v.and_then(|v| v.client_key.as_ref())),
+            ) {
+                (Some(client_cert), Some(client_key)) => Some(ClientCertificate {
+                    client_cert,
+                    client_key,
+                }),
+                _ => None,
+            };
+            ExternalTls {
+                enabled: true,
+                server_name: v.and_then(|v| v.server_name.clone()),
+                ca_cert: resolve(v.and_then(|v| v.ca_cert.as_ref())),
+                client,
+                allow_renegotiation: t.allow_renegotiation,
+                skip_hostname_verification: !mode.checks_names(),
+                skip_ca_verification: !mode.checks_ca(),
+                versions: t.version,
+                subject_alt_names: v.map(|v| v.subject_alt_names.clone()).unwrap_or_default(),
+            }
+        });
+        mes.spec
+            .endpoints
+            .iter()
+            .map(|e| ExternalService {
+                mesh: mes.mesh.clone(),
+                name: mes.name.clone(),
+                labels: mes.labels.clone(),
+                tags: tags.clone(),
+                networking: ExternalNetworking {
+                    address: HostPort {
+                        host: e.address.clone(),
+                        port: e.port,
+                    },
+                    tls: tls.clone(),
+                },
+            })
+            .collect()
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::resource::{ExternalService, Mesh};
+use crate::resource::{ExternalService, Kind, Mesh};
 use crate::sni::{self, HashedKind, HashedSni, Sni};
 
 use super::remote::RemoteServices;
@@ -29,6 +29,8 @@ pub enum Decision {
         /// The SNI the client sent: the tag form `name{mesh=m,…}` as sent, or the hashed form
         /// in lower case.
         sni: String,
+        /// `ExternalService` or `MeshExternalService`: which permission rules apply.
+        kind: Kind,
     },
     /// Pass the TLS bytes through to another zone over a QUIC link (never decrypted).
     Passthrough {
@@ -83,6 +85,19 @@ pub fn external_service_sni(service: &ExternalService) -> String {
     )
 }
 
+/// The SNI a Kuma sidecar sends for a MeshExternalService: the hashed form of kind `mes` of
+/// its name, mesh and `spec.match.port`, no tags (`pkg/xds/generator/zoneproxy/
+/// destinations.go`).
+pub fn mesh_external_service_sni(mes: &crate::resource::MeshExternalService) -> String {
+    sni::hashed(
+        mes.name.as_str(),
+        mes.mesh.as_str(),
+        &BTreeMap::new(),
+        mes.spec.matcher.port.get(),
+        HashedKind::Mes,
+    )
+}
+
 /// Longest server name a connection can carry: BoringSSL and OpenSSL clients refuse to send a
 /// longer one and servers refuse it (`unrecognized_name`), though RFC 6066 §3 allows 2^16-1.
 pub const MAX_SNI_BYTES: usize = 255;
@@ -105,11 +120,16 @@ fn decide_external(
         } else {
             local[0]
         };
+        let resources = zone.resources;
         return Decision::TerminateExternal {
-            mesh: Box::new(mesh.clone()),
-            service: Box::new(chosen.clone()),
-            endpoints: local.into_iter().cloned().collect(),
+            mesh: Box::new(resources.resolved_mesh(mesh)),
+            service: Box::new(resources.resolved_external_service(chosen)),
+            endpoints: local
+                .into_iter()
+                .map(|e| resources.resolved_external_service(e))
+                .collect(),
             sni: sni.to_string(),
+            kind: Kind::ExternalService,
         };
     }
     let offered =
@@ -290,17 +310,64 @@ fn decide_sent(
     }
 }
 
-/// Applies what is known of the client to a decision to terminate: its certificate's mesh must
-/// be the decision's mesh. (Traffic permissions join here.)
-fn authorize(_zone: &Zone<'_>, decision: Decision, client: &ClientIdentity) -> Decision {
-    match &decision {
-        Decision::TerminateExternal { mesh, .. } if mesh.name.as_str() != client.mesh => {
+/// The permission verdict for `client` on a decision to terminate (`None` for any other
+/// decision): its certificate's mesh must be the decision's mesh, and the mesh's traffic
+/// permissions must let it reach the service ([`super::permission`]).
+pub fn permission(
+    zone: &Zone<'_>,
+    decision: &Decision,
+    client: &ClientIdentity,
+) -> Option<super::permission::Verdict> {
+    let Decision::TerminateExternal {
+        mesh,
+        service,
+        kind,
+        ..
+    } = decision
+    else {
+        return None;
+    };
+    if mesh.name.as_str() != client.mesh {
+        return Some(super::permission::Verdict {
+            allowed: false,
+            by: format!("the client is not of mesh {:?}", mesh.name.as_str()),
+        });
+    }
+    Some(match kind {
+        Kind::MeshExternalService => super::permission::mesh_external_service(mesh),
+        _ => super::permission::external_service(
+            zone.resources,
+            mesh.name.as_str(),
+            |k| service.tags.get(k).map(str::to_string),
+            client,
+        ),
+    })
+}
+
+/// Applies the client's identity to a decision to terminate (once the mTLS handshake has shown
+/// it): [`permission`] refuses it as `permission`, naming the rule. Other decisions pass
+/// unchanged.
+pub fn authorize(zone: &Zone<'_>, decision: Decision, client: &ClientIdentity) -> Decision {
+    match permission(zone, &decision, client) {
+        Some(verdict) if !verdict.allowed => {
+            let Decision::TerminateExternal {
+                mesh,
+                service,
+                kind,
+                ..
+            } = &decision
+            else {
+                return decision;
+            };
             Decision::reject(
                 "permission",
                 format!(
-                    "client {} is not of mesh {:?}",
+                    "{} may not reach {} {:?} of mesh {:?}: {}",
                     client.spiffe_id(),
-                    mesh.name.as_str()
+                    kind,
+                    service.service(),
+                    mesh.name.as_str(),
+                    verdict.by
                 ),
             )
         }
@@ -374,6 +441,34 @@ fn decide_hashed_external(
             Ok(m) => m,
             Err(d) => return d,
         };
+        for mes in zone.resources.mesh_external_services(mesh.name.as_str()) {
+            let (name, port) = (mes.name.as_str(), mes.spec.matcher.port.get());
+            if !hashed.names(name, mesh.name.as_str(), port) {
+                continue;
+            }
+            if !hashed.verify(name, mesh.name.as_str(), &BTreeMap::new(), port) {
+                named_but_wrong_hash = true;
+                continue;
+            }
+            let endpoints = zone.resources.mesh_external_endpoints(mes);
+            let Some(first) = endpoints.first().cloned() else {
+                return Decision::reject(
+                    "unknown_service",
+                    format!(
+                        "MeshExternalService {name:?} of mesh {:?} has no endpoints the egress \
+                         can dial",
+                        mesh.name.as_str()
+                    ),
+                );
+            };
+            return Decision::TerminateExternal {
+                mesh: Box::new(zone.resources.resolved_mesh(mesh)),
+                service: Box::new(first),
+                endpoints,
+                sni: hashed.sni.clone(),
+                kind: Kind::MeshExternalService,
+            };
+        }
         for es in zone.resources.external_services(mesh.name.as_str()) {
             let port = es.port();
             if !hashed.names(es.name.as_str(), mesh.name.as_str(), port) {
@@ -651,6 +746,85 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A MeshExternalService is reached by Kuma's hashed `mes` SNI of its name and
+    /// `spec.match.port`; its endpoints come with TLS per `verification.mode`, `secret:`
+    /// references resolved; permissions follow MADR 062.
+    #[test]
+    fn mesh_external_services_route_by_their_hashed_sni() {
+        let text = "type: Mesh\nname: m\nmtls: { enabledBackend: b, backends: [ { name: b, type: builtin } ] }\n---\n\
+            type: Secret\nmesh: m\nname: ca\ndata: Y2EtYnl0ZXM=\n---\n\
+            type: Secret\nmesh: m\nname: m.ca-builtin-cert-b\ndata: Y2VydA==\n---\n\
+            type: Secret\nmesh: m\nname: m.ca-builtin-key-b\ndata: a2V5\n---\n\
+            type: MeshExternalService\nname: api\nmesh: m\nspec: { match: { port: 8443, protocol: http }, \
+            endpoints: [ { address: a.example, port: 443 }, { address: 192.0.2.7, port: 8443 } ], \
+            tls: { enabled: true, version: { min: TLS13 }, verification: { mode: SkipSAN, caCert: { secret: ca } } } }\n";
+        let resources: Resources = parse_documents(text).unwrap().into_iter().collect();
+        let zone = Zone::new("zone-a", &resources);
+        let sni = sni::hashed("api", "m", &BTreeMap::new(), 8443, HashedKind::Mes);
+        let decision = route(&zone, &RemoteServices::default(), Some(&sni), None);
+        let Decision::TerminateExternal {
+            mesh,
+            service,
+            endpoints,
+            kind,
+            ..
+        } = &decision
+        else {
+            panic!("{decision:?}")
+        };
+        assert_eq!(*kind, Kind::MeshExternalService);
+        assert_eq!(service.service(), "api");
+        assert_eq!(service.protocol(), crate::resource::Protocol::Http);
+        let addresses: Vec<String> = endpoints
+            .iter()
+            .map(|e| e.networking.address.to_string())
+            .collect();
+        assert_eq!(addresses, ["a.example:443", "192.0.2.7:8443"]);
+        let tls = endpoints[1].networking.tls.as_ref().unwrap();
+        assert!(tls.skip_hostname_verification && !tls.skip_ca_verification);
+        assert_eq!(
+            tls.ca_cert.as_ref().and_then(|c| c.inline_bytes()),
+            Some(&b"ca-bytes"[..])
+        );
+        // The builtin CA, minted as its two Secrets, is what the egress signs with.
+        match &mesh.enabled_ca().unwrap().kind {
+            crate::resource::CaKind::Provided { cert, key } => {
+                assert_eq!(cert.inline_bytes(), Some(&b"cert"[..]));
+                assert_eq!(key.inline_bytes(), Some(&b"key"[..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same name on another port is not it.
+        let other = sni::hashed("api", "m", &BTreeMap::new(), 443, HashedKind::Mes);
+        assert_eq!(
+            route(&zone, &RemoteServices::default(), Some(&other), None).label(),
+            "unknown_service"
+        );
+        // No permission needed (MADR 062), but a client of another mesh is refused.
+        let web = ClientIdentity {
+            mesh: "m".into(),
+            service: "web".into(),
+        };
+        assert_eq!(
+            route(&zone, &RemoteServices::default(), Some(&sni), Some(&web)).label(),
+            "external"
+        );
+        let stranger = ClientIdentity {
+            mesh: "n".into(),
+            service: "web".into(),
+        };
+        assert_eq!(
+            route(
+                &zone,
+                &RemoteServices::default(),
+                Some(&sni),
+                Some(&stranger)
+            )
+            .label(),
+            "permission"
+        );
     }
 
     #[test]

@@ -1,0 +1,121 @@
+//! `POST /v1/meshes/{mesh}/pki/issue`: a data-plane certificate from the mesh's enabled CA.
+//!
+//! With no kuma-cp, the fleet is what issues workload identities from a mesh CA (a builtin one
+//! minted by the fleet, or a provided one): a client of the mesh gets a certificate with the URI
+//! SAN `spiffe://<mesh>/<service>` that the egress accepts. The answer holds a private key, so
+//! the call needs the admin token (`zone-egress pki issue --mesh M --spiffe URI --admin URL`).
+//!
+//! Body (JSON or YAML): `{"spiffe": "spiffe://<mesh>/<service>", "dns": [..], "ips": [..],
+//! "validity": "24h"}`; `validity` in Kuma's duration form, default the enabled backend's
+//! `dpCert.rotation.expiration`, else the node's `pki.identity_validity`. Answer:
+//! `{"spiffe", "certificate" (PEM, leaf first), "key" (PKCS#8 PEM), "ca" (PEM), "notAfter"
+//! (RFC 3339)}`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use proto::resource::KumaDuration;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::resources::{Authorized, read_body, scrub};
+use super::{AdminState, ApiError};
+use crate::pki::{EgressIdentities, IssueOptions, MeshCa};
+
+/// The route.
+pub fn routes() -> axum::Router<AdminState> {
+    axum::Router::new().route("/v1/meshes/{mesh}/pki/issue", post(issue))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueRequest {
+    spiffe: String,
+    #[serde(default)]
+    dns: Vec<String>,
+    #[serde(default)]
+    ips: Vec<IpAddr>,
+    validity: Option<String>,
+}
+
+async fn issue(
+    _auth: Authorized,
+    State(state): State<AdminState>,
+    Path(params): Path<HashMap<String, String>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mesh_name = params.get("mesh").cloned().unwrap_or_default();
+    let text = read_body(body).await?;
+    let request: IssueRequest = serde_yaml_ng::from_str(&text).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body is not an issue request: {\"spiffe\": \"spiffe://<mesh>/<service>\", \
+             \"dns\": [..], \"ips\": [..], \"validity\": \"24h\"}",
+        )
+        .with_details(vec![scrub(&e.to_string())])
+    })?;
+    let in_mesh = request
+        .spiffe
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.strip_prefix(mesh_name.as_str()))
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|service| !service.is_empty());
+    if !in_mesh {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{:?} is not a SPIFFE id of mesh {mesh_name:?}: expected \
+                 spiffe://{mesh_name}/<service>",
+                request.spiffe
+            ),
+        ));
+    }
+    let resources = state.resources_rx.borrow().clone();
+    let mesh = resources.mesh(&mesh_name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("mesh {mesh_name:?} does not exist"),
+        )
+    })?;
+    let mesh = resources.resolved_mesh(mesh);
+    let ca =
+        MeshCa::from_mesh(&mesh).map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
+    let validity = match &request.validity {
+        Some(v) => KumaDuration::parse(v)
+            .map(|d| d.get())
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("validity: {e}")))?,
+        None => state
+            .identities
+            .as_ref()
+            .map(|i| i.validity_for(&mesh))
+            .unwrap_or(EgressIdentities::DEFAULT_VALIDITY),
+    };
+    let options = IssueOptions::new(
+        request.spiffe.clone(),
+        request.dns,
+        request.ips,
+        SystemTime::now(),
+        validity,
+    )
+    .and_then(|options| ca.issue(&options))
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    metrics::counter!("zone_egress_certificates_issued_total", "mesh" => mesh_name.clone())
+        .increment(1);
+    tracing::info!(mesh = %mesh_name, spiffe = %request.spiffe, "issued a data-plane certificate");
+    let not_after = humantime::format_rfc3339_seconds(options.not_after).to_string();
+    Ok(Json(json!({
+        "spiffe": request.spiffe,
+        "certificate": options.chain_pem(),
+        "key": options.key_pem(),
+        "ca": ca.certificate_pem(),
+        "notAfter": not_after,
+    }))
+    .into_response())
+}
