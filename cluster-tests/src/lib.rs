@@ -13,6 +13,10 @@
 //! cluster.kill(i).unwrap();
 //! ```
 
+/// A MeshTrafficPermission letting every client of mesh `default` reach every service: Kuma 2.x
+/// creates no default permission, so tests that send traffic to an ExternalService apply it.
+pub const ALLOW_ALL: &str = "type: MeshTrafficPermission\nname: allow-all\nmesh: default\nspec: { targetRef: { kind: Mesh }, from: [ { targetRef: { kind: Mesh }, default: { action: Allow } } ] }\n";
+
 pub mod compose;
 pub mod upstream;
 
@@ -586,12 +590,14 @@ pub mod zone_link {
         ))
     }
 
-    /// Mesh `default` with the provided CA of `dir/mesh-ca` and `routing.zoneEgress` on.
+    /// Mesh `default` with the provided CA of `dir/mesh-ca` and `routing.zoneEgress` on, and
+    /// [`crate::ALLOW_ALL`] (a mesh has no permission by default, as in Kuma 2.x).
     pub fn mesh_yaml(dir: &Path) -> String {
         format!(
-            "type: Mesh\nname: default\nmtls: {{ enabledBackend: ca-1, backends: [ {{ name: ca-1, type: provided, conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }} }} ] }}\nrouting: {{ zoneEgress: true }}\n",
+            "type: Mesh\nname: default\nmtls: {{ enabledBackend: ca-1, backends: [ {{ name: ca-1, type: provided, conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }} }} ] }}\nrouting: {{ zoneEgress: true }}\n---\n{}",
             p(dir, "mesh-ca/ca.pem"),
-            p(dir, "mesh-ca/ca.key")
+            p(dir, "mesh-ca/ca.key"),
+            crate::ALLOW_ALL
         )
     }
 
@@ -645,6 +651,46 @@ pub mod zone_link {
         format!(
             "type: ZoneIngress\nname: {name}\nzone: zone-b\nnetworking: {{ advertisedAddress: 127.0.0.1, advertisedPort: {port} }}\n"
         )
+    }
+}
+
+/// Drops a node's gossip both ways with iptables on loopback (the node's own UDP port only)
+/// until dropped.
+pub struct Partition {
+    port: String,
+}
+
+impl Partition {
+    /// Cuts the node whose gossip socket is on `port`.
+    pub fn cut(port: &str) -> Partition {
+        for dir in ["--dport", "--sport"] {
+            let ok = Command::new("iptables")
+                .args([
+                    "-I", "INPUT", "-i", "lo", "-p", "udp", dir, port, "-j", "DROP",
+                ])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(
+                ok,
+                "iptables is needed for the partition test (root, Debian's iptables)"
+            );
+        }
+        Partition {
+            port: port.to_string(),
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for dir in ["--dport", "--sport"] {
+            let _ = Command::new("iptables")
+                .args([
+                    "-D", "INPUT", "-i", "lo", "-p", "udp", dir, &self.port, "-j", "DROP",
+                ])
+                .status();
+        }
     }
 }
 

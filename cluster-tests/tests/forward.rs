@@ -126,7 +126,10 @@ impl Pki {
         } else {
             String::new()
         };
-        format!("type: Mesh\nname: default\n{mtls}routing:\n  zoneEgress: true\n")
+        format!(
+            "type: Mesh\nname: default\n{mtls}routing:\n  zoneEgress: true\n---\n{}",
+            cluster_tests::ALLOW_ALL
+        )
     }
 }
 
@@ -590,7 +593,8 @@ fn a_ca_rotation_keeps_both_generations_working_while_both_are_listed() {
     let mesh = |enabled: &str, backends: &[(&str, &str)]| {
         let list: String = backends.iter().map(|(n, d)| backend(n, d)).collect();
         format!(
-            "type: Mesh\nname: default\nmtls:\n  enabledBackend: {enabled}\n  backends:\n{list}routing:\n  zoneEgress: true\n"
+            "type: Mesh\nname: default\nmtls:\n  enabledBackend: {enabled}\n  backends:\n{list}routing:\n  zoneEgress: true\n---\n{}",
+            cluster_tests::ALLOW_ALL
         )
     };
     // curl trusts both CAs: the egress's own certificate comes from the enabled one.

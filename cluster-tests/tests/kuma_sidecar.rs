@@ -151,12 +151,13 @@ fn setup() -> Setup {
 
     let upstream_ca = p("upstream-ca/ca.pem");
     let yaml = format!(
-        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: provided\n      conf: {{ cert: {{ file: {ca} }}, key: {{ file: {key} }} }}\nrouting: {{ zoneEgress: true }}\n---\n\
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: provided\n      conf: {{ cert: {{ file: {ca} }}, key: {{ file: {key} }} }}\nrouting: {{ zoneEgress: true }}\n---\n{allow}---\n\
          type: ExternalService\nmesh: default\nname: echo\ntags: {{ kuma.io/service: echo, kuma.io/protocol: http }}\nnetworking: {{ address: 'localhost:{http}' }}\n---\n\
          type: ExternalService\nmesh: default\nname: echo2\ntags: {{ kuma.io/service: echo2, kuma.io/protocol: http2 }}\nnetworking: {{ address: 'localhost:{h2}', tls: {{ enabled: true, caCert: {{ file: {upstream_ca} }} }} }}\n---\n\
          type: ExternalService\nmesh: default\nname: ws\ntags: {{ kuma.io/service: ws, kuma.io/protocol: http }}\nnetworking: {{ address: '127.0.0.1:{echo_port}' }}\n---\n\
          type: ExternalService\nmesh: default\nname: echo-grpc\ntags: {{ kuma.io/service: echo-grpc, kuma.io/protocol: grpc }}\nnetworking: {{ address: '127.0.0.1:{grpc_port}' }}\n---\n\
          type: ExternalService\nmesh: default\nname: down\ntags: {{ kuma.io/service: down, kuma.io/protocol: http }}\nnetworking: {{ address: '127.0.0.1:{closed}' }}\n",
+        allow = cluster_tests::ALLOW_ALL,
         ca = p("mesh-ca/ca.pem"),
         key = p("mesh-ca/ca.key"),
     );

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use cluster_tests::{
-    Cluster, TEST_CONFIG, eventually, get_json, metrics_text, request, zone_egress,
+    Cluster, Partition, TEST_CONFIG, eventually, get_json, metrics_text, request, zone_egress,
 };
 use serde_json::{Value, json};
 
@@ -790,45 +790,6 @@ fn a_node_frozen_past_the_tombstone_ttl_converges_when_it_comes_back() {
         Ok(Some(()))
     })
     .unwrap();
-}
-
-/// Drops a node's gossip both ways with iptables on loopback (the node's own UDP port only)
-/// until dropped.
-struct Partition {
-    port: String,
-}
-
-impl Partition {
-    fn cut(port: &str) -> Partition {
-        for dir in ["--dport", "--sport"] {
-            let ok = Command::new("iptables")
-                .args([
-                    "-I", "INPUT", "-i", "lo", "-p", "udp", dir, port, "-j", "DROP",
-                ])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            assert!(
-                ok,
-                "iptables is needed for the partition test (root, Debian's iptables)"
-            );
-        }
-        Partition {
-            port: port.to_string(),
-        }
-    }
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        for dir in ["--dport", "--sport"] {
-            let _ = Command::new("iptables")
-                .args([
-                    "-D", "INPUT", "-i", "lo", "-p", "udp", dir, &self.port, "-j", "DROP",
-                ])
-                .status();
-        }
-    }
 }
 
 /// A partition longer than `store.tombstone_ttl`, with a delete on each side and a write on the

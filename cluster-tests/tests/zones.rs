@@ -169,9 +169,10 @@ fn start() -> Zones {
     }
     a.wait_converged(CONVERGE).unwrap();
     let mut yaml = format!(
-        "type: Mesh\nname: default\nmtls: {{ enabledBackend: ca-1, backends: [ {{ name: ca-1, type: provided, conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }} }} ] }}\nrouting: {{ zoneEgress: true }}\n",
+        "type: Mesh\nname: default\nmtls: {{ enabledBackend: ca-1, backends: [ {{ name: ca-1, type: provided, conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }} }} ] }}\nrouting: {{ zoneEgress: true }}\n---\n{}",
         p(&dir, "mesh-ca/ca.pem"),
-        p(&dir, "mesh-ca/ca.key")
+        p(&dir, "mesh-ca/ca.key"),
+        cluster_tests::ALLOW_ALL
     );
     for (i, node) in b.nodes.iter().enumerate() {
         let port = node
@@ -519,9 +520,10 @@ fn external_services_pinned_to_a_zone_exit_only_there() {
     let origin_b = Nginx::start(&dir.join("origin-b"), None).unwrap();
     std::fs::write(origin_b.root.join("index.html"), "exit in zone-b\n").unwrap();
     let mesh = format!(
-        "type: Mesh\nname: default\nmtls: {{ enabledBackend: ca-1, backends: [ {{ name: ca-1, type: provided, conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }} }} ] }}\nrouting: {{ zoneEgress: true }}\n",
+        "type: Mesh\nname: default\nmtls: {{ enabledBackend: ca-1, backends: [ {{ name: ca-1, type: provided, conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }} }} ] }}\nrouting: {{ zoneEgress: true }}\n---\n{}",
         p(&dir, "mesh-ca/ca.pem"),
-        p(&dir, "mesh-ca/ca.key")
+        p(&dir, "mesh-ca/ca.key"),
+        cluster_tests::ALLOW_ALL
     );
     let es = |name: &str, zone: &str, port: u16| {
         format!(

@@ -141,9 +141,10 @@ pub enum PkiCommand {
         /// Output directory.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
-        /// Validity, e.g. 24h, 30d.
-        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
-        validity: std::time::Duration,
+        /// Validity, e.g. 24h, 30d. Default: 24h with `--ca`; with `--mesh`, the mesh's
+        /// `dpCert.rotation.expiration` (else the node's `pki.identity_validity`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        validity: Option<std::time::Duration>,
         /// Start the validity this long ago (e.g. `--validity 1h --backdate 2h` gives an
         /// expired certificate, for tests).
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]

@@ -373,15 +373,17 @@ pub fn issue(
     spiffe: &str,
     dns: &[String],
     ips: &[std::net::IpAddr],
-    validity: Duration,
+    validity: Option<Duration>,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "spiffe": spiffe,
         "dns": dns,
         "ips": ips,
-        "validity": format!("{}s", validity.as_secs().max(1)),
     });
+    if let Some(validity) = validity {
+        body["validity"] = serde_json::json!(format!("{}s", validity.as_secs().max(1)));
+    }
     let answer = call(
         admin,
         "POST",

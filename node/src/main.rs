@@ -67,6 +67,7 @@ fn pki(command: node::cli::PkiCommand) -> anyhow::Result<String> {
             ..
         } => {
             let start = std::time::SystemTime::now() - backdate;
+            let validity = validity.unwrap_or(std::time::Duration::from_secs(24 * 3600));
             let options = node::pki::IssueOptions::new(spiffe.clone(), dns, ips, start, validity)?;
             node::pki::issue_with(&ca, &out, &options)?;
             Ok(format!(

@@ -150,10 +150,11 @@ fn setup(args: &Args, dir: &Path) -> anyhow::Result<(Target, Arc<rustls::ClientC
     cluster.add_node_with(options)?;
     let admin = cluster.admin(0);
     let yaml = format!(
-        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: provided\n      conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }}\nrouting: {{ zoneEgress: true }}\n---\n\
+        "type: Mesh\nname: default\nmtls:\n  enabledBackend: ca-1\n  backends:\n    - name: ca-1\n      type: provided\n      conf: {{ cert: {{ file: {} }}, key: {{ file: {} }} }}\nrouting: {{ zoneEgress: true }}\n---\n{allow}---\n\
          type: ExternalService\nmesh: default\nname: bench\ntags: {{ kuma.io/service: bench, kuma.io/protocol: tcp }}\nnetworking: {{ address: '127.0.0.1:{http_port}' }}\n{http}",
         p("mesh-ca/ca.pem"),
         p("mesh-ca/ca.key"),
+        allow = cluster_tests::ALLOW_ALL,
         http = if args.http {
             format!(
                 "---\ntype: ExternalService\nmesh: default\nname: bench-http\ntags: {{ kuma.io/service: bench-http, kuma.io/protocol: http }}\nnetworking: {{ address: 'localhost:{http_port}' }}\n"

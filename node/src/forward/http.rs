@@ -120,10 +120,14 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(h2);
-        let host = match &named.networking.address.host {
-            Host::Dns(name) => HeaderValue::from_str(name).ok(),
-            Host::Ip(_) => None,
-        };
+        // The named endpoint's DNS host, else the first DNS host among the endpoints (one
+        // `Host` for the pool: a MeshExternalService may mix IPs and names).
+        let host = std::iter::once(named)
+            .chain(endpoints.iter())
+            .find_map(|e| match &e.networking.address.host {
+                Host::Dns(name) => HeaderValue::from_str(name).ok(),
+                Host::Ip(_) => None,
+            });
         Upstream {
             client: builder.build(connector),
             endpoints,
