@@ -322,3 +322,67 @@ fn permissions_are_validated_as_kuma_does() {
         &["`sources` must not be empty"],
     );
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::zone::{Decision, RemoteServices, Resources, Zone, route};
+
+    /// Fragments of real documents, recombined: field names and values of every kind, so the
+    /// generated text reaches deep into the validators instead of failing at the first line.
+    const LINES: &[&str] = &[
+        "type: Mesh",
+        "type: Secret",
+        "type: GlobalSecret",
+        "type: MeshExternalService",
+        "type: MeshTrafficPermission",
+        "type: TrafficPermission",
+        "type: ExternalService",
+        "type: MeshTimeout",
+        "kind: Mesh",
+        "name: m",
+        "name: x",
+        "mesh: m",
+        "labels: { a: b }",
+        "data: YQ==",
+        "data: '<redacted>'",
+        "mtls: { enabledBackend: b, backends: [ { name: b, type: builtin } ] }",
+        "mtls: { enabledBackend: b, backends: [ { name: b, type: provided, conf: { cert: { secret: c }, key: { secret: k } } } ] }",
+        "routing: { zoneEgress: true, defaultForbidMeshExternalServiceAccess: true }",
+        "spec: { match: { port: 80, protocol: http }, endpoints: [ { address: x.org, port: 80 } ] }",
+        "spec: { match: { port: 443 }, endpoints: [ { address: 10.0.0.1, port: 1 } ], tls: { enabled: true, verification: { mode: SkipCA } } }",
+        "spec: { targetRef: { kind: Mesh }, from: [ { targetRef: { kind: MeshService, name: web }, default: { action: Deny } } ] }",
+        "sources: [ { match: { kuma.io/service: '*' } } ]",
+        "destinations: [ { match: { kuma.io/service: x } } ]",
+        "tags: { kuma.io/service: x, kuma.io/protocol: http }",
+        "networking: { address: 'x.org:443', tls: { enabled: true, caCert: { secret: c } } }",
+        "networking: { outbound: { passthrough: true } }",
+        "status: {}",
+        "---",
+    ];
+
+    proptest! {
+        #[test]
+        fn any_document_round_trips_or_is_refused(
+            picks in proptest::collection::vec(any::<proptest::sample::Index>(), 0..24),
+            sni in "[a-z0-9.{}=,]{0,40}",
+        ) {
+            let text: Vec<&str> = picks.iter().map(|i| *i.get(LINES)).collect();
+            let text = text.join("\n");
+            if let Ok(resources) = parse_documents(&text) {
+                for r in &resources {
+                    let again = Resource::from_json(&r.to_json()).unwrap();
+                    prop_assert_eq!(&again, r);
+                }
+                let resources: Resources = resources.into_iter().collect();
+                let zone = Zone::new("zone-a", &resources);
+                if let Decision::TerminateExternal { mesh, endpoints, .. } =
+                    route::route(&zone, &RemoteServices::default(), Some(&sni), None)
+                {
+                    prop_assert!(endpoints.iter().all(|e| e.mesh == mesh.name));
+                }
+            }
+        }
+    }
+}
