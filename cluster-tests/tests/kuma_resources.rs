@@ -359,6 +359,20 @@ fn kuma_documents_work_end_to_end_through_every_egress() {
         "{why}"
     );
 
+    // The embedded control plane tells sidecars where to go: the egress, with the SNI a Kuma
+    // sidecar sends (hashed `mes` for a MeshExternalService, the tag form for an
+    // ExternalService); the builtin CA serves the egress identity.
+    let (status, out) =
+        get_json(&cluster.admin(1), "/v1/meshes/default/outbounds/mes-web").unwrap();
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["mode"], "zone-egress", "{out}");
+    assert_eq!(out["sni"], mes_web.as_str(), "{out}");
+    assert_eq!(out["egresses"].as_array().map(Vec::len), Some(3), "{out}");
+    let (status, out) = get_json(&cluster.admin(2), "/v1/meshes/default/outbounds/api").unwrap();
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["sni"], "api{mesh=default}", "{out}");
+    assert_eq!(out["hashedSni"], api.as_str(), "{out}");
+
     // Secrets: never shown without asking, deletable only when unused.
     let (_, secret) =
         get_json(&cluster.admin(2), "/v1/meshes/default/secrets/partner-key").unwrap();

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use proto::Role;
-use proto::resource::ExternalService;
+use proto::zone::outbound::{self, Egress, Mode, Outbound, RemoteIngress, Target};
 use serde_json::json;
 
 use super::{AdminState, ApiError};
@@ -62,76 +62,92 @@ async fn inspect_route(
     .into_response())
 }
 
-/// Where a sidecar of this zone must send traffic for `service` of `mesh`: an external service
-/// of the mesh, or a service another zone offers over a link that is up (DESIGN.md §6). For a
-/// service of another zone, `?port=N` (the service's port) adds Kuma's hashed SNI; without it
-/// the answer gives the tag form, which passthrough accepts too.
+/// Where a sidecar of this zone must send traffic for `service` of `mesh`: a MeshExternalService
+/// or the external services of the mesh, or a service another zone offers over a link that is
+/// up (DESIGN.md §6), as a typed [`Outbound`]. For a service of another zone, `?port=N` (the
+/// service's port) gives Kuma's hashed SNI; without it the answer gives the tag form, which
+/// passthrough accepts too.
 async fn outbounds(
     State(state): State<AdminState>,
     Path((mesh_name, service)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let resources = state.resources_rx.borrow().clone();
-    let mesh = resources.mesh(&mesh_name).cloned().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("mesh {mesh_name:?} does not exist"),
-        )
-    })?;
-    // Every ExternalService of the service counts; one pinned to another zone (kuma.io/zone)
-    // is reached through that zone, never from here.
+    let mesh = resources
+        .mesh(&mesh_name)
+        .map(|m| resources.resolved_mesh(m))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("mesh {mesh_name:?} does not exist"),
+            )
+        })?;
     let zone = proto::zone::Zone::new(&state.node.zone, &resources);
-    // A MeshExternalService of that name: its endpoints, reached with its hashed `mes` SNI.
-    let mes = resources
-        .mesh_external_services(&mesh_name)
-        .find(|m| m.name.as_str() == service);
-    let mes_endpoints: Vec<ExternalService> = mes
-        .map(|m| resources.mesh_external_endpoints(m))
-        .unwrap_or_default();
-    let (local, pinned) = if mes.is_some() {
-        (mes_endpoints.iter().collect(), Vec::new())
-    } else {
-        zone.external_endpoints(&mesh_name, &service)
-    };
-    let pinned_to: Vec<&ExternalService> = resources
-        .external_services_of(&mesh_name, &service)
-        .filter(|es| !zone.exits_here(es))
-        .collect();
-    let (direct, sni) = if let Some(first) = local.first() {
-        (
-            json!({
-                "mesh": mesh_name,
-                "service": service,
-                "mode": "direct",
-                "address": first.networking.address.to_string(),
-                "addresses": local.iter().map(|e| e.networking.address.to_string()).collect::<Vec<_>>(),
-                "tls": first.networking.tls.as_ref().is_some_and(|t| t.enabled),
-            }),
-            match mes {
-                Some(mes) => json!(proto::zone::route::mesh_external_service_sni(mes)),
-                None => external_snis(&mesh_name, &service, first),
-            },
-        )
-    } else if let Some(first) = pinned_to.first() {
-        let (mut direct, _) =
-            remote_outbound(&state, &mesh_name, &service, None).map_err(|_| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "external service {service:?} is pinned to zone(s) {} (kuma.io/zone): this \
-                     zone never dials it, and no link that is up reaches an ingress of that zone \
-                     offering it: the communication will fail",
-                        pinned.join(", ")
-                    ),
+    let (mut answer, sni, hashed_sni, terminated_here) =
+        match outbound::target(&zone, &mesh_name, &service) {
+            Target::External {
+                endpoints,
+                sni,
+                hashed_sni,
+            } => {
+                let mut direct = Outbound::new(&mesh_name, &service, Mode::Direct);
+                direct.address = endpoints.first().map(|e| e.networking.address.to_string());
+                direct.addresses = Some(
+                    endpoints
+                        .iter()
+                        .map(|e| e.networking.address.to_string())
+                        .collect(),
+                );
+                direct.tls = Some(
+                    endpoints
+                        .first()
+                        .and_then(|e| e.networking.tls.as_ref())
+                        .is_some_and(|t| t.enabled),
+                );
+                (direct, sni, hashed_sni, true)
+            }
+            Target::Pinned {
+                zones,
+                sni,
+                hashed_sni,
+            } => {
+                let mut direct = remote_outbound(&state, &mesh_name, &service).map_err(|_| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "external service {service:?} is pinned to zone(s) {} (kuma.io/zone): \
+                             this zone never dials it, and no link that is up reaches an ingress \
+                             of that zone offering it: the communication will fail",
+                            zones.join(", ")
+                        ),
+                    )
+                })?;
+                direct.pinned_to = Some(zones);
+                (direct, sni, hashed_sni, false)
+            }
+            Target::Elsewhere(service) => {
+                let port = query
+                    .get("port")
+                    .map(|p| {
+                        p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                            ApiError::new(
+                                StatusCode::BAD_REQUEST,
+                                format!("port {p:?} is not a port number (1-65535)"),
+                            )
+                        })
+                    })
+                    .transpose()?;
+                let direct = remote_outbound(&state, &mesh_name, service)?;
+                (
+                    direct,
+                    outbound::remote_sni(&mesh_name, service, port),
+                    None,
+                    false,
                 )
-            })?;
-        direct["pinnedTo"] = json!(pinned);
-        (direct, external_snis(&mesh_name, &service, first))
-    } else {
-        remote_outbound(&state, &mesh_name, &service, query.get("port"))?
-    };
+            }
+        };
     // Terminated here: the egress must be able to issue its identity for the mesh.
-    if let (Some(identities), false) = (&state.identities, local.is_empty()) {
+    if let (Some(identities), true) = (&state.identities, terminated_here) {
         if mesh.enabled_ca().is_some() && mesh.routing.zone_egress {
             if let Err(e) = identities.acceptor(&mesh, &[], std::time::SystemTime::now()) {
                 return Err(ApiError::new(
@@ -147,26 +163,23 @@ async fn outbounds(
         }
     }
     if mesh.enabled_ca().is_none() {
-        let mut answer = direct;
-        answer["reason"] = json!("the mesh has no mTLS: egress routing needs mTLS");
+        answer.reason = Some("the mesh has no mTLS: egress routing needs mTLS".into());
         return Ok(Json(answer).into_response());
     }
     if !mesh.routing.zone_egress {
-        let mut answer = direct;
-        answer["reason"] = json!("routing.zoneEgress is off: sidecars reach the service directly");
+        answer.reason =
+            Some("routing.zoneEgress is off: sidecars reach the service directly".into());
         return Ok(Json(answer).into_response());
     }
-    let zone = state.zone_rx.borrow().clone();
-    let egresses: Vec<serde_json::Value> = zone
+    let view = state.zone_rx.borrow().clone();
+    let egresses: Vec<Egress> = view
         .view
         .ready_egresses()
         .into_iter()
-        .map(|r| {
-            json!({
-                "name": r.name,
-                "address": r.networking.address,
-                "port": r.networking.port,
-            })
+        .map(|r| Egress {
+            name: r.name.clone(),
+            address: r.networking.address.clone(),
+            port: r.networking.port,
         })
         .collect();
     if egresses.is_empty() {
@@ -180,73 +193,25 @@ async fn outbounds(
         )
         .with_details(vec![format!(
             "{} egress member(s) known, none alive and ready",
-            zone.view
+            view.view
                 .members
                 .iter()
                 .filter(|m| m.role == Some(Role::Egress))
                 .count()
         )]));
     }
-    let (sni, hashed) = match sni {
-        serde_json::Value::Array(mut both) if both.len() == 2 => {
-            let hashed = both.pop();
-            (both.pop().unwrap_or_default(), hashed)
-        }
-        one => (one, None),
-    };
-    let mut answer = json!({
-        "mesh": mesh_name,
-        "service": service,
-        "mode": "zone-egress",
-        "sni": sni,
-        "egresses": egresses,
-    });
-    if let Some(hashed) = hashed {
-        answer["hashedSni"] = hashed;
-    }
-    if let Some(zones) = direct.get("zones") {
-        answer["zones"] = zones.clone();
-    }
-    Ok(Json(answer).into_response())
+    let mut through = Outbound::new(&mesh_name, &service, Mode::ZoneEgress);
+    through.sni = Some(sni);
+    through.hashed_sni = hashed_sni;
+    through.egresses = Some(egresses);
+    through.zones = answer.zones.take();
+    Ok(Json(through).into_response())
 }
 
-/// The SNIs of an external service: the tag form a Kuma sidecar sends (`service{mesh=m}`,
-/// Kuma's `SNIFromTags` of the destination `kuma.io/service` and `mesh`), then the hashed form of
-/// the resource `es`, which the egress accepts as well; as a two-element JSON array, or the
-/// hashed form alone when the tag form is longer than a server name can be.
-fn external_snis(mesh: &str, service: &str, es: &ExternalService) -> serde_json::Value {
-    let tagged = proto::sni::Sni::Tagged {
-        service: service.to_string(),
-        mesh: mesh.to_string(),
-        tags: Default::default(),
-    };
-    let tagged = tagged.to_string();
-    let hashed = route::external_service_sni(es);
-    // A name no TLS client sends: give the hashed form alone.
-    if tagged.len() > route::MAX_SNI_BYTES {
-        return json!(hashed);
-    }
-    json!([tagged, hashed])
-}
-
-/// The direct answer and the SNI for a service of another zone: the remote ingresses whose link
-/// is up and offers it. 404 when no link that is up offers it, 400 for a bad `port`.
-fn remote_outbound(
-    state: &AdminState,
-    mesh: &str,
-    service: &str,
-    port: Option<&String>,
-) -> Result<(serde_json::Value, serde_json::Value), ApiError> {
-    let port = port
-        .map(|p| {
-            p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("port {p:?} is not a port number (1-65535)"),
-                )
-            })
-        })
-        .transpose()?;
+/// The direct answer for a service of another zone: the remote ingresses whose link is up and
+/// offers it. 404 when no link that is up offers it, 503 when the links that offered it are
+/// down.
+fn remote_outbound(state: &AdminState, mesh: &str, service: &str) -> Result<Outbound, ApiError> {
     let remote = state.remote_rx.borrow().clone();
     let offering = remote.candidates(mesh, service, &Default::default());
     if offering.is_empty() {
@@ -276,40 +241,23 @@ fn remote_outbound(
         ]));
     }
     let statuses = state.links.as_ref().map(|l| l.links()).unwrap_or_default();
-    let ingresses: Vec<serde_json::Value> = offering
+    let ingresses: Vec<RemoteIngress> = offering
         .iter()
         .filter_map(|(link, instances)| {
             let s = statuses.iter().find(|s| &s.name == link)?;
-            Some(json!({
-                "zone": s.zone,
-                "name": s.remote_node.as_deref().unwrap_or(&s.name),
-                "address": s.address.to_string(),
-                "instances": instances,
-            }))
+            Some(RemoteIngress {
+                zone: s.zone.clone(),
+                name: s.remote_node.clone().unwrap_or_else(|| s.name.clone()),
+                address: s.address.to_string(),
+                instances: *instances,
+            })
         })
         .collect();
-    let mut zones: Vec<&str> = ingresses
-        .iter()
-        .filter_map(|i| i["zone"].as_str())
-        .collect();
+    let mut zones: Vec<String> = ingresses.iter().map(|i| i.zone.clone()).collect();
     zones.sort_unstable();
     zones.dedup();
-    let sni = match port {
-        Some(port) => proto::sni::hashed(
-            service,
-            mesh,
-            &Default::default(),
-            port,
-            proto::sni::HashedKind::Ms,
-        ),
-        None => format!("{service}{{mesh={mesh}}}"),
-    };
-    let direct = json!({
-        "mesh": mesh,
-        "service": service,
-        "mode": "direct",
-        "zones": zones,
-        "ingresses": ingresses,
-    });
-    Ok((direct, json!(sni)))
+    let mut direct = Outbound::new(mesh, service, Mode::Direct);
+    direct.zones = Some(zones);
+    direct.ingresses = Some(ingresses);
+    Ok(direct)
 }

@@ -6,11 +6,13 @@
 //! * [`Resources`]: the live resources of a zone, indexed by kind, mesh and `kuma.io/service`;
 //! * [`Zone`]: a zone's name with its resources, what [`route::decide`] reads;
 //! * [`offer`]: what this zone offers other zones, and the endpoints of a forwarded stream;
+//! * [`outbound`]: the answer to a sidecar asking where a service is;
 //! * [`permission`]: the traffic permissions the egress applies;
 //! * [`remote`]: what other zones offer over the links that are up;
 //! * [`route`]: from an SNI (and the client's identity) to a [`route::Decision`].
 
 pub mod offer;
+pub mod outbound;
 pub mod permission;
 pub mod remote;
 pub mod route;
