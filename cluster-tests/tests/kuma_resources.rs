@@ -213,6 +213,14 @@ fn kuma_documents_work_end_to_end_through_every_egress() {
         })
         .unwrap();
     }
+    // Every node can issue its identity from the minted CA: no warning on /ready.
+    for i in 0..3 {
+        let (_, ready) = get_json(&cluster.admin(i), "/ready").unwrap();
+        assert!(
+            !ready.to_string().contains("cannot issue its identity"),
+            "{ready}"
+        );
+    }
     // One CA, minted by the node that took the write.
     let ca = builtin_ca(&cluster.admin(0), "default").unwrap();
     for i in 1..3 {

@@ -683,15 +683,14 @@ async fn keep_mesh_identities(
         let resources = resources_rx.borrow_and_update().clone();
         let mut problems = Vec::new();
         let mut causes = std::collections::BTreeMap::new();
-        for resource in resources.list(proto::resource::Kind::Mesh, None) {
-            let proto::resource::Resource::Mesh(mesh) = resource else {
-                continue;
-            };
+        for mesh in resources.meshes() {
             if mesh.enabled_ca().is_none() {
                 continue;
             }
             let name = mesh.name.as_str().to_string();
-            if let Err(e) = identities.acceptor(mesh, &[], std::time::SystemTime::now()) {
+            // As connections see it: `secret:` references and a minted builtin CA resolved.
+            let mesh = resources.resolved_mesh(mesh);
+            if let Err(e) = identities.acceptor(&mesh, &[], std::time::SystemTime::now()) {
                 problems.push(format!(
                     "mesh {name:?}: this egress cannot issue its identity, so every terminated \
                      connection of the mesh is closed (reason identity; the cause is in the log \

@@ -202,10 +202,7 @@ impl RemoteServices {
             return Vec::new();
         };
         let matching = entries.iter().filter(|entry| {
-            subset
-                .iter()
-                .filter(|(key, _)| key.as_str() != SERVICE_TAG)
-                .all(|(key, value)| entry.tags.get(key) == Some(value))
+            super::matches_subset(subset, |k| entry.tags.get(k).map(String::as_str))
         });
         for entry in matching {
             for link in &entry.links {
