@@ -255,6 +255,42 @@ fn kuma_documents_work_end_to_end_through_every_egress() {
         std::fs::read_to_string(dir.join("web/ca.pem")).unwrap(),
         std::fs::read_to_string(dir.join("billing/ca.pem")).unwrap()
     );
+    // What the fleet does not issue: the egress's own identity, an id the egress cannot read
+    // (two path segments) or of another mesh, a certificate that outlives the CA (1y here).
+    let issue = |body: &str| {
+        request(
+            "POST",
+            &format!("{}/v1/meshes/default/pki/issue", cluster.admin(0)),
+            Some(("application/json", body.as_bytes())),
+            None,
+        )
+        .unwrap()
+    };
+    for (body, expected) in [
+        (
+            r#"{"spiffe":"spiffe://default/zone-egress"}"#,
+            "the egress's own identity",
+        ),
+        (
+            r#"{"spiffe":"spiffe://default/web/extra"}"#,
+            "one path segment",
+        ),
+        (
+            r#"{"spiffe":"spiffe://other/web"}"#,
+            "not a SPIFFE id of mesh",
+        ),
+        (
+            r#"{"spiffe":"spiffe://default/web","validity":"2y"}"#,
+            "cannot outlive it",
+        ),
+    ] {
+        let (status, answer) = issue(body);
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(expected),
+            "{answer}"
+        );
+    }
     // The issued certificate lives as dpCert.rotation.expiration says (2h).
     let end = Command::new("openssl")
         .args([
@@ -568,6 +604,26 @@ fn the_builtin_ca_is_minted_by_the_write_never_by_a_replica() {
             first
         );
     }
+    // Half a builtin CA (one of its two Secrets given by hand) is refused, naming both.
+    let (status, body) = request(
+        "POST",
+        &format!("{}/v1/apply", cluster.admin(0)),
+        Some((
+            "application/yaml",
+            format!(
+                "{}---\ntype: Secret\nmesh: m3\nname: m3.ca-builtin-cert-ca-1\ndata: YQ==\n",
+                mesh("m3")
+            )
+            .as_bytes(),
+        )),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string().contains("m3.ca-builtin-key-ca-1"),
+        "{body}"
+    );
     // Deleting the Mesh deletes its CA with it.
     let (status, body) = request(
         "DELETE",

@@ -147,7 +147,7 @@ pub enum PkiCommand {
         validity: Option<std::time::Duration>,
         /// Start the validity this long ago (e.g. `--validity 1h --backdate 2h` gives an
         /// expired certificate, for tests).
-        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "0s", conflicts_with = "mesh", value_parser = humantime::parse_duration)]
         backdate: std::time::Duration,
     },
 }
@@ -281,7 +281,9 @@ pub struct ApplyArgs {
 /// Arguments of `zone-egress delete`.
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
-    /// mesh | external-service | dataplane | zone-ingress (plural forms work too).
+    /// mesh | external-service | dataplane | zone-ingress | secret | global-secret |
+    /// meshexternalservice | traffic-permission | meshtrafficpermission (the plural and Kuma's
+    /// type name work too).
     #[arg(value_name = "TYPE")]
     pub kind: String,
     /// Resource name.

@@ -382,7 +382,7 @@ pub fn issue(
         "ips": ips,
     });
     if let Some(validity) = validity {
-        body["validity"] = serde_json::json!(format!("{}s", validity.as_secs().max(1)));
+        body["validity"] = serde_json::json!(format!("{}ms", validity.as_millis()));
     }
     let answer = call(
         admin,

@@ -27,13 +27,13 @@ fn every_shipped_node_config_is_valid() {
 }
 
 /// `cat config/resources/*.yaml | zone-egress apply -f -` (the README's command) is one batch:
-/// every `secret:` reference finds its Secret in it.
+/// the files concatenate into separate documents (each starts with `---`), and every `secret:`
+/// reference finds its Secret in it.
 #[test]
 fn the_shipped_resources_apply_as_one_batch() {
     let mut text = String::new();
     for path in yaml_files("config/resources") {
         text.push_str(&std::fs::read_to_string(&path).unwrap());
-        text.push_str("\n---\n");
     }
     let resources = proto::resource::parse_documents(&text).unwrap();
     for r in &resources {

@@ -61,21 +61,29 @@ async fn issue(
         )
         .with_details(vec![scrub(&e.to_string())])
     })?;
-    let in_mesh = request
-        .spiffe
-        .strip_prefix("spiffe://")
-        .and_then(|rest| rest.strip_prefix(mesh_name.as_str()))
-        .and_then(|rest| rest.strip_prefix('/'))
-        .is_some_and(|service| !service.is_empty());
-    if !in_mesh {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{:?} is not a SPIFFE id of mesh {mesh_name:?}: expected \
-                 spiffe://{mesh_name}/<service>",
-                request.spiffe
-            ),
-        ));
+    // The form the egress reads a client by (one path segment, the service), of this mesh; the
+    // egress's own identity is not for workloads.
+    match proto::zone::ClientIdentity::from_spiffe_id(&request.spiffe) {
+        Some(id) if id.mesh == mesh_name && id.service != crate::pki::EGRESS_SERVICE => {}
+        Some(id) if id.mesh == mesh_name => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{:?} is the egress's own identity; workloads get spiffe://{mesh_name}/<service>",
+                    request.spiffe
+                ),
+            ));
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{:?} is not a SPIFFE id of mesh {mesh_name:?}: expected \
+                     spiffe://{mesh_name}/<service> (one path segment, the service)",
+                    request.spiffe
+                ),
+            ));
+        }
     }
     let resources = state.resources_rx.borrow().clone();
     let mesh = resources.mesh(&mesh_name).ok_or_else(|| {
@@ -97,11 +105,29 @@ async fn issue(
             .map(|i| i.validity_for(&mesh))
             .unwrap_or(EgressIdentities::DEFAULT_VALIDITY),
     };
+    // A certificate never outlives the CA that signs it.
+    let now = SystemTime::now();
+    let ca_end = x509_parser::parse_x509_certificate(ca.certificate())
+        .ok()
+        .and_then(|(_, x)| u64::try_from(x.validity().not_after.timestamp()).ok())
+        .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+    if let Some(ca_end) = ca_end {
+        if now.checked_add(validity).is_none_or(|end| end > ca_end) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "validity {}: the mesh CA expires at {}, and a certificate cannot outlive it",
+                    humantime::format_duration(validity),
+                    humantime::format_rfc3339_seconds(ca_end)
+                ),
+            ));
+        }
+    }
     let options = IssueOptions::new(
         request.spiffe.clone(),
         request.dns,
         request.ips,
-        SystemTime::now(),
+        now,
         validity,
     )
     .and_then(|options| ca.issue(&options))

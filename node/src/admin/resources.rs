@@ -221,12 +221,25 @@ pub fn routes() -> axum::Router<AdminState> {
     )
 }
 
+/// Runs a parse off the async workers (a large batch takes a while and must not stall the
+/// node's connections, probes and gossip).
+async fn blocking<T: Send + 'static>(
+    parse: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(parse).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("parsing the body failed: {e}"),
+        )
+    })
+}
+
 fn parse_errors(e: ParseErrors) -> ApiError {
     let count = e.errors().len();
     ApiError::new(
         StatusCode::BAD_REQUEST,
         format!(
-            "{count} invalid document{}: nothing was applied",
+            "{count} problem{} in the documents: nothing was applied",
             if count == 1 { "" } else { "s" }
         ),
     )
@@ -410,13 +423,15 @@ async fn put_one(
     let format = format_of(&headers)?;
     let text = read_body(body).await?;
     let (mesh, name) = params_mesh_name(kind, &params);
-    let resource = match format {
-        Format::Json => {
-            let value: Value = serde_json::from_str(&text).map_err(json_syntax)?;
-            resource::parse_one_json(kind, mesh.as_deref(), &name, value)
-        }
-        Format::Yaml => resource::parse_one(kind, mesh.as_deref(), &name, &text),
-    }
+    let value = match format {
+        Format::Json => Some(serde_json::from_str::<Value>(&text).map_err(json_syntax)?),
+        Format::Yaml => None,
+    };
+    let resource = blocking(move || match value {
+        Some(value) => resource::parse_one_json(kind, mesh.as_deref(), &name, value),
+        None => resource::parse_one(kind, mesh.as_deref(), &name, &text),
+    })
+    .await?
     .map_err(parse_errors)?;
     let applied = state
         .store
@@ -492,7 +507,9 @@ async fn apply(
             }
         }
     };
-    let resources = resource::parse_documents(&yaml).map_err(parse_errors)?;
+    let resources = blocking(move || resource::parse_documents(&yaml))
+        .await?
+        .map_err(parse_errors)?;
     if resources.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -50,15 +50,23 @@ pub struct Disk {
 
 impl Disk {
     /// Opens (or creates) `<dir>/store.redb`. A corrupt or unreadable file is an error, never
-    /// an empty store.
+    /// an empty store. The file holds Secrets and CA keys: it is made mode 0600 (owner only),
+    /// and a directory created here 0700.
     pub fn open(dir: &Path) -> Result<Disk, DiskError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let path = dir.join(FILE_NAME);
         let open_error = |message: String| DiskError::Open {
             path: path.clone(),
             message,
         };
-        std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| open_error(e.to_string()))?;
         let db = Database::create(&path).map_err(|e| open_error(e.to_string()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| open_error(e.to_string()))?;
         // Make sure both tables exist and the file is readable end to end.
         let txn = db.begin_write().map_err(|e| open_error(e.to_string()))?;
         {
@@ -130,6 +138,17 @@ impl Disk {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_store_file_is_for_the_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let _disk = super::Disk::open(&data).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data.join(super::FILE_NAME)), 0o600);
+        assert_eq!(mode(&data), 0o700);
+    }
+
     use super::*;
 
     #[test]

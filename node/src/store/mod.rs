@@ -65,7 +65,8 @@ pub enum Outcome {
     Created,
     /// It existed and changed.
     Updated,
-    /// It existed with the same content; nothing written.
+    /// It existed with the same content. It is still written with a new timestamp (so that
+    /// a delete another node took before this write cannot win over it), and replicated.
     Unchanged,
     /// It was deleted.
     Deleted,
@@ -309,12 +310,10 @@ impl Handle {
                         Some(_) => Outcome::Updated,
                         None => Outcome::Created,
                     };
-                    if outcome != Outcome::Unchanged {
-                        let ts = batch_ts
-                            .get_or_insert_with(|| state.clock.tick(now))
-                            .clone();
-                        writes.push((text_key, Versioned::put(ts, resource)));
-                    }
+                    let ts = batch_ts
+                        .get_or_insert_with(|| state.clock.tick(now))
+                        .clone();
+                    writes.push((text_key, Versioned::put(ts, resource)));
                     applied.push(Applied { key, outcome });
                 }
                 Change::Delete(key) => {
@@ -400,8 +399,22 @@ fn builtin_ca_changes(
                         )]));
                     };
                     let exists = |k: &ResourceKey| current.get(k).is_some() || in_batch(k);
-                    if exists(&cert_key) && exists(&key_key) {
-                        continue;
+                    match (exists(&cert_key), exists(&key_key)) {
+                        (true, true) => continue,
+                        (false, false) => {}
+                        (cert, _) => {
+                            let (there, missing) = if cert {
+                                (&cert_name, &key_name)
+                            } else {
+                                (&key_name, &cert_name)
+                            };
+                            return Err(StoreError::Invalid(vec![format!(
+                                "Mesh {name:?} backend {:?}: Secret {there:?} exists but \
+                                 {missing:?} does not; give both (an imported CA) or neither \
+                                 (the fleet mints it)",
+                                backend.name.as_str()
+                            )]));
+                        }
                     }
                     let bits = rsa_bits.unwrap_or(crate::pki::BUILTIN_CA_RSA_BITS);
                     let validity = expiration
@@ -616,12 +629,7 @@ impl Shared {
 
     fn update_gauges(&self, state: &State) {
         let resources = live(&state.records);
-        for kind in [
-            Kind::Mesh,
-            Kind::ExternalService,
-            Kind::Dataplane,
-            Kind::ZoneIngress,
-        ] {
+        for kind in Kind::ALL {
             metrics::gauge!("zone_egress_resources", "type" => kind.as_str())
                 .set(resources.count(kind) as f64);
         }
@@ -891,8 +899,14 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(applied[1].outcome, Outcome::Created);
+            let before = store.shared.state.lock().await.records.clone();
             let again = store.apply(vec![Change::Put(es(443))]).await.unwrap();
             assert_eq!(again[0].outcome, Outcome::Unchanged);
+            // An acknowledged put is stamped anew even when its content is the same: a delete
+            // that another node took before it (and that has not arrived yet) must not win.
+            let after = store.shared.state.lock().await.records.clone();
+            let key = es(443).key();
+            assert!(after[&key].ts > before[&key].ts);
             store.shutdown().await;
         }
         let (store, _tx) = open(dir.path(), "n1").await;

@@ -51,7 +51,7 @@ pub enum Problem {
         "this is a Kubernetes-style document (`apiVersion`/`kind`/`metadata`); zone-egress takes \
          Kuma's universal format: `type`, `name`, `mesh` (and `labels`) at the top level, then the \
          resource's fields (for MeshExternalService and MeshTrafficPermission under `spec`), as \
-         `kumactl get <type> -o yaml` prints it against a universal control plane"
+         kumactl prints it with -o yaml against a universal control plane"
     )]
     KubernetesStyle,
     /// `type` names a kind every node publishes about itself; it is never applied by hand.
@@ -132,6 +132,9 @@ pub enum Problem {
     /// A DataSource with none or several of its alternatives.
     #[error("exactly one of `secret`, `file`, `inline`, `inlineString` is required")]
     DataSourceChoice,
+    /// Flow collections nested deeper than the limit.
+    #[error("the text nests `[` or `{{` deeper than {0} levels; no resource does")]
+    TooDeep(usize),
     /// A base64 field that is not base64.
     #[error("`{0}` is not valid base64")]
     InvalidBase64Field(&'static str),

@@ -386,3 +386,57 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn deep_nesting_is_refused_before_the_yaml_parser_sees_it() {
+    let deep = format!("a: {}", "[".repeat(200_000));
+    let message = parse_documents(&deep).unwrap_err().to_string();
+    assert!(message.contains("deeper than 64 levels"), "{message}");
+    let braces = format!("a: {}", "{a: ".repeat(60_000));
+    assert!(parse_documents(&braces).is_err());
+    // Quoted and commented brackets do not count; ordinary documents pass.
+    let fine = format!(
+        "type: Mesh\nname: m # {}\nlabels: {{ a: \"{}\" }}\n",
+        "[".repeat(100),
+        "{".repeat(100)
+    );
+    parse_documents(&fine).unwrap();
+}
+
+#[test]
+fn kumactl_lists_and_named_target_refs_are_read_as_kuma_writes_them() {
+    // `kumactl get meshes -o yaml` prints `{items, total, next}`.
+    let list =
+        "items:\n  - { type: Mesh, name: a }\n  - { type: Mesh, name: b }\ntotal: 2\nnext: null\n";
+    let r = parse_documents(list).unwrap();
+    assert_eq!(r.iter().map(Resource::name).collect::<Vec<_>>(), ["a", "b"]);
+    // Named kinds other than services keep their name (no false "has no name").
+    let mtp = "type: MeshTrafficPermission\nname: p\nmesh: m\nspec: { targetRef: { kind: Dataplane, name: dp-1 }, from: [ { targetRef: { kind: Mesh }, default: { action: Allow } } ] }\n";
+    parse_documents(mtp).unwrap();
+    assert_error(
+        "type: MeshTrafficPermission\nname: p\nmesh: m\nspec: { targetRef: { kind: MeshGateway, name: gw }, from: [ { targetRef: { kind: Mesh }, default: { action: Allow } } ] }\n",
+        &["spec.targetRef.kind", "not allowed here"],
+    );
+    assert_error(
+        "type: MeshTrafficPermission\nname: p\nmesh: m\nspec: { targetRef: { kind: Mesh, name: x }, from: [ { targetRef: { kind: Mesh }, default: { action: Allow } } ] }\n",
+        &["spec.targetRef.name", "has no name"],
+    );
+}
+
+#[test]
+fn settings_the_egress_cannot_honour_are_warned_about() {
+    let mes = "type: MeshExternalService\nname: x\nmesh: m\nspec: { match: { port: 443 }, endpoints: [ { address: x.org, port: 443 } ], tls: { enabled: true, version: { min: TLS10, max: TLS11 } } }\n";
+    let r = parse_documents(mes).unwrap();
+    assert!(
+        r[0].warnings().iter().any(|w| w.contains("below TLS12")),
+        "{:?}",
+        r[0].warnings()
+    );
+    let tp = "type: TrafficPermission\nname: t\nmesh: m\nsources: [ { match: { kuma.io/service: web, version: v1 } } ]\ndestinations: [ { match: { kuma.io/service: '*' } } ]\n";
+    let r = parse_documents(tp).unwrap();
+    assert!(
+        r[0].warnings()
+            .iter()
+            .any(|w| w.contains("other than kuma.io/service"))
+    );
+}

@@ -499,6 +499,20 @@ impl Resource {
                 }
             }
             Resource::MeshExternalService(mes) => {
+                let max = mes
+                    .spec
+                    .tls
+                    .as_ref()
+                    .filter(|t| t.enabled)
+                    .and_then(|t| t.version)
+                    .and_then(|v| v.max);
+                if matches!(max, Some(TlsVersion::Tls10 | TlsVersion::Tls11)) {
+                    out.push(
+                        "`spec.tls.version.max` is below TLS12: the egress originates TLS 1.2 and \
+                         1.3 only, so connections to this service are refused (tls_settings)"
+                            .into(),
+                    );
+                }
                 if mes.spec.extension.is_some() {
                     out.push("`spec.extension` is stored but has no effect on zone-egress".into());
                 }
@@ -506,6 +520,20 @@ impl Resource {
                     out.push(
                         "`spec.endpoints[].priority` is stored; zone-egress balances over every \
                          endpoint alike"
+                            .into(),
+                    );
+                }
+            }
+            Resource::TrafficPermission(tp) => {
+                let beyond_service = tp
+                    .sources
+                    .iter()
+                    .any(|s| s.matches.keys().any(|k| k.as_str() != SERVICE_TAG));
+                if beyond_service {
+                    out.push(
+                        "a source selects clients by tags other than kuma.io/service: the egress \
+                         knows a client only by its SPIFFE id, so such a source never matches \
+                         there"
                             .into(),
                     );
                 }
@@ -618,6 +646,18 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ParseErrors> {
         .into_iter()
         .flat_map(|(document, value)| match value {
             Value::Array(items) => items.into_iter().map(|v| (document, v)).collect(),
+            // kumactl's list (`kumactl get meshes -o yaml`): `{items: [...], total, next}`.
+            Value::Object(mut list)
+                if list.get("items").is_some_and(Value::is_array)
+                    && list
+                        .keys()
+                        .all(|k| ["items", "total", "next"].contains(&k.as_str())) =>
+            {
+                match list.remove("items") {
+                    Some(Value::Array(items)) => items.into_iter().map(|v| (document, v)).collect(),
+                    _ => Vec::new(),
+                }
+            }
             other => vec![(document, other)],
         });
     for (document, value) in flattened {
@@ -702,6 +742,10 @@ fn parse_one_json_at(
 /// error is pushed to `errors` and ends the stream.
 fn yaml_documents(text: &str, errors: &mut Vec<ParseError>) -> Vec<(usize, Value)> {
     let mut documents = Vec::new();
+    if let Err(problem) = check_nesting(text) {
+        errors.push(Context::default().error(1, "", problem));
+        return documents;
+    }
     for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let index = i + 1;
         let context = Context::default();
@@ -720,6 +764,48 @@ fn yaml_documents(text: &str, errors: &mut Vec<ParseError>) -> Vec<(usize, Value
         }
     }
     documents
+}
+
+/// Deepest nesting of YAML flow collections (`[` / `{`) accepted. The YAML parser's time grows
+/// with the square of the depth (a 4 MiB body of `[` would take hours), and no resource nests
+/// deeper than about ten.
+pub const MAX_NESTING: usize = 64;
+
+/// Refuses text whose flow collections nest deeper than [`MAX_NESTING`], before the YAML parser
+/// sees it. A linear scan that skips quoted scalars and comments; a `[` inside a plain scalar
+/// counts too, which only matters past the limit.
+fn check_nesting(text: &str) -> Result<(), Problem> {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    let mut comment = false;
+    let mut previous = b'\n';
+    let mut bytes = text.bytes().peekable();
+    while let Some(b) = bytes.next() {
+        match (quote, comment) {
+            (_, true) => comment = b != b'\n',
+            (Some(b'"'), _) if b == b'\\' => {
+                bytes.next();
+            }
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, false) => match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'#' if previous.is_ascii_whitespace() => comment = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        previous = b;
+    }
+    if deepest > MAX_NESTING {
+        Err(Problem::TooDeep(MAX_NESTING))
+    } else {
+        Ok(())
+    }
 }
 
 /// `type`, `mesh` and `name` from a URL, which a body must agree with.

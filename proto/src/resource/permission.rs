@@ -371,7 +371,7 @@ fn check_target(
     if named.contains(&target.kind) && !has_name {
         checker.problem(format!("{path}.name"), Problem::MissingField("name".into()));
     }
-    if !named.contains(&target.kind) && target.kind != TargetKind::Dataplane && has_name {
+    if matches!(target.kind, TargetKind::Mesh | TargetKind::MeshSubset) && has_name {
         checker.problem(
             format!("{path}.name"),
             Problem::InvalidValue(format!(

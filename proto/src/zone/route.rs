@@ -228,11 +228,15 @@ pub struct ClientIdentity {
 
 impl ClientIdentity {
     /// Parses `spiffe://<mesh>/<service>`; `None` for anything else (another scheme, no
-    /// service, a path with more than one segment).
+    /// service, a path with more than one segment, whitespace or control characters).
     pub fn from_spiffe_id(uri: &str) -> Option<ClientIdentity> {
         let rest = uri.strip_prefix("spiffe://")?;
         let (mesh, service) = rest.split_once('/')?;
-        if mesh.is_empty() || service.is_empty() || service.contains('/') {
+        if mesh.is_empty()
+            || service.is_empty()
+            || service.contains('/')
+            || rest.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return None;
         }
         Some(ClientIdentity {
@@ -842,6 +846,9 @@ mod tests {
             "spiffe://default",
             "spiffe://default/a/b",
             "https://default/web",
+            "spiffe://default/web\u{0}",
+            "spiffe://default/web\nX",
+            "spiffe://default/w eb",
         ] {
             assert_eq!(ClientIdentity::from_spiffe_id(bad), None, "{bad}");
         }
