@@ -20,20 +20,25 @@ use super::PkiError;
 /// The `spiffe://` URI SANs of a certificate, in order; empty when the certificate does not
 /// parse or has none.
 pub fn spiffe_ids(cert: &CertificateDer<'_>) -> Vec<String> {
+    sans(cert, |name| match name {
+        GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(uri.to_string()),
+        _ => None,
+    })
+}
+
+/// The SANs of a certificate that `pick` keeps, in order; empty when it does not parse or has
+/// no SAN extension.
+fn sans(
+    cert: &CertificateDer<'_>,
+    pick: impl Fn(&GeneralName<'_>) -> Option<String>,
+) -> Vec<String> {
     let Ok((_, x509)) = x509_parser::parse_x509_certificate(cert) else {
         return Vec::new();
     };
     let Ok(Some(san)) = x509.subject_alternative_name() else {
         return Vec::new();
     };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(uri.to_string()),
-            _ => None,
-        })
-        .collect()
+    san.value.general_names.iter().filter_map(pick).collect()
 }
 
 /// Whether `cert` carries a SPIFFE id of `mesh` (`spiffe://<mesh>/<something>`) and no SPIFFE
@@ -119,20 +124,10 @@ impl OriginationVerifier {
 
 /// The DNS and URI SANs of a certificate; empty when it does not parse.
 fn subject_alt_names(cert: &CertificateDer<'_>) -> Vec<String> {
-    let Ok((_, x509)) = x509_parser::parse_x509_certificate(cert) else {
-        return Vec::new();
-    };
-    let Ok(Some(san)) = x509.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::DNSName(n) | GeneralName::URI(n) => Some(n.to_string()),
-            _ => None,
-        })
-        .collect()
+    sans(cert, |name| match name {
+        GeneralName::DNSName(n) | GeneralName::URI(n) => Some(n.to_string()),
+        _ => None,
+    })
 }
 
 impl ServerCertVerifier for OriginationVerifier {
