@@ -453,6 +453,70 @@ fn kuma_documents_work_end_to_end_through_every_egress() {
         "{body}"
     );
 
+    // Rotation as with a provided CA: a second builtin backend is minted in the write that adds
+    // it and becomes the enabled one; clients of the old CA are still accepted while it is
+    // listed, and the egress's own certificate now comes from the new CA.
+    let rotated = "type: Mesh\nname: default\nlabels: { team: platform }\nmtls:\n  enabledBackend: ca-2\n  backends:\n    - name: ca-1\n      type: builtin\n      dpCert: { rotation: { expiration: 2h } }\n      conf: { caCert: { RSAbits: 2048, expiration: 1y } }\n    - name: ca-2\n      type: builtin\nrouting: { zoneEgress: true }\nnetworking: { outbound: { passthrough: false } }\n";
+    let file = dir.join("rotated.yaml");
+    std::fs::write(&file, rotated).unwrap();
+    let out = zone_egress(&[
+        "apply",
+        "-f",
+        &file.display().to_string(),
+        "--admin",
+        &cluster.admin(1),
+    ])
+    .unwrap();
+    assert!(
+        out.contains("Secret default.ca-builtin-cert-ca-2 (mesh default) created"),
+        "{out}"
+    );
+    // Through another node, once the rotated Mesh has reached it.
+    let old_ca = std::fs::read_to_string(dir.join("web/ca.pem")).unwrap();
+    let new_ca = eventually(CONVERGE, "a certificate of ca-2 through node 2", || {
+        let out = path(dir, "web2");
+        let admin = cluster.admin(2);
+        let args = [
+            "pki",
+            "issue",
+            "--mesh",
+            "default",
+            "--spiffe",
+            "spiffe://default/web",
+            "--admin",
+            &admin,
+            "--out",
+            &out,
+        ];
+        zone_egress(&args)?;
+        let ca = std::fs::read_to_string(dir.join("web2/ca.pem"))?;
+        Ok((ca != old_ca).then_some(ca))
+    })
+    .unwrap();
+    // `billing` keeps its certificate of ca-1 and trusts both CAs during the rotation.
+    let both = format!(
+        "{}{new_ca}",
+        std::fs::read_to_string(dir.join("billing/ca.pem")).unwrap()
+    );
+    std::fs::write(dir.join("billing/ca.pem"), both).unwrap();
+    std::fs::write(dir.join("web2/ca.pem"), &new_ca).unwrap();
+    for i in 0..3 {
+        let listen = cluster.nodes[i].info.listen.clone().unwrap();
+        for who in ["billing", "web2"] {
+            let (code, body) = eventually(
+                Duration::from_secs(20),
+                &format!("{who} after the rotation via {i}"),
+                || {
+                    Ok(curl(&listen, &mes_web, dir, who)
+                        .ok()
+                        .filter(|(c, _)| *c == 200))
+                },
+            )
+            .unwrap();
+            assert_eq!(code, 200, "{body}");
+        }
+    }
+
     // get -o yaml | apply -f -: every kind re-applies unchanged.
     for kind in [
         "meshes",
