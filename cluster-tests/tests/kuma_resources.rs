@@ -517,6 +517,30 @@ fn kuma_documents_work_end_to_end_through_every_egress() {
         }
     }
 
+    // An empty kind round-trips too: `get` prints `[]`, which applies as a batch of nothing.
+    let admin = cluster.admin(0);
+    let args = [
+        "get",
+        "traffic-permissions",
+        "--mesh",
+        "nothing-here",
+        "-o",
+        "yaml",
+        "--admin",
+        &admin,
+    ];
+    let empty = zone_egress(&args).unwrap();
+    let file = dir.join("empty.yaml");
+    std::fs::write(&file, &empty).unwrap();
+    let out = zone_egress(&[
+        "apply",
+        "-f",
+        &file.display().to_string(),
+        "--admin",
+        &admin,
+    ]);
+    assert_eq!(out.unwrap(), "", "{empty:?}");
+
     // get -o yaml | apply -f -: every kind re-applies unchanged.
     for kind in [
         "meshes",

@@ -507,9 +507,18 @@ async fn apply(
             }
         }
     };
+    // An empty list (what `get` prints for a kind with no resource) is a batch of nothing; a
+    // body with no document at all is a mistake.
+    let has_content = yaml.lines().any(|l| {
+        let l = l.trim();
+        !(l.is_empty() || l.starts_with('#') || l == "---" || l == "...")
+    });
     let resources = blocking(move || resource::parse_documents(&yaml))
         .await?
         .map_err(parse_errors)?;
+    if resources.is_empty() && has_content {
+        return Ok(Json(applied_json(&[], &HashMap::new())).into_response());
+    }
     if resources.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
