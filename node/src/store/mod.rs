@@ -240,7 +240,8 @@ pub async fn spawn(settings: Settings) -> Result<Handle, StoreError> {
         skewed: std::sync::Mutex::new(HashMap::new()),
         skew_tx: watch::channel(Vec::new()).0,
     });
-    shared.update_gauges(&*shared.state.lock().await);
+    let snapshot = shared.snapshot_tx.borrow().clone();
+    shared.update_gauges(&*shared.state.lock().await, &snapshot);
     let merge = tokio::spawn(merge_loop(shared.clone(), settings.remote_rx));
     let gc = tokio::spawn(gc_loop(shared.clone()));
     Ok(Handle {
@@ -284,7 +285,10 @@ impl Handle {
     pub async fn apply(&self, mut changes: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
         let shared = &self.shared;
         let mut state = shared.state.lock().await;
-        let current = live(&state.records);
+        // The published snapshot is the live state: every change of `records` goes through
+        // `commit`, which publishes it, under this lock. (Rebuilding it here cost a copy of the
+        // whole zone per write.)
+        let current = shared.snapshot_tx.borrow().clone();
         changes.extend(builtin_ca_changes(&current, &changes, SystemTime::now())?);
         check_references(&current, &changes)?;
 
@@ -621,14 +625,13 @@ impl Shared {
             state.records.insert(key, record);
         }
         self.publisher.update(&keys).await;
-        self.snapshot_tx
-            .send_replace(Arc::new(live(&state.records)));
-        self.update_gauges(state);
+        let snapshot = Arc::new(live(&state.records));
+        self.snapshot_tx.send_replace(snapshot.clone());
+        self.update_gauges(state, &snapshot);
         Ok(())
     }
 
-    fn update_gauges(&self, state: &State) {
-        let resources = live(&state.records);
+    fn update_gauges(&self, state: &State, resources: &Resources) {
         for kind in Kind::ALL {
             metrics::gauge!("zone_egress_resources", "type" => kind.as_str())
                 .set(resources.count(kind) as f64);

@@ -64,21 +64,29 @@ impl Resources {
 
     /// Resources of a kind (and mesh, for mesh-scoped kinds), in key order.
     pub fn list(&self, kind: Kind, mesh: Option<&str>) -> Vec<&Resource> {
+        self.of_kind(kind, mesh).collect()
+    }
+
+    /// [`Resources::list`] without collecting: a range of the key space.
+    fn of_kind<'a>(
+        &'a self,
+        kind: Kind,
+        mesh: Option<&str>,
+    ) -> impl Iterator<Item = &'a Resource> + 'a {
         let prefix = match mesh {
             Some(mesh) if kind.is_mesh_scoped() => format!("{}/{mesh}/", kind.singular()),
             _ => format!("{}/", kind.singular()),
         };
         self.by_key
             .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
+            .take_while(move |(k, _)| k.starts_with(&prefix))
             .map(|(_, r)| r)
-            .filter(|r| r.kind() == kind)
-            .collect()
+            .filter(move |r| r.kind() == kind)
     }
 
     /// Number of resources of a kind.
     pub fn count(&self, kind: Kind) -> usize {
-        self.list(kind, None).len()
+        self.of_kind(kind, None).count()
     }
 
     /// Every resource, in key order.
