@@ -22,7 +22,10 @@ P1=$(pgrep -f "run --name n1 "); P2=$(pgrep -f "run --name n2 ")
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 c1=$(cpu $P1); c2=$(cpu $P2); start=$(date +%s%N); n=0; end=$(( $(date +%s) + 10 ))
 while [ $(date +%s) -lt $end ]; do i=$((n % N)); printf "type: ExternalService\nmesh: default\nname: es-$i\ntags: { kuma.io/service: es-$i, v: \"$n\" }\nnetworking: { address: 'es-$i.example.org:443' }\n" | curl -fsS -o /dev/null -X PUT -H 'Content-Type: application/yaml' --data-binary @- http://127.0.0.1:29901/v1/meshes/default/external-services/es-$i; n=$((n+1)); done
-el=$(( ($(date +%s%N)-start)/1000000 )); sleep 2; # followers finish merging the last writes (part of the window)
+el=$(( ($(date +%s%N)-start)/1000000 ))
+# The follower's CPU counts until it has merged the last write (polled, 10 s at most).
+last=$(( (n - 1) % N ))
+for i in $(seq 1 100); do curl -fsS http://127.0.0.1:29902/v1/meshes/default/external-services/es-$last | grep -q "\"v\":\"$((n - 1))\"" && break; sleep 0.1; done
  d1=$(( $(cpu $P1)-c1 )); d2=$(( $(cpu $P2)-c2 ))
 echo "$L N=$N: $n PUTs in ${el} ms = $(( n*1000/el ))/s; CPU per write: writer $(( d1*10000/n )) us, follower $(( d2*10000/n )) us"
 pkill -9 -f 'zone-egress run --name n'; for i in $(seq 1 50); do ss -ltn | grep -q ':2990[123] ' || break; sleep 0.2; done

@@ -350,18 +350,8 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<Cont
     let denied = match crate::pki::client_identity(client.ssl()) {
         None => Some("the client certificate carries no spiffe://<mesh>/<service> URI".into()),
         Some(identity) => {
-            let decided = Decision::TerminateExternal {
-                mesh: mesh.clone(),
-                service: service.clone(),
-                endpoints: Vec::new(),
-                sni: sni.clone(),
-                kind,
-            };
             let zone = proto::zone::Zone::new(&ctx.zone, &resources);
-            match proto::zone::route::authorize(&zone, decided, &identity) {
-                Decision::Reject { detail, .. } => Some(detail),
-                _ => None,
-            }
+            proto::zone::route::refusal(&zone, &mesh, &service, kind, &identity)
         }
     };
     if let Some(detail) = &denied {

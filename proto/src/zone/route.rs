@@ -315,29 +315,40 @@ fn decide_sent(
 }
 
 /// The permission verdict for `client` on a decision to terminate (`None` for any other
-/// decision): its certificate's mesh must be the decision's mesh, and the mesh's traffic
-/// permissions must let it reach the service ([`super::permission`]).
+/// decision): [`verdict`] on its mesh, service and kind.
 pub fn permission(
     zone: &Zone<'_>,
     decision: &Decision,
     client: &ClientIdentity,
 ) -> Option<super::permission::Verdict> {
-    let Decision::TerminateExternal {
-        mesh,
-        service,
-        kind,
-        ..
-    } = decision
-    else {
-        return None;
-    };
+    match decision {
+        Decision::TerminateExternal {
+            mesh,
+            service,
+            kind,
+            ..
+        } => Some(verdict(zone, mesh, service, *kind, client)),
+        _ => None,
+    }
+}
+
+/// Whether `client` may reach `service` (an ExternalService, or an endpoint of a
+/// MeshExternalService, per `kind`) of `mesh`: its certificate's mesh must be `mesh`, and the
+/// mesh's traffic permissions must let it through ([`super::permission`]).
+pub fn verdict(
+    zone: &Zone<'_>,
+    mesh: &Mesh,
+    service: &ExternalService,
+    kind: Kind,
+    client: &ClientIdentity,
+) -> super::permission::Verdict {
     if mesh.name.as_str() != client.mesh {
-        return Some(super::permission::Verdict {
+        return super::permission::Verdict {
             allowed: false,
             by: format!("the client is not of mesh {:?}", mesh.name.as_str()),
-        });
+        };
     }
-    Some(match kind {
+    match kind {
         Kind::MeshExternalService => super::permission::mesh_external_service(mesh),
         _ => super::permission::external_service(
             zone.resources,
@@ -345,38 +356,45 @@ pub fn permission(
             |k| service.tags.get(k).map(str::to_string),
             client,
         ),
-    })
+    }
 }
 
 /// Applies the client's identity to a decision to terminate (once the mTLS handshake has shown
-/// it): [`permission`] refuses it as `permission`, naming the rule. Other decisions pass
-/// unchanged.
+/// it): [`verdict`] refuses it as `permission` ([`refusal`]). Other decisions pass unchanged.
 pub fn authorize(zone: &Zone<'_>, decision: Decision, client: &ClientIdentity) -> Decision {
-    match permission(zone, &decision, client) {
-        Some(verdict) if !verdict.allowed => {
-            let Decision::TerminateExternal {
-                mesh,
-                service,
-                kind,
-                ..
-            } = &decision
-            else {
-                return decision;
-            };
-            Decision::reject(
-                "permission",
-                format!(
-                    "{} may not reach {} {:?} of mesh {:?}: {}",
-                    client.spiffe_id(),
-                    kind,
-                    service.service(),
-                    mesh.name.as_str(),
-                    verdict.by
-                ),
-            )
-        }
+    match &decision {
+        Decision::TerminateExternal {
+            mesh,
+            service,
+            kind,
+            ..
+        } => match refusal(zone, mesh, service, *kind, client) {
+            Some(detail) => Decision::reject("permission", detail),
+            None => decision,
+        },
         _ => decision,
     }
+}
+
+/// Why `client` may not reach `service` of `mesh`, naming the rule ([`verdict`]); `None` when it
+/// may. The one wording of a `permission` refusal (HTTP 403 body, log, `inspect route`).
+pub fn refusal(
+    zone: &Zone<'_>,
+    mesh: &Mesh,
+    service: &ExternalService,
+    kind: Kind,
+    client: &ClientIdentity,
+) -> Option<String> {
+    let verdict = verdict(zone, mesh, service, kind, client);
+    (!verdict.allowed).then(|| {
+        format!(
+            "{} may not reach {kind} {:?} of mesh {:?}: {}",
+            client.spiffe_id(),
+            service.service(),
+            mesh.name.as_str(),
+            verdict.by
+        )
+    })
 }
 
 fn decide_tagged(
