@@ -67,6 +67,9 @@ pub struct NodeOptions {
     pub args: Vec<String>,
     /// Extra environment variables of the process.
     pub env: Vec<(String, String)>,
+    /// Loopback address of its gossip and store sync (`127.0.0.1`; another `127.x.y.z` lets a
+    /// [`Partition`] cut this node alone).
+    pub gossip_host: String,
 }
 
 /// One node process and its files.
@@ -323,6 +326,7 @@ impl Cluster {
             config: TEST_CONFIG.to_string(),
             args: Vec::new(),
             env: Vec::new(),
+            gossip_host: "127.0.0.1".into(),
         }
     }
 
@@ -338,7 +342,7 @@ impl Cluster {
         fs::create_dir_all(&dir)?;
         let ports = Ports {
             admin: "127.0.0.1:0".into(),
-            gossip: "127.0.0.1:0".into(),
+            gossip: format!("{}:0", options.gossip_host),
             listen: "127.0.0.1:0".into(),
         };
         let (child, info) = launch(&options, &dir, &ports)?;
@@ -654,20 +658,28 @@ pub mod zone_link {
     }
 }
 
-/// Drops a node's gossip both ways with iptables on loopback (the node's own UDP port only)
-/// until dropped.
+/// Cuts a node off the zone with iptables on loopback: every packet from or to its gossip
+/// address's IP (gossip, store sync, links bound there) is dropped until this is dropped. The
+/// node needs a loopback IP of its own ([`NodeOptions::gossip_host`]); its admin API stays
+/// reachable on 127.0.0.1.
 pub struct Partition {
-    port: String,
+    ip: String,
 }
 
 impl Partition {
-    /// Cuts the node whose gossip socket is on `port`.
-    pub fn cut(port: &str) -> Partition {
-        for dir in ["--dport", "--sport"] {
+    /// Cuts the node whose gossip address is `gossip` (`ip:port`).
+    pub fn cut(gossip: &str) -> Partition {
+        let ip = gossip
+            .rsplit_once(':')
+            .map(|(ip, _)| ip.to_string())
+            .unwrap_or_default();
+        assert!(
+            ip.starts_with("127.") && ip != "127.0.0.1",
+            "a partitioned node needs a loopback IP of its own (NodeOptions::gossip_host), not {ip}"
+        );
+        for dir in ["-s", "-d"] {
             let ok = Command::new("iptables")
-                .args([
-                    "-I", "INPUT", "-i", "lo", "-p", "udp", dir, port, "-j", "DROP",
-                ])
+                .args(["-I", "INPUT", "-i", "lo", dir, &ip, "-j", "DROP"])
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
@@ -676,19 +688,15 @@ impl Partition {
                 "iptables is needed for the partition test (root, Debian's iptables)"
             );
         }
-        Partition {
-            port: port.to_string(),
-        }
+        Partition { ip }
     }
 }
 
 impl Drop for Partition {
     fn drop(&mut self) {
-        for dir in ["--dport", "--sport"] {
+        for dir in ["-s", "-d"] {
             let _ = Command::new("iptables")
-                .args([
-                    "-D", "INPUT", "-i", "lo", "-p", "udp", dir, &self.port, "-j", "DROP",
-                ])
+                .args(["-D", "INPUT", "-i", "lo", dir, &self.ip, "-j", "DROP"])
                 .status();
         }
     }

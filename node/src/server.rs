@@ -175,7 +175,25 @@ pub async fn run(
         (Role::Egress, None) => None,
     };
     let link_addr = link_socket.as_ref().map(|s| s.local_addr()).transpose()?;
-    let (gossip_transport, gossip_addr, gossip_problems) = gossip_transport(&config).await?;
+    // Store sync listens on TCP at the gossip port's number (as Serf's push-pull does), so a
+    // peer's gossip address is also where its records are. With port 0 the kernel picks a UDP
+    // port whose TCP twin may be taken: pick again (a few times) until both are free.
+    let mut attempt = 0;
+    let (gossip_transport, gossip_addr, gossip_problems, gossip_keyring, sync_listener) = loop {
+        let (transport, addr, problems, keyring) = gossip_transport(&config).await?;
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => break (transport, addr, problems, keyring, listener),
+            Err(e) if config.gossip.listen.port() == 0 && attempt < 16 => {
+                attempt += 1;
+                tracing::debug!(%addr, error = %e, "TCP twin of the gossip port taken; picking another");
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot listen on {addr} (TCP) for store sync (the gossip port's number)"
+                )));
+            }
+        }
+    };
     let gossip_advertise = SocketAddr::new(config.advertise, gossip_addr.port());
 
     // 2. Planes.
@@ -215,20 +233,26 @@ pub async fn run(
     .await
     .context("cannot start gossip")?;
 
-    let (remote_rx, remote_task) = gossip.subscribe_prefix(
-        store::GOSSIP_PREFIX,
-        config.gossip.interval.min(Duration::from_millis(100)),
-    );
     let store = store::spawn(store::Settings {
         data_dir: config.data_dir.clone(),
         node: config.name.clone(),
         tombstone_ttl: config.store.tombstone_ttl,
         publisher: gossip.publisher(),
-        remote_rx,
         max_clock_offset: config.store.max_clock_offset,
     })
     .await
     .context("cannot open the resource store")?;
+    store::sync::spawn(
+        &store,
+        store::sync::Settings {
+            zone: config.zone.clone(),
+            node: config.name.clone(),
+            listener: sync_listener,
+            keyring: gossip_keyring,
+            view: gossip.view(),
+            source_ip: Some(gossip_addr.ip()).filter(|ip| !ip.is_unspecified()),
+        },
+    );
 
     // QUIC links: the egress keeps one per remote ingress, the ingress accepts them.
     crate::link::describe_metrics();
@@ -442,7 +466,6 @@ pub async fn run(
         task.abort();
     }
     publish.abort();
-    remote_task.abort();
     for task in link_tasks {
         task.abort();
     }
@@ -468,6 +491,7 @@ async fn gossip_transport(
     Box<dyn chitchat::transport::Transport>,
     SocketAddr,
     Option<watch::Receiver<Vec<String>>>,
+    Option<gossip::sealed::Keyring>,
 )> {
     let addr = config.gossip.listen;
     let context = || format!("cannot listen on {addr} (UDP) for gossip (gossip.listen / --gossip)");
@@ -476,7 +500,7 @@ async fn gossip_transport(
             let keyring = gossip::sealed::Keyring::load(path)
                 .with_context(|| format!("gossip.key_file {}", path.display()))?;
             let keys = keyring.key_count();
-            let transport = gossip::sealed::bind(addr, keyring)
+            let transport = gossip::sealed::bind(addr, keyring.clone())
                 .await
                 .with_context(context)?;
             let local = transport.local_addr();
@@ -485,18 +509,19 @@ async fn gossip_transport(
                 keys,
                 "gossip is authenticated and encrypted (XChaCha20-Poly1305)"
             );
-            Ok((Box::new(transport), local, Some(problems)))
+            Ok((Box::new(transport), local, Some(problems), Some(keyring)))
         }
         None => {
             let transport = gossip::transport::bind(addr).await.with_context(context)?;
             let local = transport.local_addr();
             tracing::warn!(
                 gossip = %local,
-                "NO GOSSIP KEY: gossip.key_file is not set, so gossip travels in plain UDP that \
-                 anyone reaching {local} can read and forge (resources may carry secrets); \
+                "NO GOSSIP KEY: gossip.key_file is not set, so gossip travels in plain UDP and store \
+                 sync in plain TCP that anyone reaching {local} can read and forge (resources \
+                 may carry secrets); \
                  create one with `zone-egress keygen > gossip.key` and set gossip.key_file"
             );
-            Ok((Box::new(transport), local, None))
+            Ok((Box::new(transport), local, None, None))
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod member;
 pub mod registration;
 pub mod resource;
 pub mod sni;
+pub mod sync;
 pub mod zone;
 
 pub use member::{Member, MemberEntry, MemberState, Role, ZoneView};

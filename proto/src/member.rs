@@ -140,6 +140,9 @@ pub mod keys {
     pub const STARTED_AT_MS: &str = "started_at_ms";
     /// Unix time in milliseconds at which the node announced `left`.
     pub const LEFT_AT_MS: &str = "left_at_ms";
+    /// The root of the node's store digest, 16 hex digits: a peer whose root differs from
+    /// this node's holds other records, and store sync reconciles the two.
+    pub const STORE: &str = "store";
     /// Prefix of the keys by which a node removes a dead member by hand (`force-leave`):
     /// `force_leave/<name>` = `<generation>:<unix ms>`; every generation up to it that is not
     /// alive is shown as `left`.
@@ -230,6 +233,10 @@ pub struct Member {
     /// The node's registration, when published and valid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration: Option<Registration>,
+    /// The root of its store digest ([`keys::STORE`]), when published: internal to store
+    /// sync, not part of the API's answer.
+    #[serde(skip)]
+    pub store_digest: Option<String>,
 }
 
 impl Member {
@@ -277,6 +284,7 @@ impl Member {
                 .get(keys::REGISTRATION)
                 .and_then(|r| Registration::from_json(r))
                 .filter(|r| r.name() == entry.name),
+            store_digest: entry.keys.get(keys::STORE).cloned(),
         }
     }
 

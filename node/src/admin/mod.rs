@@ -407,14 +407,11 @@ mod tests {
         let (readiness_tx, readiness_rx) = watch::channel(Readiness::default());
         let (drain_tx, _) = watch::channel(false);
         let dir = tempfile::tempdir().unwrap().keep();
-        let (_remote_tx, remote_rx) = tokio::sync::mpsc::unbounded_channel();
-        std::mem::forget(_remote_tx);
         let store = store::spawn(store::Settings {
             data_dir: dir,
             node: "e1".into(),
             tombstone_ttl: std::time::Duration::from_secs(3600),
             publisher: crate::gossip::Publisher::detached(),
-            remote_rx,
             max_clock_offset: std::time::Duration::from_secs(1),
         })
         .await

@@ -257,6 +257,23 @@ impl Keyring {
 
     /// Seals one chitchat datagram with the first key, stamped with `now_ms`.
     fn seal(&self, datagram: &[u8], now_ms: u64) -> Result<Vec<u8>, SealError> {
+        self.seal_with(CONTEXT, datagram, now_ms)
+    }
+
+    /// Opens a sealed chitchat datagram with any key and checks its timestamp against `now_ms`.
+    fn open(&self, sealed: &[u8], now_ms: u64) -> Result<Opened, OpenError> {
+        self.open_with(CONTEXT, sealed, now_ms)
+    }
+
+    /// Seals `data` as [`Keyring::seal`] does, with associated data `aad` in place of the
+    /// gossip context: another protocol (store sync) binds its frames to itself and to one
+    /// session with it. Errors: the random source failed, or `data` is too long for the AEAD.
+    pub(crate) fn seal_with(
+        &self,
+        aad: &[u8],
+        datagram: &[u8],
+        now_ms: u64,
+    ) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_BYTES];
         OsRng
             .try_fill_bytes(&mut nonce)
@@ -271,7 +288,7 @@ impl Keyring {
                 &XNonce::from(nonce),
                 Payload {
                     msg: &plaintext,
-                    aad: CONTEXT,
+                    aad,
                 },
             )
             .map_err(|_| SealError::TooLong)?;
@@ -281,8 +298,14 @@ impl Keyring {
         Ok(sealed)
     }
 
-    /// Opens a sealed message with any key and checks its timestamp against `now_ms`.
-    fn open(&self, sealed: &[u8], now_ms: u64) -> Result<Opened, OpenError> {
+    /// Opens what [`Keyring::seal_with`] sealed with the same `aad`, with any key, and checks
+    /// its timestamp against `now_ms` (60 s either way).
+    pub(crate) fn open_with(
+        &self,
+        aad: &[u8],
+        sealed: &[u8],
+        now_ms: u64,
+    ) -> Result<Opened, OpenError> {
         if sealed.len() < NONCE_BYTES + TIMESTAMP_BYTES + TAG_BYTES {
             return Err(OpenError::Truncated);
         }
@@ -297,7 +320,7 @@ impl Keyring {
                         &XNonce::from(*nonce),
                         Payload {
                             msg: ciphertext,
-                            aad: CONTEXT,
+                            aad,
                         },
                     )
                     .ok()
@@ -322,15 +345,16 @@ impl Keyring {
 
 /// An authentic, fresh message.
 #[derive(Debug)]
-struct Opened {
+pub(crate) struct Opened {
     nonce: [u8; NONCE_BYTES],
     timestamp_ms: u64,
-    datagram: Vec<u8>,
+    /// The plaintext.
+    pub(crate) datagram: Vec<u8>,
 }
 
 /// Why a message could not be sealed.
 #[derive(Debug, thiserror::Error)]
-enum SealError {
+pub(crate) enum SealError {
     /// The operating system's random source failed.
     #[error("the OS random source failed")]
     Random,
@@ -341,7 +365,7 @@ enum SealError {
 
 /// Why a sealed message was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-enum OpenError {
+pub(crate) enum OpenError {
     /// Shorter than nonce, timestamp and tag.
     #[error("sealed message too short")]
     Truncated,

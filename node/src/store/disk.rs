@@ -104,9 +104,9 @@ impl Disk {
     }
 
     /// Writes records (`None` removes one) and metadata in one fsynced transaction.
-    pub fn write(
+    pub fn write<V: AsRef<[u8]>>(
         &self,
-        records: &[(String, Option<Vec<u8>>)],
+        records: &[(String, Option<V>)],
         meta: &[(&str, Vec<u8>)],
     ) -> Result<(), DiskError> {
         let txn = self.db.begin_write().map_err(|e| io("write")(&e))?;
@@ -116,7 +116,7 @@ impl Disk {
                 match value {
                     Some(v) => {
                         table
-                            .insert(key.as_str(), v.as_slice())
+                            .insert(key.as_str(), v.as_ref())
                             .map_err(|e| io("write")(&e))?;
                     }
                     None => {
@@ -164,7 +164,7 @@ mod tests {
                 &[("hlc", b"42".to_vec())],
             )
             .unwrap();
-            disk.write(&[("a".into(), None)], &[]).unwrap();
+            disk.write::<Vec<u8>>(&[("a".into(), None)], &[]).unwrap();
         }
         let disk = Disk::open(dir.path()).unwrap();
         assert_eq!(disk.load().unwrap(), vec![("b".to_string(), b"2".to_vec())]);

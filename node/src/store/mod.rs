@@ -1,42 +1,44 @@
-//! Store plane: the zone's resources, durable on this node's disk and replicated by gossip.
+//! Store plane: the zone's resources, durable on this node's disk and replicated between nodes.
 //!
 //! Flow of a write: the admin API hands a validated batch to [`Handle::apply`] → each change gets
 //! a hybrid-logical-clock timestamp → the batch is written to redb in one fsynced transaction
-//! ([`disk`]) → only then the in-memory map, the node's gossip keys (`r/<resource key>` =
-//! JSON of the versioned record) and the `watch` snapshot change, and the API answers.
+//! ([`disk`]) → only then the in-memory state changes in place (persistent maps: O(log n) per
+//! record, the published snapshot is an O(1) clone), the node's digest root goes into gossip
+//! (chitchat key `store`), the sync plane is told to push, and the API answers.
 //!
-//! Flow of a remote write: the gossip plane streams other nodes' `r/` keys; each record is parsed
-//! (size checked first; the resource is validated again, a key that does not match its value is
-//! refused), merged last-writer-wins by timestamp (node name breaks ties, so every node picks the
-//! same winner), written to disk, and republished under this node's own keys. Every node thus
-//! gossips every resource it holds: a resource survives the loss of the node it was written to,
-//! and a node that joins later (or lost its disk) receives everything.
+//! Flow of a remote write: store sync ([`sync`]) compares this node's [`digest`] with a peer's
+//! over TCP and moves only the records of the buckets that differ. Each received record is
+//! parsed (size checked first; the resource is validated again, a key that does not match its
+//! value is refused), merged last-writer-wins by timestamp (node name breaks ties, so every node
+//! picks the same winner) and written to disk ([`Handle::merge`]). Every node holds every record
+//! and serves it to any peer: a resource survives the loss of the node it was written to, and a
+//! node that joins later (or lost its disk) receives everything in one session.
 //!
-//! Deletes are tombstones. After `tombstone_ttl` a tombstone leaves gossip (its chitchat key is
-//! deleted) but stays on disk as a small graveyard entry (key and timestamp), so an old copy
-//! coming back from a node that was away longer is still refused; when that happens the
-//! tombstone is published again, which also tells the returning node.
+//! Deletes are tombstones. After `tombstone_ttl` a tombstone leaves the digest (so two nodes
+//! that both forgot it agree without listing it) but stays on disk as a small graveyard entry
+//! (key and timestamp): an old copy coming back from a node that was away longer is compared
+//! with it during sync and loses, and the tombstone is sent back to the returning node.
 
+pub mod digest;
 pub mod disk;
+pub mod sync;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::hlc::{Clock, Timestamp, Versioned, check_offset};
 use proto::resource::{CaKind, Kind, Resource, ResourceKey};
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::gossip::{Publisher, RemoteRecord};
+use crate::gossip::Publisher;
+use digest::Digest;
 use disk::{Disk, DiskError};
 
-/// Gossip key prefix of replicated records.
-pub const GOSSIP_PREFIX: &str = "r/";
-
-/// Largest resource accepted, as compact JSON: a gossiped value must fit one datagram with
-/// room to spare for the other keys of a delta (chitchat never sends a value that does not fit).
+/// Largest resource accepted, as compact JSON (a Kuma resource is a few KiB at most; Secrets
+/// are at most 16 KiB of data).
 pub const MAX_RESOURCE_BYTES: usize = 32 * 1024;
 
 const HLC_META: &str = "hlc";
@@ -94,7 +96,7 @@ pub enum StoreError {
     #[error("{0}")]
     Conflict(String),
     /// A resource is too large to replicate (client side).
-    #[error("{key} is {bytes} bytes as JSON; the limit is {limit} bytes (one gossip datagram)")]
+    #[error("{key} is {bytes} bytes as JSON; the limit is {limit} bytes")]
     TooLarge {
         /// Which resource.
         key: String,
@@ -114,22 +116,113 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// This node's name (HLC tie-break).
     pub node: String,
-    /// How long tombstones stay in gossip.
+    /// How long tombstones take part in the digest (and so in sync listings).
     pub tombstone_ttl: Duration,
-    /// Publishes this node's gossip keys.
+    /// Publishes this node's digest root in gossip.
     pub publisher: Publisher,
-    /// Other nodes' `r/` keys.
-    pub remote_rx: mpsc::UnboundedReceiver<RemoteRecord>,
-    /// A gossiped record stamped further than this ahead of the local clock is refused.
+    /// A received record stamped further than this ahead of the local clock is refused.
     pub max_clock_offset: Duration,
 }
 
+/// One record as this node holds it.
+#[derive(Debug, Clone)]
+struct Entry {
+    ts: Timestamp,
+    tombstone: bool,
+    /// JSON of the versioned record, as on disk and on the sync wire; shared with sessions.
+    encoded: Arc<[u8]>,
+    /// Whether it counts in the digest: every record but a tombstone past its TTL.
+    in_digest: bool,
+}
+
+/// The store's state; every change goes through [`State::set`], under the store lock.
 struct State {
-    records: BTreeMap<String, Record>,
-    /// Keys currently published in gossip, with when they were (re)published (ms): tombstones
-    /// leave gossip a TTL after the later of their write and their last publication.
-    published: HashMap<String, u64>,
+    entries: BTreeMap<String, Entry>,
+    /// The live resources (entries that are not tombstones), shared with every snapshot.
+    live: Resources,
+    digest: Digest,
+    /// Keys in the digest, per bucket: what a sync listing of a bucket reads.
+    by_bucket: Vec<BTreeSet<String>>,
+    /// Tombstones in the digest, oldest first: what the TTL sweep reads.
+    digest_tombstones: BTreeSet<(u64, String)>,
+    tombstones: usize,
     clock: Clock,
+}
+
+impl State {
+    fn new(clock: Clock) -> State {
+        State {
+            entries: BTreeMap::new(),
+            live: Resources::default(),
+            digest: Digest::default(),
+            by_bucket: vec![BTreeSet::new(); digest::BUCKETS],
+            digest_tombstones: BTreeSet::new(),
+            tombstones: 0,
+            clock,
+        }
+    }
+
+    /// Replaces the record of `key`; O(log n).
+    fn set(&mut self, key: String, record: Record, encoded: Arc<[u8]>, now: u64, ttl: Duration) {
+        if let Some(old) = self.entries.remove(&key) {
+            if old.in_digest {
+                self.leave_digest(&key, &old);
+            }
+            if old.tombstone {
+                self.tombstones -= 1;
+            }
+        }
+        let entry = Entry {
+            ts: record.ts.clone(),
+            tombstone: record.is_tombstone(),
+            encoded,
+            in_digest: !expired(&record.ts, record.is_tombstone(), now, ttl),
+        };
+        match record.value {
+            Some(resource) => self.live.insert(resource),
+            None => {
+                self.live.remove(&key);
+                self.tombstones += 1;
+            }
+        }
+        if entry.in_digest {
+            self.digest.toggle(&key, &entry.ts);
+            self.by_bucket[digest::bucket_of(&key)].insert(key.clone());
+            if entry.tombstone {
+                self.digest_tombstones
+                    .insert((entry.ts.wall_ms, key.clone()));
+            }
+        }
+        self.entries.insert(key, entry);
+    }
+
+    fn leave_digest(&mut self, key: &str, entry: &Entry) {
+        self.digest.toggle(key, &entry.ts);
+        self.by_bucket[digest::bucket_of(key)].remove(key);
+        if entry.tombstone {
+            self.digest_tombstones
+                .remove(&(entry.ts.wall_ms, key.to_string()));
+        }
+    }
+
+    /// Takes tombstones past their TTL out of the digest; how many.
+    fn expire_tombstones(&mut self, now: u64, ttl: Duration) -> usize {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let due: Vec<(u64, String)> = self
+            .digest_tombstones
+            .iter()
+            .take_while(|(wall_ms, _)| now.saturating_sub(*wall_ms) > ttl_ms)
+            .cloned()
+            .collect();
+        for (_, key) in &due {
+            if let Some(mut entry) = self.entries.remove(key) {
+                self.leave_digest(key, &entry);
+                entry.in_digest = false;
+                self.entries.insert(key.clone(), entry);
+            }
+        }
+        due.len()
+    }
 }
 
 struct Shared {
@@ -143,6 +236,10 @@ struct Shared {
     skewed: std::sync::Mutex<HashMap<String, SkewSeen>>,
     /// The peers whose clock runs ahead, as warnings (see [`Handle::clock_skew`]).
     skew_tx: watch::Sender<Vec<String>>,
+    /// Woken after every local write: the sync plane pushes it to every peer.
+    local_write: Notify,
+    /// The digest root after the last change (what gossip carries).
+    root_tx: watch::Sender<u64>,
 }
 
 /// Refusals for clock skew from one peer.
@@ -173,17 +270,27 @@ fn now_ms() -> u64 {
     u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn gossip_key(key: &str) -> String {
-    format!("{GOSSIP_PREFIX}{key}")
-}
-
-fn encode(record: &Record) -> String {
+fn encode(record: &Record) -> Arc<[u8]> {
     // invariant: resources and timestamps are plain data that always serialize.
-    serde_json::to_string(record).unwrap_or_default()
+    serde_json::to_vec(record).unwrap_or_default().into()
 }
 
-/// Opens the durable store, publishes what it holds and starts merging remote records.
-/// A corrupt or unreadable store is an error, never an empty start.
+fn wire_record(key: &str, entry: &Entry) -> proto::sync::Record {
+    proto::sync::Record {
+        key: key.to_string(),
+        ts: entry.ts.clone(),
+        body: entry.encoded.to_vec(),
+    }
+}
+
+/// The gossip value of a digest root: 16 hex digits.
+pub fn root_value(root: u64) -> String {
+    format!("{root:016x}")
+}
+
+/// Opens the durable store and publishes what it holds. A corrupt or unreadable store is an
+/// error, never an empty start. Records of other nodes arrive through [`Handle::merge`] (the
+/// sync plane, [`sync::spawn`]).
 pub async fn spawn(settings: Settings) -> Result<Handle, StoreError> {
     let dir = settings.data_dir.clone();
     let disk = tokio::task::spawn_blocking(move || Disk::open(&dir))
@@ -200,37 +307,29 @@ pub async fn spawn(settings: Settings) -> Result<Handle, StoreError> {
             clock.observe(&ts, now);
         }
     }
-    let mut records = BTreeMap::new();
+    let ttl = settings.tombstone_ttl;
+    let mut state = State::new(clock);
     for (key, raw) in rows {
         let record: Record = serde_json::from_slice(&raw).map_err(|e| DiskError::Open {
             path: settings.data_dir.join(disk::FILE_NAME),
             message: format!("record {key} is unreadable: {e}"),
         })?;
-        clock.observe(&record.ts, now);
-        records.insert(key, record);
+        state.clock.observe(&record.ts, now);
+        state.set(key, record, raw.into(), now, ttl);
     }
-    let ttl = settings.tombstone_ttl;
-    let mut published = HashMap::new();
-    let mut keys = Vec::new();
-    for (key, record) in &records {
-        if !expired(record, record.ts.wall_ms, now, ttl) {
-            published.insert(key.clone(), now);
-            keys.push((gossip_key(key), Some(encode(record))));
-        }
-    }
-    settings.publisher.update(&keys).await;
+    let root = state.digest.root();
+    settings
+        .publisher
+        .set(&[(proto::member::keys::STORE, root_value(root))])
+        .await;
     tracing::info!(
-        records = records.len(),
-        published = published.len(),
+        records = state.entries.len(),
+        resources = state.live.len(),
         "store opened"
     );
-    let (snapshot_tx, _) = watch::channel(Arc::new(live(&records)));
+    let (snapshot_tx, _) = watch::channel(Arc::new(state.live.clone()));
     let shared = Arc::new(Shared {
-        state: Mutex::new(State {
-            records,
-            published,
-            clock,
-        }),
+        state: Mutex::new(state),
         disk: Arc::new(disk),
         publisher: settings.publisher,
         snapshot_tx,
@@ -239,27 +338,21 @@ pub async fn spawn(settings: Settings) -> Result<Handle, StoreError> {
             .unwrap_or(u64::MAX),
         skewed: std::sync::Mutex::new(HashMap::new()),
         skew_tx: watch::channel(Vec::new()).0,
+        local_write: Notify::new(),
+        root_tx: watch::channel(root).0,
     });
-    let snapshot = shared.snapshot_tx.borrow().clone();
-    shared.update_gauges(&*shared.state.lock().await, &snapshot);
-    let merge = tokio::spawn(merge_loop(shared.clone(), settings.remote_rx));
+    shared.update_gauges(&*shared.state.lock().await);
     let gc = tokio::spawn(gc_loop(shared.clone()));
     Ok(Handle {
         shared,
-        tasks: Arc::new(std::sync::Mutex::new(vec![merge, gc])),
+        tasks: Arc::new(std::sync::Mutex::new(vec![gc])),
     })
 }
 
-/// Whether a tombstone has been in gossip long enough: `since_ms` is when it was last
-/// published (or written).
-fn expired(record: &Record, since_ms: u64, now_ms: u64, ttl: Duration) -> bool {
-    let since = since_ms.max(record.ts.wall_ms);
-    record.is_tombstone()
-        && now_ms.saturating_sub(since) > u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn live(records: &BTreeMap<String, Record>) -> Resources {
-    records.values().filter_map(|r| r.value.clone()).collect()
+/// Whether a record is a tombstone older than `ttl` at `now_ms`.
+fn expired(ts: &Timestamp, tombstone: bool, now_ms: u64, ttl: Duration) -> bool {
+    tombstone
+        && now_ms.saturating_sub(ts.wall_ms) > u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Handle {
@@ -285,10 +378,8 @@ impl Handle {
     pub async fn apply(&self, mut changes: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
         let shared = &self.shared;
         let mut state = shared.state.lock().await;
-        // The published snapshot is the live state: every change of `records` goes through
-        // `commit`, which publishes it, under this lock. (Rebuilding it here cost a copy of the
-        // whole zone per write.)
-        let current = shared.snapshot_tx.borrow().clone();
+        // An O(1) clone of the persistent maps.
+        let current = state.live.clone();
         changes.extend(builtin_ca_changes(&current, &changes, SystemTime::now())?);
         check_references(&current, &changes)?;
 
@@ -338,8 +429,150 @@ impl Handle {
         }
         if !writes.is_empty() {
             shared.commit(&mut state, writes, "local").await?;
+            shared.local_write.notify_one();
         }
         Ok(applied)
+    }
+
+    /// Merges records received from `peer` (store sync): each is parsed and checked (size,
+    /// key against value, resource validation, clock offset), the newer of it and the held
+    /// record wins, and the winners are written to disk in one transaction before the
+    /// in-memory state changes. Returns how many records changed. A bad record is counted in
+    /// `zone_egress_store_rejected_records_total{reason}` and skipped; the others still merge.
+    pub async fn merge(&self, peer: &str, records: Vec<proto::sync::Record>) -> usize {
+        let shared = &self.shared;
+        let mut parsed = Vec::with_capacity(records.len());
+        for record in records {
+            if let Some(p) = parse_remote(peer, record) {
+                parsed.push(p);
+            }
+        }
+        let mut state = shared.state.lock().await;
+        let now = now_ms();
+        let mut winners: BTreeMap<String, (Record, Arc<[u8]>)> = BTreeMap::new();
+        for (key, record, encoded) in parsed {
+            if let Err(ahead_ms) = check_offset(&record.ts, now, shared.max_clock_offset_ms) {
+                reject(
+                    "clock_skew",
+                    peer,
+                    &key,
+                    &format!("stamped {ahead_ms} ms ahead of this node's clock"),
+                );
+                shared.note_skew(peer, ahead_ms);
+                continue;
+            }
+            let held = winners
+                .get(&key)
+                .map(|(r, _)| &r.ts)
+                .or_else(|| state.entries.get(&key).map(|e| &e.ts));
+            if held.is_some_and(|h| record.ts <= *h) {
+                continue;
+            }
+            state.clock.observe(&record.ts, now);
+            let lag_ms = now.saturating_sub(record.ts.wall_ms);
+            metrics::histogram!("zone_egress_replication_lag_seconds")
+                .record(lag_ms as f64 / 1000.0);
+            winners.insert(key, (record, encoded));
+        }
+        let changed = winners.len();
+        if changed > 0 {
+            let writes = winners.into_iter().map(|(k, (r, e))| (k, r, e)).collect();
+            if let Err(e) = shared.commit_encoded(&mut state, writes, "sync").await {
+                tracing::error!(error = %e, "cannot store replicated records");
+                return 0;
+            }
+        }
+        changed
+    }
+
+    /// The digest root after the last change.
+    pub fn root(&self) -> watch::Receiver<u64> {
+        self.shared.root_tx.subscribe()
+    }
+
+    /// This node's bucket digests ([`digest::BUCKETS`] of them).
+    pub(crate) async fn buckets(&self) -> Vec<u64> {
+        self.shared.state.lock().await.digest.buckets().to_vec()
+    }
+
+    /// `(key, timestamp)` of the records in `buckets` that count in the digest, in key order
+    /// per bucket: a sync listing.
+    pub(crate) async fn listing(&self, buckets: &[usize]) -> Vec<(String, Timestamp)> {
+        let state = self.shared.state.lock().await;
+        let mut out = Vec::new();
+        for &b in buckets {
+            for key in state.by_bucket.get(b).into_iter().flatten() {
+                if let Some(e) = state.entries.get(key) {
+                    out.push((key.clone(), e.ts.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The client's side of a comparison: given the differing `buckets` and the peer's
+    /// `listing` of them, the records to push (newer here, or missing there; a graveyard
+    /// tombstone newer than a listed record included) and the keys to ask for (newer there, or
+    /// missing here).
+    pub(crate) async fn compare(
+        &self,
+        buckets: &[usize],
+        listing: &[(String, Timestamp)],
+    ) -> (Vec<proto::sync::Record>, Vec<String>) {
+        let state = self.shared.state.lock().await;
+        let listed: HashMap<&str, &Timestamp> =
+            listing.iter().map(|(k, ts)| (k.as_str(), ts)).collect();
+        let mut push = Vec::new();
+        let mut want = Vec::new();
+        for (key, theirs) in listing {
+            match state.entries.get(key) {
+                None => want.push(key.clone()),
+                Some(mine) if mine.ts < *theirs => want.push(key.clone()),
+                Some(mine) if mine.ts > *theirs => push.push(wire_record(key, mine)),
+                Some(_) => {}
+            }
+        }
+        for &b in buckets {
+            for key in state.by_bucket.get(b).into_iter().flatten() {
+                if !listed.contains_key(key.as_str()) {
+                    if let Some(mine) = state.entries.get(key) {
+                        push.push(wire_record(key, mine));
+                    }
+                }
+            }
+        }
+        (push, want)
+    }
+
+    /// The server's answer: the records of `want`, and this node's records newer than a
+    /// `pushed` one (graveyard tombstones included), each once.
+    pub(crate) async fn answer(
+        &self,
+        want: &[String],
+        pushed: &[(String, Timestamp)],
+    ) -> Vec<proto::sync::Record> {
+        let state = self.shared.state.lock().await;
+        let mut keys: BTreeSet<&str> = want.iter().map(String::as_str).collect();
+        for (key, ts) in pushed {
+            if state.entries.get(key).is_some_and(|mine| mine.ts > *ts) {
+                keys.insert(key);
+            }
+        }
+        keys.into_iter()
+            .filter_map(|k| state.entries.get(k).map(|e| wire_record(k, e)))
+            .collect()
+    }
+
+    /// Woken after every local write.
+    pub(crate) async fn local_write(&self) {
+        self.shared.local_write.notified().await;
+    }
+
+    /// Registers a task that [`Handle::shutdown`] stops.
+    pub(crate) fn adopt(&self, task: JoinHandle<()>) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.push(task);
+        }
     }
 
     /// Stops the background tasks and waits until they are gone (so the store file is
@@ -493,19 +726,27 @@ fn check_references(current: &Resources, changes: &[Change]) -> Result<(), Store
             _ => None,
         })
     };
-    // The zone as it will be: current resources, replaced or removed by the batch.
-    let after: Vec<&Resource> = current
-        .iter()
-        .filter(|r| !deleted(&r.resource_key()) && put(&r.resource_key()).is_none())
-        .chain(changes.iter().filter_map(|c| match c {
-            Change::Put(r) => Some(r),
-            Change::Delete(_) => None,
-        }))
-        .collect();
+    // A Secret as it will be: put or deleted by the batch, else as it is. O(batch) per
+    // lookup: a write's cost must not grow with the zone.
     let secret_exists = |mesh: &str, name: &str| {
-        after
+        let key = ResourceKey::new(Kind::Secret, Some(mesh), name);
+        match key {
+            Ok(key) if put(&key).is_some() => true,
+            Ok(key) if deleted(&key) => false,
+            _ => current.secret(mesh, name).is_some(),
+        }
+    };
+    // The zone as it will be: current resources, replaced or removed by the batch. Only a
+    // Secret delete reads it (whose users may be anywhere in its mesh).
+    let after = || -> Vec<&Resource> {
+        current
             .iter()
-            .any(|r| r.kind() == Kind::Secret && r.mesh() == Some(mesh) && r.name() == name)
+            .filter(|r| !deleted(&r.resource_key()) && put(&r.resource_key()).is_none())
+            .chain(changes.iter().filter_map(|c| match c {
+                Change::Put(r) => Some(r),
+                Change::Delete(_) => None,
+            }))
+            .collect()
     };
     let mut problems = Vec::new();
     for change in changes {
@@ -549,8 +790,8 @@ fn check_references(current: &Resources, changes: &[Change]) -> Result<(), Store
             }
             Change::Delete(key) if key.kind() == Kind::Secret => {
                 let mesh = key.mesh().unwrap_or_default();
-                let users: Vec<String> = after
-                    .iter()
+                let users: Vec<String> = after()
+                    .into_iter()
                     .filter(|r| r.mesh().unwrap_or(r.name()) == mesh)
                     .filter_map(|r| {
                         let by_ref = r
@@ -596,16 +837,34 @@ fn check_references(current: &Resources, changes: &[Change]) -> Result<(), Store
 }
 
 impl Shared {
-    /// Writes records to disk, then memory, gossip and the snapshot.
+    /// Writes records to disk, then memory, the digest root in gossip and the snapshot.
     async fn commit(
         &self,
         state: &mut State,
         writes: Vec<(String, Record)>,
         origin: &'static str,
     ) -> Result<(), StoreError> {
-        let rows: Vec<(String, Option<Vec<u8>>)> = writes
+        let writes = writes
+            .into_iter()
+            .map(|(k, r)| {
+                let encoded = encode(&r);
+                (k, r, encoded)
+            })
+            .collect();
+        self.commit_encoded(state, writes, origin).await
+    }
+
+    /// [`Shared::commit`] of records already encoded (as received). O(batch · log n): nothing
+    /// here walks the whole zone.
+    async fn commit_encoded(
+        &self,
+        state: &mut State,
+        writes: Vec<(String, Record, Arc<[u8]>)>,
+        origin: &'static str,
+    ) -> Result<(), StoreError> {
+        let rows: Vec<(String, Option<Arc<[u8]>>)> = writes
             .iter()
-            .map(|(k, r)| (k.clone(), Some(encode(r).into_bytes())))
+            .map(|(k, _, e)| (k.clone(), Some(e.clone())))
             .collect();
         let hlc = serde_json::to_vec(&state.clock.last()).unwrap_or_default();
         let disk = self.disk.clone();
@@ -618,26 +877,33 @@ impl Shared {
             })??;
         metrics::histogram!("zone_egress_store_write_seconds", "origin" => origin)
             .record(started.elapsed().as_secs_f64());
-        let mut keys = Vec::with_capacity(writes.len());
-        for (key, record) in writes {
-            keys.push((gossip_key(&key), Some(encode(&record))));
-            state.published.insert(key.clone(), now_ms());
-            state.records.insert(key, record);
+        let now = now_ms();
+        for (key, record, encoded) in writes {
+            state.set(key, record, encoded, now, self.tombstone_ttl);
         }
-        self.publisher.update(&keys).await;
-        let snapshot = Arc::new(live(&state.records));
-        self.snapshot_tx.send_replace(snapshot.clone());
-        self.update_gauges(state, &snapshot);
+        self.published(state).await;
         Ok(())
     }
 
-    fn update_gauges(&self, state: &State, resources: &Resources) {
+    /// Publishes the state after a change: the snapshot (an O(1) clone), the digest root in
+    /// gossip, the gauges.
+    async fn published(&self, state: &State) {
+        self.snapshot_tx.send_replace(Arc::new(state.live.clone()));
+        let root = state.digest.root();
+        self.root_tx
+            .send_if_modified(|r| std::mem::replace(r, root) != root);
+        self.publisher
+            .set(&[(proto::member::keys::STORE, root_value(root))])
+            .await;
+        self.update_gauges(state);
+    }
+
+    fn update_gauges(&self, state: &State) {
         for kind in Kind::ALL {
             metrics::gauge!("zone_egress_resources", "type" => kind.as_str())
-                .set(resources.count(kind) as f64);
+                .set(state.live.count(kind) as f64);
         }
-        let tombstones = state.records.values().filter(|r| r.is_tombstone()).count();
-        metrics::gauge!("zone_egress_store_tombstones").set(tombstones as f64);
+        metrics::gauge!("zone_egress_store_tombstones").set(state.tombstones as f64);
     }
 }
 
@@ -707,106 +973,40 @@ impl Shared {
     }
 }
 
-fn reject(reason: &'static str, record: &RemoteRecord, detail: &str) {
+fn reject(reason: &'static str, peer: &str, key: &str, detail: &str) {
     metrics::counter!("zone_egress_store_rejected_records_total", "reason" => reason).increment(1);
-    tracing::debug!(node = %record.node, key = %record.key, reason, detail, "refused a gossiped record");
+    tracing::debug!(peer, key, reason, detail, "refused a received record");
 }
 
-/// Parses one gossiped record and checks it belongs under its key.
-fn parse_remote(record: &RemoteRecord) -> Option<(String, Record)> {
-    let key = record.key.strip_prefix(GOSSIP_PREFIX)?;
-    if record.value.len() > MAX_RESOURCE_BYTES + 1024 {
-        reject("oversized", record, "");
+/// Parses one received record and checks it belongs under its key: `(key, record, encoded)`.
+fn parse_remote(peer: &str, record: proto::sync::Record) -> Option<(String, Record, Arc<[u8]>)> {
+    let key = record.key;
+    if record.body.len() > MAX_RESOURCE_BYTES + 1024 {
+        reject("oversized", peer, &key, "");
         return None;
     }
-    let Some(parsed_key) = ResourceKey::parse(key) else {
-        reject("bad_key", record, "");
+    let Some(parsed_key) = ResourceKey::parse(&key) else {
+        reject("bad_key", peer, &key, "");
         return None;
     };
-    let parsed: Record = match serde_json::from_str(&record.value) {
+    let parsed: Record = match serde_json::from_slice(&record.body) {
         Ok(r) => r,
         Err(e) => {
-            reject("invalid", record, &e.to_string());
+            reject("invalid", peer, &key, &e.to_string());
             return None;
         }
     };
     if let Some(resource) = &parsed.value {
         if resource.resource_key() != parsed_key {
-            reject("key_mismatch", record, "");
+            reject("key_mismatch", peer, &key, "");
             return None;
         }
     }
-    Some((key.to_string(), parsed))
+    Some((key, parsed, record.body.into()))
 }
 
-async fn merge_loop(shared: Arc<Shared>, mut remote_rx: mpsc::UnboundedReceiver<RemoteRecord>) {
-    while let Some(first) = remote_rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < 1024 {
-            match remote_rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        let mut state = shared.state.lock().await;
-        let now = now_ms();
-        let mut winners: BTreeMap<String, Record> = BTreeMap::new();
-        let mut republish = Vec::new();
-        for remote in &batch {
-            let Some((key, record)) = parse_remote(remote) else {
-                continue;
-            };
-            if let Err(ahead_ms) = check_offset(&record.ts, now, shared.max_clock_offset_ms) {
-                reject(
-                    "clock_skew",
-                    remote,
-                    &format!("stamped {ahead_ms} ms ahead of this node's clock"),
-                );
-                shared.note_skew(&remote.node, ahead_ms);
-                continue;
-            }
-            let current = winners.get(&key).or_else(|| state.records.get(&key));
-            match current {
-                Some(c) if !record.wins_over(c) => {
-                    // Ours wins: make sure it is in gossip so the sender learns it too.
-                    if record.ts != c.ts && !state.published.contains_key(&key) {
-                        republish.push(key.clone());
-                    }
-                }
-                _ => {
-                    state.clock.observe(&record.ts, now);
-                    let lag_ms = now.saturating_sub(record.ts.wall_ms);
-                    metrics::histogram!("zone_egress_replication_lag_seconds")
-                        .record(lag_ms as f64 / 1000.0);
-                    winners.insert(key, record);
-                }
-            }
-        }
-        if !winners.is_empty() {
-            let writes: Vec<(String, Record)> = winners.into_iter().collect();
-            if let Err(e) = shared.commit(&mut state, writes, "gossip").await {
-                tracing::error!(error = %e, "cannot store replicated records");
-            }
-        }
-        if !republish.is_empty() {
-            let keys: Vec<(String, Option<String>)> = republish
-                .iter()
-                .filter_map(|k| {
-                    state
-                        .records
-                        .get(k)
-                        .map(|r| (gossip_key(k), Some(encode(r))))
-                })
-                .collect();
-            for k in republish {
-                state.published.insert(k, now);
-            }
-            shared.publisher.update(&keys).await;
-        }
-    }
-}
-
-/// Takes tombstones past their TTL out of gossip (they stay on disk).
+/// Takes tombstones past their TTL out of the digest (they stay on disk, and in sync
+/// comparisons), and forgets peers that stopped running ahead.
 async fn gc_loop(shared: Arc<Shared>) {
     let period =
         (shared.tombstone_ttl / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
@@ -815,28 +1015,11 @@ async fn gc_loop(shared: Arc<Shared>) {
         tick.tick().await;
         shared.expire_skew();
         let mut state = shared.state.lock().await;
-        let now = now_ms();
-        let expired_keys: Vec<String> = state
-            .published
-            .iter()
-            .filter(|(k, since)| {
-                state
-                    .records
-                    .get(*k)
-                    .is_some_and(|r| expired(r, **since, now, shared.tombstone_ttl))
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        if expired_keys.is_empty() {
-            continue;
+        let expired = state.expire_tombstones(now_ms(), shared.tombstone_ttl);
+        if expired > 0 {
+            shared.published(&state).await;
+            tracing::debug!(count = expired, "tombstones left the digest");
         }
-        let keys: Vec<(String, Option<String>)> =
-            expired_keys.iter().map(|k| (gossip_key(k), None)).collect();
-        for k in &expired_keys {
-            state.published.remove(k);
-        }
-        shared.publisher.update(&keys).await;
-        tracing::debug!(count = keys.len(), "tombstones left gossip");
     }
 }
 
@@ -858,29 +1041,47 @@ mod tests {
         ))
     }
 
+    /// A record as a peer sends it.
+    struct RemoteRecord {
+        node: String,
+        key: String,
+        value: String,
+    }
+
     async fn open(
         dir: &std::path::Path,
         node: &str,
-    ) -> (Handle, mpsc::UnboundedSender<RemoteRecord>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    ) -> (Handle, tokio::sync::mpsc::UnboundedSender<RemoteRecord>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RemoteRecord>();
         let handle = spawn(Settings {
             data_dir: dir.to_path_buf(),
             node: node.into(),
             tombstone_ttl: Duration::from_secs(3600),
             publisher: Publisher::detached(),
-            remote_rx: rx,
             max_clock_offset: Duration::from_secs(1),
         })
         .await
         .unwrap();
+        // Records go through `merge` one by one, in order, as sync sessions deliver them.
+        let merger = handle.clone();
+        handle.adopt(tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                let record = proto::sync::Record {
+                    key: r.key,
+                    ts: Timestamp::new(0, 0, ""),
+                    body: r.value.into_bytes(),
+                };
+                merger.merge(&r.node, vec![record]).await;
+            }
+        }));
         (handle, tx)
     }
 
     fn remote(node: &str, key: &str, record: &Record) -> RemoteRecord {
         RemoteRecord {
             node: node.into(),
-            key: gossip_key(key),
-            value: encode(record),
+            key: key.into(),
+            value: String::from_utf8(encode(record).to_vec()).unwrap(),
         }
     }
 
@@ -902,12 +1103,12 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(applied[1].outcome, Outcome::Created);
-            let before = store.shared.state.lock().await.records.clone();
+            let before = store.shared.state.lock().await.entries.clone();
             let again = store.apply(vec![Change::Put(es(443))]).await.unwrap();
             assert_eq!(again[0].outcome, Outcome::Unchanged);
             // An acknowledged put is stamped anew even when its content is the same: a delete
             // that another node took before it (and that has not arrived yet) must not win.
-            let after = store.shared.state.lock().await.records.clone();
+            let after = store.shared.state.lock().await.entries.clone();
             let key = es(443).key();
             assert!(after[&key].ts > before[&key].ts);
             store.shutdown().await;
@@ -918,7 +1119,7 @@ mod tests {
         assert_eq!(snap.count(Kind::ExternalService), 1);
         // The clock went on from where it was: a new write is newer than the stored ones.
         let state = store.shared.state.lock().await;
-        let newest = state.records.values().map(|r| r.ts.clone()).max().unwrap();
+        let newest = state.entries.values().map(|r| r.ts.clone()).max().unwrap();
         assert!(state.clock.last() >= newest);
     }
 
@@ -1033,20 +1234,20 @@ mod tests {
         .unwrap();
         tx.send(RemoteRecord {
             node: "evil".into(),
-            key: "r/mesh/default".into(),
+            key: "mesh/default".into(),
             value: "{not json".into(),
         })
         .unwrap();
         tx.send(RemoteRecord {
             node: "evil".into(),
-            key: "r/mesh/default".into(),
+            key: "mesh/default".into(),
             value: "x".repeat(MAX_RESOURCE_BYTES * 2),
         })
         .unwrap();
         // An invalid resource inside a well-formed record.
         tx.send(RemoteRecord {
             node: "evil".into(),
-            key: "r/mesh/default".into(),
+            key: "mesh/default".into(),
             value: format!(
                 r#"{{"ts":{},"value":{{"type":"Mesh","name":"default","bogus":1}}}}"#,
                 serde_json::to_string(&future).unwrap()
@@ -1105,14 +1306,11 @@ mod tests {
     }
 
     #[test]
-    fn tombstones_expire_from_the_later_of_write_and_publication() {
+    fn tombstones_expire_a_ttl_after_their_write() {
         let ttl = Duration::from_secs(10);
-        let t = Versioned::<Resource>::tombstone(Timestamp::new(1_000, 0, "a"));
-        assert!(!expired(&t, 1_000, 5_000, ttl));
-        assert!(expired(&t, 1_000, 11_001, ttl));
-        // Republished at 20 s: stays until 30 s.
-        assert!(!expired(&t, 20_000, 25_000, ttl));
-        let live = Versioned::put(Timestamp::new(1_000, 0, "a"), es(1));
-        assert!(!expired(&live, 0, u64::MAX, ttl));
+        let t = Timestamp::new(1_000, 0, "a");
+        assert!(!expired(&t, true, 5_000, ttl));
+        assert!(expired(&t, true, 11_001, ttl));
+        assert!(!expired(&t, false, u64::MAX, ttl));
     }
 }

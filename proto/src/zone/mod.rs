@@ -18,6 +18,9 @@ pub mod remote;
 pub mod route;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use imbl::{OrdMap, OrdSet};
 
 use crate::resource::{
     CaKind, ClientCertificate, DataSource, ExternalNetworking, ExternalService, ExternalTls,
@@ -48,18 +51,61 @@ pub fn matches_subset<'s, 't>(
 }
 
 /// The live resources of a zone, with indexes: meshes by name, external services by mesh and
-/// `kuma.io/service`. Built once per store change ([`FromIterator`]); read per connection.
+/// `kuma.io/service`. Read per connection.
+///
+/// Persistent maps (`imbl`, a B-tree with structural sharing): a clone is O(1) and shares
+/// everything, [`Resources::insert`] and [`Resources::remove`] copy only the path to the
+/// changed entry, O(log n). The store keeps one value, changes it in place per write and
+/// publishes clones, so a write costs the same with 10 resources or 10,000 (issue 14).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
-    by_key: BTreeMap<String, Resource>,
-    /// (mesh, `kuma.io/service`) → keys of its ExternalServices, in name order.
-    external_by_service: BTreeMap<(String, String), Vec<String>>,
+    by_key: OrdMap<String, Arc<Resource>>,
+    /// (mesh, `kuma.io/service`, resource key) of every ExternalService: a range of it is the
+    /// ExternalServices of one service, in name order.
+    external_by_service: OrdSet<(String, String, String)>,
+    /// Resources per kind ([`Kind::as_str`]), so a count is O(1).
+    counts: BTreeMap<&'static str, usize>,
 }
 
 impl Resources {
     /// One resource by key.
     pub fn get(&self, key: &ResourceKey) -> Option<&Resource> {
-        self.by_key.get(&key.to_string())
+        self.by_key.get(&key.to_string()).map(|r| &**r)
+    }
+
+    /// Adds or replaces `resource` (under [`Resource::key`]); O(log n).
+    pub fn insert(&mut self, resource: Resource) {
+        let key = resource.key();
+        self.remove(&key);
+        if let Resource::ExternalService(es) = &resource {
+            self.external_by_service.insert((
+                es.mesh.as_str().to_string(),
+                es.service().to_string(),
+                key.clone(),
+            ));
+        }
+        *self.counts.entry(resource.kind().as_str()).or_default() += 1;
+        self.by_key.insert(key, Arc::new(resource));
+    }
+
+    /// Removes the resource under `key` (as [`Resource::key`] writes it), if any; O(log n).
+    pub fn remove(&mut self, key: &str) -> Option<Arc<Resource>> {
+        let old = self.by_key.remove(key)?;
+        let kind = old.kind().as_str();
+        if let Some(n) = self.counts.get_mut(kind) {
+            *n -= 1;
+            if *n == 0 {
+                self.counts.remove(kind);
+            }
+        }
+        if let Resource::ExternalService(es) = &*old {
+            self.external_by_service.remove(&(
+                es.mesh.as_str().to_string(),
+                es.service().to_string(),
+                key.to_string(),
+            ));
+        }
+        Some(old)
     }
 
     /// Resources of a kind (and mesh, for mesh-scoped kinds), in key order.
@@ -80,18 +126,18 @@ impl Resources {
         self.by_key
             .range(prefix.clone()..)
             .take_while(move |(k, _)| k.starts_with(&prefix))
-            .map(|(_, r)| r)
+            .map(|(_, r)| &**r)
             .filter(move |r| r.kind() == kind)
     }
 
     /// Number of resources of a kind.
     pub fn count(&self, kind: Kind) -> usize {
-        self.of_kind(kind, None).count()
+        self.counts.get(kind.as_str()).copied().unwrap_or(0)
     }
 
     /// Every resource, in key order.
     pub fn iter(&self) -> impl Iterator<Item = &Resource> {
-        self.by_key.values()
+        self.by_key.values().map(|r| &**r)
     }
 
     /// Number of resources.
@@ -109,6 +155,7 @@ impl Resources {
         match self
             .by_key
             .get(&format!("{}/{name}", Kind::Mesh.singular()))
+            .map(|r| &**r)
         {
             Some(Resource::Mesh(mesh)) => Some(mesh),
             _ => None,
@@ -144,11 +191,11 @@ impl Resources {
         mesh: &str,
         service: &str,
     ) -> impl Iterator<Item = &'a ExternalService> + 'a {
+        let (mesh, service) = (mesh.to_string(), service.to_string());
         self.external_by_service
-            .get(&(mesh.to_string(), service.to_string()))
-            .into_iter()
-            .flatten()
-            .filter_map(|key| match self.by_key.get(key) {
+            .range((mesh.clone(), service.clone(), String::new())..)
+            .take_while(move |(m, s, _)| *m == mesh && *s == service)
+            .filter_map(|(_, _, key)| match self.by_key.get(key).map(|r| &**r) {
                 Some(Resource::ExternalService(es)) => Some(es),
                 _ => None,
             })
@@ -180,7 +227,7 @@ impl Resources {
     /// The `Secret` `name` of `mesh`.
     pub fn secret(&self, mesh: &str, name: &str) -> Option<&SecretResource> {
         let key = format!("{}/{mesh}/{name}", Kind::Secret.singular());
-        match self.by_key.get(&key) {
+        match self.by_key.get(&key).map(|r| &**r) {
             Some(Resource::Secret(s)) => Some(s),
             _ => None,
         }
@@ -346,20 +393,11 @@ impl Resources {
 
 impl FromIterator<Resource> for Resources {
     fn from_iter<I: IntoIterator<Item = Resource>>(iter: I) -> Resources {
-        let by_key: BTreeMap<String, Resource> = iter.into_iter().map(|r| (r.key(), r)).collect();
-        let mut external_by_service: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-        for (key, resource) in &by_key {
-            if let Resource::ExternalService(es) = resource {
-                external_by_service
-                    .entry((es.mesh.as_str().to_string(), es.service().to_string()))
-                    .or_default()
-                    .push(key.clone());
-            }
+        let mut resources = Resources::default();
+        for resource in iter {
+            resources.insert(resource);
         }
-        Resources {
-            by_key,
-            external_by_service,
-        }
+        resources
     }
 }
 

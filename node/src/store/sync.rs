@@ -1,0 +1,598 @@
+//! Store sync: anti-entropy between two nodes over TCP, on the gossip port's number.
+//!
+//! Gossip carries each node's digest root (chitchat key `store`); the records move here, so
+//! the gossip state is a few keys per node whatever the zone holds (issue 14). The session
+//! protocol and its framing are [`proto::sync`]; this module runs them:
+//!
+//! * [`spawn`] starts the *acceptor* (sessions served, at most [`MAX_SERVED`] at once) and the
+//!   *round* task: after a local write (coalesced for [`MIN_GAP`]) a session with every live
+//!   peer, so a write reaches the zone in one round trip; otherwise, every [`ROUND`], a session
+//!   with one live peer whose gossiped root differs from ours (random), which heals what a
+//!   missed push, a partition or a restart left behind.
+//! * With a gossip key every frame after the hellos is sealed (XChaCha20-Poly1305, the gossip
+//!   keyring) with associated data naming the session's two nonces and the direction, and
+//!   carries a sequence number: nothing can be read, injected, replayed from another session
+//!   or reordered. Without a key, sync is plain TCP, as gossip is plain UDP (the node warns).
+//! * Every read has a deadline ([`FRAME_TIMEOUT`]) and every session one ([`SESSION_TIMEOUT`]);
+//!   a frame's length is checked before it is read; a session carries at most
+//!   [`proto::sync::MAX_SESSION_ENTRIES`] entries.
+//!
+//! Metrics: `zone_egress_store_sync_sessions_total{role,outcome}`,
+//! `zone_egress_store_sync_records_total{direction}`,
+//! `zone_egress_store_sync_bytes_total{direction}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::hlc::Timestamp;
+use proto::sync::{self as wire, Message, NONCE_BYTES};
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use super::Handle;
+use super::digest::BUCKETS;
+use crate::gossip::ZoneSnapshot;
+use crate::gossip::sealed::Keyring;
+
+/// Deadline of one frame read or write.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of a whole session (a join of 10,000 resources takes about a second).
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Sessions served at once; more are refused.
+pub const MAX_SERVED: usize = 64;
+/// Interval of the healing round (one session with a peer whose root differs).
+pub const ROUND: Duration = Duration::from_millis(100);
+/// Local writes within this gap share one push to every peer.
+pub const MIN_GAP: Duration = Duration::from_millis(20);
+/// Pushes of one round in flight at once.
+const FANOUT: usize = 16;
+
+const AAD: &[u8] = b"zone-egress store sync v1";
+
+/// What store sync needs to start.
+pub struct Settings {
+    /// This node's zone (a peer of another zone is refused).
+    pub zone: String,
+    /// This node's name.
+    pub node: String,
+    /// Bound to the gossip address (TCP, same port number as gossip's UDP).
+    pub listener: TcpListener,
+    /// The gossip keyring; `None` for plain gossip.
+    pub keyring: Option<Keyring>,
+    /// The zone's members (peers' addresses and digest roots).
+    pub view: watch::Receiver<Arc<ZoneSnapshot>>,
+    /// Source address of outgoing sessions: the gossip address's IP when it is a specific
+    /// one, so sync leaves from where gossip does (firewalls, partitions); `None` lets the
+    /// kernel choose.
+    pub source_ip: Option<std::net::IpAddr>,
+}
+
+/// Why a session failed (logged at debug, counted by `outcome`).
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Frame(#[from] wire::FrameError),
+    #[error("not authentic: {0}")]
+    Auth(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("refused by the peer: {0}")]
+    Refused(String),
+}
+
+impl SyncError {
+    fn outcome(&self) -> &'static str {
+        match self {
+            SyncError::Io(_) => "io",
+            SyncError::Timeout => "timeout",
+            SyncError::Frame(_) => "malformed",
+            SyncError::Auth(_) => "auth_failed",
+            SyncError::Protocol(_) => "protocol",
+            SyncError::Refused(_) => "refused",
+        }
+    }
+}
+
+/// Starts the acceptor and the round task; [`Handle::shutdown`] stops them.
+pub fn spawn(store: &Handle, settings: Settings) {
+    let keyring = settings.keyring.map(Arc::new);
+    let local = Arc::new(Local {
+        zone: settings.zone,
+        node: settings.node,
+        keyring,
+        source_ip: settings.source_ip,
+    });
+    store.adopt(tokio::spawn(accept_loop(
+        store.clone(),
+        local.clone(),
+        settings.listener,
+    )));
+    store.adopt(tokio::spawn(round_loop(
+        store.clone(),
+        local,
+        settings.view,
+    )));
+}
+
+struct Local {
+    zone: String,
+    node: String,
+    keyring: Option<Arc<Keyring>>,
+    source_ip: Option<std::net::IpAddr>,
+}
+
+/// Connects to `peer`, from `source_ip` when given (falling back to any source if that
+/// address cannot be bound).
+async fn connect(
+    peer: SocketAddr,
+    source_ip: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    if let Some(ip) = source_ip.filter(|ip| ip.is_ipv4() == peer.is_ipv4()) {
+        let socket = if peer.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if socket.bind(SocketAddr::new(ip, 0)).is_ok() {
+            return socket.connect(peer).await;
+        }
+    }
+    TcpStream::connect(peer).await
+}
+
+/// One framed, possibly sealed, TCP session.
+struct Channel {
+    stream: TcpStream,
+    keyring: Option<Arc<Keyring>>,
+    send_aad: Vec<u8>,
+    recv_aad: Vec<u8>,
+    send_seq: u64,
+    recv_seq: u64,
+}
+
+fn aad(direction: u8, client: &[u8; NONCE_BYTES], server: &[u8; NONCE_BYTES]) -> Vec<u8> {
+    let mut a = AAD.to_vec();
+    a.push(direction);
+    a.extend_from_slice(client);
+    a.extend_from_slice(server);
+    a
+}
+
+impl Channel {
+    fn new(stream: TcpStream, keyring: Option<Arc<Keyring>>) -> Channel {
+        let zero = [0u8; NONCE_BYTES];
+        Channel {
+            stream,
+            keyring,
+            send_aad: aad(b'h', &zero, &zero),
+            recv_aad: aad(b'h', &zero, &zero),
+            send_seq: 0,
+            recv_seq: 0,
+        }
+    }
+
+    async fn send(&mut self, message: &Message) -> Result<(), SyncError> {
+        let body = wire::encode_body(self.send_seq, message)?;
+        self.send_seq += 1;
+        let body = match &self.keyring {
+            Some(k) => k
+                .seal_with(&self.send_aad, &body, crate::gossip::unix_ms())
+                .map_err(|e| SyncError::Auth(e.to_string()))?,
+            None => body,
+        };
+        let len = u32::try_from(body.len()).map_err(|_| {
+            SyncError::Frame(wire::FrameError::TooLarge {
+                len: body.len(),
+                max: wire::MAX_FRAME_BYTES,
+            })
+        })?;
+        let write = async {
+            self.stream.write_all(&len.to_be_bytes()).await?;
+            self.stream.write_all(&body).await?;
+            self.stream.flush().await
+        };
+        tokio::time::timeout(FRAME_TIMEOUT, write)
+            .await
+            .map_err(|_| SyncError::Timeout)??;
+        metrics::counter!("zone_egress_store_sync_bytes_total", "direction" => "sent")
+            .increment((wire::PREFIX_BYTES + body.len()) as u64);
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<Message, SyncError> {
+        let read = async {
+            let mut prefix = [0u8; wire::PREFIX_BYTES];
+            self.stream.read_exact(&mut prefix).await?;
+            let len = wire::frame_len(prefix)?;
+            let mut body = vec![0u8; len];
+            self.stream.read_exact(&mut body).await?;
+            Ok::<Vec<u8>, SyncError>(body)
+        };
+        let body = tokio::time::timeout(FRAME_TIMEOUT, read)
+            .await
+            .map_err(|_| SyncError::Timeout)??;
+        metrics::counter!("zone_egress_store_sync_bytes_total", "direction" => "received")
+            .increment((wire::PREFIX_BYTES + body.len()) as u64);
+        let body = match &self.keyring {
+            Some(k) => {
+                k.open_with(&self.recv_aad, &body, crate::gossip::unix_ms())
+                    .map_err(|e| SyncError::Auth(e.to_string()))?
+                    .datagram
+            }
+            None => body,
+        };
+        let (seq, message) = wire::decode_body(&body)?;
+        if seq != self.recv_seq {
+            return Err(SyncError::Auth(format!(
+                "frame {seq} where {} was due",
+                self.recv_seq
+            )));
+        }
+        self.recv_seq += 1;
+        if let Message::Refused(why) = message {
+            return Err(SyncError::Refused(why));
+        }
+        Ok(message)
+    }
+
+    /// After the hellos: frames are bound to both nonces and their direction.
+    fn bind(&mut self, client: &[u8; NONCE_BYTES], server: &[u8; NONCE_BYTES], is_client: bool) {
+        let (mine, theirs) = if is_client {
+            (b'c', b's')
+        } else {
+            (b's', b'c')
+        };
+        self.send_aad = aad(mine, client, server);
+        self.recv_aad = aad(theirs, client, server);
+    }
+}
+
+fn nonce() -> [u8; NONCE_BYTES] {
+    let mut n = [0u8; NONCE_BYTES];
+    rand::rng().fill(&mut n);
+    n
+}
+
+/// Counts entries against the session's bound.
+struct Budget(usize);
+
+impl Budget {
+    fn take(&mut self, n: usize) -> Result<(), SyncError> {
+        self.0 += n;
+        if self.0 > wire::MAX_SESSION_ENTRIES {
+            return Err(SyncError::Protocol(format!(
+                "more than {} entries in one session",
+                wire::MAX_SESSION_ENTRIES
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Receives chunks until the last one.
+async fn recv_records(
+    channel: &mut Channel,
+    budget: &mut Budget,
+    push: bool,
+) -> Result<Vec<wire::Record>, SyncError> {
+    let mut out = Vec::new();
+    loop {
+        let (records, more) = match (channel.recv().await?, push) {
+            (Message::Push { records, more }, true) => (records, more),
+            (Message::Bodies { records, more }, false) => (records, more),
+            (other, _) => return Err(unexpected(&other)),
+        };
+        budget.take(records.len())?;
+        out.extend(records);
+        if !more {
+            return Ok(out);
+        }
+    }
+}
+
+fn unexpected(m: &Message) -> SyncError {
+    let name = match m {
+        Message::Hello { .. } => "Hello",
+        Message::HelloAck { .. } => "HelloAck",
+        Message::Refused(_) => "Refused",
+        Message::Buckets(_) => "Buckets",
+        Message::Listing { .. } => "Listing",
+        Message::Push { .. } => "Push",
+        Message::Want { .. } => "Want",
+        Message::Bodies { .. } => "Bodies",
+    };
+    SyncError::Protocol(format!("unexpected {name}"))
+}
+
+async fn send_records(
+    channel: &mut Channel,
+    records: Vec<wire::Record>,
+    push: bool,
+) -> Result<(), SyncError> {
+    metrics::counter!("zone_egress_store_sync_records_total", "direction" => "sent")
+        .increment(records.len() as u64);
+    let chunks = wire::chunks(records, |r| r.key.len() + r.body.len() + r.ts.node.len());
+    let last = chunks.len() - 1;
+    for (i, records) in chunks.into_iter().enumerate() {
+        let more = i < last;
+        let m = if push {
+            Message::Push { records, more }
+        } else {
+            Message::Bodies { records, more }
+        };
+        channel.send(&m).await?;
+    }
+    Ok(())
+}
+
+fn differing(mine: &[u64], theirs: &[u64]) -> Result<Vec<usize>, SyncError> {
+    if theirs.len() != BUCKETS {
+        return Err(SyncError::Protocol(format!(
+            "{} bucket digests, expected {BUCKETS}",
+            theirs.len()
+        )));
+    }
+    Ok((0..BUCKETS).filter(|&b| mine[b] != theirs[b]).collect())
+}
+
+/// The client's side of one session with `peer`: how many records changed here.
+async fn client_session(
+    store: &Handle,
+    local: &Local,
+    peer: SocketAddr,
+) -> Result<(String, usize), SyncError> {
+    let stream = tokio::time::timeout(FRAME_TIMEOUT, connect(peer, local.source_ip))
+        .await
+        .map_err(|_| SyncError::Timeout)??;
+    stream.set_nodelay(true)?;
+    let mut ch = Channel::new(stream, local.keyring.clone());
+    let client_nonce = nonce();
+    ch.send(&Message::Hello {
+        zone: local.zone.clone(),
+        node: local.node.clone(),
+        nonce: client_nonce,
+    })
+    .await?;
+    let zero = [0u8; NONCE_BYTES];
+    ch.recv_aad = aad(b'a', &client_nonce, &zero);
+    let (peer_name, server_nonce) = match ch.recv().await? {
+        Message::HelloAck { node, nonce } => (node, nonce),
+        other => return Err(unexpected(&other)),
+    };
+    ch.bind(&client_nonce, &server_nonce, true);
+    let mine = store.buckets().await;
+    ch.send(&Message::Buckets(mine.clone())).await?;
+    let theirs = match ch.recv().await? {
+        Message::Buckets(b) => b,
+        other => return Err(unexpected(&other)),
+    };
+    let buckets = differing(&mine, &theirs)?;
+    let mut budget = Budget(0);
+    let mut listing = Vec::new();
+    loop {
+        match ch.recv().await? {
+            Message::Listing { entries, more } => {
+                budget.take(entries.len())?;
+                listing.extend(entries);
+                if !more {
+                    break;
+                }
+            }
+            other => return Err(unexpected(&other)),
+        }
+    }
+    let (push, want) = store.compare(&buckets, &listing).await;
+    send_records(&mut ch, push, true).await?;
+    let chunks = wire::chunks(want, String::len);
+    let last = chunks.len() - 1;
+    for (i, keys) in chunks.into_iter().enumerate() {
+        ch.send(&Message::Want {
+            keys,
+            more: i < last,
+        })
+        .await?;
+    }
+    let bodies = recv_records(&mut ch, &mut budget, false).await?;
+    metrics::counter!("zone_egress_store_sync_records_total", "direction" => "received")
+        .increment(bodies.len() as u64);
+    let changed = if bodies.is_empty() {
+        0
+    } else {
+        store.merge(&peer_name, bodies).await
+    };
+    Ok((peer_name, changed))
+}
+
+/// The server's side of one session.
+async fn serve_session(store: &Handle, local: &Local, ch: &mut Channel) -> Result<(), SyncError> {
+    let (peer, client_nonce) = match ch.recv().await? {
+        Message::Hello { zone, node, nonce } => {
+            if zone != local.zone {
+                let why = format!(
+                    "this node is in zone {:?}, the peer in zone {zone:?}",
+                    local.zone
+                );
+                let _ = ch.send(&Message::Refused(why.clone())).await;
+                return Err(SyncError::Refused(why));
+            }
+            (node, nonce)
+        }
+        other => return Err(unexpected(&other)),
+    };
+    let server_nonce = nonce();
+    let zero = [0u8; NONCE_BYTES];
+    ch.send_aad = aad(b'a', &client_nonce, &zero);
+    ch.send(&Message::HelloAck {
+        node: local.node.clone(),
+        nonce: server_nonce,
+    })
+    .await?;
+    ch.bind(&client_nonce, &server_nonce, false);
+    let theirs = match ch.recv().await? {
+        Message::Buckets(b) => b,
+        other => return Err(unexpected(&other)),
+    };
+    let mine = store.buckets().await;
+    let buckets = differing(&mine, &theirs)?;
+    ch.send(&Message::Buckets(mine)).await?;
+    let listing = store.listing(&buckets).await;
+    let chunks = wire::chunks(listing, |(k, ts)| k.len() + ts.node.len() + 16);
+    let last = chunks.len() - 1;
+    for (i, entries) in chunks.into_iter().enumerate() {
+        ch.send(&Message::Listing {
+            entries,
+            more: i < last,
+        })
+        .await?;
+    }
+    let mut budget = Budget(0);
+    let pushed = recv_records(ch, &mut budget, true).await?;
+    let mut want = Vec::new();
+    loop {
+        match ch.recv().await? {
+            Message::Want { keys, more } => {
+                budget.take(keys.len())?;
+                want.extend(keys);
+                if !more {
+                    break;
+                }
+            }
+            other => return Err(unexpected(&other)),
+        }
+    }
+    metrics::counter!("zone_egress_store_sync_records_total", "direction" => "received")
+        .increment(pushed.len() as u64);
+    let pushed_ts: Vec<(String, Timestamp)> = pushed
+        .iter()
+        .map(|r| (r.key.clone(), r.ts.clone()))
+        .collect();
+    if !pushed.is_empty() {
+        store.merge(&peer, pushed).await;
+    }
+    let answer = store.answer(&want, &pushed_ts).await;
+    send_records(ch, answer, false).await?;
+    Ok(())
+}
+
+async fn accept_loop(store: Handle, local: Arc<Local>, listener: TcpListener) {
+    let slots = Arc::new(Semaphore::new(MAX_SERVED));
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "store sync accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("zone_egress_store_sync_sessions_total", "role" => "server", "outcome" => "busy")
+                .increment(1);
+            continue;
+        };
+        let (store, local) = (store.clone(), local.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut ch = Channel::new(stream, local.keyring.clone());
+            let result =
+                tokio::time::timeout(SESSION_TIMEOUT, serve_session(&store, &local, &mut ch))
+                    .await
+                    .unwrap_or(Err(SyncError::Timeout));
+            let outcome = match &result {
+                Ok(()) => "ok",
+                Err(e) => e.outcome(),
+            };
+            metrics::counter!("zone_egress_store_sync_sessions_total", "role" => "server", "outcome" => outcome)
+                .increment(1);
+            if let Err(e) = result {
+                tracing::debug!(peer = %from, error = %e, "store sync session (served) failed");
+            }
+        });
+    }
+}
+
+/// Live peers: `(name, address, digest root)`.
+fn peers(view: &ZoneSnapshot, me: &str) -> Vec<(String, SocketAddr, Option<String>)> {
+    view.view
+        .members
+        .iter()
+        .filter(|m| m.state.is_present() && m.name != me && !m.name_conflict)
+        .filter_map(|m| {
+            let addr = m.gossip_address.parse().ok()?;
+            Some((m.name.clone(), addr, m.store_digest.clone()))
+        })
+        .collect()
+}
+
+async fn round_loop(store: Handle, local: Arc<Local>, view: watch::Receiver<Arc<ZoneSnapshot>>) {
+    let mut last_round = Instant::now();
+    loop {
+        let pushed = tokio::select! {
+            _ = store.local_write() => true,
+            _ = tokio::time::sleep(ROUND) => false,
+        };
+        if pushed {
+            // Writes that arrive within MIN_GAP of the last round go in the next one.
+            let since = last_round.elapsed();
+            if since < MIN_GAP {
+                tokio::time::sleep(MIN_GAP - since).await;
+            }
+        }
+        last_round = Instant::now();
+        let snapshot = view.borrow().clone();
+        let root = super::root_value(*store.root().borrow());
+        let all = peers(&snapshot, &local.node);
+        let targets: Vec<SocketAddr> = if pushed {
+            all.iter().map(|(_, a, _)| *a).collect()
+        } else {
+            let differ: Vec<SocketAddr> = all
+                .iter()
+                .filter(|(_, _, r)| r.as_deref() != Some(root.as_str()))
+                .map(|(_, a, _)| *a)
+                .collect();
+            if differ.is_empty() {
+                continue;
+            }
+            vec![differ[rand::rng().random_range(0..differ.len())]]
+        };
+        let mut sessions = tokio::task::JoinSet::new();
+        for addr in targets {
+            while sessions.len() >= FANOUT {
+                sessions.join_next().await;
+            }
+            let (store, local) = (store.clone(), local.clone());
+            sessions.spawn(async move {
+                let result = tokio::time::timeout(
+                    SESSION_TIMEOUT,
+                    client_session(&store, &local, addr),
+                )
+                .await
+                .unwrap_or(Err(SyncError::Timeout));
+                let outcome = match &result {
+                    Ok(_) => "ok",
+                    Err(e) => e.outcome(),
+                };
+                metrics::counter!("zone_egress_store_sync_sessions_total", "role" => "client", "outcome" => outcome)
+                    .increment(1);
+                match result {
+                    Ok((peer, changed)) if changed > 0 => {
+                        tracing::debug!(%peer, changed, "store sync merged records");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(peer = %addr, error = %e, "store sync session failed");
+                    }
+                }
+            });
+        }
+        while sessions.join_next().await.is_some() {}
+    }
+}
