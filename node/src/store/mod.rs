@@ -238,6 +238,8 @@ struct Shared {
     skew_tx: watch::Sender<Vec<String>>,
     /// Woken after every local write: the sync plane pushes it to every peer.
     local_write: Notify,
+    /// Keys written here since the sync plane last took them (what it pushes).
+    written: std::sync::Mutex<BTreeSet<String>>,
     /// The digest root after the last change (what gossip carries).
     root_tx: watch::Sender<u64>,
 }
@@ -339,6 +341,7 @@ pub async fn spawn(settings: Settings) -> Result<Handle, StoreError> {
         skewed: std::sync::Mutex::new(HashMap::new()),
         skew_tx: watch::channel(Vec::new()).0,
         local_write: Notify::new(),
+        written: std::sync::Mutex::new(BTreeSet::new()),
         root_tx: watch::channel(root).0,
     });
     shared.update_gauges(&*shared.state.lock().await);
@@ -428,7 +431,13 @@ impl Handle {
             }
         }
         if !writes.is_empty() {
+            let keys: Vec<String> = writes.iter().map(|(k, _)| k.clone()).collect();
             shared.commit(&mut state, writes, "local").await?;
+            shared
+                .written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(keys);
             shared.local_write.notify_one();
         }
         Ok(applied)
@@ -566,6 +575,25 @@ impl Handle {
     /// Woken after every local write.
     pub(crate) async fn local_write(&self) {
         self.shared.local_write.notified().await;
+    }
+
+    /// The records written here since the last call, as they are now (a key written twice
+    /// goes once, in its latest version).
+    pub(crate) async fn take_written(&self) -> Vec<proto::sync::Record> {
+        let keys = std::mem::take(
+            &mut *self
+                .shared
+                .written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let state = self.shared.state.lock().await;
+        keys.iter()
+            .filter_map(|k| state.entries.get(k).map(|e| wire_record(k, e)))
+            .collect()
     }
 
     /// Registers a task that [`Handle::shutdown`] stops.

@@ -342,11 +342,15 @@ fn differing(mine: &[u64], theirs: &[u64]) -> Result<Vec<usize>, SyncError> {
     Ok((0..BUCKETS).filter(|&b| mine[b] != theirs[b]).collect())
 }
 
-/// The client's side of one session with `peer`: how many records changed here.
+/// The client's side of one session with `peer`: how many records changed here. With
+/// `push`, the session only offers those records (written here just now) and takes back the
+/// peer's newer copies of them; without, it compares digests and reconciles every bucket that
+/// differs.
 async fn client_session(
     store: &Handle,
     local: &Local,
     peer: SocketAddr,
+    push: Option<Arc<Vec<wire::Record>>>,
 ) -> Result<(String, usize), SyncError> {
     let stream = tokio::time::timeout(FRAME_TIMEOUT, connect(peer, local.source_ip))
         .await
@@ -367,6 +371,17 @@ async fn client_session(
         other => return Err(unexpected(&other)),
     };
     ch.bind(&client_nonce, &server_nonce, true);
+    let mut budget = Budget(0);
+    if let Some(records) = push {
+        send_records(&mut ch, records.to_vec(), true).await?;
+        let bodies = recv_records(&mut ch, &mut budget, false).await?;
+        let changed = if bodies.is_empty() {
+            0
+        } else {
+            store.merge(&peer_name, bodies).await
+        };
+        return Ok((peer_name, changed));
+    }
     let mine = store.buckets().await;
     ch.send(&Message::Buckets(mine.clone())).await?;
     let theirs = match ch.recv().await? {
@@ -374,7 +389,6 @@ async fn client_session(
         other => return Err(unexpected(&other)),
     };
     let buckets = differing(&mine, &theirs)?;
-    let mut budget = Budget(0);
     let mut listing = Vec::new();
     loop {
         match ch.recv().await? {
@@ -435,8 +449,24 @@ async fn serve_session(store: &Handle, local: &Local, ch: &mut Channel) -> Resul
     })
     .await?;
     ch.bind(&client_nonce, &server_nonce, false);
+    let mut budget = Budget(0);
     let theirs = match ch.recv().await? {
         Message::Buckets(b) => b,
+        // A push: merge, answer with this node's newer copies of the pushed keys.
+        Message::Push { records, more } => {
+            budget.take(records.len())?;
+            let mut pushed = records;
+            if more {
+                pushed.extend(recv_records(ch, &mut budget, true).await?);
+            }
+            metrics::counter!("zone_egress_store_sync_records_total", "direction" => "received")
+                .increment(pushed.len() as u64);
+            let pushed_ts: Vec<(String, Timestamp)> =
+                pushed.iter().map(|r| (r.key.clone(), r.ts.clone())).collect();
+            store.merge(&peer, pushed).await;
+            let answer = store.answer(&[], &pushed_ts).await;
+            return send_records(ch, answer, false).await;
+        }
         other => return Err(unexpected(&other)),
     };
     let mine = store.buckets().await;
@@ -452,7 +482,6 @@ async fn serve_session(store: &Handle, local: &Local, ch: &mut Channel) -> Resul
         })
         .await?;
     }
-    let mut budget = Budget(0);
     let pushed = recv_records(ch, &mut budget, true).await?;
     let mut want = Vec::new();
     loop {
@@ -550,7 +579,12 @@ async fn round_loop(store: Handle, local: Arc<Local>, view: watch::Receiver<Arc<
         let snapshot = view.borrow().clone();
         let root = super::root_value(*store.root().borrow());
         let all = peers(&snapshot, &local.node);
-        let targets: Vec<SocketAddr> = if pushed {
+        let written = if pushed {
+            Some(Arc::new(store.take_written().await))
+        } else {
+            None
+        };
+        let targets: Vec<SocketAddr> = if written.as_ref().is_some_and(|w| !w.is_empty()) {
             all.iter().map(|(_, a, _)| *a).collect()
         } else {
             let differ: Vec<SocketAddr> = all
@@ -569,10 +603,11 @@ async fn round_loop(store: Handle, local: Arc<Local>, view: watch::Receiver<Arc<
                 sessions.join_next().await;
             }
             let (store, local) = (store.clone(), local.clone());
+            let push = written.clone().filter(|w| !w.is_empty());
             sessions.spawn(async move {
                 let result = tokio::time::timeout(
                     SESSION_TIMEOUT,
-                    client_session(&store, &local, addr),
+                    client_session(&store, &local, addr, push),
                 )
                 .await
                 .unwrap_or(Err(SyncError::Timeout));
@@ -594,5 +629,208 @@ async fn round_loop(store: Handle, local: Arc<Local>, view: watch::Receiver<Arc<
             });
         }
         while sessions.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::resource::{Kind, parse_documents};
+
+    use super::*;
+    use crate::gossip::Publisher;
+    use crate::store::{Change, Settings as StoreSettings, spawn as open_store};
+
+    async fn store(ttl: Duration) -> (Handle, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = open_store(StoreSettings {
+            data_dir: dir.path().to_path_buf(),
+            node: format!("n{}", rand::rng().random_range(0..1_000_000)),
+            tombstone_ttl: ttl,
+            publisher: Publisher::detached(),
+            max_clock_offset: Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+        (handle, dir)
+    }
+
+    fn local(zone: &str, keyring: Option<&str>) -> Arc<Local> {
+        Arc::new(Local {
+            zone: zone.into(),
+            node: "test".into(),
+            keyring: keyring.map(|k| Arc::new(Keyring::parse(k).unwrap())),
+            source_ip: None,
+        })
+    }
+
+    async fn serve(store: &Handle, local: Arc<Local>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        store.adopt(tokio::spawn(accept_loop(store.clone(), local, listener)));
+        addr
+    }
+
+    fn docs(yaml: &str) -> Vec<Change> {
+        parse_documents(yaml)
+            .unwrap()
+            .into_iter()
+            .map(Change::Put)
+            .collect()
+    }
+
+    fn services(from: usize, to: usize) -> String {
+        let mut y = String::new();
+        for i in from..to {
+            y.push_str(&format!(
+                "---\ntype: ExternalService\nmesh: default\nname: es-{i}\ntags: {{ kuma.io/service: es-{i} }}\nnetworking: {{ address: 'es-{i}.example.org:443' }}\n"
+            ));
+        }
+        y
+    }
+
+    async fn root(store: &Handle) -> u64 {
+        *store.root().borrow()
+    }
+
+    #[tokio::test]
+    async fn one_session_leaves_both_nodes_with_the_union() {
+        let key = crate::gossip::sealed::generate_key();
+        let (a, _da) = store(Duration::from_secs(3600)).await;
+        let (b, _db) = store(Duration::from_secs(3600)).await;
+        a.apply(docs(&format!("type: Mesh\nname: default\n{}", services(0, 300))))
+            .await
+            .unwrap();
+        b.apply(docs(&format!("type: Mesh\nname: default\n{}", services(290, 310))))
+            .await
+            .unwrap();
+        assert_ne!(root(&a).await, root(&b).await);
+        let addr = serve(&a, local("z", Some(&key))).await;
+        let (_, changed) = client_session(&b, &local("z", Some(&key)), addr, None)
+            .await
+            .unwrap();
+        // b took a's 290 services it lacked and whichever copy of the 10 shared ones and the
+        // Mesh is newer; a took b's 10 services it lacked.
+        assert!(changed >= 290, "{changed}");
+        assert_eq!(root(&a).await, root(&b).await);
+        for s in [&a, &b] {
+            assert_eq!(s.snapshot().borrow().count(Kind::ExternalService), 310);
+        }
+        // In sync: a second session moves nothing.
+        let (_, changed) = client_session(&b, &local("z", Some(&key)), addr, None)
+            .await
+            .unwrap();
+        assert_eq!(changed, 0);
+    }
+
+    #[tokio::test]
+    async fn a_push_lands_and_an_older_push_gets_the_newer_copy_back() {
+        let (a, _da) = store(Duration::from_secs(3600)).await;
+        let (b, _db) = store(Duration::from_secs(3600)).await;
+        let addr = serve(&a, local("z", None)).await;
+        b.apply(docs(&format!("type: Mesh\nname: default\n{}", services(0, 3))))
+            .await
+            .unwrap();
+        let written = Arc::new(b.take_written().await);
+        assert_eq!(written.len(), 4);
+        assert!(b.take_written().await.is_empty(), "taken once");
+        client_session(&b, &local("z", None), addr, Some(written.clone()))
+            .await
+            .unwrap();
+        assert_eq!(root(&a).await, root(&b).await);
+        // a writes es-0 anew; b pushes its older es-0 again and takes a's back.
+        a.apply(docs(&services(0, 1).replace("443", "8443")))
+            .await
+            .unwrap();
+        let (_, changed) = client_session(&b, &local("z", None), addr, Some(written))
+            .await
+            .unwrap();
+        assert_eq!(changed, 1);
+        assert_eq!(root(&a).await, root(&b).await);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_or_another_zone_moves_nothing() {
+        let (a, _da) = store(Duration::from_secs(3600)).await;
+        let (b, _db) = store(Duration::from_secs(3600)).await;
+        a.apply(docs("type: Mesh\nname: default\n")).await.unwrap();
+        let key = crate::gossip::sealed::generate_key();
+        let other = crate::gossip::sealed::generate_key();
+        let addr = serve(&a, local("z", Some(&key))).await;
+        let err = client_session(&b, &local("z", Some(&other)), addr, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SyncError::Io(_) | SyncError::Timeout), "{err}");
+        let err = client_session(&b, &local("z", None), addr, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SyncError::Io(_) | SyncError::Timeout), "{err}");
+        let plain = serve(&a, local("z", None)).await;
+        let err = client_session(&b, &local("other-zone", None), plain, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, SyncError::Refused(why) if why.contains("other-zone")),
+            "{err}"
+        );
+        assert!(b.snapshot().borrow().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_tombstone_past_its_ttl_still_beats_an_old_copy_coming_back() {
+        let ttl = Duration::from_millis(100);
+        let (a, _da) = store(ttl).await;
+        let (b, _db) = store(ttl).await;
+        a.apply(docs(&format!("type: Mesh\nname: default\n{}", services(0, 2))))
+            .await
+            .unwrap();
+        let addr = serve(&a, local("z", None)).await;
+        client_session(&b, &local("z", None), addr, None).await.unwrap();
+        assert_eq!(b.snapshot().borrow().count(Kind::ExternalService), 2);
+        // a deletes es-0 while b is away, and the tombstone leaves a's digest.
+        let key = parse_documents(&services(0, 1)).unwrap()[0].resource_key();
+        a.apply(vec![Change::Delete(key.clone())]).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while a.shared.state.lock().await.digest_tombstones.len() == 1 {
+            assert!(Instant::now() < deadline, "the tombstone never left the digest");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // b comes back with its old copy: the session ends with es-0 deleted on both.
+        client_session(&b, &local("z", None), addr, None).await.unwrap();
+        assert!(b.snapshot().borrow().get(&key).is_none());
+        assert!(a.snapshot().borrow().get(&key).is_none());
+        assert_eq!(b.snapshot().borrow().count(Kind::ExternalService), 1);
+    }
+
+    #[tokio::test]
+    async fn garbage_on_the_sync_port_changes_nothing_and_the_port_keeps_serving() {
+        let (a, _da) = store(Duration::from_secs(3600)).await;
+        a.apply(docs("type: Mesh\nname: default\n")).await.unwrap();
+        let before = root(&a).await;
+        let addr = serve(&a, local("z", None)).await;
+        for junk in [
+            vec![0xff, 0xff, 0xff, 0xff],
+            vec![0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8],
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            // A well-formed frame out of order: Buckets before Hello.
+            {
+                let body = wire::encode_body(0, &Message::Buckets(vec![0; BUCKETS])).unwrap();
+                let mut f = (body.len() as u32).to_be_bytes().to_vec();
+                f.extend(body);
+                f
+            },
+        ] {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&junk).await.unwrap();
+            let mut buf = Vec::new();
+            // The server closes the connection (an error or EOF), never hangs past a frame
+            // timeout.
+            let _ = tokio::time::timeout(FRAME_TIMEOUT * 2, s.read_to_end(&mut buf))
+                .await
+                .expect("the server closes a connection that sends garbage");
+        }
+        assert_eq!(root(&a).await, before);
+        let (b, _db) = store(Duration::from_secs(3600)).await;
+        client_session(&b, &local("z", None), addr, None).await.unwrap();
+        assert_eq!(root(&b).await, before);
     }
 }
