@@ -6,6 +6,12 @@ use clap::Parser;
 use node::cli::{Cli, Command};
 use node::config::{self, Overrides};
 
+/// mimalloc instead of glibc's malloc: under a zone's write load glibc's allocator took a
+/// quarter of all CPU (`_int_malloc`, `malloc_consolidate` in `perf`; BENCHMARKS.md, "Zone
+/// state at scale").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or_else(|| Command::Run(Box::default())) {

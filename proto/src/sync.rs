@@ -11,7 +11,8 @@
 //!    answers [`Message::HelloAck`] with its own nonce. With a gossip key, every frame after
 //!    them is sealed with associated data naming both nonces and the direction, and carries a
 //!    sequence number: a frame of another session, another direction or out of order fails.
-//! 2. C → S [`Message::Buckets`]: its 1,024 bucket digests; S answers with its own, and both
+//! 2. C → S [`Message::Root`], S answers with its own; equal roots end the exchange. Else
+//!    C → S [`Message::Buckets`]: its 1,024 bucket digests; S answers with its own, and both
 //!    know the buckets that differ.
 //! 3. S → C [`Message::Listing`] chunks: `(key, timestamp)` of S's records in the buckets
 //!    that differ (tombstones past their TTL are not listed).
@@ -89,6 +90,9 @@ pub enum Message {
     },
     /// The session is refused (another zone, too many sessions); the reason in words.
     Refused(String),
+    /// Each side's digest root (client first, then the server's answer): an anti-entropy
+    /// exchange ends here when they are equal.
+    Root(u64),
     /// Each side's bucket digests (client first, then the server's answer).
     Buckets(Vec<u64>),
     /// Server → client: records of the differing buckets; `more` is false on the last chunk.
@@ -243,8 +247,8 @@ mod tests {
 
     #[test]
     fn a_claimed_length_inside_a_body_cannot_allocate_past_the_limit() {
-        // seq 0, variant Buckets (3), then a varint length of 2^40 entries.
-        let body = [0u8, 3, 253, 0, 0, 0, 0, 0, 1, 0, 0];
+        // seq 0, variant Buckets (4), then a varint length of 2^40 entries.
+        let body = [0u8, 4, 253, 0, 0, 0, 0, 0, 1, 0, 0];
         assert!(decode_body(&body).is_err());
     }
 

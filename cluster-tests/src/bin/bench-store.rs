@@ -15,7 +15,8 @@
 //!    `--seconds`: acknowledged (fsynced) writes per second, CPU per write on node 0 and on
 //!    the others (from `/proc/<pid>/stat`), and meanwhile a sampler that times a write until
 //!    every node serves it (p50/p99/max);
-//! 4. **spread**: the same with client *i* writing through node *i mod n*;
+//! 4. **spread**: the same with client *i* writing through node *i mod n*, and the CPU of the
+//!    whole zone per write;
 //! 5. gossip and store-sync bytes per second per node (from `/metrics`) over both load phases,
 //!    and resident memory per node.
 
@@ -276,7 +277,8 @@ fn load(cluster: &Cluster, args: &Args, spread: bool, round: usize) -> anyhow::R
     Ok(Load {
         writes_per_s: w / elapsed,
         writer_cpu_ms: if spread {
-            cpu.iter().sum::<f64>() / w / n as f64
+            // The whole zone's CPU per write.
+            cpu.iter().sum::<f64>() / w
         } else {
             cpu[0] / w
         },
@@ -341,9 +343,11 @@ fn main() -> anyhow::Result<()> {
         let mut options = cluster.next_options();
         options.seeds = vec![cluster.nodes[1].info.gossip.clone()];
         let joiner = cluster.add_node_with(options)?;
-        eventually(Duration::from_secs(600), "the joiner holds everything", || {
-            Ok((held(&a, &cluster.admin(joiner))? == args.resources).then_some(()))
-        })?;
+        eventually(
+            Duration::from_secs(600),
+            "the joiner holds everything",
+            || Ok((held(&a, &cluster.admin(joiner))? == args.resources).then_some(())),
+        )?;
         let join = joined_at.elapsed();
         cluster.wait_converged(Duration::from_secs(120))?;
 
@@ -358,7 +362,7 @@ fn main() -> anyhow::Result<()> {
         let mut spread = load(&cluster, &args, true, 2)?;
         let n = cluster.nodes.len();
         summary.push(format!(
-            "| {n} | {} | {:.1} s ({:.1} s after the last ack) | {:.1} s | {:.0} | {:.2} ms | {:.2} ms (max {:.2}) | {:.0} / {:.0} / {:.0} ms | {:.0} | {:.0} / {:.0} ms | {:.1} / {:.1} KB/s | {:.0} MiB (max {:.0}) |",
+            "| {n} | {} | {:.1} s ({:.1} s after the last ack) | {:.1} s | {:.0} | {:.2} ms | {:.2} ms (max {:.2}) | {:.0} / {:.0} / {:.0} ms | {:.0} | {:.1} ms | {:.0} / {:.0} ms | {:.1} / {:.1} KB/s | {:.0} MiB (max {:.0}) |",
             args.resources,
             burst_everywhere.as_secs_f64(),
             (burst_everywhere - acked).as_secs_f64(),
@@ -371,6 +375,7 @@ fn main() -> anyhow::Result<()> {
             pct(&mut one.visible, 0.99),
             pct(&mut one.visible, 1.0),
             spread.writes_per_s,
+            spread.writer_cpu_ms,
             pct(&mut spread.visible, 0.5),
             pct(&mut spread.visible, 0.99),
             (one.gossip_bytes_per_s + spread.gossip_bytes_per_s) / 2.0 / 1000.0,
@@ -382,9 +387,9 @@ fn main() -> anyhow::Result<()> {
         drop(cluster);
     }
     println!(
-        "| nodes (incl. joiner) | resources | burst visible everywhere | join: all held | writes/s, one node | CPU/write, writer | CPU/write, each other node | visible p50 / p99 / max | writes/s, spread | visible p50 / p99 (spread) | gossip / sync bytes per node | RSS per node |"
+        "| nodes (incl. joiner) | resources | burst visible everywhere | join: all held | writes/s, one node | CPU/write, writer | CPU/write, each other node | visible p50 / p99 / max | writes/s, spread | CPU/write, whole zone (spread) | visible p50 / p99 (spread) | gossip / sync bytes per node | RSS per node |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for line in summary {
         println!("{line}");
     }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::hlc::{Clock, Timestamp, Versioned, check_offset};
 use proto::resource::{CaKind, Kind, Resource, ResourceKey};
-use tokio::sync::{Mutex, Notify, watch};
+use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::gossip::Publisher;
@@ -242,6 +242,8 @@ struct Shared {
     written: std::sync::Mutex<BTreeSet<String>>,
     /// The digest root after the last change (what gossip carries).
     root_tx: watch::Sender<u64>,
+    /// To the merger task.
+    merge_tx: mpsc::Sender<MergeRequest>,
 }
 
 /// Refusals for clock skew from one peer.
@@ -330,6 +332,7 @@ pub async fn spawn(settings: Settings) -> Result<Handle, StoreError> {
         "store opened"
     );
     let (snapshot_tx, _) = watch::channel(Arc::new(state.live.clone()));
+    let (merge_tx, merge_rx) = mpsc::channel(MERGE_GROUP);
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         disk: Arc::new(disk),
@@ -343,12 +346,14 @@ pub async fn spawn(settings: Settings) -> Result<Handle, StoreError> {
         local_write: Notify::new(),
         written: std::sync::Mutex::new(BTreeSet::new()),
         root_tx: watch::channel(root).0,
+        merge_tx,
     });
     shared.update_gauges(&*shared.state.lock().await);
     let gc = tokio::spawn(gc_loop(shared.clone()));
+    let merge = tokio::spawn(merger(shared.clone(), merge_rx));
     Ok(Handle {
         shared,
-        tasks: Arc::new(std::sync::Mutex::new(vec![gc])),
+        tasks: Arc::new(std::sync::Mutex::new(vec![gc, merge])),
     })
 }
 
@@ -449,49 +454,26 @@ impl Handle {
     /// in-memory state changes. Returns how many records changed. A bad record is counted in
     /// `zone_egress_store_rejected_records_total{reason}` and skipped; the others still merge.
     pub async fn merge(&self, peer: &str, records: Vec<proto::sync::Record>) -> usize {
-        let shared = &self.shared;
-        let mut parsed = Vec::with_capacity(records.len());
-        for record in records {
-            if let Some(p) = parse_remote(peer, record) {
-                parsed.push(p);
-            }
+        // Parsing runs here, in the caller's task (sessions parse in parallel); the merge
+        // itself in the merger task, which writes what concurrent sessions bring in one
+        // fsynced transaction (group commit).
+        let parsed: Vec<Parsed> = records
+            .into_iter()
+            .filter_map(|r| parse_remote(peer, r))
+            .collect();
+        if parsed.is_empty() {
+            return 0;
         }
-        let mut state = shared.state.lock().await;
-        let now = now_ms();
-        let mut winners: BTreeMap<String, (Record, Arc<[u8]>)> = BTreeMap::new();
-        for (key, record, encoded) in parsed {
-            if let Err(ahead_ms) = check_offset(&record.ts, now, shared.max_clock_offset_ms) {
-                reject(
-                    "clock_skew",
-                    peer,
-                    &key,
-                    &format!("stamped {ahead_ms} ms ahead of this node's clock"),
-                );
-                shared.note_skew(peer, ahead_ms);
-                continue;
-            }
-            let held = winners
-                .get(&key)
-                .map(|(r, _)| &r.ts)
-                .or_else(|| state.entries.get(&key).map(|e| &e.ts));
-            if held.is_some_and(|h| record.ts <= *h) {
-                continue;
-            }
-            state.clock.observe(&record.ts, now);
-            let lag_ms = now.saturating_sub(record.ts.wall_ms);
-            metrics::histogram!("zone_egress_replication_lag_seconds")
-                .record(lag_ms as f64 / 1000.0);
-            winners.insert(key, (record, encoded));
+        let (done, changed) = tokio::sync::oneshot::channel();
+        let request = MergeRequest {
+            peer: peer.to_string(),
+            parsed,
+            done,
+        };
+        if self.shared.merge_tx.send(request).await.is_err() {
+            return 0;
         }
-        let changed = winners.len();
-        if changed > 0 {
-            let writes = winners.into_iter().map(|(k, (r, e))| (k, r, e)).collect();
-            if let Err(e) = shared.commit_encoded(&mut state, writes, "sync").await {
-                tracing::error!(error = %e, "cannot store replicated records");
-                return 0;
-            }
-        }
-        changed
+        changed.await.unwrap_or(0)
     }
 
     /// The digest root after the last change.
@@ -1007,7 +989,7 @@ fn reject(reason: &'static str, peer: &str, key: &str, detail: &str) {
 }
 
 /// Parses one received record and checks it belongs under its key: `(key, record, encoded)`.
-fn parse_remote(peer: &str, record: proto::sync::Record) -> Option<(String, Record, Arc<[u8]>)> {
+fn parse_remote(peer: &str, record: proto::sync::Record) -> Option<Parsed> {
     let key = record.key;
     if record.body.len() > MAX_RESOURCE_BYTES + 1024 {
         reject("oversized", peer, &key, "");
@@ -1031,6 +1013,81 @@ fn parse_remote(peer: &str, record: proto::sync::Record) -> Option<(String, Reco
         }
     }
     Some((key, parsed, record.body.into()))
+}
+
+/// A received record, parsed: key, record, its encoding.
+type Parsed = (String, Record, Arc<[u8]>);
+
+/// Records of one session waiting for the merger.
+struct MergeRequest {
+    peer: String,
+    parsed: Vec<Parsed>,
+    /// How many of its records changed this node's state.
+    done: tokio::sync::oneshot::Sender<usize>,
+}
+
+/// Requests merged in one transaction at most.
+const MERGE_GROUP: usize = 256;
+
+/// Merges what sessions received, all requests waiting at once in one fsynced transaction.
+async fn merger(shared: Arc<Shared>, mut rx: mpsc::Receiver<MergeRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut requests = vec![first];
+        while requests.len() < MERGE_GROUP {
+            match rx.try_recv() {
+                Ok(r) => requests.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut state = shared.state.lock().await;
+        let now = now_ms();
+        // key → (record, encoding, index of the request that brought it)
+        let mut winners: BTreeMap<String, (Record, Arc<[u8]>, usize)> = BTreeMap::new();
+        for (i, request) in requests.iter_mut().enumerate() {
+            for (key, record, encoded) in std::mem::take(&mut request.parsed) {
+                if let Err(ahead_ms) = check_offset(&record.ts, now, shared.max_clock_offset_ms) {
+                    reject(
+                        "clock_skew",
+                        &request.peer,
+                        &key,
+                        &format!("stamped {ahead_ms} ms ahead of this node's clock"),
+                    );
+                    shared.note_skew(&request.peer, ahead_ms);
+                    continue;
+                }
+                let held = winners
+                    .get(&key)
+                    .map(|(r, _, _)| &r.ts)
+                    .or_else(|| state.entries.get(&key).map(|e| &e.ts));
+                if held.is_some_and(|h| record.ts <= *h) {
+                    continue;
+                }
+                state.clock.observe(&record.ts, now);
+                let lag_ms = now.saturating_sub(record.ts.wall_ms);
+                metrics::histogram!("zone_egress_replication_lag_seconds")
+                    .record(lag_ms as f64 / 1000.0);
+                winners.insert(key, (record, encoded, i));
+            }
+        }
+        let mut changed = vec![0usize; requests.len()];
+        for (_, _, i) in winners.values() {
+            changed[*i] += 1;
+        }
+        if !winners.is_empty() {
+            let writes = winners
+                .into_iter()
+                .map(|(k, (r, e, _))| (k, r, e))
+                .collect();
+            if let Err(e) = shared.commit_encoded(&mut state, writes, "sync").await {
+                tracing::error!(error = %e, "cannot store replicated records");
+                changed.iter_mut().for_each(|c| *c = 0);
+            }
+        }
+        drop(state);
+        for (request, n) in requests.into_iter().zip(changed) {
+            let _ = request.done.send(n);
+        }
+    }
 }
 
 /// Takes tombstones past their TTL out of the digest (they stay on disk, and in sync

@@ -5,15 +5,18 @@
 //! protocol and its framing are [`proto::sync`]; this module runs them:
 //!
 //! * [`spawn`] starts the *acceptor* (sessions served, at most [`MAX_SERVED`] at once) and the
-//!   *round* task: after a local write (coalesced for [`MIN_GAP`]) a session with every live
-//!   peer, so a write reaches the zone in one round trip; otherwise, every [`ROUND`], a session
-//!   with one live peer whose gossiped root differs from ours (random), which heals what a
-//!   missed push, a partition or a restart left behind.
+//!   *round* task: after a local write (coalesced for [`MIN_GAP`]) a push of the written
+//!   records to every live peer, so a write reaches the zone in one round trip; otherwise,
+//!   every [`ROUND`], an anti-entropy exchange with one live peer whose gossiped root differs
+//!   from ours (random), which heals what a missed push, a partition or a restart left behind.
+//! * A session (TCP connection and hellos) carries any number of exchanges: the round task
+//!   keeps one open per peer ([`POOLED_IDLE`]), the server closes one idle for
+//!   [`SERVED_IDLE`]. A failed exchange drops its session; the next round opens a new one.
 //! * With a gossip key every frame after the hellos is sealed (XChaCha20-Poly1305, the gossip
 //!   keyring) with associated data naming the session's two nonces and the direction, and
 //!   carries a sequence number: nothing can be read, injected, replayed from another session
 //!   or reordered. Without a key, sync is plain TCP, as gossip is plain UDP (the node warns).
-//! * Every read has a deadline ([`FRAME_TIMEOUT`]) and every session one ([`SESSION_TIMEOUT`]);
+//! * Every read has a deadline ([`FRAME_TIMEOUT`]) and every exchange one ([`SESSION_TIMEOUT`]);
 //!   a frame's length is checked before it is read; a session carries at most
 //!   [`proto::sync::MAX_SESSION_ENTRIES`] entries.
 //!
@@ -39,10 +42,10 @@ use crate::gossip::sealed::Keyring;
 
 /// Deadline of one frame read or write.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deadline of a whole session (a join of 10,000 resources takes about a second).
+/// Deadline of one exchange (a join of 10,000 resources takes about a second).
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
-/// Sessions served at once; more are refused.
-pub const MAX_SERVED: usize = 64;
+/// Sessions served at once (each peer keeps one open to push on); more are refused.
+pub const MAX_SERVED: usize = 256;
 /// Interval of the healing round (one session with a peer whose root differs).
 pub const ROUND: Duration = Duration::from_millis(100);
 /// Local writes within this gap share one push to every peer.
@@ -207,6 +210,11 @@ impl Channel {
     }
 
     async fn recv(&mut self) -> Result<Message, SyncError> {
+        self.recv_within(FRAME_TIMEOUT).await
+    }
+
+    /// [`Channel::recv`] with another deadline (a served session idle between exchanges).
+    async fn recv_within(&mut self, deadline: Duration) -> Result<Message, SyncError> {
         let read = async {
             let mut prefix = [0u8; wire::PREFIX_BYTES];
             self.stream.read_exact(&mut prefix).await?;
@@ -215,7 +223,7 @@ impl Channel {
             self.stream.read_exact(&mut body).await?;
             Ok::<Vec<u8>, SyncError>(body)
         };
-        let body = tokio::time::timeout(FRAME_TIMEOUT, read)
+        let body = tokio::time::timeout(deadline, read)
             .await
             .map_err(|_| SyncError::Timeout)??;
         metrics::counter!("zone_egress_store_sync_bytes_total", "direction" => "received")
@@ -276,25 +284,78 @@ impl Budget {
     }
 }
 
-/// Receives chunks until the last one.
-async fn recv_records(
+/// A chunked message's items and whether another chunk follows; `Err` gives back another
+/// message.
+type Chunk<T> = Result<(Vec<T>, bool), Message>;
+
+/// Receives chunks (the first one given, or read) until the last one; every item counts
+/// against the session's budget.
+async fn recv_chunks<T>(
     channel: &mut Channel,
     budget: &mut Budget,
-    push: bool,
-) -> Result<Vec<wire::Record>, SyncError> {
+    mut first: Option<Message>,
+    take: impl Fn(Message) -> Chunk<T>,
+) -> Result<Vec<T>, SyncError> {
     let mut out = Vec::new();
     loop {
-        let (records, more) = match (channel.recv().await?, push) {
-            (Message::Push { records, more }, true) => (records, more),
-            (Message::Bodies { records, more }, false) => (records, more),
-            (other, _) => return Err(unexpected(&other)),
+        let message = match first.take() {
+            Some(m) => m,
+            None => channel.recv().await?,
         };
-        budget.take(records.len())?;
-        out.extend(records);
+        let (items, more) = take(message).map_err(|other| unexpected(&other))?;
+        budget.take(items.len())?;
+        out.extend(items);
         if !more {
             return Ok(out);
         }
     }
+}
+
+/// Sends `items` in chunks of about [`wire::CHUNK_BYTES`] by `size`, the last one marked.
+async fn send_chunks<T>(
+    channel: &mut Channel,
+    items: Vec<T>,
+    size: impl Fn(&T) -> usize,
+    wrap: impl Fn(Vec<T>, bool) -> Message,
+) -> Result<(), SyncError> {
+    let chunks = wire::chunks(items, size);
+    let last = chunks.len() - 1;
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        channel.send(&wrap(chunk, i < last)).await?;
+    }
+    Ok(())
+}
+
+fn pushes(m: Message) -> Chunk<wire::Record> {
+    match m {
+        Message::Push { records, more } => Ok((records, more)),
+        other => Err(other),
+    }
+}
+
+fn bodies(m: Message) -> Chunk<wire::Record> {
+    match m {
+        Message::Bodies { records, more } => Ok((records, more)),
+        other => Err(other),
+    }
+}
+
+fn listings(m: Message) -> Chunk<(String, Timestamp)> {
+    match m {
+        Message::Listing { entries, more } => Ok((entries, more)),
+        other => Err(other),
+    }
+}
+
+fn wants(m: Message) -> Chunk<String> {
+    match m {
+        Message::Want { keys, more } => Ok((keys, more)),
+        other => Err(other),
+    }
+}
+
+fn record_size(r: &wire::Record) -> usize {
+    r.key.len() + r.body.len() + r.ts.node.len()
 }
 
 fn unexpected(m: &Message) -> SyncError {
@@ -302,6 +363,7 @@ fn unexpected(m: &Message) -> SyncError {
         Message::Hello { .. } => "Hello",
         Message::HelloAck { .. } => "HelloAck",
         Message::Refused(_) => "Refused",
+        Message::Root(_) => "Root",
         Message::Buckets(_) => "Buckets",
         Message::Listing { .. } => "Listing",
         Message::Push { .. } => "Push",
@@ -318,18 +380,25 @@ async fn send_records(
 ) -> Result<(), SyncError> {
     metrics::counter!("zone_egress_store_sync_records_total", "direction" => "sent")
         .increment(records.len() as u64);
-    let chunks = wire::chunks(records, |r| r.key.len() + r.body.len() + r.ts.node.len());
-    let last = chunks.len() - 1;
-    for (i, records) in chunks.into_iter().enumerate() {
-        let more = i < last;
-        let m = if push {
+    send_chunks(channel, records, record_size, |records, more| {
+        if push {
             Message::Push { records, more }
         } else {
             Message::Bodies { records, more }
-        };
-        channel.send(&m).await?;
+        }
+    })
+    .await
+}
+
+/// Merges what `peer` sent (nothing to do for nothing); how many records changed here.
+async fn merge_received(store: &Handle, peer: &str, records: Vec<wire::Record>) -> usize {
+    metrics::counter!("zone_egress_store_sync_records_total", "direction" => "received")
+        .increment(records.len() as u64);
+    if records.is_empty() {
+        0
+    } else {
+        store.merge(peer, records).await
     }
-    Ok(())
 }
 
 fn differing(mine: &[u64], theirs: &[u64]) -> Result<Vec<usize>, SyncError> {
@@ -342,16 +411,17 @@ fn differing(mine: &[u64], theirs: &[u64]) -> Result<Vec<usize>, SyncError> {
     Ok((0..BUCKETS).filter(|&b| mine[b] != theirs[b]).collect())
 }
 
-/// The client's side of one session with `peer`: how many records changed here. With
-/// `push`, the session only offers those records (written here just now) and takes back the
-/// peer's newer copies of them; without, it compares digests and reconciles every bucket that
-/// differs.
-async fn client_session(
-    store: &Handle,
-    local: &Local,
-    peer: SocketAddr,
-    push: Option<Arc<Vec<wire::Record>>>,
-) -> Result<(String, usize), SyncError> {
+/// A session's client side after its hellos: the channel and the peer's node name. Kept
+/// open between rounds ([`round_loop`]'s pool), so a push costs one round trip, not a TCP
+/// handshake and two hellos.
+struct Session {
+    channel: Channel,
+    peer: String,
+    last_used: Instant,
+}
+
+/// Opens a session with `peer`: TCP, then the hellos.
+async fn open_session(local: &Local, peer: SocketAddr) -> Result<Session, SyncError> {
     let stream = tokio::time::timeout(FRAME_TIMEOUT, connect(peer, local.source_ip))
         .await
         .map_err(|_| SyncError::Timeout)??;
@@ -371,16 +441,36 @@ async fn client_session(
         other => return Err(unexpected(&other)),
     };
     ch.bind(&client_nonce, &server_nonce, true);
+    Ok(Session {
+        channel: ch,
+        peer: peer_name,
+        last_used: Instant::now(),
+    })
+}
+
+/// One exchange on an open session: how many records changed here. With `push`, it offers
+/// those records (written here just now) and takes back the peer's newer copies of them;
+/// without, it compares digests and reconciles every bucket that differs.
+async fn exchange(
+    store: &Handle,
+    session: &mut Session,
+    push: Option<Arc<Vec<wire::Record>>>,
+) -> Result<usize, SyncError> {
+    session.last_used = Instant::now();
+    let ch = &mut session.channel;
+    let peer_name = session.peer.clone();
     let mut budget = Budget(0);
     if let Some(records) = push {
-        send_records(&mut ch, records.to_vec(), true).await?;
-        let bodies = recv_records(&mut ch, &mut budget, false).await?;
-        let changed = if bodies.is_empty() {
-            0
-        } else {
-            store.merge(&peer_name, bodies).await
-        };
-        return Ok((peer_name, changed));
+        send_records(ch, records.to_vec(), true).await?;
+        let answer = recv_chunks(ch, &mut budget, None, bodies).await?;
+        return Ok(merge_received(store, &peer_name, answer).await);
+    }
+    let root = *store.root().borrow();
+    ch.send(&Message::Root(root)).await?;
+    match ch.recv().await? {
+        Message::Root(theirs) if theirs == root => return Ok(0),
+        Message::Root(_) => {}
+        other => return Err(unexpected(&other)),
     }
     let mine = store.buckets().await;
     ch.send(&Message::Buckets(mine.clone())).await?;
@@ -389,42 +479,38 @@ async fn client_session(
         other => return Err(unexpected(&other)),
     };
     let buckets = differing(&mine, &theirs)?;
-    let mut listing = Vec::new();
-    loop {
-        match ch.recv().await? {
-            Message::Listing { entries, more } => {
-                budget.take(entries.len())?;
-                listing.extend(entries);
-                if !more {
-                    break;
-                }
-            }
-            other => return Err(unexpected(&other)),
-        }
-    }
+    let listing = recv_chunks(ch, &mut budget, None, listings).await?;
     let (push, want) = store.compare(&buckets, &listing).await;
-    send_records(&mut ch, push, true).await?;
-    let chunks = wire::chunks(want, String::len);
-    let last = chunks.len() - 1;
-    for (i, keys) in chunks.into_iter().enumerate() {
-        ch.send(&Message::Want {
-            keys,
-            more: i < last,
-        })
-        .await?;
-    }
-    let bodies = recv_records(&mut ch, &mut budget, false).await?;
-    metrics::counter!("zone_egress_store_sync_records_total", "direction" => "received")
-        .increment(bodies.len() as u64);
-    let changed = if bodies.is_empty() {
-        0
-    } else {
-        store.merge(&peer_name, bodies).await
-    };
-    Ok((peer_name, changed))
+    send_records(ch, push, true).await?;
+    send_chunks(ch, want, String::len, |keys, more| Message::Want {
+        keys,
+        more,
+    })
+    .await?;
+    let answer = recv_chunks(ch, &mut budget, None, bodies).await?;
+    Ok(merge_received(store, &peer_name, answer).await)
 }
 
-/// The server's side of one session.
+/// A whole session with `peer` (open, one exchange, close): how many records changed here.
+#[cfg(test)]
+async fn client_session(
+    store: &Handle,
+    local: &Local,
+    peer: SocketAddr,
+    push: Option<Arc<Vec<wire::Record>>>,
+) -> Result<(String, usize), SyncError> {
+    let mut session = open_session(local, peer).await?;
+    let changed = exchange(store, &mut session, push).await?;
+    Ok((session.peer, changed))
+}
+
+/// How long a served session waits for its next exchange before it is closed.
+pub const SERVED_IDLE: Duration = Duration::from_secs(60);
+/// A pooled session unused for this long is closed by its client.
+pub const POOLED_IDLE: Duration = Duration::from_secs(30);
+
+/// The server's side of a session: the hellos, then exchanges until the client closes it or
+/// is idle for [`SERVED_IDLE`].
 async fn serve_session(store: &Handle, local: &Local, ch: &mut Channel) -> Result<(), SyncError> {
     let (peer, client_nonce) = match ch.recv().await? {
         Message::Hello { zone, node, nonce } => {
@@ -449,65 +535,80 @@ async fn serve_session(store: &Handle, local: &Local, ch: &mut Channel) -> Resul
     })
     .await?;
     ch.bind(&client_nonce, &server_nonce, false);
+    loop {
+        let first = match ch.recv_within(SERVED_IDLE).await {
+            Ok(m) => m,
+            // The client closed a session between exchanges: done.
+            Err(SyncError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        tokio::time::timeout(SESSION_TIMEOUT, serve_exchange(store, &peer, ch, first))
+            .await
+            .map_err(|_| SyncError::Timeout)??;
+    }
+}
+
+/// The server's side of one exchange that began with `first`.
+async fn serve_exchange(
+    store: &Handle,
+    peer: &str,
+    ch: &mut Channel,
+    first: Message,
+) -> Result<(), SyncError> {
     let mut budget = Budget(0);
+    match first {
+        // A push: merge, answer with this node's newer copies of the pushed keys.
+        Message::Push { .. } => {
+            let pushed = recv_chunks(ch, &mut budget, Some(first), pushes).await?;
+            return merge_and_answer(store, peer, ch, pushed, Vec::new()).await;
+        }
+        Message::Root(theirs) => {
+            let root = *store.root().borrow();
+            ch.send(&Message::Root(root)).await?;
+            if theirs == root {
+                return Ok(());
+            }
+        }
+        other => return Err(unexpected(&other)),
+    }
     let theirs = match ch.recv().await? {
         Message::Buckets(b) => b,
-        // A push: merge, answer with this node's newer copies of the pushed keys.
-        Message::Push { records, more } => {
-            budget.take(records.len())?;
-            let mut pushed = records;
-            if more {
-                pushed.extend(recv_records(ch, &mut budget, true).await?);
-            }
-            metrics::counter!("zone_egress_store_sync_records_total", "direction" => "received")
-                .increment(pushed.len() as u64);
-            let pushed_ts: Vec<(String, Timestamp)> =
-                pushed.iter().map(|r| (r.key.clone(), r.ts.clone())).collect();
-            store.merge(&peer, pushed).await;
-            let answer = store.answer(&[], &pushed_ts).await;
-            return send_records(ch, answer, false).await;
-        }
         other => return Err(unexpected(&other)),
     };
     let mine = store.buckets().await;
     let buckets = differing(&mine, &theirs)?;
     ch.send(&Message::Buckets(mine)).await?;
     let listing = store.listing(&buckets).await;
-    let chunks = wire::chunks(listing, |(k, ts)| k.len() + ts.node.len() + 16);
-    let last = chunks.len() - 1;
-    for (i, entries) in chunks.into_iter().enumerate() {
-        ch.send(&Message::Listing {
-            entries,
-            more: i < last,
-        })
-        .await?;
-    }
-    let pushed = recv_records(ch, &mut budget, true).await?;
-    let mut want = Vec::new();
-    loop {
-        match ch.recv().await? {
-            Message::Want { keys, more } => {
-                budget.take(keys.len())?;
-                want.extend(keys);
-                if !more {
-                    break;
-                }
-            }
-            other => return Err(unexpected(&other)),
-        }
-    }
-    metrics::counter!("zone_egress_store_sync_records_total", "direction" => "received")
-        .increment(pushed.len() as u64);
+    send_chunks(
+        ch,
+        listing,
+        |(k, ts)| k.len() + ts.node.len() + 16,
+        |entries, more| Message::Listing { entries, more },
+    )
+    .await?;
+    let pushed = recv_chunks(ch, &mut budget, None, pushes).await?;
+    let want = recv_chunks(ch, &mut budget, None, wants).await?;
+    merge_and_answer(store, peer, ch, pushed, want).await
+}
+
+/// Merges `pushed` and answers with the records of `want` and this node's copies that beat
+/// pushed ones.
+async fn merge_and_answer(
+    store: &Handle,
+    peer: &str,
+    ch: &mut Channel,
+    pushed: Vec<wire::Record>,
+    want: Vec<String>,
+) -> Result<(), SyncError> {
     let pushed_ts: Vec<(String, Timestamp)> = pushed
         .iter()
         .map(|r| (r.key.clone(), r.ts.clone()))
         .collect();
-    if !pushed.is_empty() {
-        store.merge(&peer, pushed).await;
-    }
+    merge_received(store, peer, pushed).await;
     let answer = store.answer(&want, &pushed_ts).await;
-    send_records(ch, answer, false).await?;
-    Ok(())
+    send_records(ch, answer, false).await
 }
 
 async fn accept_loop(store: Handle, local: Arc<Local>, listener: TcpListener) {
@@ -563,6 +664,8 @@ fn peers(view: &ZoneSnapshot, me: &str) -> Vec<(String, SocketAddr, Option<Strin
 
 async fn round_loop(store: Handle, local: Arc<Local>, view: watch::Receiver<Arc<ZoneSnapshot>>) {
     let mut last_round = Instant::now();
+    // Open sessions by peer address, reused across rounds.
+    let mut pool: std::collections::HashMap<SocketAddr, Session> = Default::default();
     loop {
         let pushed = tokio::select! {
             _ = store.local_write() => true,
@@ -597,20 +700,32 @@ async fn round_loop(store: Handle, local: Arc<Local>, view: watch::Receiver<Arc<
             }
             vec![differ[rand::rng().random_range(0..differ.len())]]
         };
+        // Close pooled sessions of peers that are gone or idle.
+        pool.retain(|addr, session: &mut Session| {
+            all.iter().any(|(_, a, _)| a == addr) && session.last_used.elapsed() < POOLED_IDLE
+        });
         let mut sessions = tokio::task::JoinSet::new();
         for addr in targets {
             while sessions.len() >= FANOUT {
-                sessions.join_next().await;
+                if let Some(Ok((addr, Some(session)))) = sessions.join_next().await {
+                    pool.insert(addr, session);
+                }
             }
             let (store, local) = (store.clone(), local.clone());
             let push = written.clone().filter(|w| !w.is_empty());
+            let pooled = pool.remove(&addr);
             sessions.spawn(async move {
-                let result = tokio::time::timeout(
-                    SESSION_TIMEOUT,
-                    client_session(&store, &local, addr, push),
-                )
-                .await
-                .unwrap_or(Err(SyncError::Timeout));
+                let run = async {
+                    let mut session = match pooled {
+                        Some(s) => s,
+                        None => open_session(&local, addr).await?,
+                    };
+                    let changed = exchange(&store, &mut session, push).await?;
+                    Ok::<_, SyncError>((session, changed))
+                };
+                let result = tokio::time::timeout(SESSION_TIMEOUT, run)
+                    .await
+                    .unwrap_or(Err(SyncError::Timeout));
                 let outcome = match &result {
                     Ok(_) => "ok",
                     Err(e) => e.outcome(),
@@ -618,17 +733,25 @@ async fn round_loop(store: Handle, local: Arc<Local>, view: watch::Receiver<Arc<
                 metrics::counter!("zone_egress_store_sync_sessions_total", "role" => "client", "outcome" => outcome)
                     .increment(1);
                 match result {
-                    Ok((peer, changed)) if changed > 0 => {
-                        tracing::debug!(%peer, changed, "store sync merged records");
+                    Ok((session, changed)) => {
+                        if changed > 0 {
+                            tracing::debug!(peer = %session.peer, changed, "store sync merged records");
+                        }
+                        (addr, Some(session))
                     }
-                    Ok(_) => {}
                     Err(e) => {
-                        tracing::debug!(peer = %addr, error = %e, "store sync session failed");
+                        // The session is dropped (closed); the next round opens a new one.
+                        tracing::debug!(peer = %addr, error = %e, "store sync exchange failed");
+                        (addr, None)
                     }
                 }
             });
         }
-        while sessions.join_next().await.is_some() {}
+        while let Some(done) = sessions.join_next().await {
+            if let Ok((addr, Some(session))) = done {
+                pool.insert(addr, session);
+            }
+        }
     }
 }
 
@@ -697,12 +820,18 @@ mod tests {
         let key = crate::gossip::sealed::generate_key();
         let (a, _da) = store(Duration::from_secs(3600)).await;
         let (b, _db) = store(Duration::from_secs(3600)).await;
-        a.apply(docs(&format!("type: Mesh\nname: default\n{}", services(0, 300))))
-            .await
-            .unwrap();
-        b.apply(docs(&format!("type: Mesh\nname: default\n{}", services(290, 310))))
-            .await
-            .unwrap();
+        a.apply(docs(&format!(
+            "type: Mesh\nname: default\n{}",
+            services(0, 300)
+        )))
+        .await
+        .unwrap();
+        b.apply(docs(&format!(
+            "type: Mesh\nname: default\n{}",
+            services(290, 310)
+        )))
+        .await
+        .unwrap();
         assert_ne!(root(&a).await, root(&b).await);
         let addr = serve(&a, local("z", Some(&key))).await;
         let (_, changed) = client_session(&b, &local("z", Some(&key)), addr, None)
@@ -727,13 +856,18 @@ mod tests {
         let (a, _da) = store(Duration::from_secs(3600)).await;
         let (b, _db) = store(Duration::from_secs(3600)).await;
         let addr = serve(&a, local("z", None)).await;
-        b.apply(docs(&format!("type: Mesh\nname: default\n{}", services(0, 3))))
-            .await
-            .unwrap();
+        b.apply(docs(&format!(
+            "type: Mesh\nname: default\n{}",
+            services(0, 3)
+        )))
+        .await
+        .unwrap();
         let written = Arc::new(b.take_written().await);
         assert_eq!(written.len(), 4);
         assert!(b.take_written().await.is_empty(), "taken once");
-        client_session(&b, &local("z", None), addr, Some(written.clone()))
+        // One session, kept open across exchanges (as the round loop's pool does).
+        let mut session = open_session(&local("z", None), addr).await.unwrap();
+        exchange(&b, &mut session, Some(written.clone()))
             .await
             .unwrap();
         assert_eq!(root(&a).await, root(&b).await);
@@ -741,11 +875,11 @@ mod tests {
         a.apply(docs(&services(0, 1).replace("443", "8443")))
             .await
             .unwrap();
-        let (_, changed) = client_session(&b, &local("z", None), addr, Some(written))
-            .await
-            .unwrap();
+        let changed = exchange(&b, &mut session, Some(written)).await.unwrap();
         assert_eq!(changed, 1);
         assert_eq!(root(&a).await, root(&b).await);
+        // An anti-entropy exchange on the same session finds nothing to move.
+        assert_eq!(exchange(&b, &mut session, None).await.unwrap(), 0);
     }
 
     #[tokio::test]
@@ -759,11 +893,17 @@ mod tests {
         let err = client_session(&b, &local("z", Some(&other)), addr, None)
             .await
             .unwrap_err();
-        assert!(matches!(err, SyncError::Io(_) | SyncError::Timeout), "{err}");
+        assert!(
+            matches!(err, SyncError::Io(_) | SyncError::Timeout),
+            "{err}"
+        );
         let err = client_session(&b, &local("z", None), addr, None)
             .await
             .unwrap_err();
-        assert!(matches!(err, SyncError::Io(_) | SyncError::Timeout), "{err}");
+        assert!(
+            matches!(err, SyncError::Io(_) | SyncError::Timeout),
+            "{err}"
+        );
         let plain = serve(&a, local("z", None)).await;
         let err = client_session(&b, &local("other-zone", None), plain, None)
             .await
@@ -780,22 +920,32 @@ mod tests {
         let ttl = Duration::from_millis(100);
         let (a, _da) = store(ttl).await;
         let (b, _db) = store(ttl).await;
-        a.apply(docs(&format!("type: Mesh\nname: default\n{}", services(0, 2))))
+        a.apply(docs(&format!(
+            "type: Mesh\nname: default\n{}",
+            services(0, 2)
+        )))
+        .await
+        .unwrap();
+        let addr = serve(&a, local("z", None)).await;
+        client_session(&b, &local("z", None), addr, None)
             .await
             .unwrap();
-        let addr = serve(&a, local("z", None)).await;
-        client_session(&b, &local("z", None), addr, None).await.unwrap();
         assert_eq!(b.snapshot().borrow().count(Kind::ExternalService), 2);
         // a deletes es-0 while b is away, and the tombstone leaves a's digest.
         let key = parse_documents(&services(0, 1)).unwrap()[0].resource_key();
         a.apply(vec![Change::Delete(key.clone())]).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while a.shared.state.lock().await.digest_tombstones.len() == 1 {
-            assert!(Instant::now() < deadline, "the tombstone never left the digest");
+            assert!(
+                Instant::now() < deadline,
+                "the tombstone never left the digest"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // b comes back with its old copy: the session ends with es-0 deleted on both.
-        client_session(&b, &local("z", None), addr, None).await.unwrap();
+        client_session(&b, &local("z", None), addr, None)
+            .await
+            .unwrap();
         assert!(b.snapshot().borrow().get(&key).is_none());
         assert!(a.snapshot().borrow().get(&key).is_none());
         assert_eq!(b.snapshot().borrow().count(Kind::ExternalService), 1);
@@ -830,7 +980,9 @@ mod tests {
         }
         assert_eq!(root(&a).await, before);
         let (b, _db) = store(Duration::from_secs(3600)).await;
-        client_session(&b, &local("z", None), addr, None).await.unwrap();
+        client_session(&b, &local("z", None), addr, None)
+            .await
+            .unwrap();
         assert_eq!(root(&b).await, before);
     }
 }
