@@ -692,6 +692,64 @@ impl Partition {
     }
 }
 
+/// Refuses TCP from and to a node's gossip IP (resets), leaving its UDP alone: gossip works,
+/// store sync does not, as behind a firewall that opened only UDP. Undone when dropped.
+pub struct TcpBlock {
+    ip: String,
+}
+
+impl TcpBlock {
+    /// Blocks TCP of the node whose gossip address is `gossip` (`ip:port`, an IP of its own).
+    pub fn block(gossip: &str) -> TcpBlock {
+        let ip = gossip
+            .rsplit_once(':')
+            .map(|(ip, _)| ip.to_string())
+            .unwrap_or_default();
+        assert!(
+            ip.starts_with("127.") && ip != "127.0.0.1",
+            "the node needs a loopback IP of its own (NodeOptions::gossip_host), not {ip}"
+        );
+        for dir in ["-s", "-d"] {
+            let ok = Command::new("iptables")
+                .args(TcpBlock::rule("-I", dir, &ip))
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "iptables is needed (root, Debian's iptables)");
+        }
+        TcpBlock { ip }
+    }
+
+    /// New connections only (`--syn`): the resets REJECT sends back must pass.
+    fn rule<'a>(op: &'a str, dir: &'a str, ip: &'a str) -> [&'a str; 13] {
+        [
+            op,
+            "INPUT",
+            "-i",
+            "lo",
+            "-p",
+            "tcp",
+            dir,
+            ip,
+            "--syn",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ]
+    }
+}
+
+impl Drop for TcpBlock {
+    fn drop(&mut self) {
+        for dir in ["-s", "-d"] {
+            let _ = Command::new("iptables")
+                .args(TcpBlock::rule("-D", dir, &self.ip))
+                .status();
+        }
+    }
+}
+
 impl Drop for Partition {
     fn drop(&mut self) {
         for dir in ["-s", "-d"] {

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use cluster_tests::{
-    Cluster, Partition, TEST_CONFIG, eventually, get_json, metrics_text, request, zone_egress,
+    Cluster, Partition, TEST_CONFIG, TcpBlock, eventually, get_json, metrics_text, request,
+    zone_egress,
 };
 use serde_json::{Value, json};
 
@@ -883,5 +884,59 @@ fn a_partition_past_the_tombstone_ttl_heals_to_the_same_resources_everywhere() {
             Ok(Some(()))
         },
     )
+    .unwrap();
+}
+
+/// Gossip through, store sync blocked (a firewall that opened the gossip port for UDP only):
+/// the nodes say so in `/ready`, and the write arrives once TCP is open again.
+#[test]
+fn store_sync_blocked_while_gossip_works_is_reported_and_heals() {
+    let mut cluster = Cluster::new().unwrap();
+    for i in 0..2 {
+        let mut options = cluster.next_options();
+        options.config = format!("{TEST_CONFIG}admin: {{ token: {TOKEN} }}\n");
+        if i == 1 {
+            options.gossip_host = "127.0.0.2".into();
+        }
+        cluster.add_node_with(options).unwrap();
+    }
+    cluster.wait_converged(CONVERGE).unwrap();
+    let path = "/v1/meshes/default";
+    {
+        let _block = TcpBlock::block(&cluster.nodes[1].info.gossip);
+        let (status, v) = apply(&cluster, 0, MESH);
+        assert_eq!(status, 200, "{v}");
+        let peer = cluster.nodes[1].options.name.clone();
+        eventually(CONVERGE, "node 0 reports the failing sync", || {
+            let (_, ready) = get(&cluster, 0, "/ready")?;
+            let warnings = ready["warnings"].to_string();
+            if warnings.contains("store sync with peer")
+                && warnings.contains(&format!("\\\"{peer}\\\""))
+                && warnings.contains("TCP must be open")
+            {
+                Ok(Some(()))
+            } else {
+                bail!("{ready}")
+            }
+        })
+        .unwrap();
+        // Gossip still works: both nodes see each other alive; the Mesh has not arrived.
+        assert_eq!(get(&cluster, 1, path).unwrap().0, 404);
+        let (_, members) = get(&cluster, 1, "/v1/members").unwrap();
+        assert!(
+            members
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["state"] == "alive"),
+            "{members}"
+        );
+    }
+    let value = get(&cluster, 0, path).unwrap().1;
+    wait_everywhere(&cluster, path, &value);
+    eventually(CONVERGE, "the warning to clear", || {
+        let (_, ready) = get(&cluster, 0, "/ready")?;
+        Ok((!ready["warnings"].to_string().contains("store sync")).then_some(()))
+    })
     .unwrap();
 }

@@ -35,6 +35,8 @@ pub struct Readiness {
     pub gossip_drops: Vec<String>,
     /// Peers refused because they belong to another zone (warnings).
     pub gossip_peers: Vec<String>,
+    /// Live peers that store sync keeps failing with (warnings).
+    pub store_sync: Vec<String>,
 }
 
 impl Readiness {
@@ -84,6 +86,7 @@ impl Readiness {
             .iter()
             .chain(&self.gossip_peers)
             .chain(&self.clock_skew)
+            .chain(&self.store_sync)
             .chain(&self.mesh_ca)
             .cloned()
             .collect()

@@ -242,7 +242,7 @@ pub async fn run(
     })
     .await
     .context("cannot open the resource store")?;
-    store::sync::spawn(
+    let sync_warnings = store::sync::spawn(
         &store,
         store::sync::Settings {
             zone: config.zone.clone(),
@@ -392,6 +392,11 @@ pub async fn run(
         readiness_tx.clone(),
         |r, w| r.clock_skew = w,
     ));
+    let sync_warnings = tokio::spawn(copy_warnings(
+        sync_warnings,
+        readiness_tx.clone(),
+        |r, w| r.store_sync = w,
+    ));
     let readiness = tokio::spawn(keep_readiness(
         gossip.view(),
         readiness_tx.clone(),
@@ -459,6 +464,7 @@ pub async fn run(
     }
     readiness.abort();
     skew_warnings.abort();
+    sync_warnings.abort();
     if let Some(task) = drop_warnings {
         task.abort();
     }

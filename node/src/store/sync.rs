@@ -40,6 +40,8 @@ use super::digest::BUCKETS;
 use crate::gossip::ZoneSnapshot;
 use crate::gossip::sealed::Keyring;
 
+/// Deadline of a TCP connect to a peer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline of one frame read or write.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline of one exchange (a join of 10,000 resources takes about a second).
@@ -50,8 +52,6 @@ pub const MAX_SERVED: usize = 256;
 pub const ROUND: Duration = Duration::from_millis(100);
 /// Local writes within this gap share one push to every peer.
 pub const MIN_GAP: Duration = Duration::from_millis(20);
-/// Pushes of one round in flight at once.
-const FANOUT: usize = 16;
 
 const AAD: &[u8] = b"zone-egress store sync v1";
 
@@ -103,8 +103,10 @@ impl SyncError {
     }
 }
 
-/// Starts the acceptor and the round task; [`Handle::shutdown`] stops them.
-pub fn spawn(store: &Handle, settings: Settings) {
+/// Starts the acceptor and the round task; [`Handle::shutdown`] stops them. Returns the
+/// warnings for `/ready`: one sentence per live peer that sync keeps failing with (three
+/// exchanges in a row), e.g. because a firewall lets gossip's UDP through but not TCP.
+pub fn spawn(store: &Handle, settings: Settings) -> watch::Receiver<Vec<String>> {
     let keyring = settings.keyring.map(Arc::new);
     let local = Arc::new(Local {
         zone: settings.zone,
@@ -112,6 +114,7 @@ pub fn spawn(store: &Handle, settings: Settings) {
         keyring,
         source_ip: settings.source_ip,
     });
+    let (warnings_tx, warnings_rx) = watch::channel(Vec::new());
     store.adopt(tokio::spawn(accept_loop(
         store.clone(),
         local.clone(),
@@ -121,7 +124,9 @@ pub fn spawn(store: &Handle, settings: Settings) {
         store.clone(),
         local,
         settings.view,
+        warnings_tx,
     )));
+    warnings_rx
 }
 
 struct Local {
@@ -422,7 +427,7 @@ struct Session {
 
 /// Opens a session with `peer`: TCP, then the hellos.
 async fn open_session(local: &Local, peer: SocketAddr) -> Result<Session, SyncError> {
-    let stream = tokio::time::timeout(FRAME_TIMEOUT, connect(peer, local.source_ip))
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect(peer, local.source_ip))
         .await
         .map_err(|_| SyncError::Timeout)??;
     stream.set_nodelay(true)?;
@@ -662,10 +667,111 @@ fn peers(view: &ZoneSnapshot, me: &str) -> Vec<(String, SocketAddr, Option<Strin
         .collect()
 }
 
-async fn round_loop(store: Handle, local: Arc<Local>, view: watch::Receiver<Arc<ZoneSnapshot>>) {
+/// Work for a peer's worker.
+enum Job {
+    /// Records written here, to push.
+    Push(Arc<Vec<wire::Record>>),
+    /// An anti-entropy exchange.
+    Reconcile,
+}
+
+/// Pushes queued for one peer at most; beyond, a push is dropped (the peer is slow or
+/// unreachable) and anti-entropy carries it later.
+const QUEUED_JOBS: usize = 64;
+
+/// Exchanges in a row that failed before a peer is reported in `/ready`.
+const FAILURES_REPORTED: u32 = 3;
+
+/// What the workers saw of each peer: consecutive failures and the last error.
+type Failures = Arc<std::sync::Mutex<std::collections::HashMap<SocketAddr, (u32, String)>>>;
+
+/// One peer's worker: owns the session with it, runs its jobs in order, so a slow or
+/// unreachable peer delays no other.
+struct Worker {
+    jobs: tokio::sync::mpsc::Sender<Job>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn worker(
+    store: Handle,
+    local: Arc<Local>,
+    addr: SocketAddr,
+    mut jobs: tokio::sync::mpsc::Receiver<Job>,
+    failures: Failures,
+) {
+    let mut session: Option<Session> = None;
+    while let Some(job) = jobs.recv().await {
+        // Pushes waiting behind this one go with it.
+        let push = match job {
+            Job::Reconcile => None,
+            Job::Push(first) => {
+                let mut records: Vec<wire::Record> = first.to_vec();
+                while let Ok(Job::Push(more)) = jobs.try_recv() {
+                    records.extend(more.iter().cloned());
+                }
+                Some(Arc::new(records))
+            }
+        };
+        if session
+            .as_ref()
+            .is_some_and(|s| s.last_used.elapsed() >= POOLED_IDLE)
+        {
+            session = None;
+        }
+        let run = async {
+            let mut s = match session.take() {
+                Some(s) => s,
+                None => open_session(&local, addr).await?,
+            };
+            let changed = exchange(&store, &mut s, push).await?;
+            Ok::<_, SyncError>((s, changed))
+        };
+        let result = tokio::time::timeout(SESSION_TIMEOUT, run)
+            .await
+            .unwrap_or(Err(SyncError::Timeout));
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.outcome(),
+        };
+        metrics::counter!("zone_egress_store_sync_sessions_total", "role" => "client", "outcome" => outcome)
+            .increment(1);
+        let mut failures = failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match result {
+            Ok((s, changed)) => {
+                if changed > 0 {
+                    tracing::debug!(peer = %s.peer, changed, "store sync merged records");
+                }
+                session = Some(s);
+                failures.remove(&addr);
+            }
+            Err(e) => {
+                // The session is dropped (closed); the next job opens a new one.
+                tracing::debug!(peer = %addr, error = %e, "store sync exchange failed");
+                let entry = failures.entry(addr).or_insert((0, String::new()));
+                entry.0 += 1;
+                entry.1 = e.to_string();
+            }
+        }
+    }
+}
+
+async fn round_loop(
+    store: Handle,
+    local: Arc<Local>,
+    view: watch::Receiver<Arc<ZoneSnapshot>>,
+    warnings_tx: watch::Sender<Vec<String>>,
+) {
     let mut last_round = Instant::now();
-    // Open sessions by peer address, reused across rounds.
-    let mut pool: std::collections::HashMap<SocketAddr, Session> = Default::default();
+    let mut workers: std::collections::HashMap<SocketAddr, Worker> = Default::default();
+    let failures: Failures = Default::default();
     loop {
         let pushed = tokio::select! {
             _ = store.local_write() => true,
@@ -682,76 +788,77 @@ async fn round_loop(store: Handle, local: Arc<Local>, view: watch::Receiver<Arc<
         let snapshot = view.borrow().clone();
         let root = super::root_value(*store.root().borrow());
         let all = peers(&snapshot, &local.node);
+        // A worker per live peer; a peer that is gone takes its worker (and session) along.
+        workers.retain(|addr, _| all.iter().any(|(_, a, _)| a == addr));
+        for (_, addr, _) in &all {
+            workers.entry(*addr).or_insert_with(|| {
+                let (jobs, rx) = tokio::sync::mpsc::channel(QUEUED_JOBS);
+                let task = tokio::spawn(worker(
+                    store.clone(),
+                    local.clone(),
+                    *addr,
+                    rx,
+                    failures.clone(),
+                ));
+                Worker { jobs, task }
+            });
+        }
         let written = if pushed {
-            Some(Arc::new(store.take_written().await))
+            store.take_written().await
         } else {
-            None
+            Vec::new()
         };
-        let targets: Vec<SocketAddr> = if written.as_ref().is_some_and(|w| !w.is_empty()) {
-            all.iter().map(|(_, a, _)| *a).collect()
+        if !written.is_empty() {
+            let written = Arc::new(written);
+            for worker in workers.values() {
+                if worker.jobs.try_send(Job::Push(written.clone())).is_err() {
+                    metrics::counter!("zone_egress_store_sync_sessions_total", "role" => "client", "outcome" => "queue_full")
+                        .increment(1);
+                }
+            }
         } else {
             let differ: Vec<SocketAddr> = all
                 .iter()
                 .filter(|(_, _, r)| r.as_deref() != Some(root.as_str()))
                 .map(|(_, a, _)| *a)
                 .collect();
-            if differ.is_empty() {
-                continue;
+            if !differ.is_empty() {
+                let addr = differ[rand::rng().random_range(0..differ.len())];
+                if let Some(worker) = workers.get(&addr) {
+                    // Busy with a job already: this round's reconcile is not needed.
+                    let _ = worker.jobs.try_send(Job::Reconcile);
+                }
             }
-            vec![differ[rand::rng().random_range(0..differ.len())]]
+        }
+        let warnings = {
+            let mut failures = failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            failures.retain(|addr, _| workers.contains_key(addr));
+            let mut w: Vec<String> = all
+                .iter()
+                .filter_map(|(name, addr, _)| {
+                    let (n, error) = failures.get(addr)?;
+                    (*n >= FAILURES_REPORTED).then(|| {
+                        format!(
+                            "store sync with peer {name:?} at {addr} (TCP) fails ({n} times in a \
+                             row, last: {error}): resources written on either side do not reach \
+                             the other; TCP must be open on the gossip port's number"
+                        )
+                    })
+                })
+                .collect();
+            w.sort();
+            w
         };
-        // Close pooled sessions of peers that are gone or idle.
-        pool.retain(|addr, session: &mut Session| {
-            all.iter().any(|(_, a, _)| a == addr) && session.last_used.elapsed() < POOLED_IDLE
+        warnings_tx.send_if_modified(|current| {
+            if *current == warnings {
+                false
+            } else {
+                *current = warnings;
+                true
+            }
         });
-        let mut sessions = tokio::task::JoinSet::new();
-        for addr in targets {
-            while sessions.len() >= FANOUT {
-                if let Some(Ok((addr, Some(session)))) = sessions.join_next().await {
-                    pool.insert(addr, session);
-                }
-            }
-            let (store, local) = (store.clone(), local.clone());
-            let push = written.clone().filter(|w| !w.is_empty());
-            let pooled = pool.remove(&addr);
-            sessions.spawn(async move {
-                let run = async {
-                    let mut session = match pooled {
-                        Some(s) => s,
-                        None => open_session(&local, addr).await?,
-                    };
-                    let changed = exchange(&store, &mut session, push).await?;
-                    Ok::<_, SyncError>((session, changed))
-                };
-                let result = tokio::time::timeout(SESSION_TIMEOUT, run)
-                    .await
-                    .unwrap_or(Err(SyncError::Timeout));
-                let outcome = match &result {
-                    Ok(_) => "ok",
-                    Err(e) => e.outcome(),
-                };
-                metrics::counter!("zone_egress_store_sync_sessions_total", "role" => "client", "outcome" => outcome)
-                    .increment(1);
-                match result {
-                    Ok((session, changed)) => {
-                        if changed > 0 {
-                            tracing::debug!(peer = %session.peer, changed, "store sync merged records");
-                        }
-                        (addr, Some(session))
-                    }
-                    Err(e) => {
-                        // The session is dropped (closed); the next round opens a new one.
-                        tracing::debug!(peer = %addr, error = %e, "store sync exchange failed");
-                        (addr, None)
-                    }
-                }
-            });
-        }
-        while let Some(done) = sessions.join_next().await {
-            if let Ok((addr, Some(session))) = done {
-                pool.insert(addr, session);
-            }
-        }
     }
 }
 
