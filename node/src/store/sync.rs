@@ -40,6 +40,12 @@ use super::digest::BUCKETS;
 use crate::gossip::ZoneSnapshot;
 use crate::gossip::sealed::Keyring;
 
+/// Largest frame before the hellos are done (a hello is ~100 bytes sealed): a stranger cannot
+/// make the node hold more than this per connection.
+pub const HELLO_MAX_BYTES: usize = 4 * 1024;
+/// Bytes of frames being received at once, over all sessions (each frame is at most
+/// [`wire::MAX_FRAME_BYTES`]): 256 sessions cannot claim a GiB.
+pub const FRAME_BYTES_BUDGET: usize = 64 * 1024 * 1024;
 /// Deadline of a TCP connect to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Deadline of one frame read or write.
@@ -95,6 +101,7 @@ impl SyncError {
         match self {
             SyncError::Io(_) => "io",
             SyncError::Timeout => "timeout",
+            SyncError::Frame(wire::FrameError::TooLarge { .. }) => "too_large",
             SyncError::Frame(_) => "malformed",
             SyncError::Auth(_) => "auth_failed",
             SyncError::Protocol(_) => "protocol",
@@ -113,6 +120,7 @@ pub fn spawn(store: &Handle, settings: Settings) -> watch::Receiver<Vec<String>>
         node: settings.node,
         keyring,
         source_ip: settings.source_ip,
+        frame_bytes: Arc::new(Semaphore::new(FRAME_BYTES_BUDGET)),
     });
     let (warnings_tx, warnings_rx) = watch::channel(Vec::new());
     store.adopt(tokio::spawn(accept_loop(
@@ -134,6 +142,8 @@ struct Local {
     node: String,
     keyring: Option<Arc<Keyring>>,
     source_ip: Option<std::net::IpAddr>,
+    /// [`FRAME_BYTES_BUDGET`] as permits.
+    frame_bytes: Arc<Semaphore>,
 }
 
 /// Connects to `peer`, from `source_ip` when given (falling back to any source if that
@@ -159,6 +169,10 @@ async fn connect(
 struct Channel {
     stream: TcpStream,
     keyring: Option<Arc<Keyring>>,
+    /// The node's budget of frame bytes being received, shared by all its channels.
+    frame_bytes: Arc<Semaphore>,
+    /// Largest frame accepted now: [`HELLO_MAX_BYTES`] until the hellos are done.
+    max_frame: usize,
     send_aad: Vec<u8>,
     recv_aad: Vec<u8>,
     send_seq: u64,
@@ -174,11 +188,13 @@ fn aad(direction: u8, client: &[u8; NONCE_BYTES], server: &[u8; NONCE_BYTES]) ->
 }
 
 impl Channel {
-    fn new(stream: TcpStream, keyring: Option<Arc<Keyring>>) -> Channel {
+    fn new(stream: TcpStream, local: &Local) -> Channel {
         let zero = [0u8; NONCE_BYTES];
         Channel {
             stream,
-            keyring,
+            keyring: local.keyring.clone(),
+            frame_bytes: local.frame_bytes.clone(),
+            max_frame: HELLO_MAX_BYTES,
             send_aad: aad(b'h', &zero, &zero),
             recv_aad: aad(b'h', &zero, &zero),
             send_seq: 0,
@@ -220,15 +236,37 @@ impl Channel {
 
     /// [`Channel::recv`] with another deadline (a served session idle between exchanges).
     async fn recv_within(&mut self, deadline: Duration) -> Result<Message, SyncError> {
+        let max_frame = self.max_frame;
+        let frame_bytes = self.frame_bytes.clone();
+        let stream = &mut self.stream;
         let read = async {
             let mut prefix = [0u8; wire::PREFIX_BYTES];
-            self.stream.read_exact(&mut prefix).await?;
+            stream.read_exact(&mut prefix).await?;
             let len = wire::frame_len(prefix)?;
-            let mut body = vec![0u8; len];
-            self.stream.read_exact(&mut body).await?;
-            Ok::<Vec<u8>, SyncError>(body)
+            if len > max_frame {
+                return Err(SyncError::Frame(wire::FrameError::TooLarge {
+                    len,
+                    max: max_frame,
+                }));
+            }
+            // Memory follows what arrives, not what a prefix claims, and the node's frames in
+            // flight stay within FRAME_BYTES_BUDGET.
+            let permits = u32::try_from(len).unwrap_or(u32::MAX);
+            let permit = frame_bytes
+                .acquire_many_owned(permits)
+                .await
+                .map_err(|_| SyncError::Protocol("shutting down".into()))?;
+            let mut body = Vec::with_capacity(len.min(64 * 1024));
+            (&mut *stream)
+                .take(len as u64)
+                .read_to_end(&mut body)
+                .await?;
+            if body.len() != len {
+                return Err(SyncError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok::<_, SyncError>((body, permit))
         };
-        let body = tokio::time::timeout(deadline, read)
+        let (body, _permit) = tokio::time::timeout(deadline, read)
             .await
             .map_err(|_| SyncError::Timeout)??;
         metrics::counter!("zone_egress_store_sync_bytes_total", "direction" => "received")
@@ -264,6 +302,7 @@ impl Channel {
         };
         self.send_aad = aad(mine, client, server);
         self.recv_aad = aad(theirs, client, server);
+        self.max_frame = wire::MAX_FRAME_BYTES;
     }
 }
 
@@ -431,7 +470,7 @@ async fn open_session(local: &Local, peer: SocketAddr) -> Result<Session, SyncEr
         .await
         .map_err(|_| SyncError::Timeout)??;
     stream.set_nodelay(true)?;
-    let mut ch = Channel::new(stream, local.keyring.clone());
+    let mut ch = Channel::new(stream, local);
     let client_nonce = nonce();
     ch.send(&Message::Hello {
         zone: local.zone.clone(),
@@ -616,8 +655,38 @@ async fn merge_and_answer(
     send_records(ch, answer, false).await
 }
 
+/// When a refusal was last logged, per source IP and cause.
+type Warned =
+    Arc<std::sync::Mutex<std::collections::HashMap<(std::net::IpAddr, &'static str), Instant>>>;
+
+/// Logs a refused session as a WARN, at most once a minute per source IP and cause (and for
+/// at most 1,024 of them at once), so an operator sees a wrong key, another zone or a flood
+/// in the log without the log flooding.
+fn warn_refused(
+    warned: &Warned,
+    ip: std::net::IpAddr,
+    cause: &'static str,
+    error: &dyn std::fmt::Display,
+) {
+    let mut warned = warned
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    warned.retain(|_, at| at.elapsed() < Duration::from_secs(60));
+    if warned.contains_key(&(ip, cause)) || warned.len() >= 1024 {
+        return;
+    }
+    warned.insert((ip, cause), Instant::now());
+    tracing::warn!(
+        peer = %ip,
+        cause,
+        error = %error,
+        "store sync refused a session (logged once a minute per peer and cause)"
+    );
+}
+
 async fn accept_loop(store: Handle, local: Arc<Local>, listener: TcpListener) {
     let slots = Arc::new(Semaphore::new(MAX_SERVED));
+    let warned: Warned = Default::default();
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(a) => a,
@@ -631,16 +700,21 @@ async fn accept_loop(store: Handle, local: Arc<Local>, listener: TcpListener) {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             metrics::counter!("zone_egress_store_sync_sessions_total", "role" => "server", "outcome" => "busy")
                 .increment(1);
+            warn_refused(
+                &warned,
+                from.ip(),
+                "busy",
+                &format!("{MAX_SERVED} sessions are served already"),
+            );
             continue;
         };
-        let (store, local) = (store.clone(), local.clone());
+        let (store, local, warned) = (store.clone(), local.clone(), warned.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let mut ch = Channel::new(stream, local.keyring.clone());
-            let result =
-                tokio::time::timeout(SESSION_TIMEOUT, serve_session(&store, &local, &mut ch))
-                    .await
-                    .unwrap_or(Err(SyncError::Timeout));
+            let mut ch = Channel::new(stream, &local);
+            // Each exchange has its own deadline (SESSION_TIMEOUT), the pause between two
+            // SERVED_IDLE: a session lives as long as its client uses it.
+            let result = serve_session(&store, &local, &mut ch).await;
             let outcome = match &result {
                 Ok(()) => "ok",
                 Err(e) => e.outcome(),
@@ -649,6 +723,12 @@ async fn accept_loop(store: Handle, local: Arc<Local>, listener: TcpListener) {
                 .increment(1);
             if let Err(e) = result {
                 tracing::debug!(peer = %from, error = %e, "store sync session (served) failed");
+                if matches!(
+                    outcome,
+                    "auth_failed" | "refused" | "too_large" | "malformed"
+                ) {
+                    warn_refused(&warned, from.ip(), outcome, &e);
+                }
             }
         });
     }
@@ -890,6 +970,7 @@ mod tests {
             node: "test".into(),
             keyring: keyring.map(|k| Arc::new(Keyring::parse(k).unwrap())),
             source_ip: None,
+            frame_bytes: Arc::new(Semaphore::new(FRAME_BYTES_BUDGET)),
         })
     }
 
@@ -1084,6 +1165,21 @@ mod tests {
             let _ = tokio::time::timeout(FRAME_TIMEOUT * 2, s.read_to_end(&mut buf))
                 .await
                 .expect("the server closes a connection that sends garbage");
+        }
+        // A stranger's first frame may not claim more than a hello needs: refused at once,
+        // nothing allocated for it (a node once held 4 MiB per such connection).
+        for claimed in [
+            HELLO_MAX_BYTES as u32 + 1,
+            1 << 20,
+            wire::MAX_FRAME_BYTES as u32,
+        ] {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&claimed.to_be_bytes()).await.unwrap();
+            let mut buf = Vec::new();
+            tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
+                .await
+                .expect("an oversized first frame is refused at once")
+                .ok();
         }
         assert_eq!(root(&a).await, before);
         let (b, _db) = store(Duration::from_secs(3600)).await;
