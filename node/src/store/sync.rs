@@ -770,6 +770,7 @@ type Failures = Arc<std::sync::Mutex<std::collections::HashMap<SocketAddr, (u32,
 struct Worker {
     jobs: tokio::sync::mpsc::Sender<Job>,
     task: tokio::task::JoinHandle<()>,
+    pending: Arc<Pending>,
 }
 
 impl Drop for Worker {
@@ -778,21 +779,65 @@ impl Drop for Worker {
     }
 }
 
+/// Pushes handed to one worker and not finished yet; `idle` is woken whenever a worker
+/// finishes its pushes.
+struct Pending {
+    pushes: std::sync::atomic::AtomicUsize,
+    idle: Arc<tokio::sync::Notify>,
+}
+
+impl Pending {
+    fn finished(&self, n: usize) {
+        self.pushes
+            .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+        self.idle.notify_waiters();
+    }
+}
+
+/// Waits until no live peer's worker has a push in flight, or `at_most`.
+async fn wait_idle(
+    workers: &std::collections::HashMap<SocketAddr, Worker>,
+    idle: &tokio::sync::Notify,
+    at_most: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + at_most;
+    loop {
+        let woken = idle.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let busy = workers
+            .values()
+            .any(|w| w.pending.pushes.load(std::sync::atomic::Ordering::SeqCst) > 0);
+        if !busy || tokio::time::timeout_at(deadline, woken).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How long a push waits for the previous one to reach every peer: writes meanwhile join
+/// the next push (fewer, larger pushes under load), and a slow peer holds the others back at
+/// most this long.
+const PUSH_WAIT: Duration = Duration::from_millis(100);
+
 async fn worker(
     store: Handle,
     local: Arc<Local>,
     addr: SocketAddr,
     mut jobs: tokio::sync::mpsc::Receiver<Job>,
     failures: Failures,
+    pending: Arc<Pending>,
 ) {
     let mut session: Option<Session> = None;
     while let Some(job) = jobs.recv().await {
         // Pushes waiting behind this one go with it.
+        let mut pushes = 0;
         let push = match job {
             Job::Reconcile => None,
             Job::Push(first) => {
+                pushes = 1;
                 let mut records: Vec<wire::Record> = first.to_vec();
                 while let Ok(Job::Push(more)) = jobs.try_recv() {
+                    pushes += 1;
                     records.extend(more.iter().cloned());
                 }
                 Some(Arc::new(records))
@@ -840,6 +885,10 @@ async fn worker(
                 entry.1 = e.to_string();
             }
         }
+        drop(failures);
+        if pushes > 0 {
+            pending.finished(pushes);
+        }
     }
 }
 
@@ -852,6 +901,7 @@ async fn round_loop(
     let mut last_round = Instant::now();
     let mut workers: std::collections::HashMap<SocketAddr, Worker> = Default::default();
     let failures: Failures = Default::default();
+    let idle = Arc::new(tokio::sync::Notify::new());
     loop {
         let pushed = tokio::select! {
             _ = store.local_write() => true,
@@ -873,17 +923,27 @@ async fn round_loop(
         for (_, addr, _) in &all {
             workers.entry(*addr).or_insert_with(|| {
                 let (jobs, rx) = tokio::sync::mpsc::channel(QUEUED_JOBS);
+                let pending = Arc::new(Pending {
+                    pushes: Default::default(),
+                    idle: idle.clone(),
+                });
                 let task = tokio::spawn(worker(
                     store.clone(),
                     local.clone(),
                     *addr,
                     rx,
                     failures.clone(),
+                    pending.clone(),
                 ));
-                Worker { jobs, task }
+                Worker {
+                    jobs,
+                    task,
+                    pending,
+                }
             });
         }
         let written = if pushed {
+            wait_idle(&workers, &idle, PUSH_WAIT).await;
             store.take_written().await
         } else {
             Vec::new()
@@ -891,7 +951,13 @@ async fn round_loop(
         if !written.is_empty() {
             let written = Arc::new(written);
             for worker in workers.values() {
+                // Counted before it is sent, so the worker never finishes it first.
+                worker
+                    .pending
+                    .pushes
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 if worker.jobs.try_send(Job::Push(written.clone())).is_err() {
+                    worker.pending.finished(1);
                     metrics::counter!("zone_egress_store_sync_sessions_total", "role" => "client", "outcome" => "queue_full")
                         .increment(1);
                 }
