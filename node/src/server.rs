@@ -182,7 +182,24 @@ pub async fn run(
     let (gossip_transport, gossip_addr, gossip_problems, gossip_keyring, sync_listener) = loop {
         let (transport, addr, problems, keyring) = gossip_transport(&config).await?;
         match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => break (transport, addr, problems, keyring, listener),
+            Ok(listener) => {
+                // Said once, with the address finally bound.
+                match &keyring {
+                    Some(k) => tracing::info!(
+                        keys = k.key_count(),
+                        "gossip and store sync are authenticated and encrypted \
+                         (XChaCha20-Poly1305)"
+                    ),
+                    None => tracing::warn!(
+                        gossip = %addr,
+                        "NO GOSSIP KEY: gossip.key_file is not set, so gossip travels in plain \
+                         UDP and store sync in plain TCP that anyone reaching {addr} can read \
+                         and forge (resources may carry secrets); create one with \
+                         `zone-egress keygen > gossip.key` and set gossip.key_file"
+                    ),
+                }
+                break (transport, addr, problems, keyring, listener);
+            }
             Err(e) if config.gossip.listen.port() == 0 && attempt < 16 => {
                 attempt += 1;
                 tracing::debug!(%addr, error = %e, "TCP twin of the gossip port taken; picking another");
@@ -511,22 +528,12 @@ async fn gossip_transport(
                 .with_context(context)?;
             let local = transport.local_addr();
             let problems = transport.problems();
-            tracing::info!(
-                keys,
-                "gossip is authenticated and encrypted (XChaCha20-Poly1305)"
-            );
+            tracing::debug!(keys, "gossip keyring loaded");
             Ok((Box::new(transport), local, Some(problems), Some(keyring)))
         }
         None => {
             let transport = gossip::transport::bind(addr).await.with_context(context)?;
             let local = transport.local_addr();
-            tracing::warn!(
-                gossip = %local,
-                "NO GOSSIP KEY: gossip.key_file is not set, so gossip travels in plain UDP and store \
-                 sync in plain TCP that anyone reaching {local} can read and forge (resources \
-                 may carry secrets); \
-                 create one with `zone-egress keygen > gossip.key` and set gossip.key_file"
-            );
             Ok((Box::new(transport), local, None, None))
         }
     }
