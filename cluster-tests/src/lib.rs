@@ -658,17 +658,41 @@ pub mod zone_link {
     }
 }
 
-/// Cuts a node off the zone with iptables on loopback: every packet from or to its gossip
-/// address's IP (gossip, store sync, links bound there) is dropped until this is dropped. The
-/// node needs a loopback IP of its own ([`NodeOptions::gossip_host`]); its admin API stays
-/// reachable on 127.0.0.1.
+/// Cuts a node off with iptables on loopback until dropped: [`Partition::cut`] drops every
+/// packet from or to its gossip address's IP (gossip, store sync, links bound there);
+/// [`Partition::tcp_only`] refuses only new TCP connections (resets), so gossip works and store
+/// sync does not, as behind a firewall that opened the gossip port for UDP only. The node needs
+/// a loopback IP of its own ([`NodeOptions::gossip_host`]); its admin API stays reachable on
+/// 127.0.0.1.
 pub struct Partition {
     ip: String,
+    matches: &'static [&'static str],
 }
 
 impl Partition {
-    /// Cuts the node whose gossip address is `gossip` (`ip:port`).
+    /// Cuts the node whose gossip address is `gossip` (`ip:port`) off entirely.
     pub fn cut(gossip: &str) -> Partition {
+        Partition::install(gossip, &["-j", "DROP"])
+    }
+
+    /// Refuses new TCP connections from and to the node whose gossip address is `gossip`
+    /// (`--syn` only: the resets REJECT sends back must pass).
+    pub fn tcp_only(gossip: &str) -> Partition {
+        Partition::install(
+            gossip,
+            &[
+                "-p",
+                "tcp",
+                "--syn",
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "tcp-reset",
+            ],
+        )
+    }
+
+    fn install(gossip: &str, matches: &'static [&'static str]) -> Partition {
         let ip = gossip
             .rsplit_once(':')
             .map(|(ip, _)| ip.to_string())
@@ -677,85 +701,30 @@ impl Partition {
             ip.starts_with("127.") && ip != "127.0.0.1",
             "a partitioned node needs a loopback IP of its own (NodeOptions::gossip_host), not {ip}"
         );
+        let partition = Partition { ip, matches };
         for dir in ["-s", "-d"] {
-            let ok = Command::new("iptables")
-                .args(["-I", "INPUT", "-i", "lo", dir, &ip, "-j", "DROP"])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
             assert!(
-                ok,
-                "iptables is needed for the partition test (root, Debian's iptables)"
+                partition.iptables("-I", dir),
+                "iptables is needed for the partition tests (root, Debian's iptables)"
             );
         }
-        Partition { ip }
-    }
-}
-
-/// Refuses TCP from and to a node's gossip IP (resets), leaving its UDP alone: gossip works,
-/// store sync does not, as behind a firewall that opened only UDP. Undone when dropped.
-pub struct TcpBlock {
-    ip: String,
-}
-
-impl TcpBlock {
-    /// Blocks TCP of the node whose gossip address is `gossip` (`ip:port`, an IP of its own).
-    pub fn block(gossip: &str) -> TcpBlock {
-        let ip = gossip
-            .rsplit_once(':')
-            .map(|(ip, _)| ip.to_string())
-            .unwrap_or_default();
-        assert!(
-            ip.starts_with("127.") && ip != "127.0.0.1",
-            "the node needs a loopback IP of its own (NodeOptions::gossip_host), not {ip}"
-        );
-        for dir in ["-s", "-d"] {
-            let ok = Command::new("iptables")
-                .args(TcpBlock::rule("-I", dir, &ip))
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            assert!(ok, "iptables is needed (root, Debian's iptables)");
-        }
-        TcpBlock { ip }
+        partition
     }
 
-    /// New connections only (`--syn`): the resets REJECT sends back must pass.
-    fn rule<'a>(op: &'a str, dir: &'a str, ip: &'a str) -> [&'a str; 13] {
-        [
-            op,
-            "INPUT",
-            "-i",
-            "lo",
-            "-p",
-            "tcp",
-            dir,
-            ip,
-            "--syn",
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ]
-    }
-}
-
-impl Drop for TcpBlock {
-    fn drop(&mut self) {
-        for dir in ["-s", "-d"] {
-            let _ = Command::new("iptables")
-                .args(TcpBlock::rule("-D", dir, &self.ip))
-                .status();
-        }
+    fn iptables(&self, op: &str, dir: &str) -> bool {
+        Command::new("iptables")
+            .args([op, "INPUT", "-i", "lo", dir, &self.ip])
+            .args(self.matches)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
     }
 }
 
 impl Drop for Partition {
     fn drop(&mut self) {
         for dir in ["-s", "-d"] {
-            let _ = Command::new("iptables")
-                .args(["-D", "INPUT", "-i", "lo", dir, &self.ip, "-j", "DROP"])
-                .status();
+            self.iptables("-D", dir);
         }
     }
 }

@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use cluster_tests::{
-    Cluster, Partition, TEST_CONFIG, TcpBlock, eventually, get_json, metrics_text, request,
-    zone_egress,
+    Cluster, Partition, TEST_CONFIG, eventually, get_json, metrics_text, request, zone_egress,
 };
 use serde_json::{Value, json};
 
@@ -903,7 +902,7 @@ fn store_sync_blocked_while_gossip_works_is_reported_and_heals() {
     cluster.wait_converged(CONVERGE).unwrap();
     let path = "/v1/meshes/default";
     {
-        let _block = TcpBlock::block(&cluster.nodes[1].info.gossip);
+        let _block = Partition::tcp_only(&cluster.nodes[1].info.gossip);
         let (status, v) = apply(&cluster, 0, MESH);
         assert_eq!(status, 200, "{v}");
         let peer = cluster.nodes[1].options.name.clone();
