@@ -25,4 +25,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 
-pub use server::{RuntimeInfo, VERSION, run};
+pub use server::{RuntimeInfo, run};
+
+/// Build version reported in gossip, `/metrics` and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -93,6 +93,100 @@ impl Readiness {
     }
 }
 
+/// Copies a list of warnings into readiness (with `set`) whenever it changes.
+pub async fn copy_warnings(
+    mut warnings_rx: tokio::sync::watch::Receiver<Vec<String>>,
+    readiness_tx: tokio::sync::watch::Sender<Readiness>,
+    set: fn(&mut Readiness, Vec<String>),
+) {
+    loop {
+        let warnings = warnings_rx.borrow_and_update().clone();
+        readiness_tx.send_if_modified(|r| {
+            let before = r.clone();
+            set(r, warnings);
+            *r != before
+        });
+        if warnings_rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps the readiness conditions that come from gossip, and the zone gauges.
+pub async fn keep_readiness(
+    mut zone_rx: tokio::sync::watch::Receiver<std::sync::Arc<crate::gossip::ZoneSnapshot>>,
+    readiness_tx: tokio::sync::watch::Sender<Readiness>,
+    interval: std::time::Duration,
+    started: std::time::Instant,
+) {
+    // A node that just joined waits two rounds before it claims its name is unique, so the
+    // state of the zone (an older holder of the name) has reached it.
+    let settle = interval * 2;
+    let mut joined_since: Option<std::time::Instant> = None;
+    let mut logged_conflict: Option<String> = None;
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        let snapshot = zone_rx.borrow_and_update().clone();
+        if snapshot.joined {
+            joined_since.get_or_insert_with(std::time::Instant::now);
+        } else {
+            joined_since = None;
+        }
+        let joined = joined_since.is_some_and(|t| t.elapsed() >= settle);
+        if snapshot.name_conflict != logged_conflict {
+            if let Some(reason) = &snapshot.name_conflict {
+                tracing::error!(reason = %reason, "refusing to become ready: duplicate node name");
+            }
+            logged_conflict = snapshot.name_conflict.clone();
+        }
+        readiness_tx.send_if_modified(|r| {
+            let before = r.clone();
+            r.joined = joined;
+            r.settling = snapshot.joined && !joined;
+            r.not_listed = snapshot.not_listed.clone();
+            r.gossip_peers = crate::gossip::transport::peer_problems();
+            r.name_conflict = snapshot.name_conflict.clone();
+            *r != before
+        });
+        for state in proto::MemberState::ALL {
+            metrics::gauge!("zone_egress_members", "state" => state.as_str())
+                .set(snapshot.view.count(state) as f64);
+        }
+        metrics::gauge!("zone_egress_uptime_seconds").set(started.elapsed().as_secs_f64());
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = zone_rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Publishes readiness changes in gossip and as a gauge.
+pub async fn publish_readiness(
+    mut readiness_rx: tokio::sync::watch::Receiver<Readiness>,
+    publisher: crate::gossip::Publisher,
+) {
+    let mut last: Option<bool> = None;
+    loop {
+        let readiness = readiness_rx.borrow_and_update().clone();
+        let ready = readiness.is_ready();
+        if last != Some(ready) {
+            if ready {
+                tracing::info!("ready");
+            } else if last.is_some() {
+                tracing::info!(reasons = %readiness.reasons().join("; "), "not ready");
+            }
+            metrics::gauge!("zone_egress_ready").set(if ready { 1.0 } else { 0.0 });
+            publisher
+                .set(&[(proto::member::keys::READY, ready.to_string())])
+                .await;
+            last = Some(ready);
+        }
+        if readiness_rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use proto::member::{Lifecycle, keys};
 use proto::registration::{AdminPort, EgressNetworking, IngressNetworking};
-use proto::{MemberState, Registration, Role, ZoneEgress, ZoneIngress};
+use proto::{Registration, Role, ZoneEgress, ZoneIngress};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::{AdminState, NodeInfo};
@@ -29,9 +29,6 @@ use crate::config::Config;
 use crate::gossip::{self, ZoneSnapshot};
 use crate::readiness::Readiness;
 use crate::{forward, store, telemetry};
-
-/// Build version reported in gossip, `/metrics` and `--version`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What `<data_dir>/node.json` holds: where this process listens.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -111,7 +108,7 @@ pub async fn run(
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let prometheus = telemetry::prometheus();
-    metrics::gauge!("zone_egress_build_info", "version" => VERSION).set(1.0);
+    metrics::gauge!("zone_egress_build_info", "version" => crate::VERSION).set(1.0);
 
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
@@ -231,7 +228,7 @@ pub async fn run(
         (keys::READY.to_string(), "false".to_string()),
         (keys::REGISTRATION.to_string(), registration.to_json()),
         (keys::ADMIN.to_string(), published_admin.to_string()),
-        (keys::VERSION.to_string(), VERSION.to_string()),
+        (keys::VERSION.to_string(), crate::VERSION.to_string()),
         (keys::STARTED_AT_MS.to_string(), started_at_ms),
     ];
     let gossip = gossip::spawn(gossip::Settings {
@@ -286,7 +283,7 @@ pub async fn run(
                 config.zone.clone(),
                 config.name.clone(),
             )?);
-            link_tasks.push(tokio::spawn(keep_link_targets(
+            link_tasks.push(tokio::spawn(crate::link::keep_link_targets(
                 store.snapshot(),
                 manager.clone(),
                 config.zone.clone(),
@@ -299,7 +296,7 @@ pub async fn run(
         (Role::Ingress, Some(tls)) => {
             let (services_tx, services_rx) =
                 watch::channel(Arc::new(proto::link::ServiceSet::default()));
-            link_tasks.push(tokio::spawn(keep_service_set(
+            link_tasks.push(tokio::spawn(crate::link::keep_service_set(
                 store.snapshot(),
                 gossip.view(),
                 services_tx,
@@ -393,34 +390,36 @@ pub async fn run(
 
     // 3. Readiness follows the zone view; warnings follow the store's clock-skew reports.
     let mesh_ca_health = (config.role == Role::Egress).then(|| {
-        tokio::spawn(keep_mesh_identities(
+        tokio::spawn(crate::pki::keep_mesh_identities(
             store.snapshot(),
             identities.clone(),
             readiness_tx.clone(),
         ))
     });
     let drop_warnings = gossip_problems.map(|problems_rx| {
-        tokio::spawn(copy_warnings(problems_rx, readiness_tx.clone(), |r, w| {
-            r.gossip_drops = w
-        }))
+        tokio::spawn(crate::readiness::copy_warnings(
+            problems_rx,
+            readiness_tx.clone(),
+            |r, w| r.gossip_drops = w,
+        ))
     });
-    let skew_warnings = tokio::spawn(copy_warnings(
+    let skew_warnings = tokio::spawn(crate::readiness::copy_warnings(
         store.clock_skew(),
         readiness_tx.clone(),
         |r, w| r.clock_skew = w,
     ));
-    let sync_warnings = tokio::spawn(copy_warnings(
+    let sync_warnings = tokio::spawn(crate::readiness::copy_warnings(
         sync_warnings,
         readiness_tx.clone(),
         |r, w| r.store_sync = w,
     ));
-    let readiness = tokio::spawn(keep_readiness(
+    let readiness = tokio::spawn(crate::readiness::keep_readiness(
         gossip.view(),
         readiness_tx.clone(),
         config.gossip.interval,
         started,
     ));
-    let publish = tokio::spawn(publish_readiness(
+    let publish = tokio::spawn(crate::readiness::publish_readiness(
         readiness_tx.subscribe(),
         gossip.publisher(),
     ));
@@ -539,93 +538,6 @@ async fn gossip_transport(
     }
 }
 
-/// Keeps the egress's links in line with the static `ZoneIngress` resources of other zones.
-async fn keep_link_targets(
-    mut resources_rx: watch::Receiver<Arc<store::Resources>>,
-    links: Arc<crate::link::LinkManager>,
-    own_zone: String,
-) {
-    loop {
-        let resources = resources_rx.borrow_and_update().clone();
-        let mut targets = Vec::new();
-        for r in resources.list(proto::resource::Kind::ZoneIngress, None) {
-            let proto::resource::Resource::ZoneIngress(zi) = r else {
-                continue;
-            };
-            if zi.zone.as_str() == own_zone {
-                continue;
-            }
-            let port = zi.networking.advertised_port.get();
-            let address = match &zi.networking.advertised_address {
-                proto::resource::Host::Ip(ip) => Some(SocketAddr::new(*ip, port)),
-                proto::resource::Host::Dns(name) => {
-                    match tokio::time::timeout(
-                        Duration::from_secs(5),
-                        tokio::net::lookup_host((name.as_str(), port)),
-                    )
-                    .await
-                    {
-                        Ok(Ok(mut addrs)) => addrs.next(),
-                        _ => {
-                            tracing::warn!(ingress = %zi.name, host = %name, "cannot resolve a remote ingress");
-                            None
-                        }
-                    }
-                }
-            };
-            if let Some(address) = address {
-                targets.push(crate::link::LinkTarget {
-                    name: zi.name.as_str().to_string(),
-                    zone: zi.zone.as_str().to_string(),
-                    address,
-                });
-            }
-        }
-        links.set_targets(targets);
-        if resources_rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Keeps what this ingress advertises: the zone's services (from `Dataplane`s) and its ingress
-/// nodes (from gossip).
-async fn keep_service_set(
-    mut resources_rx: watch::Receiver<Arc<store::Resources>>,
-    mut zone_rx: watch::Receiver<Arc<ZoneSnapshot>>,
-    services_tx: watch::Sender<Arc<proto::link::ServiceSet>>,
-    zone: String,
-) {
-    loop {
-        let resources = resources_rx.borrow_and_update().clone();
-        let snapshot = zone_rx.borrow_and_update().clone();
-        let egresses = proto::zone::offer::ready_egresses(&snapshot.view);
-        let ingresses = snapshot
-            .view
-            .zone_ingresses()
-            .into_iter()
-            .map(|zi| proto::link::IngressAddr {
-                name: zi.name,
-                address: zi.networking.advertised_address,
-                port: zi.networking.advertised_port,
-            })
-            .collect();
-        let set = proto::zone::offer::service_set(&resources, ingresses, &zone, &egresses);
-        services_tx.send_if_modified(|current| {
-            if **current == set {
-                false
-            } else {
-                *current = Arc::new(set);
-                true
-            }
-        });
-        tokio::select! {
-            changed = resources_rx.changed() => if changed.is_err() { return },
-            changed = zone_rx.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
 /// Waits for `phase` unless a second signal arrives first; counts the signals it sees.
 async fn unless_hurried<F: std::future::Future>(
     phase: F,
@@ -701,154 +613,6 @@ fn others_present(snapshot: &ZoneSnapshot, name: &str, generation: u64) -> bool 
         .members
         .iter()
         .any(|m| m.state.is_present() && !(m.name == name && m.generation == generation))
-}
-
-/// How often the mesh identities are checked without a resource change (a CA file may change).
-const MESH_IDENTITY_CHECK: Duration = Duration::from_secs(5);
-
-/// Checks, on every resource change and every [`MESH_IDENTITY_CHECK`], that this egress can
-/// issue its identity for every mesh with mTLS (CA loadable, key matching): what a terminated
-/// connection needs. A mesh that fails is a `/ready` warning (the mesh only: `/ready` is open to
-/// anyone, the cause is in the log and in `inspect route`), and counts in
-/// `zone_egress_meshes_without_identity`.
-async fn keep_mesh_identities(
-    mut resources_rx: watch::Receiver<Arc<store::Resources>>,
-    identities: Arc<crate::pki::EgressIdentities>,
-    readiness_tx: watch::Sender<Readiness>,
-) {
-    let mut logged: std::collections::BTreeMap<String, String> = Default::default();
-    loop {
-        let resources = resources_rx.borrow_and_update().clone();
-        let mut problems = Vec::new();
-        let mut causes = std::collections::BTreeMap::new();
-        for mesh in resources.meshes() {
-            if mesh.enabled_ca().is_none() {
-                continue;
-            }
-            let name = mesh.name.as_str().to_string();
-            // As connections see it: `secret:` references and a minted builtin CA resolved.
-            let mesh = resources.resolved_mesh(mesh);
-            if let Err(e) = identities.acceptor(&mesh, &[], std::time::SystemTime::now()) {
-                problems.push(format!(
-                    "mesh {name:?}: this egress cannot issue its identity, so every terminated \
-                     connection of the mesh is closed (reason identity; the cause is in the log \
-                     and in inspect route)"
-                ));
-                causes.insert(name, e.to_string());
-            }
-        }
-        for (mesh, cause) in &causes {
-            if logged.get(mesh) != Some(cause) {
-                tracing::warn!(mesh = %mesh, error = %cause, "cannot issue the egress identity of a mesh");
-            }
-        }
-        logged = causes;
-        metrics::gauge!("zone_egress_meshes_without_identity").set(problems.len() as f64);
-        readiness_tx.send_if_modified(|r| {
-            if r.mesh_ca == problems {
-                false
-            } else {
-                r.mesh_ca = problems;
-                true
-            }
-        });
-        tokio::select! {
-            changed = resources_rx.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(MESH_IDENTITY_CHECK) => {}
-        }
-    }
-}
-
-/// Copies a list of warnings into readiness (with `set`) whenever it changes.
-async fn copy_warnings(
-    mut warnings_rx: watch::Receiver<Vec<String>>,
-    readiness_tx: watch::Sender<Readiness>,
-    set: fn(&mut Readiness, Vec<String>),
-) {
-    loop {
-        let warnings = warnings_rx.borrow_and_update().clone();
-        readiness_tx.send_if_modified(|r| {
-            let before = r.clone();
-            set(r, warnings);
-            *r != before
-        });
-        if warnings_rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Keeps the readiness conditions that come from gossip, and the zone gauges.
-async fn keep_readiness(
-    mut zone_rx: watch::Receiver<Arc<ZoneSnapshot>>,
-    readiness_tx: watch::Sender<Readiness>,
-    interval: Duration,
-    started: Instant,
-) {
-    // A node that just joined waits two rounds before it claims its name is unique, so the
-    // state of the zone (an older holder of the name) has reached it.
-    let settle = interval * 2;
-    let mut joined_since: Option<Instant> = None;
-    let mut logged_conflict: Option<String> = None;
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        let snapshot = zone_rx.borrow_and_update().clone();
-        if snapshot.joined {
-            joined_since.get_or_insert_with(Instant::now);
-        } else {
-            joined_since = None;
-        }
-        let joined = joined_since.is_some_and(|t| t.elapsed() >= settle);
-        if snapshot.name_conflict != logged_conflict {
-            if let Some(reason) = &snapshot.name_conflict {
-                tracing::error!(reason = %reason, "refusing to become ready: duplicate node name");
-            }
-            logged_conflict = snapshot.name_conflict.clone();
-        }
-        readiness_tx.send_if_modified(|r| {
-            let before = r.clone();
-            r.joined = joined;
-            r.settling = snapshot.joined && !joined;
-            r.not_listed = snapshot.not_listed.clone();
-            r.gossip_peers = gossip::transport::peer_problems();
-            r.name_conflict = snapshot.name_conflict.clone();
-            *r != before
-        });
-        for state in MemberState::ALL {
-            metrics::gauge!("zone_egress_members", "state" => state.as_str())
-                .set(snapshot.view.count(state) as f64);
-        }
-        metrics::gauge!("zone_egress_uptime_seconds").set(started.elapsed().as_secs_f64());
-        tokio::select! {
-            _ = tick.tick() => {}
-            changed = zone_rx.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-/// Publishes readiness changes in gossip and as a gauge.
-async fn publish_readiness(
-    mut readiness_rx: watch::Receiver<Readiness>,
-    publisher: gossip::Publisher,
-) {
-    let mut last: Option<bool> = None;
-    loop {
-        let readiness = readiness_rx.borrow_and_update().clone();
-        let ready = readiness.is_ready();
-        if last != Some(ready) {
-            if ready {
-                tracing::info!("ready");
-            } else if last.is_some() {
-                tracing::info!(reasons = %readiness.reasons().join("; "), "not ready");
-            }
-            metrics::gauge!("zone_egress_ready").set(if ready { 1.0 } else { 0.0 });
-            publisher.set(&[(keys::READY, ready.to_string())]).await;
-            last = Some(ready);
-        }
-        if readiness_rx.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

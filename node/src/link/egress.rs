@@ -1004,6 +1004,70 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Keeps the egress's links in line with the static `ZoneIngress` resources of other zones.
+/// Names are resolved (5 s deadline) only when the ZoneIngress resources changed, not on
+/// every write to the zone (a zone takes hundreds of writes per second).
+pub async fn keep_link_targets(
+    mut resources_rx: tokio::sync::watch::Receiver<std::sync::Arc<proto::zone::Resources>>,
+    links: std::sync::Arc<LinkManager>,
+    own_zone: String,
+) {
+    let mut last: Option<Vec<proto::resource::Resource>> = None;
+    loop {
+        let resources = resources_rx.borrow_and_update().clone();
+        let ingresses: Vec<proto::resource::Resource> = resources
+            .list(proto::resource::Kind::ZoneIngress, None)
+            .into_iter()
+            .cloned()
+            .collect();
+        if last.as_ref() == Some(&ingresses) {
+            if resources_rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let mut targets = Vec::new();
+        for r in &ingresses {
+            let proto::resource::Resource::ZoneIngress(zi) = r else {
+                continue;
+            };
+            if zi.zone.as_str() == own_zone {
+                continue;
+            }
+            let port = zi.networking.advertised_port.get();
+            let address = match &zi.networking.advertised_address {
+                proto::resource::Host::Ip(ip) => Some(std::net::SocketAddr::new(*ip, port)),
+                proto::resource::Host::Dns(name) => {
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        tokio::net::lookup_host((name.as_str(), port)),
+                    )
+                    .await
+                    {
+                        Ok(Ok(mut addrs)) => addrs.next(),
+                        _ => {
+                            tracing::warn!(ingress = %zi.name, host = %name, "cannot resolve a remote ingress");
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(address) = address {
+                targets.push(LinkTarget {
+                    name: zi.name.as_str().to_string(),
+                    zone: zi.zone.as_str().to_string(),
+                    address,
+                });
+            }
+        }
+        links.set_targets(targets);
+        last = Some(ingresses);
+        if resources_rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

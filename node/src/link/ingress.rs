@@ -409,3 +409,40 @@ async fn dial(endpoints: &[SocketAddr], start: usize) -> Result<TcpStream, Strin
     }
     Err(last)
 }
+/// Keeps what this ingress advertises: the zone's services (from `Dataplane`s) and its ingress
+/// nodes (from gossip).
+pub async fn keep_service_set(
+    mut resources_rx: tokio::sync::watch::Receiver<std::sync::Arc<proto::zone::Resources>>,
+    mut zone_rx: tokio::sync::watch::Receiver<std::sync::Arc<crate::gossip::ZoneSnapshot>>,
+    services_tx: tokio::sync::watch::Sender<std::sync::Arc<proto::link::ServiceSet>>,
+    zone: String,
+) {
+    loop {
+        let resources = resources_rx.borrow_and_update().clone();
+        let snapshot = zone_rx.borrow_and_update().clone();
+        let egresses = proto::zone::offer::ready_egresses(&snapshot.view);
+        let ingresses = snapshot
+            .view
+            .zone_ingresses()
+            .into_iter()
+            .map(|zi| proto::link::IngressAddr {
+                name: zi.name,
+                address: zi.networking.advertised_address,
+                port: zi.networking.advertised_port,
+            })
+            .collect();
+        let set = proto::zone::offer::service_set(&resources, ingresses, &zone, &egresses);
+        services_tx.send_if_modified(|current| {
+            if **current == set {
+                false
+            } else {
+                *current = std::sync::Arc::new(set);
+                true
+            }
+        });
+        tokio::select! {
+            changed = resources_rx.changed() => if changed.is_err() { return },
+            changed = zone_rx.changed() => if changed.is_err() { return },
+        }
+    }
+}

@@ -61,9 +61,10 @@ mod tests;
 use std::time::Duration;
 
 pub use egress::{
-    LinkManager, LinkOrigin, LinkState, LinkStatus, LinkStream, LinkTarget, spawn_egress,
+    LinkManager, LinkOrigin, LinkState, LinkStatus, LinkStream, LinkTarget, keep_link_targets,
+    spawn_egress,
 };
-pub use ingress::{IngressHandle, Resolver, spawn_ingress};
+pub use ingress::{IngressHandle, Resolver, keep_service_set, spawn_ingress};
 pub use proto::link::{
     ALPN, AvailableService, FrameError, Hello, HelloAck, IngressAddr, ServiceSet, StreamHeader,
     StreamReply,

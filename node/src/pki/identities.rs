@@ -265,6 +265,62 @@ fn from_files(backend: &CaBackend) -> bool {
     }
 }
 
+/// How often the mesh identities are checked without a resource change (a CA file may change).
+const MESH_IDENTITY_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Checks, on every resource change and every [`MESH_IDENTITY_CHECK`], that this egress can
+/// issue its identity for every mesh with mTLS (CA loadable, key matching): what a terminated
+/// connection needs. A mesh that fails is a `/ready` warning (the mesh only: `/ready` is open to
+/// anyone, the cause is in the log and in `inspect route`), and counts in
+/// `zone_egress_meshes_without_identity`.
+pub async fn keep_mesh_identities(
+    mut resources_rx: tokio::sync::watch::Receiver<std::sync::Arc<proto::zone::Resources>>,
+    identities: std::sync::Arc<EgressIdentities>,
+    readiness_tx: tokio::sync::watch::Sender<crate::readiness::Readiness>,
+) {
+    let mut logged: std::collections::BTreeMap<String, String> = Default::default();
+    loop {
+        let resources = resources_rx.borrow_and_update().clone();
+        let mut problems = Vec::new();
+        let mut causes = std::collections::BTreeMap::new();
+        for mesh in resources.meshes() {
+            if mesh.enabled_ca().is_none() {
+                continue;
+            }
+            let name = mesh.name.as_str().to_string();
+            // As connections see it: `secret:` references and a minted builtin CA resolved.
+            let mesh = resources.resolved_mesh(mesh);
+            if let Err(e) = identities.acceptor(&mesh, &[], std::time::SystemTime::now()) {
+                problems.push(format!(
+                    "mesh {name:?}: this egress cannot issue its identity, so every terminated \
+                     connection of the mesh is closed (reason identity; the cause is in the log \
+                     and in inspect route)"
+                ));
+                causes.insert(name, e.to_string());
+            }
+        }
+        for (mesh, cause) in &causes {
+            if logged.get(mesh) != Some(cause) {
+                tracing::warn!(mesh = %mesh, error = %cause, "cannot issue the egress identity of a mesh");
+            }
+        }
+        logged = causes;
+        metrics::gauge!("zone_egress_meshes_without_identity").set(problems.len() as f64);
+        readiness_tx.send_if_modified(|r| {
+            if r.mesh_ca == problems {
+                false
+            } else {
+                r.mesh_ca = problems;
+                true
+            }
+        });
+        tokio::select! {
+            changed = resources_rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(MESH_IDENTITY_CHECK) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs;

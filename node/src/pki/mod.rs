@@ -36,7 +36,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use acceptor::{ALPN_HTTP, accept, acceptor_for_mesh, client_identity, set_alpn};
-pub use identities::EgressIdentities;
+pub use identities::{EgressIdentities, keep_mesh_identities};
 pub use issue::{
     BUILTIN_CA_RSA_BITS, CA_CERT_FILE, CA_KEY_FILE, CA_VALIDITY, CERT_FILE, IssueOptions,
     IssuedCert, KEY_FILE, generate_builtin_ca, init_ca, issue, issue_with, parse_spiffe_id,
