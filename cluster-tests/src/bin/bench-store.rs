@@ -195,9 +195,11 @@ fn load(cluster: &Cluster, args: &Args, spread: bool, round: usize) -> anyhow::R
                 admins[0].clone()
             };
             let clients = args.clients;
-            std::thread::spawn(move || -> anyhow::Result<()> {
+            // Returns its last write (resource, version), if any.
+            std::thread::spawn(move || -> anyhow::Result<Option<(usize, usize)>> {
                 let a = agent();
                 let mut k = 0;
+                let mut last = None;
                 while !stop.load(Ordering::Relaxed) {
                     // Client c writes resources c, c + clients, ...: no two clients share one.
                     let i = (c + k * clients) % resources;
@@ -205,10 +207,11 @@ fn load(cluster: &Cluster, args: &Args, spread: bool, round: usize) -> anyhow::R
                     if i != resources - 1 {
                         put(&a, &admin, i, round * 1_000_000 + k)?;
                         done.fetch_add(1, Ordering::Relaxed);
+                        last = Some((i, round * 1_000_000 + k));
                     }
                     k += 1;
                 }
-                Ok(())
+                Ok(last)
             })
         })
         .collect();
@@ -234,29 +237,31 @@ fn load(cluster: &Cluster, args: &Args, spread: bool, round: usize) -> anyhow::R
             }
         }
         visible.push(acked.elapsed());
-        std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, Ordering::Relaxed);
+    let mut last_writes = Vec::new();
     for c in clients {
-        c.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+        last_writes.extend(c.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let writes = done.load(Ordering::Relaxed) + s;
-    // Every node's CPU counts until it has merged the last write: wait for the sampler's
-    // resource and for every node to hold the same digest root... approximated by a settle
-    // until the sync counters stop moving.
-    eventually(Duration::from_secs(60), "sync to settle", || {
-        let before: f64 = admins
-            .iter()
-            .map(|ad| metric_sum(&a, ad, "zone_egress_store_sync_records_total"))
-            .sum();
-        std::thread::sleep(Duration::from_millis(300));
-        let after: f64 = admins
-            .iter()
-            .map(|ad| metric_sum(&a, ad, "zone_egress_store_sync_records_total"))
-            .sum();
-        Ok((before == after).then_some(()))
-    })?;
+    // Every node's CPU counts until it has merged the last write of every client (each
+    // client's writes reach a peer in order, so its last one comes last).
+    eventually(
+        Duration::from_secs(60),
+        "the last writes everywhere",
+        || {
+            for admin in &admins {
+                for (i, version) in &last_writes {
+                    let want = format!("v{version}");
+                    if served_version(&a, admin, *i)?.as_deref() != Some(want.as_str()) {
+                        return Ok(None);
+                    }
+                }
+            }
+            Ok(Some(()))
+        },
+    )?;
     let cpu: Vec<f64> = pids
         .iter()
         .zip(&cpu0)

@@ -78,17 +78,15 @@ impl Digest {
     pub fn buckets(&self) -> &[u64] {
         &self.buckets
     }
+}
 
-    /// The buckets whose digest differs from `other` (a peer's; a list of the wrong length
-    /// differs everywhere).
-    pub fn differing(&self, other: &[u64]) -> Vec<usize> {
-        if other.len() != BUCKETS {
-            return (0..BUCKETS).collect();
-        }
-        (0..BUCKETS)
-            .filter(|&b| self.buckets[b] != other[b])
-            .collect()
+/// The buckets where two bucket-digest lists differ; `None` when either is not [`BUCKETS`]
+/// long (a peer's list that cannot be compared).
+pub fn differing(mine: &[u64], theirs: &[u64]) -> Option<Vec<usize>> {
+    if mine.len() != BUCKETS || theirs.len() != BUCKETS {
+        return None;
     }
+    Some((0..BUCKETS).filter(|&b| mine[b] != theirs[b]).collect())
 }
 
 #[cfg(test)]
@@ -123,7 +121,10 @@ mod tests {
         b.toggle(k, t);
         b.toggle(k, &ts(9_999, "n2"));
         assert_ne!(a.root(), b.root());
-        assert_eq!(a.differing(b.buckets()), vec![bucket_of(k)]);
+        assert_eq!(
+            differing(a.buckets(), b.buckets()),
+            Some(vec![bucket_of(k)])
+        );
         // Undoing it restores the digest.
         b.toggle(k, &ts(9_999, "n2"));
         b.toggle(k, t);
@@ -143,9 +144,10 @@ mod tests {
     }
 
     #[test]
-    fn a_short_or_long_peer_digest_differs_everywhere() {
+    fn a_short_or_long_peer_digest_cannot_be_compared() {
         let d = Digest::default();
-        assert_eq!(d.differing(&[0; 3]).len(), BUCKETS);
-        assert!(d.differing(&[0; BUCKETS]).is_empty());
+        assert_eq!(differing(d.buckets(), &[0; 3]), None);
+        assert_eq!(differing(d.buckets(), &[0; BUCKETS + 1]), None);
+        assert_eq!(differing(d.buckets(), &[0; BUCKETS]), Some(vec![]));
     }
 }

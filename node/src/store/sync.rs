@@ -446,17 +446,16 @@ async fn merge_received(store: &Handle, peer: &str, records: Vec<wire::Record>) 
 }
 
 fn differing(mine: &[u64], theirs: &[u64]) -> Result<Vec<usize>, SyncError> {
-    if theirs.len() != BUCKETS {
-        return Err(SyncError::Protocol(format!(
+    super::digest::differing(mine, theirs).ok_or_else(|| {
+        SyncError::Protocol(format!(
             "{} bucket digests, expected {BUCKETS}",
             theirs.len()
-        )));
-    }
-    Ok((0..BUCKETS).filter(|&b| mine[b] != theirs[b]).collect())
+        ))
+    })
 }
 
 /// A session's client side after its hellos: the channel and the peer's node name. Kept
-/// open between rounds ([`round_loop`]'s pool), so a push costs one round trip, not a TCP
+/// open by the peer's [`worker`] between exchanges, so a push costs one round trip, not a TCP
 /// handshake and two hellos.
 struct Session {
     channel: Channel,
