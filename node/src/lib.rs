@@ -16,6 +16,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod copy;
+pub mod data_dir;
 pub mod forward;
 pub mod gossip;
 pub mod link;
@@ -25,7 +26,8 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 
-pub use server::{RuntimeInfo, run};
+pub use data_dir::RuntimeInfo;
+pub use server::run;
 
 /// Build version reported in gossip, `/metrics` and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,20 +1,23 @@
-//! A running node: binds its sockets, starts every plane, keeps readiness, drains and leaves.
+//! A running node's life cycle: [`run`] = `bind → start → serve → drain → leave`, each a short
+//! function below. The planes are wired here and nowhere else; each plane's glue to the zone
+//! (link targets, service sets, mesh identities, readiness) lives in the plane it serves.
 //!
-//! Order of a node's life:
-//! 1. bind admin (TCP), forwarding listener (TCP, egress role) and gossip (UDP); a port in use is
-//!    a start-up error that names the socket;
-//! 2. start gossip with the node's keys (registration, role, lifecycle `serving`, ready `false`),
-//!    the admin API and the forwarding plane; write `<data_dir>/node.json` with the bound
-//!    addresses (operators and the cluster tests read it, which is how port 0 works);
-//! 3. keep [`Readiness`] from the zone snapshots and publish it in gossip;
-//! 4. on the first SIGTERM/SIGINT (or `POST /v1/drain`): announce `draining` in gossip, keep
-//!    accepting for `drain.announce_delay` while peers learn it (skipped when alone), stop
-//!    accepting, wait up to `drain.grace` for in-flight connections;
-//! 5. after a signal: announce `left`, give gossip a few rounds to carry it, stop. A second
-//!    signal skips the waits.
+//! 1. **bind**: admin (TCP), forwarding listener (TCP, egress role), QUIC link (UDP), gossip
+//!    (UDP) and store sync (TCP, the gossip port's number); a port in use is a start-up error
+//!    that names the socket;
+//! 2. **start**: gossip with the node's keys (registration, role, lifecycle `serving`, ready
+//!    `false`), the store and its sync, the link plane, the admin API and the forwarding plane;
+//!    write `<data_dir>/node.json` with the bound addresses (see [`crate::data_dir`]);
+//! 3. **serve**: readiness follows the zone and is published in gossip, until the first
+//!    SIGTERM/SIGINT or `POST /v1/drain`;
+//! 4. **drain**: announce `draining` in gossip, keep accepting for `drain.announce_delay` while
+//!    peers learn it (skipped when alone), stop accepting, wait up to `drain.grace` for
+//!    in-flight connections; drained on request, the node stays up (not ready) until a signal;
+//! 5. **leave**: announce `left`, give gossip a few rounds to carry it, stop every plane.
+//!
+//! A second signal skips the waits.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,130 +26,57 @@ use proto::member::{Lifecycle, keys};
 use proto::registration::{AdminPort, EgressNetworking, IngressNetworking};
 use proto::{Registration, Role, ZoneEgress, ZoneIngress};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::admin::{AdminState, NodeInfo};
 use crate::config::Config;
+use crate::data_dir::{self, RuntimeInfo};
 use crate::gossip::{self, ZoneSnapshot};
+use crate::link::{LinkPlane, LinkTls};
 use crate::readiness::Readiness;
 use crate::{forward, store, telemetry};
 
-/// What `<data_dir>/node.json` holds: where this process listens.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct RuntimeInfo {
-    /// Node name.
-    pub name: String,
-    /// Zone.
-    pub zone: String,
-    /// Process generation.
-    pub generation: u64,
-    /// Process id.
-    pub pid: u32,
-    /// Bound admin address.
-    pub admin: SocketAddr,
-    /// Bound gossip address.
-    pub gossip: SocketAddr,
-    /// Bound forwarding listener (egress role).
-    pub listen: Option<SocketAddr>,
-    /// Bound QUIC link socket (ingress role: where links arrive; egress role: where they leave).
-    pub link: Option<SocketAddr>,
-}
-
-/// File in the data dir holding the last generation this node ran with (decimal).
-pub const GENERATION_FILE: &str = "generation";
-
-/// This start's chitchat generation: the start time in ns, but always greater than the last
-/// generation of this data dir (kept in [`GENERATION_FILE`], written and synced before gossip
-/// starts). Peers keep a node's highest generation; a restart with a clock set back (a
-/// restored VM, a host whose clock lags) would otherwise come back with a lower one and stay
-/// invisible to the zone behind its old record.
-pub fn next_generation(data_dir: &std::path::Path, now_ns: u64) -> anyhow::Result<u64> {
-    use std::io::Write;
-    let path = data_dir.join(GENERATION_FILE);
-    let last: Option<u64> = match std::fs::read_to_string(&path) {
-        Ok(text) => Some(text.trim().parse().with_context(|| {
-            format!(
-                "{} is not a generation number (delete it to start afresh)",
-                path.display()
-            )
-        })?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let generation = match last {
-        Some(u64::MAX) => anyhow::bail!(
-            "{} holds the largest generation there is: a restart could not be told from the \
-             last run; delete the file (the node then starts at its clock's time)",
-            path.display()
-        ),
-        Some(last) if last >= now_ns => {
-            tracing::warn!(
-                last_generation = last,
-                clock_ns = now_ns,
-                "this host's clock is behind the last start of this node: using the last \
-                 generation + 1 so the zone sees the restart"
-            );
-            last.saturating_add(1)
-        }
-        _ => now_ns,
-    };
-    let tmp = data_dir.join(format!("{GENERATION_FILE}.tmp"));
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(generation.to_string().as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(generation)
-}
-
 /// Runs a node until a signal arrives on `signals_rx` (one message per SIGTERM/SIGINT).
-pub async fn run(
-    config: Config,
-    mut signals_rx: mpsc::UnboundedReceiver<()>,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let prometheus = telemetry::prometheus();
-    metrics::gauge!("zone_egress_build_info", "version" => crate::VERSION).set(1.0);
+///
+/// # Errors
+/// A socket cannot be bound, a file of the data dir cannot be read or written, a plane cannot
+/// start (the message names the setting), or gossip stops on its own.
+pub async fn run(config: Config, signals_rx: mpsc::UnboundedReceiver<()>) -> anyhow::Result<()> {
+    let mut signals = Signals {
+        rx: signals_rx,
+        seen: 0,
+    };
+    let sockets = bind(&config).await?;
+    let mut node = start(config, sockets).await?;
+    node.serve(&mut signals).await?;
+    node.drain(&mut signals).await;
+    node.leave(&mut signals).await;
+    Ok(())
+}
 
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let generation = next_generation(
-        &config.data_dir,
-        u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
-    )?;
+/// Every socket of the node, bound before anything starts.
+struct Sockets {
+    admin: tokio::net::TcpListener,
+    /// The forwarding listener (egress role).
+    forward: Option<tokio::net::TcpListener>,
+    link_tls: Option<LinkTls>,
+    /// The QUIC link socket: where links arrive (ingress) or leave from (egress with link TLS).
+    link: Option<std::net::UdpSocket>,
+    gossip: gossip::Sockets,
+}
 
-    // 1. Sockets.
-    let admin_listener = bind_tcp(config.admin.listen, "admin API (admin.listen / --admin)")?;
-    let admin_addr = admin_listener.local_addr()?;
-    let forward_listener = match config.role {
+/// Step 1: binds every socket; a port in use is an error naming the socket and its setting.
+async fn bind(config: &Config) -> anyhow::Result<Sockets> {
+    let admin = bind_tcp(config.admin.listen, "admin API (admin.listen / --admin)")?;
+    let forward = match config.role {
         Role::Egress => Some(bind_tcp(
             config.listen,
             "egress listener (listen / --listen)",
         )?),
         Role::Ingress => None,
     };
-    let listen_addr = forward_listener
-        .as_ref()
-        .map(|l| l.local_addr())
-        .transpose()?;
-    let link_tls = match (&config.link.ca, &config.link.cert, &config.link.key) {
-        (Some(ca), Some(cert), Some(key)) => Some(
-            crate::link::LinkTls::from_files(ca, cert, key)
-                .context("link TLS (link.ca, link.cert, link.key)")?,
-        ),
-        (None, None, None) if config.role == Role::Egress => None,
-        _ => anyhow::bail!(
-            "link TLS needs all of link.ca, link.cert and link.key{}",
-            if config.role == Role::Ingress {
-                " (the ingress role accepts links only with mTLS)"
-            } else {
-                ""
-            }
-        ),
-    };
-    let link_socket = match (config.role, &link_tls) {
+    let link_tls = link_tls(config)?;
+    let link = match (config.role, &link_tls) {
         (Role::Ingress, _) => Some(std::net::UdpSocket::bind(config.link.listen).with_context(
             || {
                 format!(
@@ -156,97 +86,98 @@ pub async fn run(
             },
         )?),
         (Role::Egress, Some(_)) => {
-            let any = SocketAddr::new(
-                if config.advertise.is_ipv4() {
-                    std::net::Ipv4Addr::UNSPECIFIED.into()
-                } else {
-                    std::net::Ipv6Addr::UNSPECIFIED.into()
-                },
-                0,
-            );
+            let any: std::net::IpAddr = if config.advertise.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            };
             Some(
-                std::net::UdpSocket::bind(any)
+                std::net::UdpSocket::bind((any, 0))
                     .context("cannot bind a UDP socket for QUIC links")?,
             )
         }
         (Role::Egress, None) => None,
     };
-    let link_addr = link_socket.as_ref().map(|s| s.local_addr()).transpose()?;
-    // Store sync listens on TCP at the gossip port's number (as Serf's push-pull does), so a
-    // peer's gossip address is also where its records are. With port 0 the kernel picks a UDP
-    // port whose TCP twin may be taken: pick again (a few times) until both are free.
-    let mut attempt = 0;
-    let (gossip_transport, gossip_addr, gossip_problems, gossip_keyring, sync_listener) = loop {
-        let (transport, addr, problems, keyring) = gossip_transport(&config).await?;
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => {
-                // Said once, with the address finally bound.
-                match &keyring {
-                    Some(k) => tracing::info!(
-                        keys = k.key_count(),
-                        "gossip and store sync are authenticated and encrypted \
-                         (XChaCha20-Poly1305)"
-                    ),
-                    None => tracing::warn!(
-                        gossip = %addr,
-                        "NO GOSSIP KEY: gossip.key_file is not set, so gossip travels in plain \
-                         UDP and store sync in plain TCP that anyone reaching {addr} can read \
-                         and forge (resources may carry secrets); create one with \
-                         `zone-egress keygen > gossip.key` and set gossip.key_file"
-                    ),
-                }
-                break (transport, addr, problems, keyring, listener);
-            }
-            Err(e) if config.gossip.listen.port() == 0 && attempt < 16 => {
-                attempt += 1;
-                tracing::debug!(%addr, error = %e, "TCP twin of the gossip port taken; picking another");
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!(
-                    "cannot listen on {addr} (TCP) for store sync (the gossip port's number)"
-                )));
-            }
-        }
-    };
-    let gossip_advertise = SocketAddr::new(config.advertise, gossip_addr.port());
+    let gossip = gossip::bind(config.gossip.listen, config.gossip.key_file.as_deref()).await?;
+    Ok(Sockets {
+        admin,
+        forward,
+        link_tls,
+        link,
+        gossip,
+    })
+}
 
-    // 2. Planes.
-    let registration = registration(&config, admin_addr, listen_addr, link_addr);
-    let published_admin = if admin_addr.ip().is_unspecified() {
-        SocketAddr::new(config.advertise, admin_addr.port())
-    } else {
-        admin_addr
-    };
-    let started_at_ms = now.as_millis().to_string();
-    let initial_keys = vec![
-        (keys::ZONE.to_string(), config.zone.clone()),
-        (keys::ROLE.to_string(), config.role.as_str().to_string()),
-        (
-            keys::LIFECYCLE.to_string(),
-            Lifecycle::Serving.as_str().to_string(),
+/// The link's mTLS material: all of `link.ca`, `link.cert`, `link.key` or none (egress only).
+fn link_tls(config: &Config) -> anyhow::Result<Option<LinkTls>> {
+    match (&config.link.ca, &config.link.cert, &config.link.key) {
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(
+            LinkTls::from_files(ca, cert, key)
+                .context("link TLS (link.ca, link.cert, link.key)")?,
+        )),
+        (None, None, None) if config.role == Role::Egress => Ok(None),
+        _ => anyhow::bail!(
+            "link TLS needs all of link.ca, link.cert and link.key{}",
+            if config.role == Role::Ingress {
+                " (the ingress role accepts links only with mTLS)"
+            } else {
+                ""
+            }
         ),
-        (keys::READY.to_string(), "false".to_string()),
-        (keys::REGISTRATION.to_string(), registration.to_json()),
-        (keys::ADMIN.to_string(), published_admin.to_string()),
-        (keys::VERSION.to_string(), crate::VERSION.to_string()),
-        (keys::STARTED_AT_MS.to_string(), started_at_ms),
-    ];
-    let gossip = gossip::spawn(gossip::Settings {
+    }
+}
+
+/// A started node: its planes, and the tasks that glue them to the zone.
+struct Node {
+    config: Config,
+    generation: u64,
+    gossip: gossip::Handle,
+    store: store::Handle,
+    links: LinkPlane,
+    admin: crate::admin::Handle,
+    forward: Option<forward::Handle>,
+    readiness_tx: watch::Sender<Readiness>,
+    drain_rx: watch::Receiver<bool>,
+    /// Glue tasks (readiness, warnings, mesh identities), aborted when the node leaves.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Step 2: starts every plane on the bound sockets and writes `node.json`.
+async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
+    let started = Instant::now();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let prometheus = telemetry::prometheus();
+    metrics::gauge!("zone_egress_build_info", "version" => crate::VERSION).set(1.0);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let generation = data_dir::next_generation(
+        &config.data_dir,
+        u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+    )?;
+    let Sockets {
+        admin: admin_listener,
+        forward: forward_listener,
+        link_tls,
+        link: link_socket,
+        gossip: gossip_sockets,
+    } = sockets;
+    let info = RuntimeInfo {
         name: config.name.clone(),
         zone: config.zone.clone(),
         generation,
-        transport: gossip_transport,
-        listen_addr: gossip_addr,
-        advertise: gossip_advertise,
-        seeds: config.gossip.seeds.clone(),
-        interval: config.gossip.interval,
-        initial_keys,
-        dead_node_grace: config.gossip.dead_node_grace,
-        left_grace: config.gossip.left_grace,
-    })
-    .await
-    .context("cannot start gossip")?;
+        pid: std::process::id(),
+        admin: admin_listener.local_addr()?,
+        gossip: gossip_sockets.addr,
+        listen: forward_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?,
+        link: link_socket.as_ref().map(|s| s.local_addr()).transpose()?,
+    };
 
+    let gossip = start_gossip(&config, &info, gossip_sockets.transport, now).await?;
     let store = store::spawn(store::Settings {
         data_dir: config.data_dir.clone(),
         node: config.name.clone(),
@@ -261,76 +192,28 @@ pub async fn run(
         store::sync::Settings {
             zone: config.zone.clone(),
             node: config.name.clone(),
-            listener: sync_listener,
-            keyring: gossip_keyring,
+            listener: gossip_sockets.sync,
+            keyring: gossip_sockets.keyring,
             view: gossip.view(),
-            source_ip: Some(gossip_addr.ip()).filter(|ip| !ip.is_unspecified()),
+            source_ip: Some(info.gossip.ip()).filter(|ip| !ip.is_unspecified()),
         },
     );
-
-    // QUIC links: the egress keeps one per remote ingress, the ingress accepts them.
-    crate::link::describe_metrics();
-    let mut link_tasks = Vec::new();
-    let (egress_link_socket, mut ingress_socket) = match config.role {
-        Role::Egress => (link_socket, None),
-        Role::Ingress => (None, link_socket),
-    };
-    let links = match (config.role, link_tls.as_ref(), egress_link_socket) {
-        (Role::Egress, Some(tls), Some(socket)) => {
-            let manager = Arc::new(crate::link::spawn_egress(
-                socket,
-                tls,
-                config.zone.clone(),
-                config.name.clone(),
-            )?);
-            link_tasks.push(tokio::spawn(crate::link::keep_link_targets(
-                store.snapshot(),
-                manager.clone(),
-                config.zone.clone(),
-            )));
-            Some(manager)
-        }
-        _ => None,
-    };
-    let ingress = match (config.role, link_tls.as_ref()) {
-        (Role::Ingress, Some(tls)) => {
-            let (services_tx, services_rx) =
-                watch::channel(Arc::new(proto::link::ServiceSet::default()));
-            link_tasks.push(tokio::spawn(crate::link::keep_service_set(
-                store.snapshot(),
-                gossip.view(),
-                services_tx,
-                config.zone.clone(),
-            )));
-            let resources_rx = store.snapshot();
-            let zone_rx = gossip.view();
-            let zone = config.zone.clone();
-            let resolver: crate::link::Resolver = Arc::new(move |header| {
-                let egresses = proto::zone::offer::ready_egresses(&zone_rx.borrow().view);
-                proto::zone::offer::endpoints(&resources_rx.borrow(), header, &zone, &egresses)
-            });
-            let socket = ingress_socket.take().context("link socket")?;
-            Some(crate::link::spawn_ingress(
-                socket,
-                tls,
-                config.zone.clone(),
-                config.name.clone(),
-                services_rx,
-                resolver,
-            )?)
-        }
-        _ => None,
-    };
-    let remote_rx = match &links {
-        Some(l) => l.services(),
-        None => watch::channel(Arc::new(crate::link::RemoteServices::default())).1,
-    };
-
+    let links = LinkPlane::start(
+        config.role,
+        link_socket,
+        link_tls.as_ref(),
+        crate::link::Zone {
+            zone: config.zone.clone(),
+            node: config.name.clone(),
+            resources_rx: store.snapshot(),
+            zone_rx: gossip.view(),
+        },
+    )?;
     let identities = Arc::new(crate::pki::EgressIdentities::new(
         crate::pki::EgressIdentities::DEFAULT_VALIDITY,
     ));
     let (readiness_tx, readiness_rx) = watch::channel(Readiness::default());
-    let (drain_tx, mut drain_rx) = watch::channel(false);
+    let (drain_tx, drain_rx) = watch::channel(false);
     let admin = crate::admin::spawn(
         admin_listener,
         AdminState {
@@ -347,214 +230,240 @@ pub async fn run(
             read_token: config.admin.read_token.clone(),
             resources_rx: store.snapshot(),
             store: store.clone(),
-            links: links.clone(),
-            remote_rx: remote_rx.clone(),
+            links: links.manager(),
+            remote_rx: links.remote_services(),
             identities: (config.role == Role::Egress).then(|| identities.clone()),
             metrics: Arc::new(move || prometheus.render()),
             started,
         },
     );
-    let mut forward = forward_listener.map(|l| {
+    let forward = forward_listener.map(|listener| {
         let ctx = forward::Context::new(
             store.snapshot(),
             identities.clone(),
-            links.clone(),
-            remote_rx.clone(),
+            links.manager(),
+            links.remote_services(),
             config.limits.clone(),
             config.log.access,
             config.zone.clone(),
         );
-        forward::spawn(l, ctx)
+        forward::spawn(listener, ctx)
     });
     readiness_tx.send_modify(|r| r.listeners_up = true);
-
-    write_runtime_info(
-        &config.data_dir,
-        &RuntimeInfo {
-            name: config.name.clone(),
-            zone: config.zone.clone(),
-            generation,
-            pid: std::process::id(),
-            admin: admin_addr,
-            gossip: gossip_addr,
-            listen: listen_addr,
-            link: link_addr,
-        },
-    )?;
+    data_dir::write_runtime_info(&config.data_dir, &info)?;
     tracing::info!(
         name = %config.name, zone = %config.zone, role = config.role.as_str(), generation,
-        admin = %admin_addr, gossip = %gossip_addr, advertise = %gossip_advertise,
-        listen = listen_addr.map(|a| a.to_string()), seeds = %config.gossip.seeds.join(","),
+        admin = %info.admin, gossip = %info.gossip, advertise = %config.advertise,
+        listen = info.listen.map(|a| a.to_string()), seeds = %config.gossip.seeds.join(","),
         "node started"
     );
 
-    // 3. Readiness follows the zone view; warnings follow the store's clock-skew reports.
-    let mesh_ca_health = (config.role == Role::Egress).then(|| {
-        tokio::spawn(crate::pki::keep_mesh_identities(
-            store.snapshot(),
-            identities.clone(),
-            readiness_tx.clone(),
-        ))
-    });
-    let drop_warnings = gossip_problems.map(|problems_rx| {
+    // Readiness follows the zone view, the mesh CAs, and the warnings of gossip and the store.
+    let mut tasks = vec![
         tokio::spawn(crate::readiness::copy_warnings(
-            problems_rx,
+            store.clock_skew(),
+            readiness_tx.clone(),
+            |r, w| r.clock_skew = w,
+        )),
+        tokio::spawn(crate::readiness::copy_warnings(
+            sync_warnings,
+            readiness_tx.clone(),
+            |r, w| r.store_sync = w,
+        )),
+        tokio::spawn(crate::readiness::keep_readiness(
+            gossip.view(),
+            readiness_tx.clone(),
+            config.gossip.interval,
+            started,
+        )),
+        tokio::spawn(crate::readiness::publish_readiness(
+            readiness_tx.subscribe(),
+            gossip.publisher(),
+        )),
+    ];
+    if let Some(problems) = gossip_sockets.problems {
+        tasks.push(tokio::spawn(crate::readiness::copy_warnings(
+            problems,
             readiness_tx.clone(),
             |r, w| r.gossip_drops = w,
-        ))
-    });
-    let skew_warnings = tokio::spawn(crate::readiness::copy_warnings(
-        store.clock_skew(),
-        readiness_tx.clone(),
-        |r, w| r.clock_skew = w,
-    ));
-    let sync_warnings = tokio::spawn(crate::readiness::copy_warnings(
-        sync_warnings,
-        readiness_tx.clone(),
-        |r, w| r.store_sync = w,
-    ));
-    let readiness = tokio::spawn(crate::readiness::keep_readiness(
-        gossip.view(),
-        readiness_tx.clone(),
-        config.gossip.interval,
-        started,
-    ));
-    let publish = tokio::spawn(crate::readiness::publish_readiness(
-        readiness_tx.subscribe(),
-        gossip.publisher(),
-    ));
-
-    // 4. Serve until a signal or a drain request.
-    let terminated = gossip.terminated();
-    tokio::pin!(terminated);
-    let signalled = tokio::select! {
-        s = signals_rx.recv() => { let _ = s; true }
-        _ = drain_rx.wait_for(|d| *d) => false,
-        result = &mut terminated => {
-            return Err(result.err().unwrap_or_else(|| anyhow::anyhow!("gossip stopped")))
-                .context("gossip failed");
-        }
-    };
-    tracing::info!(signalled, "draining: announcing to the zone");
-    readiness_tx.send_modify(|r| r.draining = true);
-    gossip
-        .set(&[
-            (keys::LIFECYCLE, Lifecycle::Draining.as_str().to_string()),
-            (keys::READY, "false".to_string()),
-        ])
-        .await;
-    // Signals so far: the first asks for a graceful exit, a second one skips the waits.
-    let mut signals = u32::from(signalled);
-    let alone = !others_present(&gossip.view().borrow(), &config.name, generation);
-    if !alone {
-        let announce = tokio::time::sleep(config.drain.announce_delay);
-        unless_hurried(announce, &mut signals_rx, &mut signals).await;
+        )));
     }
-    if let Some(f) = forward.take() {
-        let grace = if signals >= 2 {
-            Duration::ZERO
-        } else {
-            config.drain.grace
-        };
-        unless_hurried(f.shutdown(grace), &mut signals_rx, &mut signals).await;
+    if config.role == Role::Egress {
+        tasks.push(tokio::spawn(crate::pki::keep_mesh_identities(
+            store.snapshot(),
+            identities,
+            readiness_tx.clone(),
+        )));
     }
-    tracing::info!("drained: no longer accepting");
-    readiness_tx.send_modify(|r| r.drained = true);
-    if signals == 0 {
-        // Drained on request: stay up (not ready) until told to stop.
-        if signals_rx.recv().await.is_some() {
-            signals += 1;
-        }
-    }
-
-    // 5. Leave.
-    gossip
-        .set(&[
-            (keys::LEFT_AT_MS, gossip::unix_ms().to_string()),
-            (keys::LIFECYCLE, Lifecycle::Left.as_str().to_string()),
-        ])
-        .await;
-    if !alone {
-        let spread = tokio::time::sleep(config.gossip.interval * 3);
-        unless_hurried(spread, &mut signals_rx, &mut signals).await;
-    }
-    readiness.abort();
-    skew_warnings.abort();
-    sync_warnings.abort();
-    if let Some(task) = drop_warnings {
-        task.abort();
-    }
-    if let Some(task) = mesh_ca_health {
-        task.abort();
-    }
-    publish.abort();
-    for task in link_tasks {
-        task.abort();
-    }
-    if let Some(links) = &links {
-        links.shutdown().await;
-    }
-    if let Some(ingress) = ingress {
-        ingress.shutdown().await;
-    }
-    store.shutdown().await;
-    admin.shutdown().await;
-    gossip.shutdown().await;
-    let _ = std::fs::remove_file(config.data_dir.join("node.json"));
-    tracing::info!("left the zone; bye");
-    Ok(())
+    Ok(Node {
+        config,
+        generation,
+        gossip,
+        store,
+        links,
+        admin,
+        forward,
+        readiness_tx,
+        drain_rx,
+        tasks,
+    })
 }
 
-/// Binds the gossip socket: sealed with the cluster keys of `gossip.key_file`, else plain
-/// (with a loud warning: plain gossip can be read and forged by anyone who reaches the port).
-async fn gossip_transport(
+/// Starts chitchat with this node's keys: zone, role, lifecycle `serving`, ready `false`, its
+/// registration, admin address, version and start time.
+async fn start_gossip(
     config: &Config,
-) -> anyhow::Result<(
-    Box<dyn chitchat::transport::Transport>,
-    SocketAddr,
-    Option<watch::Receiver<Vec<String>>>,
-    Option<gossip::sealed::Keyring>,
-)> {
-    let addr = config.gossip.listen;
-    let context = || format!("cannot listen on {addr} (UDP) for gossip (gossip.listen / --gossip)");
-    match &config.gossip.key_file {
-        Some(path) => {
-            let keyring = gossip::sealed::Keyring::load(path)
-                .with_context(|| format!("gossip.key_file {}", path.display()))?;
-            let keys = keyring.key_count();
-            let transport = gossip::sealed::bind(addr, keyring.clone())
-                .await
-                .with_context(context)?;
-            let local = transport.local_addr();
-            let problems = transport.problems();
-            tracing::debug!(keys, "gossip keyring loaded");
-            Ok((Box::new(transport), local, Some(problems), Some(keyring)))
+    info: &RuntimeInfo,
+    transport: Box<dyn chitchat::transport::Transport>,
+    now: Duration,
+) -> anyhow::Result<gossip::Handle> {
+    let published_admin = if info.admin.ip().is_unspecified() {
+        SocketAddr::new(config.advertise, info.admin.port())
+    } else {
+        info.admin
+    };
+    let initial_keys = vec![
+        (keys::ZONE.to_string(), config.zone.clone()),
+        (keys::ROLE.to_string(), config.role.as_str().to_string()),
+        (
+            keys::LIFECYCLE.to_string(),
+            Lifecycle::Serving.as_str().to_string(),
+        ),
+        (keys::READY.to_string(), "false".to_string()),
+        (
+            keys::REGISTRATION.to_string(),
+            registration(config, info).to_json(),
+        ),
+        (keys::ADMIN.to_string(), published_admin.to_string()),
+        (keys::VERSION.to_string(), crate::VERSION.to_string()),
+        (keys::STARTED_AT_MS.to_string(), now.as_millis().to_string()),
+    ];
+    gossip::spawn(gossip::Settings {
+        name: config.name.clone(),
+        zone: config.zone.clone(),
+        generation: info.generation,
+        transport,
+        listen_addr: info.gossip,
+        advertise: SocketAddr::new(config.advertise, info.gossip.port()),
+        seeds: config.gossip.seeds.clone(),
+        interval: config.gossip.interval,
+        initial_keys,
+        dead_node_grace: config.gossip.dead_node_grace,
+        left_grace: config.gossip.left_grace,
+    })
+    .await
+    .context("cannot start gossip")
+}
+
+impl Node {
+    /// Step 3: serves until a signal or a drain request.
+    ///
+    /// # Errors
+    /// Gossip stopped on its own (an error on its socket).
+    async fn serve(&self, signals: &mut Signals) -> anyhow::Result<()> {
+        let mut drain_rx = self.drain_rx.clone();
+        tokio::select! {
+            s = signals.rx.recv() => if s.is_some() { signals.seen += 1 },
+            _ = drain_rx.wait_for(|d| *d) => {}
+            result = self.gossip.terminated() => {
+                return Err(result.err().unwrap_or_else(|| anyhow::anyhow!("gossip stopped")))
+                    .context("gossip failed");
+            }
         }
-        None => {
-            let transport = gossip::transport::bind(addr).await.with_context(context)?;
-            let local = transport.local_addr();
-            Ok((Box::new(transport), local, None, None))
+        Ok(())
+    }
+
+    /// Step 4: announces `draining`, stops accepting, waits for in-flight connections; drained on
+    /// request (no signal yet), stays up until a signal.
+    async fn drain(&mut self, signals: &mut Signals) {
+        tracing::info!(
+            signalled = signals.seen > 0,
+            "draining: announcing to the zone"
+        );
+        self.readiness_tx.send_modify(|r| r.draining = true);
+        self.gossip
+            .set(&[
+                (keys::LIFECYCLE, Lifecycle::Draining.as_str().to_string()),
+                (keys::READY, "false".to_string()),
+            ])
+            .await;
+        if !self.alone() {
+            signals
+                .unless_hurried(tokio::time::sleep(self.config.drain.announce_delay))
+                .await;
         }
+        if let Some(forward) = self.forward.take() {
+            let grace = if signals.seen >= 2 {
+                Duration::ZERO
+            } else {
+                self.config.drain.grace
+            };
+            signals.unless_hurried(forward.shutdown(grace)).await;
+        }
+        tracing::info!("drained: no longer accepting");
+        self.readiness_tx.send_modify(|r| r.drained = true);
+        if signals.seen == 0 && signals.rx.recv().await.is_some() {
+            signals.seen += 1;
+        }
+    }
+
+    /// Step 5: announces `left`, lets gossip carry it for three rounds (unless alone or hurried),
+    /// stops every plane and removes `node.json`.
+    async fn leave(self, signals: &mut Signals) {
+        self.gossip
+            .set(&[
+                (keys::LEFT_AT_MS, gossip::unix_ms().to_string()),
+                (keys::LIFECYCLE, Lifecycle::Left.as_str().to_string()),
+            ])
+            .await;
+        if !self.alone() {
+            signals
+                .unless_hurried(tokio::time::sleep(self.config.gossip.interval * 3))
+                .await;
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+        self.links.shutdown().await;
+        self.store.shutdown().await;
+        self.admin.shutdown().await;
+        self.gossip.shutdown().await;
+        data_dir::remove_runtime_info(&self.config.data_dir);
+        tracing::info!("left the zone; bye");
+    }
+
+    /// Whether no other member of the zone is present (no one to tell, so no waits).
+    fn alone(&self) -> bool {
+        !others_present(
+            &self.gossip.view().borrow(),
+            &self.config.name,
+            self.generation,
+        )
     }
 }
 
-/// Waits for `phase` unless a second signal arrives first; counts the signals it sees.
-async fn unless_hurried<F: std::future::Future>(
-    phase: F,
-    signals_rx: &mut mpsc::UnboundedReceiver<()>,
-    signals: &mut u32,
-) {
-    tokio::pin!(phase);
-    while *signals < 2 {
-        tokio::select! {
-            _ = &mut phase => return,
-            signal = signals_rx.recv() => match signal {
-                Some(()) => *signals += 1,
-                None => {
-                    phase.await;
-                    return;
-                }
-            },
+/// SIGTERM/SIGINT as they arrive: the first asks for a graceful exit, a second skips the waits.
+struct Signals {
+    rx: mpsc::UnboundedReceiver<()>,
+    /// Signals seen so far.
+    seen: u32,
+}
+
+impl Signals {
+    /// Waits for `phase` unless a second signal arrives first.
+    async fn unless_hurried<F: std::future::Future>(&mut self, phase: F) {
+        tokio::pin!(phase);
+        while self.seen < 2 {
+            tokio::select! {
+                _ = &mut phase => return,
+                signal = self.rx.recv() => match signal {
+                    Some(()) => self.seen += 1,
+                    None => {
+                        phase.await;
+                        return;
+                    }
+                },
+            }
         }
     }
 }
@@ -566,12 +475,9 @@ fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListe
     Ok(tokio::net::TcpListener::from_std(listener)?)
 }
 
-fn registration(
-    config: &Config,
-    admin: SocketAddr,
-    listen: Option<SocketAddr>,
-    link: Option<SocketAddr>,
-) -> Registration {
+/// This node's `ZoneEgress` or `ZoneIngress` registration, with the bound ports.
+fn registration(config: &Config, info: &RuntimeInfo) -> Registration {
+    let (admin, listen, link) = (info.admin, info.listen, info.link);
     let address = config.advertise.to_string();
     let admin = AdminPort { port: admin.port() };
     match config.role {
@@ -598,39 +504,10 @@ fn registration(
     }
 }
 
-fn write_runtime_info(dir: &Path, info: &RuntimeInfo) -> anyhow::Result<()> {
-    let path = dir.join("node.json");
-    let tmp = dir.join(".node.json.tmp");
-    let body = serde_json::to_vec_pretty(info)?;
-    std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 fn others_present(snapshot: &ZoneSnapshot, name: &str, generation: u64) -> bool {
     snapshot
         .view
         .members
         .iter()
         .any(|m| m.state.is_present() && !(m.name == name && m.generation == generation))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_generation_grows_even_when_the_clock_goes_back() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(next_generation(dir.path(), 1_000).unwrap(), 1_000);
-        // The clock went back two minutes: still greater than the last one.
-        assert_eq!(next_generation(dir.path(), 880).unwrap(), 1_001);
-        assert_eq!(next_generation(dir.path(), 5_000).unwrap(), 5_000);
-        std::fs::write(dir.path().join(GENERATION_FILE), "garbage").unwrap();
-        let e = next_generation(dir.path(), 6_000).unwrap_err();
-        assert!(
-            format!("{e:#}").contains("not a generation number"),
-            "{e:#}"
-        );
-    }
 }

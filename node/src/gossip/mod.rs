@@ -8,6 +8,7 @@
 //! Gossip is zone-scoped: the chitchat cluster id is `zone-egress/<zone>`, so a node seeded
 //! with a peer of another zone is refused by chitchat itself.
 
+mod bind;
 pub mod sealed;
 pub mod transport;
 
@@ -20,6 +21,8 @@ use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig
 use proto::{MemberEntry, ZoneView};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+pub use bind::{Sockets, bind};
 
 /// How long a dead member stays listed (as `dead`) before chitchat forgets it.
 pub const DEAD_NODE_GRACE: Duration = Duration::from_secs(3600);

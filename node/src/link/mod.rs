@@ -22,15 +22,14 @@
 //!
 //! # Wiring (for the node)
 //!
-//! * egress role: `spawn_egress(udp, &tls, zone, node)`, then [`LinkManager::set_targets`] from
-//!   the zone's remote `ZoneIngress` resources; the forwarding plane calls
-//!   [`LinkManager::pick`] then [`LinkManager::open`], writes the buffered ClientHello to
-//!   [`LinkStream::send`] and calls [`LinkStream::splice`]; the admin API serves
-//!   [`LinkManager::links`] as `GET /v1/links`.
-//! * ingress role: `spawn_ingress(udp, &tls, zone, node, services_rx, resolver)` where
-//!   `services_rx` carries the zone's [`ServiceSet`] (available services from dataplanes, the
-//!   zone's ingress nodes) and `resolver` maps a [`StreamHeader`] to local endpoint addresses.
-//! * [`describe_metrics`] from the telemetry set-up.
+//! The node starts a [`LinkPlane`] (`plane.rs`) with its role, socket, TLS and zone:
+//! * egress role: [`spawn_egress`] and [`keep_link_targets`] (the remote `ZoneIngress`
+//!   resources, names resolved only when those change); the forwarding plane's passthrough
+//!   stage calls [`LinkManager::connect`]; the admin API serves [`LinkManager::links`] as
+//!   `GET /v1/links`.
+//! * ingress role: [`spawn_ingress`] with the zone's [`ServiceSet`] ([`keep_service_set`]) and
+//!   the endpoint choice [`zone_resolver`] (the pure `proto::zone::offer`).
+//! * [`describe_metrics`] once.
 //!
 //! # Trust and names
 //!
@@ -52,6 +51,7 @@
 mod egress;
 mod frame;
 mod ingress;
+mod plane;
 mod splice;
 mod tls;
 
@@ -65,6 +65,7 @@ pub use egress::{
     spawn_egress,
 };
 pub use ingress::{IngressHandle, Resolver, keep_service_set, spawn_ingress};
+pub use plane::{LinkPlane, Zone, zone_resolver};
 pub use proto::link::{
     ALPN, AvailableService, FrameError, Hello, HelloAck, IngressAddr, ServiceSet, StreamHeader,
     StreamReply,
