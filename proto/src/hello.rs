@@ -11,12 +11,14 @@
 //! * [`HelloError::Incomplete`] while more bytes can still make a valid hello, with a lower bound
 //!   on the total buffer length needed. A hello may be split across reads and across several
 //!   handshake records; any prefix of a valid hello gives `Incomplete`, never another error;
-//! * a typed rejection otherwise; [`HelloError::reason`] is its metric label.
+//! * a typed rejection otherwise; [`HelloError::reason`] is the connection's [`Rejection`].
 //!
 //! Limits: the handshake body is at most [`MAX_HANDSHAKE_BODY`] bytes and the hello's records at
 //! most [`MAX_HELLO_BYTES`] in all; a buffer of `MAX_HELLO_BYTES` or more never gives `Incomplete`,
 //! so a caller that caps its buffer there always gets a verdict. Nothing here panics on any input
 //! and nothing is allocated beyond the bytes actually present.
+
+use crate::rejection::Rejection;
 
 /// Content type of a TLS handshake record.
 const CONTENT_HANDSHAKE: u8 = 22;
@@ -104,16 +106,16 @@ pub enum HelloError {
 }
 
 impl HelloError {
-    /// Short stable label for metrics (`not_tls`, `sslv2`, `truncated`, `oversized`, ...).
-    pub fn reason(&self) -> &'static str {
+    /// Why the connection is refused (labels `not_tls`, `sslv2`, `truncated`, `oversized`, ...).
+    pub fn reason(&self) -> Rejection {
         match self {
-            HelloError::Incomplete { .. } => "truncated",
-            HelloError::NotTls => "not_tls",
-            HelloError::Sslv2 => "sslv2",
-            HelloError::UnsupportedVersion { .. } => "unsupported_version",
-            HelloError::NotClientHello { .. } => "not_client_hello",
-            HelloError::TooLarge => "oversized",
-            HelloError::Malformed(_) => "malformed",
+            HelloError::Incomplete { .. } => Rejection::Truncated,
+            HelloError::NotTls => Rejection::NotTls,
+            HelloError::Sslv2 => Rejection::Sslv2,
+            HelloError::UnsupportedVersion { .. } => Rejection::UnsupportedVersion,
+            HelloError::NotClientHello { .. } => Rejection::NotClientHello,
+            HelloError::TooLarge => Rejection::Oversized,
+            HelloError::Malformed(_) => Rejection::Malformed,
         }
     }
 
@@ -899,7 +901,7 @@ mod tests {
             parse(&buf[..2]),
             Err(HelloError::Incomplete { needed: Some(3) })
         );
-        assert_eq!(HelloError::Sslv2.reason(), "sslv2");
+        assert_eq!(HelloError::Sslv2.reason().label(), "sslv2");
     }
 
     #[test]
@@ -969,7 +971,7 @@ mod tests {
         )];
         let buf = records(&spec.message(), &cuts);
         assert_eq!(parse(&buf), Err(HelloError::TooLarge));
-        assert_eq!(HelloError::TooLarge.reason(), "oversized");
+        assert_eq!(HelloError::TooLarge.reason().label(), "oversized");
     }
 
     #[test]
@@ -1207,7 +1209,7 @@ mod tests {
             (HelloError::Malformed("x"), "malformed"),
         ];
         for (error, reason) in all {
-            assert_eq!(error.reason(), reason);
+            assert_eq!(error.reason().label(), reason);
             assert!(!error.to_string().is_empty());
         }
     }

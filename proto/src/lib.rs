@@ -16,6 +16,7 @@ pub mod hlc;
 pub mod link;
 pub mod member;
 pub mod registration;
+pub mod rejection;
 pub mod resource;
 pub mod sni;
 pub mod sync;

@@ -88,9 +88,11 @@ async fn accept_loop(
         };
         metrics::counter!("zone_egress_connections_total").increment(1);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::counter!("zone_egress_connections_rejected_total", "reason" => "max_connections")
-                .increment(1);
-            tracing::debug!(%peer, "connection limit reached; closed");
+            let outcome = super::Outcome::rejected(
+                super::Rejection::MaxConnections,
+                "connection limit reached; closed",
+            );
+            super::Connection::new(peer).finish(&outcome, ctx.access_log, &ctx.logged);
             continue;
         };
         let ctx = ctx.clone();

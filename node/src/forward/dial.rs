@@ -1,5 +1,6 @@
 //! Dial stage (external services): connect to `networking.address`, originate TLS if asked.
 
+use proto::rejection::Rejection;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -58,13 +59,13 @@ impl DialError {
         }
     }
 
-    /// Metric label.
-    pub fn reason(&self) -> &'static str {
+    /// Why the connection is refused.
+    pub fn reason(&self) -> Rejection {
         match self {
-            DialError::Resolve { .. } => "resolve",
-            DialError::Connect { .. } => "connect",
-            DialError::Settings(_) => "tls_settings",
-            DialError::Tls { .. } => "upstream_tls",
+            DialError::Resolve { .. } => Rejection::Resolve,
+            DialError::Connect { .. } => Rejection::Connect,
+            DialError::Settings(_) => Rejection::TlsSettings,
+            DialError::Tls { .. } => Rejection::UpstreamTls,
         }
     }
 }

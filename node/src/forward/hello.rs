@@ -1,5 +1,6 @@
 //! Second stage: read the client's ClientHello, bounded in time and size.
 
+use proto::rejection::Rejection;
 use std::time::Duration;
 
 use proto::hello::{self, ClientHello, HelloError, MAX_HELLO_BYTES};
@@ -23,12 +24,12 @@ pub enum ReadHelloError {
 }
 
 impl ReadHelloError {
-    /// Metric label.
-    pub fn reason(&self) -> &'static str {
+    /// Why the connection is refused.
+    pub fn reason(&self) -> Rejection {
         match self {
-            ReadHelloError::Timeout(_) => "hello_timeout",
-            ReadHelloError::Closed => "truncated",
-            ReadHelloError::Io(_) => "read_error",
+            ReadHelloError::Timeout(_) => Rejection::HelloTimeout,
+            ReadHelloError::Closed => Rejection::Truncated,
+            ReadHelloError::Io(_) => Rejection::ReadError,
             ReadHelloError::Invalid(e) => e.reason(),
         }
     }
@@ -78,7 +79,7 @@ mod tests {
         let err = read_client_hello(&mut server, Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert_eq!(err.reason(), "hello_timeout");
+        assert_eq!(err.reason(), Rejection::HelloTimeout);
     }
 
     #[tokio::test]
@@ -88,7 +89,7 @@ mod tests {
         let err = read_client_hello(&mut server, Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert_eq!(err.reason(), "not_tls");
+        assert_eq!(err.reason(), Rejection::NotTls);
 
         let (mut client, mut server) = duplex(64);
         client
@@ -99,7 +100,7 @@ mod tests {
         let err = read_client_hello(&mut server, Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert_eq!(err.reason(), "truncated");
+        assert_eq!(err.reason(), Rejection::Truncated);
     }
 
     #[tokio::test]
@@ -114,7 +115,7 @@ mod tests {
         let err = read_client_hello(&mut server, Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert_eq!(err.reason(), "oversized");
+        assert_eq!(err.reason(), Rejection::Oversized);
         writer.abort();
     }
 }

@@ -624,7 +624,7 @@ fn upstream_failure(
                 StatusCode::SERVICE_UNAVAILABLE
             };
             return (
-                answer(upstream, status, dial.reason(), &dial.to_string()),
+                answer(upstream, status, dial.reason().label(), &dial.to_string()),
                 true,
             );
         }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use proto::rejection::Rejection;
 use proto::resource::{ExternalService, Host};
 use proto::sni::Sni;
 use proto::zone::Zone;
@@ -132,7 +133,7 @@ pub fn explain(
             .collect();
         if !failures.is_empty() && failures.len() == endpoints.len() {
             decision = Decision::reject(
-                "tls_settings",
+                Rejection::TlsSettings,
                 format!(
                     "the TLS origination settings of every endpoint are unusable, so the \
                      connection is closed after the handshake: {}",
@@ -151,7 +152,7 @@ pub fn explain(
         let names = certificate_names(sni, service);
         if let Err(e) = identities.acceptor(mesh, &names, std::time::SystemTime::now()) {
             decision = Decision::reject(
-                "identity",
+                Rejection::Identity,
                 format!(
                     "{:?} is external service {:?} of mesh {:?}, but this egress cannot issue \
                      its identity for the mesh, so the connection is closed: {e}",
@@ -266,7 +267,7 @@ pub fn explain(
             }),
             permission,
         },
-        Decision::Reject { reason, detail } => Explanation::refusal(sni, reason, detail),
+        Decision::Reject { reason, detail } => Explanation::refusal(sni, reason.label(), detail),
     }
 }
 

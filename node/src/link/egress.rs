@@ -50,6 +50,10 @@ pub const BACKOFF_JITTER: f64 = 0.2;
 /// A link up for this long starts over at [`BACKOFF_INITIAL`] when it drops.
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 /// How long resolving a discovered ingress's host name may take.
+/// Most links [`LinkManager::connect`] tries for one connection.
+pub const MAX_LINKS_TRIED: usize = 3;
+/// How long a link gets to accept a stream while another link could be tried.
+pub const OPEN_HEDGE: Duration = Duration::from_secs(1);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long [`LinkManager::shutdown`] waits for the connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -278,6 +282,54 @@ impl LinkManager {
         }
         let roll = lock(&self.inner.pick_rng).random_range(0..total);
         weighted_pick(&candidates, roll).map(str::to_string)
+    }
+
+    /// Opens a stream for one forwarded connection on one of the links that offer `header`'s
+    /// (mesh, service, tags): picks at random in proportion to the instances each up link
+    /// advertises, and when that link refuses, or does not answer within `hedge` while another
+    /// untried link offers the service, tries another (at most [`MAX_LINKS_TRIED`]). Nothing
+    /// reached the destination before an accept, so trying the next link is safe; a link whose
+    /// ingress died answers nothing until its idle timeout, which is why there is a hedge.
+    ///
+    /// # Errors
+    /// [`LinkError::NoneAccepted`] naming the last link's error, or that no link that is up
+    /// offers the service.
+    pub async fn connect(
+        &self,
+        header: &StreamHeader,
+        hedge: Duration,
+    ) -> Result<LinkStream, LinkError> {
+        let offered = self
+            .inner
+            .services_tx
+            .borrow()
+            .candidates(&header.mesh, &header.service, &header.tags)
+            .len();
+        let mut tried: Vec<String> = Vec::new();
+        let mut last = String::from("no link that is up offers the service");
+        while tried.len() < MAX_LINKS_TRIED {
+            let Some(link) = self.pick_except(&header.mesh, &header.service, &header.tags, &tried)
+            else {
+                break;
+            };
+            let attempt = self.open(header, &link);
+            let result = if offered > tried.len() + 1 {
+                match tokio::time::timeout(hedge, attempt).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no answer within {hedge:?}")),
+                }
+            } else {
+                attempt.await.map_err(|e| e.to_string())
+            };
+            match result {
+                Ok(stream) => return Ok(stream),
+                Err(e) => {
+                    last = format!("link {link}: {e}");
+                    tried.push(link);
+                }
+            }
+        }
+        Err(LinkError::NoneAccepted(last))
     }
 
     /// Opens a stream for one forwarded connection on the link named `link`: writes `header`,

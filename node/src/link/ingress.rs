@@ -409,6 +409,19 @@ async fn dial(endpoints: &[SocketAddr], start: usize) -> Result<TcpStream, Strin
     }
     Err(last)
 }
+/// The ingress's endpoint choice: the zone's endpoints of a stream's (mesh, service, tags),
+/// reachable directly or through a ready egress of this zone (`proto::zone::offer::endpoints`).
+pub fn zone_resolver(
+    resources_rx: watch::Receiver<Arc<proto::zone::Resources>>,
+    zone_rx: watch::Receiver<Arc<crate::gossip::ZoneSnapshot>>,
+    zone: String,
+) -> Resolver {
+    Arc::new(move |header| {
+        let egresses = proto::zone::offer::ready_egresses(&zone_rx.borrow().view);
+        proto::zone::offer::endpoints(&resources_rx.borrow(), header, &zone, &egresses)
+    })
+}
+
 /// Keeps what this ingress advertises: the zone's services (from `Dataplane`s) and its ingress
 /// nodes (from gossip).
 pub async fn keep_service_set(

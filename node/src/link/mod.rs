@@ -61,11 +61,11 @@ mod tests;
 use std::time::Duration;
 
 pub use egress::{
-    LinkManager, LinkOrigin, LinkState, LinkStatus, LinkStream, LinkTarget, keep_link_targets,
-    spawn_egress,
+    LinkManager, LinkOrigin, LinkState, LinkStatus, LinkStream, LinkTarget, MAX_LINKS_TRIED,
+    OPEN_HEDGE, keep_link_targets, spawn_egress,
 };
-pub use ingress::{IngressHandle, Resolver, keep_service_set, spawn_ingress};
-pub use plane::{LinkPlane, Zone, zone_resolver};
+pub use ingress::{IngressHandle, Resolver, keep_service_set, spawn_ingress, zone_resolver};
+pub use plane::{LinkPlane, Zone};
 pub use proto::link::{
     ALPN, AvailableService, FrameError, Hello, HelloAck, IngressAddr, ServiceSet, StreamHeader,
     StreamReply,
@@ -127,6 +127,9 @@ pub enum LinkError {
     /// No link has this name (local: the caller picked a stale name).
     #[error("no link named {0}")]
     UnknownLink(String),
+    /// No link offering the service accepted the stream: the last one's error (peer).
+    #[error("every link that offers the service refused or did not answer: {0}")]
+    NoneAccepted(String),
     /// The link exists but is not up (peer or network).
     #[error("link {0} is not up")]
     Down(String),
@@ -187,6 +190,7 @@ impl LinkError {
             LinkError::UnknownLink(_) => "unknown_link",
             LinkError::Down(_) => "down",
             LinkError::Refused(_) => "refused",
+            LinkError::NoneAccepted(_) => "none_accepted",
             LinkError::Timeout(_) => "timeout",
             LinkError::Frame(e) => e.reason(),
             LinkError::Reset(_) => "reset",

@@ -9,7 +9,7 @@ use proto::zone::Resources;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{IngressHandle, LinkManager, LinkTls, RemoteServices, Resolver, ServiceSet};
+use super::{IngressHandle, LinkManager, LinkTls, RemoteServices, ServiceSet};
 use crate::gossip::ZoneSnapshot;
 
 /// What a node's link plane reads from its zone.
@@ -83,7 +83,8 @@ impl LinkPlane {
                     services_tx,
                     zone.zone.clone(),
                 ));
-                let resolver = zone_resolver(zone.resources_rx, zone.zone_rx, zone.zone.clone());
+                let resolver =
+                    super::zone_resolver(zone.resources_rx, zone.zone_rx, zone.zone.clone());
                 let handle =
                     super::spawn_ingress(socket, tls, zone.zone, zone.node, services_rx, resolver)?;
                 LinkPlane::Ingress { handle, services }
@@ -121,17 +122,4 @@ impl LinkPlane {
             }
         }
     }
-}
-
-/// The ingress's endpoint choice: the zone's endpoints of a stream's (mesh, service, tags),
-/// reachable directly or through a ready egress of this zone (`proto::zone::offer::endpoints`).
-pub fn zone_resolver(
-    resources_rx: watch::Receiver<Arc<Resources>>,
-    zone_rx: watch::Receiver<Arc<ZoneSnapshot>>,
-    zone: String,
-) -> Resolver {
-    Arc::new(move |header| {
-        let egresses = proto::zone::offer::ready_egresses(&zone_rx.borrow().view);
-        proto::zone::offer::endpoints(&resources_rx.borrow(), header, &zone, &egresses)
-    })
 }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::rejection::Rejection;
 use crate::resource::{ExternalService, Kind, Mesh};
 use crate::sni::{self, HashedKind, HashedSni, Sni};
 
@@ -47,8 +48,8 @@ pub enum Decision {
     },
     /// Close the connection.
     Reject {
-        /// Stable label for metrics.
-        reason: &'static str,
+        /// Why (its label is the metric label).
+        reason: Rejection,
         /// Human explanation.
         detail: String,
     },
@@ -56,7 +57,7 @@ pub enum Decision {
 
 impl Decision {
     /// A refusal with its metric label and explanation.
-    pub fn reject(reason: &'static str, detail: impl Into<String>) -> Decision {
+    pub fn reject(reason: Rejection, detail: impl Into<String>) -> Decision {
         Decision::Reject {
             reason,
             detail: detail.into(),
@@ -68,7 +69,7 @@ impl Decision {
         match self {
             Decision::TerminateExternal { .. } => "external",
             Decision::Passthrough { .. } => "passthrough",
-            Decision::Reject { reason, .. } => reason,
+            Decision::Reject { reason, .. } => reason.label(),
         }
     }
 }
@@ -141,7 +142,7 @@ fn decide_external(
             .map(|w| format!("; {}", w.detail))
             .unwrap_or_default();
         return Decision::reject(
-            "zone_unreachable",
+            Rejection::ZoneUnreachable,
             format!(
                 "external service {service:?} is pinned to zone(s) {} (kuma.io/zone): this zone \
                  never dials it, and no link that is up reaches an ingress of that zone \
@@ -164,21 +165,24 @@ fn decide_external(
 fn not_offered(remote: &RemoteServices, mesh: &str, service: &str, detail: String) -> Decision {
     match remote.why_not_offered(mesh, service) {
         Some(why) if why.was_offered => {
-            Decision::reject("link_down", format!("{detail}: {}", why.detail))
+            Decision::reject(Rejection::LinkDown, format!("{detail}: {}", why.detail))
         }
-        Some(why) => Decision::reject("unknown_service", format!("{detail}; {}", why.detail)),
-        None => Decision::reject("unknown_service", detail),
+        Some(why) => Decision::reject(
+            Rejection::UnknownService,
+            format!("{detail}; {}", why.detail),
+        ),
+        None => Decision::reject(Rejection::UnknownService, detail),
     }
 }
 
 fn mesh_with_mtls<'a>(zone: &Zone<'a>, name: &str) -> Result<&'a Mesh, Decision> {
     match zone.resources.mesh(name) {
         None => Err(Decision::reject(
-            "unknown_mesh",
+            Rejection::UnknownMesh,
             format!("mesh {name:?} does not exist in this zone"),
         )),
         Some(m) if m.enabled_ca().is_none() => Err(Decision::reject(
-            "mesh_without_mtls",
+            Rejection::MeshWithoutMtls,
             format!("mesh {name:?} has no enabled mTLS backend: no egress routing"),
         )),
         Some(m) => Ok(m),
@@ -261,11 +265,11 @@ pub fn route(
     client: Option<&ClientIdentity>,
 ) -> Decision {
     let Some(server_name) = server_name else {
-        return Decision::reject("no_sni", "the ClientHello carries no server name");
+        return Decision::reject(Rejection::NoSni, "the ClientHello carries no server name");
     };
     if server_name.len() > MAX_SNI_BYTES {
         return Decision::reject(
-            "bad_sni",
+            Rejection::BadSni,
             format!(
                 "the server name is {} bytes; TLS stacks send and accept at most {MAX_SNI_BYTES}",
                 server_name.len()
@@ -274,7 +278,7 @@ pub fn route(
     }
     match Sni::parse(server_name) {
         Ok(parsed) => decide_sent(zone, remote, &parsed, server_name, client),
-        Err(e) => Decision::reject("bad_sni", format!("{server_name:?}: {e}")),
+        Err(e) => Decision::reject(Rejection::BadSni, format!("{server_name:?}: {e}")),
     }
 }
 
@@ -369,7 +373,7 @@ pub fn authorize(zone: &Zone<'_>, decision: Decision, client: &ClientIdentity) -
             kind,
             ..
         } => match refusal(zone, mesh, service, *kind, client) {
-            Some(detail) => Decision::reject("permission", detail),
+            Some(detail) => Decision::reject(Rejection::Permission, detail),
             None => decision,
         },
         _ => decision,
@@ -475,7 +479,7 @@ fn decide_hashed_external(
             let endpoints = zone.resources.mesh_external_endpoints(mes);
             let Some(first) = endpoints.first().cloned() else {
                 return Decision::reject(
-                    "unknown_service",
+                    Rejection::UnknownService,
                     format!(
                         "MeshExternalService {name:?} of mesh {:?} has no endpoints the egress \
                          can dial",
@@ -505,17 +509,17 @@ fn decide_hashed_external(
     }
     if named_but_wrong_hash {
         Decision::reject(
-            "hash_mismatch",
+            Rejection::HashMismatch,
             format!("{server_name:?} names a known external service but its hash does not match"),
         )
     } else if !meshes_seen.is_empty() && meshes_seen.len() == hashed.candidates.len() {
         Decision::reject(
-            "unknown_mesh",
+            Rejection::UnknownMesh,
             format!("mesh {:?} does not exist in this zone", meshes_seen[0]),
         )
     } else {
         Decision::reject(
-            "unknown_service",
+            Rejection::UnknownService,
             format!("no external service matches {server_name:?}"),
         )
     }
@@ -570,7 +574,7 @@ fn decide_remote_hashed(
     }
     if named {
         Decision::reject(
-            "hash_mismatch",
+            Rejection::HashMismatch,
             format!(
                 "{server_name:?} names a service another zone offers but its hash does not match"
             ),
@@ -583,7 +587,7 @@ fn decide_remote_hashed(
         // The service a hashed SNI names is one of its readings: the first explains best.
         match hashed.candidates.first() {
             Some(c) => not_offered(remote, &c.mesh, &c.name, detail),
-            None => Decision::reject("unknown_service", detail),
+            None => Decision::reject(Rejection::UnknownService, detail),
         }
     }
 }

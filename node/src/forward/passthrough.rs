@@ -1,0 +1,47 @@
+//! The cross-zone stage (DESIGN.md §7): a connection for a service of another zone goes, never
+//! decrypted, over one new stream of a QUIC link to an ingress of that zone. The link choice,
+//! the hedge and the retries are [`LinkManager::connect`]'s; here: the buffered ClientHello
+//! first, then bytes both ways until both sides close.
+//!
+//! [`LinkManager::connect`]: crate::link::LinkManager::connect
+
+use proto::link::StreamHeader;
+use proto::rejection::Rejection;
+use tokio::net::TcpStream;
+
+use super::Context;
+use super::connection::{Bytes, Connection, Outcome};
+use crate::link::OPEN_HEDGE;
+
+/// Passes `stream` (whose ClientHello is `buffered`) to the remote zone named by `header`.
+pub async fn forward(
+    conn: &Connection,
+    stream: TcpStream,
+    buffered: Vec<u8>,
+    header: StreamHeader,
+    ctx: &Context,
+) -> Outcome {
+    let Some(links) = &ctx.links else {
+        return Outcome::rejected(Rejection::NoLink, "no zone link is configured");
+    };
+    let mut link_stream = match links.connect(&header, OPEN_HEDGE).await {
+        Ok(s) => s,
+        Err(e) => {
+            metrics::counter!("zone_egress_dial_failures_total", &conn.labels()).increment(1);
+            return Outcome::rejected(Rejection::LinkRefused, e);
+        }
+    };
+    if let Err(e) = link_stream.send.write_all(&buffered).await {
+        return Outcome::rejected(Rejection::LinkWrite, e);
+    }
+    let link = link_stream.link().to_string();
+    let _active = conn.connected();
+    let moved = link_stream.splice(stream, ctx.limits.idle_timeout).await;
+    Outcome::Passthrough {
+        link,
+        bytes: Bytes {
+            up: moved.tcp_to_quic + buffered.len() as u64,
+            down: moved.quic_to_tcp,
+        },
+    }
+}
