@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod copy;
 pub mod data_dir;
+pub mod dns;
 pub mod forward;
 pub mod gossip;
 pub mod link;

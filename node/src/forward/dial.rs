@@ -11,8 +11,6 @@ use tokio::net::TcpStream;
 
 use crate::pki;
 
-/// Time allowed to resolve a DNS name.
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for the TCP connect (and the TLS handshake when originating).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -133,22 +131,12 @@ pub async fn dial(
     let addrs: Vec<SocketAddr> = match &address.host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
         Host::Dns(name) => {
-            let lookup = tokio::net::lookup_host((name.as_str(), port));
-            match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
-                Ok(Ok(addrs)) => addrs.collect(),
-                Ok(Err(e)) => {
-                    return Err(DialError::Resolve {
-                        host: name.clone(),
-                        message: e.to_string(),
-                    });
-                }
-                Err(_) => {
-                    return Err(DialError::Resolve {
-                        host: name.clone(),
-                        message: format!("timed out after {RESOLVE_TIMEOUT:?}"),
-                    });
-                }
-            }
+            crate::dns::resolve(name, port)
+                .await
+                .map_err(|e| DialError::Resolve {
+                    host: e.host,
+                    message: e.message,
+                })?
         }
     };
     let mut last = String::from("no address");

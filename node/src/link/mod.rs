@@ -8,11 +8,14 @@
 //!   QUIC transport settings (keep-alive, windows, stream limits);
 //! * `frame.rs`: reading and writing one length-prefixed frame on a QUIC stream, with deadlines
 //!   and the size limit checked before the body is allocated;
-//! * `egress.rs`: the [`LinkManager`]: dials each target with jittered exponential backoff,
-//!   speaks the control stream (`Hello` → `HelloAck` → `ServiceSet`s), adds the ingresses a zone
-//!   advertises, and [`LinkManager::open`]s one stream per forwarded connection;
+//! * `egress/`: the [`LinkManager`] (`manager.rs`: targets, the weighted pick,
+//!   [`LinkManager::connect`] with its hedge, one stream per forwarded connection), each link's
+//!   task (`link.rs`: dial with jittered exponential backoff, the control stream `Hello` →
+//!   `HelloAck` → `ServiceSet`s) and `discovery.rs` (the ingresses a zone advertises, the static
+//!   targets from `ZoneIngress` resources);
 //! * the merged [`RemoteServices`] view and the weighted pick live in `proto::zone::remote`
 //!   (pure);
+//! * `plane.rs`: the [`LinkPlane`] a node starts for its role;
 //! * `ingress.rs`: accepts links, answers the control stream and pushes its zone's
 //!   [`ServiceSet`] on every change, then for each stream reads the [`StreamHeader`], dials a
 //!   local endpoint (round-robin) and replies `Accepted` or `Refused`;

@@ -79,7 +79,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-
 mod keyring;
 mod relay;
 mod wire;

@@ -2,8 +2,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
-use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::OsRng;
+use chacha20poly1305::aead::rand_core::RngCore;
 use chitchat::ChitchatEnvelope;
 use chitchat::transport::{Socket, Transport, UdpSocket};
 
