@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use proto::link::{StreamHeader, StreamReply};
 use quinn::{RecvStream, SendStream};
+use rand::Rng;
 #[cfg(test)]
 use rand::{SeedableRng, rngs::StdRng};
-use rand::Rng;
 use tokio::sync::watch;
 use tracing::debug;
 
