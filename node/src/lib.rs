@@ -13,7 +13,7 @@
 
 pub mod admin;
 pub mod cli;
-pub mod client;
+
 pub mod config;
 pub mod copy;
 pub mod data_dir;

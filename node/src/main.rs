@@ -16,16 +16,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or_else(|| Command::Run(Box::default())) {
         Command::Run(overrides) => run(&overrides),
-        Command::Get(args) => print_result(node::client::get(&args)),
-        Command::Health(args) => print_result(node::client::health(&args)),
-        Command::Drain(args) => print_result(node::client::drain(&args, &mut std::io::stdout())),
-        Command::Apply(args) => print_result(node::client::apply(&args)),
-        Command::Delete(args) => print_result(node::client::delete(&args)),
-        Command::ForceLeave(args) => print_result(node::client::force_leave(&args)),
+        Command::Get(args) => print_result(node::cli::get(&args)),
+        Command::Health(args) => print_result(node::cli::health(&args)),
+        Command::Drain(args) => print_result(node::cli::drain(&args, &mut std::io::stdout())),
+        Command::Apply(args) => print_result(node::cli::apply(&args)),
+        Command::Delete(args) => print_result(node::cli::delete(&args)),
+        Command::ForceLeave(args) => print_result(node::cli::force_leave(&args)),
         Command::Pki(command) => print_result(pki(command)),
-        Command::Sni(args) => print_result(node::client::sni(&args)),
+        Command::Sni(args) => print_result(node::cli::sni(&args)),
         Command::Inspect(node::cli::InspectCommand::Route { sni, client, admin }) => {
-            print_result(node::client::inspect_route(&admin, &sni, client.as_deref()))
+            print_result(node::cli::inspect_route(&admin, &sni, client.as_deref()))
         }
         Command::Keygen => print_result(Ok(format!("{}\n", node::gossip::sealed::generate_key()))),
     }
@@ -49,7 +49,7 @@ fn pki(command: node::cli::PkiCommand) -> anyhow::Result<String> {
             validity,
             ..
         } => {
-            node::client::issue(&admin, &mesh, &spiffe, &dns, &ips, validity, &out)?;
+            node::cli::issue(&admin, &mesh, &spiffe, &dns, &ips, validity, &out)?;
             let _ = ca;
             Ok(format!(
                 "wrote {0}/cert.pem, {0}/key.pem and {0}/ca.pem for {spiffe}, signed by the CA of \

@@ -66,7 +66,7 @@ pub struct LinkTarget {
 }
 
 /// Where a link is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkState {
     /// Dialing, or exchanging the hello.
@@ -89,7 +89,7 @@ impl LinkState {
 }
 
 /// Why a link exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkOrigin {
     /// Given by [`LinkManager::set_targets`].
@@ -99,7 +99,8 @@ pub enum LinkOrigin {
 }
 
 /// One link as `GET /v1/links` shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// The CLI decodes it (`zone-egress get links`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LinkStatus {
     /// The link's name.

@@ -1,0 +1,156 @@
+//! The admin API client of the CLI: one blocking HTTP request (ureq) with a deadline, the bearer
+//! token for everything but the open probes, and the answer as JSON, an error naming the
+//! node's `error` and `details` when the status is not a success.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use super::AdminArgs;
+
+/// Largest file `apply` sends (the API refuses bigger bodies anyway).
+pub(super) const MAX_APPLY_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Bound on one request of the commands that have no `--timeout`.
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often `drain --wait` asks `/ready` whether the node has drained.
+pub const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Bound on one `/ready` request of `drain --wait` (the whole wait is bounded by `--timeout`).
+pub(super) const DRAIN_POLL_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
+/// The bearer token: `--token` (or `ZONE_EGRESS_TOKEN`), else the trimmed content of
+/// `--token-file` (or `ZONE_EGRESS_TOKEN_FILE`), else none.
+pub(super) fn bearer_token(admin: &AdminArgs) -> anyhow::Result<Option<String>> {
+    if let Some(token) = &admin.token {
+        return Ok(Some(token.clone()));
+    }
+    let Some(path) = &admin.token_file else {
+        return Ok(None);
+    };
+    crate::config::read_token_file(path)
+        .map(Some)
+        .map_err(anyhow::Error::msg)
+}
+
+/// Sends one request (with the token when it is a write) and returns the status and the JSON
+/// answer, whatever the status.
+pub(super) fn exchange(
+    admin: &AdminArgs,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Vec<u8>)>,
+    timeout: Duration,
+) -> anyhow::Result<(ureq::http::StatusCode, Value)> {
+    let url = format!("{}{}", admin.admin.trim_end_matches('/'), path);
+    let agent = agent(timeout);
+    // Probes and metrics are open: `health` never reads a token file.
+    let open = ["/live", "/ready", "/metrics"].contains(&path);
+    let auth = if open {
+        None
+    } else {
+        bearer_token(admin)?.map(|t| format!("Bearer {t}"))
+    };
+    let result = match (method, body) {
+        ("GET", _) => {
+            let mut req = agent.get(&url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        }
+        ("DELETE", _) => {
+            let mut req = agent.delete(&url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        }
+        (_, body) => {
+            let mut req = agent.post(&url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            match body {
+                Some((content_type, bytes)) => {
+                    req.header("Content-Type", content_type).send(&bytes[..])
+                }
+                None => req.send_empty(),
+            }
+        }
+    };
+    let mut response = result.with_context(|| format!("cannot reach the admin API at {url}"))?;
+    let status = response.status();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_string()
+        .with_context(|| format!("cannot read the answer of {url}"))?;
+    let value: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{url} answered something that is not JSON"))?;
+    Ok((status, value))
+}
+
+/// Sends one request and returns the JSON answer, or an error carrying the API's message.
+pub(super) fn call(
+    admin: &AdminArgs,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Vec<u8>)>,
+) -> anyhow::Result<Value> {
+    call_within(admin, method, path, body, REQUEST_TIMEOUT)
+}
+
+/// [`call`] bounded by `timeout`.
+pub(super) fn call_within(
+    admin: &AdminArgs,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Vec<u8>)>,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let (status, value) = exchange(admin, method, path, body, timeout)?;
+    if !status.is_success() {
+        let mut message = format!(
+            "{status}: {}",
+            value["error"].as_str().unwrap_or("request failed")
+        );
+        for detail in value["details"].as_array().into_iter().flatten() {
+            message.push_str("\n  - ");
+            message.push_str(detail.as_str().unwrap_or(&detail.to_string()));
+        }
+        if status == ureq::http::StatusCode::UNAUTHORIZED {
+            message.push_str(
+                "\n  the node needs a token for this: pass it with --token or --token-file \
+                 (or ZONE_EGRESS_TOKEN / ZONE_EGRESS_TOKEN_FILE)",
+            );
+        }
+        bail!("{message}");
+    }
+    Ok(value)
+}
+
+/// GETs `path` from the admin API at `admin` and parses the JSON answer.
+pub fn fetch_json(admin: &str, path: &str) -> anyhow::Result<Value> {
+    call(
+        &AdminArgs {
+            admin: admin.to_string(),
+            token: None,
+            token_file: None,
+        },
+        "GET",
+        path,
+        None,
+    )
+}

@@ -1,0 +1,295 @@
+//! The `zone-egress` command line (DESIGN.md §3): the flags (`args.rs`), the verbs that talk to a
+//! node's admin API (here), the HTTP client they share (`admin_client.rs`) and how answers are
+//! shown (`render.rs`).
+
+mod admin_client;
+mod args;
+mod render;
+
+pub use admin_client::{DRAIN_POLL_INTERVAL, fetch_json};
+use admin_client::{DRAIN_POLL_TIMEOUT, MAX_APPLY_BYTES, call, call_within, exchange};
+pub use args::*;
+use render::{render, text};
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Runs `zone-egress sni`: Kuma's hashed SNI for a service.
+pub fn sni(args: &SniArgs) -> anyhow::Result<String> {
+    use proto::sni::HashedKind;
+    let kind = match args.kind.as_str() {
+        "ms" => HashedKind::Ms,
+        "mes" => HashedKind::Mes,
+        "mzms" => HashedKind::Mzms,
+        other => bail!("unknown kind {other:?}: expected ms, mes or mzms"),
+    };
+    let mut tags = std::collections::BTreeMap::new();
+    for tag in &args.tags {
+        let Some((k, v)) = tag.split_once('=') else {
+            bail!("tag {tag:?} is not key=value");
+        };
+        tags.insert(k.to_string(), v.to_string());
+    }
+    Ok(format!(
+        "{}\n",
+        proto::sni::hashed(&args.service, &args.mesh, &tags, args.port, kind)
+    ))
+}
+
+/// Runs `zone-egress inspect route --sni`.
+pub fn inspect_route(admin: &AdminArgs, sni: &str, client: Option<&str>) -> anyhow::Result<String> {
+    let encode = |text: &str| {
+        let mut encoded = String::new();
+        for b in text.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        encoded
+    };
+    let mut path = format!("/v1/inspect/route?sni={}", encode(sni));
+    if let Some(client) = client {
+        path.push_str(&format!("&client={}", encode(client)));
+    }
+    let value = call(admin, "GET", &path, None)?;
+    Ok(format!("{}\n", serde_json::to_string_pretty(&value)?))
+}
+
+/// Runs `zone-egress health`: `Ok` with the node's answer when it is ready (or live).
+pub fn health(args: &HealthArgs) -> anyhow::Result<String> {
+    let path = if args.live { "/live" } else { "/ready" };
+    let value = call(&args.admin, "GET", path, None)?;
+    Ok(format!("{value}\n"))
+}
+
+/// Runs `zone-egress drain`: `POST /v1/drain`, then with `--wait` polls `/ready` until it says
+/// `"drained": true`, all within `--timeout`. Writes a line to `out` when the node is seen
+/// draining; returns the last line to print.
+pub fn drain(args: &DrainArgs, out: &mut dyn Write) -> anyhow::Result<String> {
+    let deadline = Instant::now() + args.timeout;
+    let remaining = || deadline.saturating_duration_since(Instant::now());
+    let answer = call_within(&args.admin, "POST", "/v1/drain", None, remaining())
+        .context("the drain request failed")?;
+    let already = answer["alreadyDraining"].as_bool().unwrap_or(false);
+    if !args.wait {
+        return Ok(format!(
+            "draining{}: the node stays up, not ready, until SIGTERM; \
+             `drain --wait` waits for the end of the drain\n",
+            if already { " (it already was)" } else { "" }
+        ));
+    }
+    let mut seen_draining = false;
+    loop {
+        let last = match exchange(
+            &args.admin,
+            "GET",
+            "/ready",
+            None,
+            remaining().min(DRAIN_POLL_TIMEOUT),
+        ) {
+            Ok((_, ready)) => {
+                let name = ready["name"].as_str().unwrap_or("the node");
+                let (Some(draining), Some(drained)) =
+                    (ready["draining"].as_bool(), ready["drained"].as_bool())
+                else {
+                    bail!(
+                        "{name} does not report `draining`/`drained` on /ready (an older \
+                         zone-egress?): cannot wait for its drain: {ready}"
+                    );
+                };
+                if (draining || drained) && !seen_draining {
+                    writeln!(
+                        out,
+                        "draining: {name} is not ready and announces `draining` to the zone"
+                    )
+                    .and_then(|()| out.flush())
+                    .context("cannot write to standard output")?;
+                    seen_draining = true;
+                }
+                if drained {
+                    return Ok(format!(
+                        "drained: {name} no longer accepts, in-flight connections finished or \
+                         drain.grace ran out; it stays up, not ready, until SIGTERM\n"
+                    ));
+                }
+                format!("{name} says draining {draining}, drained {drained}")
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        let left = remaining();
+        if left.is_zero() {
+            bail!(
+                "timed out after {} waiting for the node to drain: {last}",
+                humantime::format_duration(args.timeout)
+            );
+        }
+        std::thread::sleep(DRAIN_POLL_INTERVAL.min(left));
+    }
+}
+
+/// Runs `zone-egress get` and returns the text to print.
+pub fn get(args: &GetArgs) -> anyhow::Result<String> {
+    let mesh = &args.mesh;
+    let path = match args.resource {
+        Resource::Members => "/v1/members".to_string(),
+        Resource::ZoneEgresses => "/v1/zone-egresses".to_string(),
+        Resource::ZoneIngresses => "/v1/zone-ingresses".to_string(),
+        Resource::Meshes => "/v1/meshes".to_string(),
+        Resource::ExternalServices => format!("/v1/meshes/{mesh}/external-services"),
+        Resource::Dataplanes => format!("/v1/meshes/{mesh}/dataplanes"),
+        Resource::Secrets => format!("/v1/meshes/{mesh}/secrets"),
+        Resource::GlobalSecrets => "/v1/global-secrets".to_string(),
+        Resource::Meshexternalservices => format!("/v1/meshes/{mesh}/meshexternalservices"),
+        Resource::TrafficPermissions => format!("/v1/meshes/{mesh}/traffic-permissions"),
+        Resource::Meshtrafficpermissions => format!("/v1/meshes/{mesh}/meshtrafficpermissions"),
+        Resource::Links => "/v1/links".to_string(),
+    };
+    let path = if args.show_secrets {
+        format!("{path}?secrets=true")
+    } else {
+        path
+    };
+    let value = call(&args.admin, "GET", &path, None)?;
+    render(args.resource, args.output, &value)
+}
+
+/// Runs `zone-egress apply -f FILE|-` and returns the text to print.
+pub fn apply(args: &ApplyArgs) -> anyhow::Result<String> {
+    let mut body = Vec::new();
+    if args.file.as_os_str() == "-" {
+        std::io::stdin()
+            .take(MAX_APPLY_BYTES + 1)
+            .read_to_end(&mut body)
+            .context("cannot read standard input")?;
+    } else {
+        std::fs::File::open(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?
+            .take(MAX_APPLY_BYTES + 1)
+            .read_to_end(&mut body)
+            .with_context(|| format!("cannot read {}", args.file.display()))?;
+    }
+    if body.len() as u64 > MAX_APPLY_BYTES {
+        bail!(
+            "{} is larger than {MAX_APPLY_BYTES} bytes",
+            args.file.display()
+        );
+    }
+    let value = call(
+        &args.admin,
+        "POST",
+        "/v1/apply",
+        Some(("application/yaml", body)),
+    )?;
+    let mut out = String::new();
+    for applied in value["applied"].as_array().into_iter().flatten() {
+        let mesh = applied["mesh"]
+            .as_str()
+            .map(|m| format!(" (mesh {m})"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{} {}{mesh} {}\n",
+            text(&applied["type"]),
+            text(&applied["name"]),
+            text(&applied["outcome"]),
+        ));
+        for warning in applied["warnings"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  warning: {}\n", text(warning)));
+        }
+    }
+    Ok(out)
+}
+
+/// The API path of one resource, from a kind as typed on the command line (the type name,
+/// its singular or its plural: `MeshExternalService`, `meshexternalservice`,
+/// `meshexternalservices`).
+pub fn resource_path(kind: &str, name: &str, mesh: &str) -> anyhow::Result<String> {
+    let Some(kind) = proto::resource::Kind::parse(kind) else {
+        let known: Vec<&str> = proto::resource::Kind::ALL
+            .iter()
+            .map(|k| k.singular())
+            .collect();
+        bail!(
+            "unknown type {kind:?}: expected one of {}",
+            known.join(", ")
+        );
+    };
+    Ok(if kind.is_mesh_scoped() {
+        format!("/v1/meshes/{mesh}/{}/{name}", kind.plural())
+    } else {
+        format!("/v1/{}/{name}", kind.plural())
+    })
+}
+
+/// `zone-egress pki issue --mesh M --spiffe URI --admin URL --out DIR`: asks the fleet to sign
+/// a certificate with the mesh's CA (`POST /v1/meshes/M/pki/issue`) and writes
+/// `DIR/cert.pem`, `DIR/key.pem` (mode 0600) and `DIR/ca.pem`.
+pub fn issue(
+    admin: &AdminArgs,
+    mesh: &str,
+    spiffe: &str,
+    dns: &[String],
+    ips: &[std::net::IpAddr],
+    validity: Option<Duration>,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut body = serde_json::json!({
+        "spiffe": spiffe,
+        "dns": dns,
+        "ips": ips,
+    });
+    if let Some(validity) = validity {
+        body["validity"] = serde_json::json!(format!("{}ms", validity.as_millis()));
+    }
+    let answer = call(
+        admin,
+        "POST",
+        &format!("/v1/meshes/{mesh}/pki/issue"),
+        Some(("application/json", body.to_string().into_bytes())),
+    )?;
+    let field = |name: &str| {
+        answer[name]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("the answer has no {name:?}"))
+    };
+    let (cert, key, ca) = (field("certificate")?, field("key")?, field("ca")?);
+    crate::pki::write_issued(out, &cert, &key, &ca)?;
+    Ok(())
+}
+
+/// Runs `zone-egress delete TYPE NAME` and returns the text to print.
+pub fn delete(args: &DeleteArgs) -> anyhow::Result<String> {
+    let path = resource_path(&args.kind, &args.name, &args.mesh)?;
+    call(&args.admin, "DELETE", &path, None)?;
+    Ok(format!("deleted {} {}\n", args.kind, args.name))
+}
+
+/// Runs `zone-egress force-leave NAME`: `POST /v1/members/NAME/force-leave`.
+pub fn force_leave(args: &crate::cli::ForceLeaveArgs) -> anyhow::Result<String> {
+    if args.name.is_empty()
+        || args
+            .name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "/?#%".contains(c))
+    {
+        bail!("{:?} is not a member name", args.name);
+    }
+    let value = call(
+        &args.admin,
+        "POST",
+        &format!("/v1/members/{}/force-leave", args.name),
+        None,
+    )?;
+    Ok(format!(
+        "member {} (generation {}) is now left on every node\n",
+        args.name,
+        value["generation"].as_u64().unwrap_or(0)
+    ))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,292 @@
+//! How the CLI shows an answer: JSON, YAML (the API's shape) or an aligned table. Members and
+//! links are decoded into their types (`proto::Member`, `LinkStatus`) first; resources are read
+//! from the API's JSON shape.
+
+use serde_json::Value;
+
+use super::{Output, Resource};
+
+/// Turns one API object into the cells of a table row.
+type Cells = fn(&Value) -> Vec<String>;
+
+/// `value` (the API's answer for `resource`) as `output`.
+///
+/// # Errors
+/// The answer does not have the shape of its type (members, links), or cannot be written as
+/// YAML or JSON.
+pub(super) fn render(resource: Resource, output: Output, value: &Value) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    Ok(match (output, resource) {
+        (Output::Json, _) => format!("{}\n", serde_json::to_string_pretty(value)?),
+        (Output::Yaml, _) => serde_yaml_ng::to_string(value)?,
+        (Output::Table, Resource::Members) => members(
+            &serde_json::from_value::<Vec<_>>(value.clone())
+                .context("the node's answer is not a member list")?,
+        ),
+        (Output::Table, Resource::Links) => links(
+            &serde_json::from_value::<Vec<_>>(value.clone())
+                .context("the node's answer is not a link list")?,
+        ),
+        (Output::Table, _) => {
+            let rows = value.as_array().cloned().unwrap_or_default();
+            let (header, cells): (&[&str], Cells) = match resource {
+                // Decoded into their types by `render`.
+                Resource::Members | Resource::Links => (&[], |_| Vec::new()),
+                Resource::ZoneEgresses => {
+                    (&["NAME", "ZONE", "ADDRESS", "PORT", "ADMIN PORT"], |r| {
+                        vec![
+                            text(&r["name"]),
+                            text(&r["zone"]),
+                            text(&r["networking"]["address"]),
+                            text(&r["networking"]["port"]),
+                            text(&r["networking"]["admin"]["port"]),
+                        ]
+                    })
+                }
+                Resource::ZoneIngresses => (&["NAME", "ZONE", "ADVERTISED"], |r| {
+                    vec![
+                        text(&r["name"]),
+                        text(&r["zone"]),
+                        format!(
+                            "{}:{}",
+                            text(&r["networking"]["advertisedAddress"]),
+                            text(&r["networking"]["advertisedPort"])
+                        ),
+                    ]
+                }),
+                Resource::Meshes => (&["NAME", "MTLS", "ZONE EGRESS"], |m| {
+                    vec![
+                        text(&m["name"]),
+                        m["mtls"]["enabledBackend"]
+                            .as_str()
+                            .unwrap_or("off")
+                            .to_string(),
+                        text(&m["routing"]["zoneEgress"]).replace('-', "false"),
+                    ]
+                }),
+                Resource::ExternalServices => {
+                    (&["MESH", "NAME", "SERVICE", "ADDRESS", "TLS"], |e| {
+                        vec![
+                            text(&e["mesh"]),
+                            text(&e["name"]),
+                            text(&e["tags"]["kuma.io/service"]),
+                            text(&e["networking"]["address"]),
+                            text(&e["networking"]["tls"]["enabled"]).replace('-', "false"),
+                        ]
+                    })
+                }
+                Resource::Secrets | Resource::GlobalSecrets => {
+                    (&["MESH", "NAME", "TYPE", "LABELS"], |r| {
+                        vec![
+                            text(&r["mesh"]),
+                            text(&r["name"]),
+                            text(&r["type"]),
+                            labels(&r["labels"]),
+                        ]
+                    })
+                }
+                Resource::Meshexternalservices => (
+                    &["MESH", "NAME", "PORT", "PROTOCOL", "ENDPOINTS", "TLS"],
+                    |r| {
+                        let endpoints = r["spec"]["endpoints"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|e| format!("{}:{}", text(&e["address"]), text(&e["port"])))
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        vec![
+                            text(&r["mesh"]),
+                            text(&r["name"]),
+                            text(&r["spec"]["match"]["port"]),
+                            text(&r["spec"]["match"]["protocol"]),
+                            endpoints,
+                            text(&r["spec"]["tls"]["enabled"]).replace('-', "false"),
+                        ]
+                    },
+                ),
+                Resource::TrafficPermissions => {
+                    (&["MESH", "NAME", "SOURCES", "DESTINATIONS"], |r| {
+                        let selectors = |v: &Value| {
+                            v.as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(|s| labels(&s["match"]))
+                                .collect::<Vec<_>>()
+                                .join(" | ")
+                        };
+                        vec![
+                            text(&r["mesh"]),
+                            text(&r["name"]),
+                            selectors(&r["sources"]),
+                            selectors(&r["destinations"]),
+                        ]
+                    })
+                }
+                Resource::Meshtrafficpermissions => (&["MESH", "NAME", "TARGET", "FROM"], |r| {
+                    let target = |t: &Value| match t["name"].as_str() {
+                        Some(name) => format!("{} {name}", text(&t["kind"])),
+                        None if t.is_null() => "Mesh".to_string(),
+                        None => text(&t["kind"]),
+                    };
+                    let from = r["spec"]["from"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|f| {
+                            format!(
+                                "{}: {}",
+                                target(&f["targetRef"]),
+                                text(&f["default"]["action"])
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    vec![
+                        text(&r["mesh"]),
+                        text(&r["name"]),
+                        target(&r["spec"]["targetRef"]),
+                        from,
+                    ]
+                }),
+                Resource::Dataplanes => (&["MESH", "NAME", "ADDRESS", "INBOUNDS"], |d| {
+                    let inbounds = d["networking"]["inbound"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|i| {
+                            format!(
+                                "{}:{}",
+                                text(&i["tags"]["kuma.io/service"]),
+                                text(&i["port"])
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    vec![
+                        text(&d["mesh"]),
+                        text(&d["name"]),
+                        text(&d["networking"]["address"]),
+                        inbounds,
+                    ]
+                }),
+            };
+            let mut table = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+            table.extend(rows.iter().map(cells));
+            format_table(&table)
+        }
+    })
+}
+
+/// The members table.
+fn members(members: &[proto::Member]) -> String {
+    let mut table = vec![
+        [
+            "NAME",
+            "ZONE",
+            "ROLE",
+            "STATE",
+            "READY",
+            "GOSSIP",
+            "ADMIN",
+            "GENERATION",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    table.extend(members.iter().map(|m| {
+        vec![
+            m.name.clone(),
+            m.zone.clone(),
+            m.role.map_or("-", |r| r.as_str()).to_string(),
+            m.state.as_str().to_string(),
+            m.ready.to_string(),
+            m.gossip_address.clone(),
+            m.admin_address.clone().unwrap_or_else(|| "-".to_string()),
+            m.generation.to_string(),
+        ]
+    }));
+    format_table(&table)
+}
+
+/// The links table.
+fn links(links: &[crate::link::LinkStatus]) -> String {
+    let mut table = vec![
+        [
+            "NAME",
+            "ZONE",
+            "ADDRESS",
+            "STATE",
+            "RTT MS",
+            "STREAMS",
+            "SENT",
+            "RECEIVED",
+            "RECONNECTS",
+            "SERVICES",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    table.extend(links.iter().map(|l| {
+        vec![
+            l.name.clone(),
+            l.zone.clone(),
+            l.address.to_string(),
+            l.state.as_str().to_string(),
+            l.rtt_ms.map_or("-".to_string(), |r| format!("{r:.1}")),
+            l.open_streams.to_string(),
+            l.bytes_sent.to_string(),
+            l.bytes_received.to_string(),
+            l.reconnects.to_string(),
+            l.services.to_string(),
+        ]
+    }));
+    format_table(&table)
+}
+
+/// A tag or label map as `k=v,k=v` (`-` when empty).
+fn labels(v: &Value) -> String {
+    let pairs: Vec<String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", text(v)))
+        .collect();
+    if pairs.is_empty() {
+        "-".to_string()
+    } else {
+        pairs.join(",")
+    }
+}
+
+/// A JSON value as a table cell (`-` for null, strings unquoted).
+pub(super) fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn format_table(rows: &[Vec<String>]) -> String {
+    let columns = rows.first().map(Vec::len).unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| format!("{cell:<width$}", width = widths[c]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

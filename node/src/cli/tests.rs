@@ -1,0 +1,210 @@
+use serde_json::{Value, json};
+
+use super::admin_client::*;
+use super::render::*;
+use super::*;
+
+#[test]
+fn tables_are_aligned_with_a_header() {
+    let v = json!([{"type":"ZoneEgress","name":"egress-1","zone":"zone-a",
+        "networking":{"address":"10.0.0.5","port":10002,"admin":{"port":9901}}}]);
+    let t = render(Resource::ZoneEgresses, Output::Table, &v).unwrap();
+    let lines: Vec<_> = t.lines().collect();
+    assert_eq!(lines[0], "NAME      ZONE    ADDRESS   PORT   ADMIN PORT");
+    assert_eq!(lines[1], "egress-1  zone-a  10.0.0.5  10002  9901");
+}
+
+#[test]
+fn yaml_and_json_keep_the_api_shape() {
+    let v = json!([{"name":"a"}]);
+    let y = render(Resource::Members, Output::Yaml, &v).unwrap();
+    assert!(y.contains("name: a"));
+    let j = render(Resource::Members, Output::Json, &v).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&j).unwrap(), v);
+}
+
+#[test]
+fn mesh_tables_show_mtls_and_the_egress_flag() {
+    let v = json!([{"type":"Mesh","name":"default","mtls":{"enabledBackend":"ca-1"},
+        "routing":{"zoneEgress":true}}, {"type":"Mesh","name":"plain"}]);
+    let t = render(Resource::Meshes, Output::Table, &v).unwrap();
+    assert!(t.contains("default  ca-1  true"), "{t}");
+    assert!(t.contains("plain    off   false"), "{t}");
+}
+
+fn admin_args(admin: &str, token: Option<&str>, token_file: Option<&std::path::Path>) -> AdminArgs {
+    AdminArgs {
+        admin: admin.to_string(),
+        token: token.map(str::to_string),
+        token_file: token_file.map(std::path::Path::to_path_buf),
+    }
+}
+
+#[test]
+fn the_token_comes_from_the_flag_else_the_trimmed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "  s3cret\n").unwrap();
+    let from_file = admin_args("http://x", None, Some(&file));
+    assert_eq!(bearer_token(&from_file).unwrap().as_deref(), Some("s3cret"));
+    let both = admin_args("http://x", Some("flag"), Some(&file));
+    assert_eq!(bearer_token(&both).unwrap().as_deref(), Some("flag"));
+    assert_eq!(
+        bearer_token(&admin_args("http://x", None, None)).unwrap(),
+        None
+    );
+    std::fs::write(&file, "\n").unwrap();
+    let e = bearer_token(&from_file).unwrap_err().to_string();
+    assert!(e.contains("empty") && e.contains("token"), "{e}");
+    let missing = admin_args("http://x", None, Some(&dir.path().join("nope")));
+    let e = bearer_token(&missing).unwrap_err().to_string();
+    assert!(e.contains("cannot read the token file"), "{e}");
+}
+
+/// A fake admin API on an ephemeral port: `POST /v1/drain` answers `drain_status` (and
+/// records the `Authorization` header), `GET /ready` answers `ready(n)` for the n-th poll.
+fn fake_node(
+    drain_status: u16,
+    ready: impl Fn(u32) -> Value + Clone + Send + Sync + 'static,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{get, post};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let auths = Arc::new(Mutex::new(Vec::new()));
+    let polls = Arc::new(AtomicU32::new(0));
+    let seen = auths.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/drain",
+            post(move |headers: HeaderMap| async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                seen.lock().unwrap().push(auth);
+                let status = StatusCode::from_u16(drain_status).unwrap();
+                let body = if status.is_success() {
+                    json!({"draining": true, "alreadyDraining": false})
+                } else {
+                    json!({"error": "this write needs an Authorization: Bearer <admin token> header", "details": []})
+                };
+                (status, axum::Json(body))
+            }),
+        )
+        .route(
+            "/ready",
+            get(move || async move {
+                let n = polls.fetch_add(1, Ordering::SeqCst);
+                (StatusCode::SERVICE_UNAVAILABLE, axum::Json(ready(n)))
+            }),
+        );
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    (format!("http://{addr}"), auths)
+}
+
+fn drain_args(admin: &str, token: Option<&str>, wait: bool, timeout_ms: u64) -> DrainArgs {
+    DrainArgs {
+        admin: admin_args(admin, token, None),
+        wait,
+        timeout: Duration::from_millis(timeout_ms),
+    }
+}
+
+#[test]
+fn drain_wait_prints_draining_then_drained() {
+    let (url, auths) = fake_node(
+        202,
+        |n| json!({"ready": false, "name": "e1", "draining": true, "drained": n >= 2}),
+    );
+    let mut out = Vec::new();
+    let last = drain(&drain_args(&url, Some("t"), true, 10_000), &mut out).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.starts_with("draining: e1 "), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(last.starts_with("drained: e1 "), "{last}");
+    assert_eq!(*auths.lock().unwrap(), vec![Some("Bearer t".to_string())]);
+}
+
+#[test]
+fn drain_without_wait_only_asks() {
+    let (url, _) = fake_node(202, |_| panic!("no /ready poll without --wait"));
+    let mut out = Vec::new();
+    let last = drain(&drain_args(&url, None, false, 10_000), &mut out).unwrap();
+    assert!(out.is_empty());
+    assert!(last.starts_with("draining: "), "{last}");
+    assert!(last.contains("until SIGTERM"), "{last}");
+}
+
+#[test]
+fn drain_wait_times_out_when_the_node_never_drains() {
+    let (url, _) = fake_node(
+        202,
+        |_| json!({"ready": false, "name": "e1", "draining": true, "drained": false}),
+    );
+    let mut out = Vec::new();
+    let started = Instant::now();
+    let e = drain(&drain_args(&url, None, true, 700), &mut out).unwrap_err();
+    assert!(format!("{e:#}").contains("timed out after 700ms"), "{e:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(String::from_utf8(out).unwrap().starts_with("draining: e1"));
+}
+
+#[test]
+fn drain_refuses_to_wait_on_a_node_without_drain_state() {
+    let (url, _) = fake_node(202, |_| json!({"ready": false, "name": "old"}));
+    let e = drain(&drain_args(&url, None, true, 10_000), &mut Vec::new()).unwrap_err();
+    assert!(format!("{e:#}").contains("older zone-egress"), "{e:#}");
+}
+
+#[test]
+fn drain_without_the_token_says_how_to_pass_it() {
+    let (url, _) = fake_node(401, |_| panic!("no /ready poll after a refusal"));
+    let e = drain(&drain_args(&url, None, true, 10_000), &mut Vec::new()).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("401") && e.contains("--token-file"), "{e}");
+}
+
+#[test]
+fn delete_paths_accept_kuma_and_plural_names() {
+    assert_eq!(
+        resource_path("ExternalService", "httpbin", "default").unwrap(),
+        "/v1/meshes/default/external-services/httpbin"
+    );
+    assert_eq!(resource_path("meshes", "m", "x").unwrap(), "/v1/meshes/m");
+    assert!(resource_path("gateway", "g", "x").is_err());
+}
+
+#[test]
+fn members_are_decoded_typed_and_a_wrong_answer_says_so() {
+    let v = json!([{"name":"egress-1","zone":"zone-a","role":"egress","gossipAddress":"10.0.0.5:7946",
+        "state":"alive","ready":true,"generation":7,"adminAddress":"10.0.0.5:9901",
+        "nameConflict":false}]);
+    let t = render(Resource::Members, Output::Table, &v).unwrap();
+    let lines: Vec<_> = t.lines().collect();
+    assert!(lines[0].starts_with("NAME      ZONE    ROLE    STATE  READY"), "{t}");
+    assert!(lines[1].starts_with("egress-1  zone-a  egress  alive  true"), "{t}");
+    let e = render(Resource::Members, Output::Table, &json!({"error": "nope"})).unwrap_err();
+    assert!(format!("{e:#}").contains("not a member list"), "{e:#}");
+}
