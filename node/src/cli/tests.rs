@@ -203,8 +203,14 @@ fn members_are_decoded_typed_and_a_wrong_answer_says_so() {
         "nameConflict":false}]);
     let t = render(Resource::Members, Output::Table, &v).unwrap();
     let lines: Vec<_> = t.lines().collect();
-    assert!(lines[0].starts_with("NAME      ZONE    ROLE    STATE  READY"), "{t}");
-    assert!(lines[1].starts_with("egress-1  zone-a  egress  alive  true"), "{t}");
+    assert!(
+        lines[0].starts_with("NAME      ZONE    ROLE    STATE  READY"),
+        "{t}"
+    );
+    assert!(
+        lines[1].starts_with("egress-1  zone-a  egress  alive  true"),
+        "{t}"
+    );
     let e = render(Resource::Members, Output::Table, &json!({"error": "nope"})).unwrap_err();
     assert!(format!("{e:#}").contains("not a member list"), "{e:#}");
 }
