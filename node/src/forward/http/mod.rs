@@ -29,12 +29,11 @@
 //!   failed), `504` (connecting timed out), `502` (the upstream reset or answered something
 //!   that is not HTTP).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
@@ -44,14 +43,15 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use proto::resource::{ExternalService, Host, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::dial::{self, DialError};
+use super::dial::DialError;
 use crate::config::Limits;
+
+mod upstream;
+
+pub use upstream::{Pools, Upstream};
 
 /// Largest request head (request line and headers) a client may send, in bytes.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -62,172 +62,6 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A body either way: the other side's streamed body, or a short answer of the egress.
 type Body = BoxBody<Bytes, hyper::Error>;
-
-/// The pools of every HTTP external service this node has proxied, keyed by (mesh,
-/// `kuma.io/service`). A pool is replaced when the service's endpoints change.
-#[derive(Default)]
-pub struct Pools {
-    pools: Mutex<HashMap<(String, String), Arc<Upstream>>>,
-}
-
-impl Pools {
-    /// The pool for `endpoints` (every ExternalService of one service this zone exits to;
-    /// non-empty) reached by the SNI that named `named`.
-    pub fn get(
-        &self,
-        mesh: &str,
-        named: &ExternalService,
-        endpoints: &[ExternalService],
-    ) -> Arc<Upstream> {
-        let key = (mesh.to_string(), named.service().to_string());
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pool) = pools.get(&key) {
-            if pool.endpoints.as_slice() == endpoints && pool.named == *named {
-                return pool.clone();
-            }
-        }
-        let pool = Arc::new(Upstream::new(mesh, named, endpoints));
-        pools.insert(key, pool.clone());
-        pool
-    }
-}
-
-/// One external service's upstream side: the pooled client and what a request needs.
-pub struct Upstream {
-    client: Client<Connector, Incoming>,
-    endpoints: Arc<Vec<ExternalService>>,
-    named: ExternalService,
-    /// `Host`/`:authority` for every request (`None`: keep the client's).
-    host: Option<HeaderValue>,
-    /// HTTP/2 towards the upstream.
-    h2: bool,
-    labels: [(&'static str, String); 2],
-}
-
-impl Upstream {
-    fn new(mesh: &str, named: &ExternalService, endpoints: &[ExternalService]) -> Upstream {
-        let protocol = named.protocol();
-        let h2 = protocol.upstream_h2();
-        let endpoints = Arc::new(endpoints.to_vec());
-        let connector = Connector {
-            endpoints: endpoints.clone(),
-            next: Arc::new(AtomicUsize::new(0)),
-            alpn: if h2 { &[b"h2"] } else { &[b"http/1.1"] },
-        };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(h2);
-        // The named endpoint's DNS host, else the first DNS host among the endpoints (one
-        // `Host` for the pool: a MeshExternalService may mix IPs and names).
-        let host = std::iter::once(named)
-            .chain(endpoints.iter())
-            .find_map(|e| match &e.networking.address.host {
-                Host::Dns(name) => HeaderValue::from_str(name).ok(),
-                Host::Ip(_) => None,
-            });
-        Upstream {
-            client: builder.build(connector),
-            endpoints,
-            named: named.clone(),
-            host,
-            h2,
-            labels: [
-                ("mesh", mesh.to_string()),
-                ("service", named.service().to_string()),
-            ],
-        }
-    }
-
-    /// The protocol of the service.
-    pub fn protocol(&self) -> Protocol {
-        self.named.protocol()
-    }
-}
-
-/// Dials the endpoints of a service for the pool: round-robin start, the next endpoint when one
-/// cannot be reached (nothing was sent yet).
-#[derive(Clone)]
-struct Connector {
-    endpoints: Arc<Vec<ExternalService>>,
-    next: Arc<AtomicUsize>,
-    alpn: &'static [&'static [u8]],
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = Conn;
-    type Error = DialError;
-    type Future = Pin<Box<dyn Future<Output = Result<Conn, DialError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), DialError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let endpoints = self.endpoints.clone();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let alpn = self.alpn;
-        Box::pin(async move {
-            let mut failure = None;
-            for i in 0..endpoints.len() {
-                let endpoint = &endpoints[(start + i) % endpoints.len()];
-                match dial::dial(endpoint, alpn).await {
-                    Ok(io) => return Ok(Conn(TokioIo::new(io))),
-                    Err(e) => {
-                        tracing::debug!(endpoint = %endpoint.name, error = %e, "dial failed");
-                        failure = Some(e);
-                    }
-                }
-            }
-            Err(failure.unwrap_or_else(|| DialError::Connect {
-                target: String::new(),
-                message: "no endpoint".into(),
-            }))
-        })
-    }
-}
-
-/// A pooled upstream connection.
-struct Conn(TokioIo<Box<dyn dial::Upstream>>);
-
-impl Connection for Conn {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl hyper::rt::Read for Conn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
 
 /// What one client connection did, for the access log.
 #[derive(Debug, Default, Clone, Copy)]
@@ -726,91 +560,4 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_are_removed_and_te_trailers_kept() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
-        h.insert("x-kept", HeaderValue::from_static("yes"));
-        remove_hop_by_hop(&mut h);
-        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        left.sort();
-        assert_eq!(left, vec!["te", "x-kept"]);
-        assert_eq!(h[header::TE], "trailers");
-        let mut h = HeaderMap::new();
-        h.insert(header::TE, HeaderValue::from_static("gzip"));
-        remove_hop_by_hop(&mut h);
-        assert!(h.is_empty());
-    }
-
-    #[test]
-    fn an_upgrade_needs_connection_upgrade_and_http_1_1() {
-        let req = |version, connection: &str| {
-            Request::builder()
-                .version(version)
-                .header(header::CONNECTION, connection)
-                .header(header::UPGRADE, "websocket")
-                .body(())
-                .unwrap()
-        };
-        assert_eq!(
-            upgrade_of(&req(Version::HTTP_11, "keep-alive, Upgrade")),
-            Some(HeaderValue::from_static("websocket"))
-        );
-        assert_eq!(upgrade_of(&req(Version::HTTP_11, "keep-alive")), None);
-        assert_eq!(upgrade_of(&req(Version::HTTP_2, "upgrade")), None);
-    }
-
-    proptest::proptest! {
-        /// Whatever `Connection`, `TE` and other headers a client sends, nothing hop-by-hop
-        /// survives, nothing named in `Connection` survives, `TE` is at most `trailers`, and
-        /// every other header is kept.
-        #[test]
-        fn no_hop_by_hop_header_survives(
-            connection in "[ -~]{0,60}",
-            te in "[ -~]{0,30}",
-            names in proptest::collection::vec("[a-z][a-z0-9-]{0,12}", 0..6),
-        ) {
-            let mut h = HeaderMap::new();
-            if let Ok(v) = HeaderValue::from_str(&connection) {
-                h.insert(header::CONNECTION, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&te) {
-                h.insert(header::TE, v);
-            }
-            for n in &names {
-                h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_static("v"));
-            }
-            let named: Vec<String> = connection
-                .split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .collect();
-            remove_hop_by_hop(&mut h);
-            for hop in ["connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade"] {
-                proptest::prop_assert!(!h.contains_key(hop));
-            }
-            if let Some(v) = h.get(header::TE) {
-                proptest::prop_assert_eq!(v, "trailers");
-            }
-            for n in names.iter().filter(|n| n.as_str() != "te") {
-                let hop = ["connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade", "te"];
-                let expected = !hop.contains(&n.as_str()) && !named.contains(n);
-                proptest::prop_assert_eq!(h.contains_key(n.as_str()), expected, "{}", n);
-            }
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,86 @@
+use super::*;
+
+#[test]
+fn hop_by_hop_headers_are_removed_and_te_trailers_kept() {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONNECTION,
+        HeaderValue::from_static("keep-alive, x-secret-hop"),
+    );
+    h.insert("x-secret-hop", HeaderValue::from_static("1"));
+    h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+    h.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+    h.insert("x-kept", HeaderValue::from_static("yes"));
+    remove_hop_by_hop(&mut h);
+    let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    left.sort();
+    assert_eq!(left, vec!["te", "x-kept"]);
+    assert_eq!(h[header::TE], "trailers");
+    let mut h = HeaderMap::new();
+    h.insert(header::TE, HeaderValue::from_static("gzip"));
+    remove_hop_by_hop(&mut h);
+    assert!(h.is_empty());
+}
+
+#[test]
+fn an_upgrade_needs_connection_upgrade_and_http_1_1() {
+    let req = |version, connection: &str| {
+        Request::builder()
+            .version(version)
+            .header(header::CONNECTION, connection)
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap()
+    };
+    assert_eq!(
+        upgrade_of(&req(Version::HTTP_11, "keep-alive, Upgrade")),
+        Some(HeaderValue::from_static("websocket"))
+    );
+    assert_eq!(upgrade_of(&req(Version::HTTP_11, "keep-alive")), None);
+    assert_eq!(upgrade_of(&req(Version::HTTP_2, "upgrade")), None);
+}
+
+proptest::proptest! {
+    /// Whatever `Connection`, `TE` and other headers a client sends, nothing hop-by-hop
+    /// survives, nothing named in `Connection` survives, `TE` is at most `trailers`, and
+    /// every other header is kept.
+    #[test]
+    fn no_hop_by_hop_header_survives(
+        connection in "[ -~]{0,60}",
+        te in "[ -~]{0,30}",
+        names in proptest::collection::vec("[a-z][a-z0-9-]{0,12}", 0..6),
+    ) {
+        let mut h = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&connection) {
+            h.insert(header::CONNECTION, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&te) {
+            h.insert(header::TE, v);
+        }
+        for n in &names {
+            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_static("v"));
+        }
+        let named: Vec<String> = connection
+            .split(',')
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect();
+        remove_hop_by_hop(&mut h);
+        for hop in ["connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade"] {
+            proptest::prop_assert!(!h.contains_key(hop));
+        }
+        if let Some(v) = h.get(header::TE) {
+            proptest::prop_assert_eq!(v, "trailers");
+        }
+        for n in names.iter().filter(|n| n.as_str() != "te") {
+            let hop = ["connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade", "te"];
+            let expected = !hop.contains(&n.as_str()) && !named.contains(n);
+            proptest::prop_assert_eq!(h.contains_key(n.as_str()), expected, "{}", n);
+        }
+    }
+}
