@@ -11,7 +11,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod hello;
+pub mod client_hello;
 pub mod hlc;
 pub mod link;
 pub mod member;

@@ -1,5 +1,5 @@
 //! The SNI formats a client sends to the egress (DESIGN.md §5), read after the ClientHello
-//! ([`crate::hello`]) and before routing (DESIGN.md §6, step 2).
+//! ([`crate::client_hello`]) and before routing (DESIGN.md §6, step 2).
 //!
 //! * Kuma tag form, `backend{mesh=default,version=v1}`: service `backend`, mesh `default`,
 //!   subset tags `{version: v1}`. `mesh` is required and kept apart from the tags.

@@ -2,7 +2,7 @@
 //!
 //! A connection meets, in order:
 //! 1. `accept.rs`: the connection limit, in-flight tracking for the drain;
-//! 2. `hello.rs`: the ClientHello, read by our own parser (`proto::hello`) within
+//! 2. `client_hello.rs`: the ClientHello, read by our own parser (`proto::client_hello`) within
 //!    `limits.hello_timeout`, and kept to be replayed;
 //! 3. `route.rs`: the decision of DESIGN.md §6 from the SNI and the zone's resources (the pure
 //!    rules are `proto::zone::route`);
@@ -18,10 +18,10 @@
 //! Everything rejected is closed and counted by reason; it never disturbs other connections.
 
 mod accept;
+mod client_hello;
 mod connection;
 mod dial;
 mod external;
-mod hello;
 pub mod http;
 mod passthrough;
 pub mod route;
@@ -105,7 +105,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>
 async fn route_and_forward(conn: &mut Connection, mut stream: TcpStream, ctx: &Context) -> Outcome {
     let _ = stream.set_nodelay(true);
     let (buffered, hello) =
-        match hello::read_client_hello(&mut stream, ctx.limits.hello_timeout).await {
+        match client_hello::read_client_hello(&mut stream, ctx.limits.hello_timeout).await {
             Ok(h) => h,
             Err(e) => return Outcome::rejected(e.reason(), e),
         };

@@ -96,8 +96,8 @@ pub fn explain(
     client: Option<&ClientIdentity>,
 ) -> Explanation {
     // A connection with such a name never reaches the routing decision: the ClientHello
-    // parser refuses it (`proto::hello`).
-    if !sni.bytes().all(proto::hello::is_host_name_byte) {
+    // parser refuses it (`proto::client_hello`).
+    if !sni.bytes().all(proto::client_hello::is_host_name_byte) {
         return Explanation::refusal(
             sni,
             "malformed",

@@ -7,14 +7,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::hello::{self, HelloError, MAX_HELLO_BYTES};
+use proto::client_hello::{self, HelloError, MAX_HELLO_BYTES};
 use proto::sni::Sni;
 
 fuzz_target!(|data: &[u8]| {
-    match hello::parse(data) {
+    match client_hello::parse(data) {
         Ok(hello) => {
             assert!(hello.consumed <= data.len());
-            assert_eq!(hello::parse(&data[..hello.consumed]).as_ref(), Ok(&hello));
+            assert_eq!(client_hello::parse(&data[..hello.consumed]).as_ref(), Ok(&hello));
             if let Some(name) = &hello.server_name {
                 if let Ok(sni) = Sni::parse(name) {
                     let again = Sni::parse(&sni.to_string()).expect("canonical form re-parses");
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(needed > data.len() && needed <= MAX_HELLO_BYTES);
         }
         Err(error) => {
-            assert!(!error.reason().is_empty());
+            assert!(!error.reason().label().is_empty());
         }
     }
 });

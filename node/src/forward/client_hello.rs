@@ -3,7 +3,7 @@
 use proto::rejection::Rejection;
 use std::time::Duration;
 
-use proto::hello::{self, ClientHello, HelloError, MAX_HELLO_BYTES};
+use proto::client_hello::{self, ClientHello, HelloError, MAX_HELLO_BYTES};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Why no routable hello was read.
@@ -52,7 +52,7 @@ pub async fn read_client_hello<S: AsyncRead + Unpin>(
             // Never hold more than a hello can be, plus one read.
             let room = (MAX_HELLO_BYTES + chunk.len()).saturating_sub(buf.len());
             buf.extend_from_slice(&chunk[..n.min(room)]);
-            match hello::parse(&buf) {
+            match client_hello::parse(&buf) {
                 Ok(h) => return Ok((buf, h)),
                 Err(e) if e.is_incomplete() && buf.len() <= MAX_HELLO_BYTES => continue,
                 Err(e) if e.is_incomplete() => {
