@@ -206,6 +206,7 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
             zone: config.zone.clone(),
             node: config.name.clone(),
             resources_rx: store.snapshot(),
+            changes: store.changes(),
             zone_rx: gossip.view(),
         },
     )?;
@@ -290,7 +291,7 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
     }
     if config.role == Role::Egress {
         tasks.push(tokio::spawn(crate::pki::keep_mesh_identities(
-            store.snapshot(),
+            store.changes(),
             identities,
             readiness_tx.clone(),
         )));

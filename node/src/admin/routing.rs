@@ -50,16 +50,26 @@ async fn inspect_route(
     };
     let resources = state.resources_rx.borrow().clone();
     let remote = state.remote_rx.borrow().clone();
-    let identities = state.identities.as_deref();
-    Ok(Json(route::explain(
-        sni,
-        &state.node.zone,
-        &resources,
-        &remote,
-        identities,
-        client.as_ref(),
-    ))
-    .into_response())
+    // Explaining checks the TLS origination settings and the mesh identity the way a connection
+    // would (reading files, maybe issuing): on a blocking thread, not on the async workers.
+    let (sni, zone, identities) = (
+        sni.clone(),
+        state.node.zone.clone(),
+        state.identities.clone(),
+    );
+    let explained = tokio::task::spawn_blocking(move || {
+        route::explain(
+            &sni,
+            &zone,
+            &resources,
+            &remote,
+            identities.as_deref(),
+            client.as_ref(),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(explained).into_response())
 }
 
 /// Where a sidecar of this zone must send traffic for `service` of `mesh`: a MeshExternalService

@@ -47,7 +47,11 @@ pub async fn forward(
     } = to;
     let labels = conn.labels();
     let names = route::certificate_names(&sni, &service);
-    let config = match ctx.identities.acceptor(&mesh, &names, SystemTime::now()) {
+    let config = match ctx
+        .identities
+        .acceptor_async(&mesh, &names, SystemTime::now())
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(mesh = %mesh.name.as_str(), error = %e, "no egress identity for the mesh");

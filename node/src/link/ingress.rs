@@ -422,16 +422,28 @@ pub fn zone_resolver(
     })
 }
 
-/// Keeps what this ingress advertises: the zone's services (from `Dataplane`s) and its ingress
-/// nodes (from gossip).
+/// The kinds [`proto::zone::offer::service_set`] reads: `Dataplane` inbounds, and the
+/// external services pinned to the zone (of a mesh).
+const SERVICE_SET_KINDS: &[proto::resource::Kind] = &[
+    proto::resource::Kind::Dataplane,
+    proto::resource::Kind::ExternalService,
+    proto::resource::Kind::MeshExternalService,
+    proto::resource::Kind::Mesh,
+];
+
+/// Keeps what this ingress advertises: the zone's services (from `Dataplane`s and the external
+/// services pinned here) and its ingress nodes (from gossip). It wakes for commits that wrote
+/// one of [`SERVICE_SET_KINDS`] and for changes of the zone's members.
 pub async fn keep_service_set(
-    mut resources_rx: tokio::sync::watch::Receiver<std::sync::Arc<proto::zone::Resources>>,
+    mut changes: crate::store::Changes,
     mut zone_rx: tokio::sync::watch::Receiver<std::sync::Arc<crate::gossip::ZoneSnapshot>>,
     services_tx: tokio::sync::watch::Sender<std::sync::Arc<proto::link::ServiceSet>>,
     zone: String,
 ) {
+    let Some(mut resources) = changes.next(SERVICE_SET_KINDS).await else {
+        return;
+    };
     loop {
-        let resources = resources_rx.borrow_and_update().clone();
         let snapshot = zone_rx.borrow_and_update().clone();
         let egresses = proto::zone::offer::ready_egresses(&snapshot.view);
         let ingresses = snapshot
@@ -453,8 +465,13 @@ pub async fn keep_service_set(
                 true
             }
         });
+        // `Changes::next` hands out a relevant revision without waiting, so dropping it when
+        // the members change first loses nothing.
         tokio::select! {
-            changed = resources_rx.changed() => if changed.is_err() { return },
+            next = changes.next(SERVICE_SET_KINDS) => match next {
+                Some(r) => resources = r,
+                None => return,
+            },
             changed = zone_rx.changed() => if changed.is_err() { return },
         }
     }

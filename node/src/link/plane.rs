@@ -18,8 +18,10 @@ pub struct Zone {
     pub zone: String,
     /// This node's name.
     pub node: String,
-    /// The zone's resources.
+    /// The zone's resources (read per stream by the ingress's endpoint choice).
     pub resources_rx: watch::Receiver<Arc<Resources>>,
+    /// What each commit changed (wakes the link targets and the service set).
+    pub changes: crate::store::Changes,
     /// The zone's members.
     pub zone_rx: watch::Receiver<Arc<ZoneSnapshot>>,
 }
@@ -69,7 +71,7 @@ impl LinkPlane {
                     zone.node,
                 )?);
                 let targets = tokio::spawn(super::keep_link_targets(
-                    zone.resources_rx,
+                    zone.changes,
                     manager.clone(),
                     zone.zone,
                 ));
@@ -78,7 +80,7 @@ impl LinkPlane {
             Role::Ingress => {
                 let (services_tx, services_rx) = watch::channel(Arc::new(ServiceSet::default()));
                 let services = tokio::spawn(super::keep_service_set(
-                    zone.resources_rx.clone(),
+                    zone.changes,
                     zone.zone_rx.clone(),
                     services_tx,
                     zone.zone.clone(),

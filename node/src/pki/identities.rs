@@ -156,6 +156,77 @@ impl EgressIdentities {
         Ok(config)
     }
 
+    /// The context [`EgressIdentities::acceptor`] would return, when it is issued and current
+    /// (CA loaded and not due for a re-read, same trust, same lifetime, not due for renewal):
+    /// no file is read and no key generated. `None` when it must be (re)issued.
+    pub fn cached(
+        &self,
+        mesh: &Mesh,
+        dns_names: &[String],
+        now: SystemTime,
+    ) -> Option<Arc<SslContext>> {
+        let due = |at: SystemTime| {
+            now.duration_since(at)
+                .is_ok_and(|age| age >= EgressIdentities::CA_REFRESH)
+        };
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let name = mesh.name.as_str();
+        let backend = mesh.enabled_ca()?;
+        let ca = state
+            .cas
+            .get(name)
+            .filter(|l| l.backend == *backend && !(due(l.loaded_at) && from_files(backend)))?;
+        let backends = mesh.mtls.as_ref().map(|m| m.backends()).unwrap_or_default();
+        let trust = state.trust.get(name).filter(|t| {
+            t.backends.as_slice() == backends
+                && !(due(t.loaded_at) && backends.iter().any(from_files))
+        })?;
+        let mut names = dns_names.to_vec();
+        names.sort();
+        names.dedup();
+        let identity = state.identities.get(&(name.to_string(), names))?;
+        (identity.ca == *ca.ca.certificate()
+            && identity.trust.iter().eq(trust.roots.iter().flatten())
+            && identity.validity == self.validity_for(mesh)
+            && now < identity.renew_at)
+            .then(|| identity.config.clone())
+    }
+
+    /// [`EgressIdentities::acceptor`] for async callers: the [`cached`](Self::cached) context
+    /// at once, else issued on a blocking thread (reading CA files and generating a key must not
+    /// stall the async workers that serve every other connection).
+    ///
+    /// # Errors
+    /// As [`EgressIdentities::acceptor`]; [`PkiError::Unsupported`] if the blocking task failed.
+    pub async fn acceptor_async(
+        self: &Arc<Self>,
+        mesh: &Mesh,
+        dns_names: &[String],
+        now: SystemTime,
+    ) -> Result<Arc<SslContext>, PkiError> {
+        if let Some(config) = self.cached(mesh, dns_names, now) {
+            return Ok(config);
+        }
+        let (this, mesh, names) = (self.clone(), mesh.clone(), dns_names.to_vec());
+        tokio::task::spawn_blocking(move || this.acceptor(&mesh, &names, now))
+            .await
+            .map_err(|e| {
+                PkiError::Unsupported(format!("issuing the egress identity failed: {e}"))
+            })?
+    }
+
+    /// The meshes whose CA or identities are held.
+    pub fn meshes(&self) -> std::collections::BTreeSet<String> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state
+            .cas
+            .keys()
+            .chain(state.trust.keys())
+            .chain(state.identities.keys().map(|(m, _)| m))
+            .cloned()
+            .collect()
+    }
+
     /// Drops the CA and identities of a mesh (deleted, or its mTLS turned off).
     pub fn forget_mesh(&self, mesh: &str) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -268,37 +339,32 @@ fn from_files(backend: &CaBackend) -> bool {
 /// How often the mesh identities are checked without a resource change (a CA file may change).
 const MESH_IDENTITY_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Checks, on every resource change and every [`MESH_IDENTITY_CHECK`], that this egress can
-/// issue its identity for every mesh with mTLS (CA loadable, key matching): what a terminated
-/// connection needs. A mesh that fails is a `/ready` warning (the mesh only: `/ready` is open to
-/// anyone, the cause is in the log and in `inspect route`), and counts in
-/// `zone_egress_meshes_without_identity`.
+/// Checks, on every commit that wrote a `Mesh` or a `Secret` ([`crate::store::Changes`]) and
+/// every [`MESH_IDENTITY_CHECK`], that this egress can issue its identity for every mesh with
+/// mTLS (CA loadable, key matching): what a terminated connection needs. A mesh that fails is a
+/// `/ready` warning (the mesh only: `/ready` is open to anyone, the cause is in the log and in
+/// `inspect route`), and counts in `zone_egress_meshes_without_identity`. The CA and identities
+/// of a mesh that was deleted or whose mTLS is off are forgotten. The check reads CA files and
+/// may generate keys, so it runs on a blocking thread, not on the async workers.
 pub async fn keep_mesh_identities(
-    mut resources_rx: tokio::sync::watch::Receiver<std::sync::Arc<proto::zone::Resources>>,
+    mut changes: crate::store::Changes,
     identities: std::sync::Arc<EgressIdentities>,
     readiness_tx: tokio::sync::watch::Sender<crate::readiness::Readiness>,
 ) {
+    use proto::resource::Kind;
+    let kinds = [Kind::Mesh, Kind::Secret];
+    let Some(mut resources) = changes.next(&kinds).await else {
+        return;
+    };
     let mut logged: std::collections::BTreeMap<String, String> = Default::default();
     loop {
-        let resources = resources_rx.borrow_and_update().clone();
-        let mut problems = Vec::new();
-        let mut causes = std::collections::BTreeMap::new();
-        for mesh in resources.meshes() {
-            if mesh.enabled_ca().is_none() {
-                continue;
-            }
-            let name = mesh.name.as_str().to_string();
-            // As connections see it: `secret:` references and a minted builtin CA resolved.
-            let mesh = resources.resolved_mesh(mesh);
-            if let Err(e) = identities.acceptor(&mesh, &[], std::time::SystemTime::now()) {
-                problems.push(format!(
-                    "mesh {name:?}: this egress cannot issue its identity, so every terminated \
-                     connection of the mesh is closed (reason identity; the cause is in the log \
-                     and in inspect route)"
-                ));
-                causes.insert(name, e.to_string());
-            }
-        }
+        let checked = {
+            let (resources, identities) = (resources.clone(), identities.clone());
+            tokio::task::spawn_blocking(move || check_meshes(&resources, &identities)).await
+        };
+        let Ok((problems, causes)) = checked else {
+            return;
+        };
         for (mesh, cause) in &causes {
             if logged.get(mesh) != Some(cause) {
                 tracing::warn!(mesh = %mesh, error = %cause, "cannot issue the egress identity of a mesh");
@@ -315,10 +381,50 @@ pub async fn keep_mesh_identities(
             }
         });
         tokio::select! {
-            changed = resources_rx.changed() => if changed.is_err() { return },
+            next = changes.next(&kinds) => match next {
+                Some(r) => resources = r,
+                None => return,
+            },
             _ = tokio::time::sleep(MESH_IDENTITY_CHECK) => {}
         }
     }
+}
+
+/// One check of [`keep_mesh_identities`]: the `/ready` warnings and the cause per mesh that
+/// fails; forgets the meshes that no longer have mTLS.
+fn check_meshes(
+    resources: &proto::zone::Resources,
+    identities: &EgressIdentities,
+) -> (Vec<String>, std::collections::BTreeMap<String, String>) {
+    let mut problems = Vec::new();
+    let mut causes = std::collections::BTreeMap::new();
+    let mut with_mtls = std::collections::BTreeSet::new();
+    for mesh in resources.meshes() {
+        if mesh.enabled_ca().is_none() {
+            continue;
+        }
+        let name = mesh.name.as_str().to_string();
+        with_mtls.insert(name.clone());
+        // As connections see it: `secret:` references and a minted builtin CA resolved.
+        let mesh = resources.resolved_mesh(mesh);
+        if let Err(e) = identities.acceptor(&mesh, &[], std::time::SystemTime::now()) {
+            problems.push(format!(
+                "mesh {name:?}: this egress cannot issue its identity, so every terminated \
+                 connection of the mesh is closed (reason identity; the cause is in the log \
+                 and in inspect route)"
+            ));
+            causes.insert(name, e.to_string());
+        }
+    }
+    for gone in identities
+        .meshes()
+        .into_iter()
+        .filter(|m| !with_mtls.contains(m))
+    {
+        tracing::debug!(mesh = %gone, "forgetting the CA and identities of a mesh without mTLS");
+        identities.forget_mesh(&gone);
+    }
+    (problems, causes)
 }
 
 #[cfg(test)]
@@ -369,6 +475,49 @@ mod tests {
         assert!(Arc::ptr_eq(&renewed, &still));
         // The old configuration stays usable by the connections holding it.
         assert_eq!(Arc::strong_count(&first), 1);
+    }
+
+    #[tokio::test]
+    async fn the_cached_identity_needs_no_blocking_work_and_a_miss_is_issued_off_the_workers() {
+        let (mesh, _) = mesh_and_ca("default");
+        let (rotated, _) = mesh_and_ca("default");
+        let identities = Arc::new(EgressIdentities::new(HOUR * 3));
+        let now = SystemTime::now();
+        let names = names(&["a.test"]);
+        assert!(
+            identities.cached(&mesh, &names, now).is_none(),
+            "nothing issued yet"
+        );
+        let first = identities.acceptor_async(&mesh, &names, now).await.unwrap();
+        let cached = identities
+            .cached(&mesh, &names, now)
+            .expect("issued: cached");
+        assert!(Arc::ptr_eq(&first, &cached));
+        assert!(Arc::ptr_eq(
+            &first,
+            &identities.acceptor_async(&mesh, &names, now).await.unwrap()
+        ));
+        // What would need work is not answered from the cache: renewal due, another CA, a
+        // file-based CA due for a re-read.
+        assert!(identities.cached(&mesh, &names, now + HOUR * 2).is_none());
+        assert!(identities.cached(&rotated, &names, now).is_none());
+        let second = identities
+            .acceptor_async(&rotated, &names, now)
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+    }
+
+    #[test]
+    fn a_mesh_deleted_or_without_mtls_is_forgotten_by_the_check() {
+        let (mesh, _) = mesh_and_ca("default");
+        let identities = EgressIdentities::new(HOUR);
+        identities.acceptor(&mesh, &[], SystemTime::now()).unwrap();
+        assert_eq!(identities.meshes(), ["default".to_string()].into());
+        // A zone where the mesh is gone.
+        let (problems, _) = check_meshes(&proto::zone::Resources::default(), &identities);
+        assert!(problems.is_empty());
+        assert!(identities.meshes().is_empty(), "{:?}", identities.meshes());
     }
 
     #[test]

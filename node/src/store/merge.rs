@@ -130,7 +130,7 @@ pub(super) async fn gc_loop(shared: Arc<Shared>) {
         let mut state = shared.state.lock().await;
         let expired = state.expire_tombstones(now_ms(), shared.tombstone_ttl);
         if expired > 0 {
-            shared.published(&state).await;
+            shared.published(&state, Default::default()).await;
             tracing::debug!(count = expired, "tombstones left the digest");
         }
     }

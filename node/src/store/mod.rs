@@ -22,6 +22,7 @@
 use checks::{builtin_ca_changes, check_references};
 use merge::{MERGE_GROUP, MergeRequest, Parsed, gc_loop, merger, parse_remote};
 use state::{Shared, State, now_ms, wire_record};
+mod changes;
 mod checks;
 pub mod digest;
 pub mod disk;
@@ -51,6 +52,7 @@ const HLC_META: &str = "hlc";
 /// One stored record: a resource or its tombstone, with the write's timestamp.
 pub type Record = Versioned<Resource>;
 
+pub use changes::{Changes, Revision};
 pub use proto::zone::Resources;
 
 /// One requested change (short-lived: a batch in flight, so the size difference between a
@@ -181,12 +183,19 @@ pub async fn spawn(settings: Settings) -> Result<Handle, StoreError> {
         "store opened"
     );
     let (snapshot_tx, _) = watch::channel(Arc::new(state.live.clone()));
+    let revision_tx = watch::channel(Arc::new(Revision {
+        seq: 0,
+        resources: Arc::new(state.live.clone()),
+        changed: BTreeSet::new(),
+    }))
+    .0;
     let (merge_tx, merge_rx) = mpsc::channel(MERGE_GROUP);
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         disk: Arc::new(disk),
         publisher: settings.publisher,
         snapshot_tx,
+        revision_tx,
         tombstone_ttl: ttl,
         max_clock_offset_ms: u64::try_from(settings.max_clock_offset.as_millis())
             .unwrap_or(u64::MAX),
@@ -219,6 +228,11 @@ impl Handle {
         self.shared.snapshot_tx.subscribe()
     }
 
+    /// What each commit changes, by kind (see [`Changes::next`]).
+    pub fn changes(&self) -> Changes {
+        Changes::new(self.shared.revision_tx.subscribe())
+    }
+
     /// Applies a batch all-or-nothing; answers once it is on disk.
     ///
     /// The batch is completed first ([`builtin_ca_changes`]): a Mesh whose builtin CA backend
@@ -231,7 +245,30 @@ impl Handle {
         let mut state = shared.state.lock().await;
         // An O(1) clone of the persistent maps.
         let current = state.live.clone();
-        changes.extend(builtin_ca_changes(&current, &changes, SystemTime::now())?);
+        // Minting a CA generates a key: for a batch with a Mesh, on a blocking thread, not on
+        // the async workers.
+        let minted = if changes
+            .iter()
+            .any(|c| matches!(c, Change::Put(Resource::Mesh(_))))
+        {
+            let current = current.clone();
+            let (minted, back) = tokio::task::spawn_blocking(move || {
+                let minted = builtin_ca_changes(&current, &changes, SystemTime::now());
+                (minted, changes)
+            })
+            .await
+            .map_err(|e| {
+                StoreError::Disk(DiskError::Io {
+                    op: "mint a builtin CA",
+                    message: e.to_string(),
+                })
+            })?;
+            changes = back;
+            minted?
+        } else {
+            builtin_ca_changes(&current, &changes, SystemTime::now())?
+        };
+        changes.extend(minted);
         check_references(&current, &changes)?;
 
         let now = now_ms();

@@ -131,6 +131,8 @@ pub(super) struct Shared {
     pub(super) disk: Arc<Disk>,
     pub(super) publisher: Publisher,
     pub(super) snapshot_tx: watch::Sender<Arc<Resources>>,
+    /// The same snapshot with what its commit changed ([`super::Handle::changes`]).
+    pub(super) revision_tx: watch::Sender<Arc<super::Revision>>,
     pub(super) tombstone_ttl: Duration,
     pub(super) max_clock_offset_ms: u64,
     /// Peers whose records were refused for clock skew, and what was seen of them.
@@ -229,17 +231,30 @@ impl Shared {
         metrics::histogram!("zone_egress_store_write_seconds", "origin" => origin)
             .record(started.elapsed().as_secs_f64());
         let now = now_ms();
+        let changed = writes
+            .iter()
+            .filter_map(|(key, _, _)| proto::resource::ResourceKey::parse(key))
+            .map(|key| key.kind())
+            .collect();
         for (key, record, encoded) in writes {
             state.set(key, record, encoded, now, self.tombstone_ttl);
         }
-        self.published(state).await;
+        self.published(state, changed).await;
         Ok(())
     }
 
-    /// Publishes the state after a change: the snapshot (an O(1) clone), the digest root in
-    /// gossip, the gauges.
-    pub(super) async fn published(&self, state: &State) {
-        self.snapshot_tx.send_replace(Arc::new(state.live.clone()));
+    /// Publishes the state after a change: the snapshot (an O(1) clone) and the revision with
+    /// the kinds written (`changed`), the digest root in gossip, the gauges.
+    pub(super) async fn published(&self, state: &State, changed: BTreeSet<Kind>) {
+        let resources = Arc::new(state.live.clone());
+        self.snapshot_tx.send_replace(resources.clone());
+        self.revision_tx.send_modify(|r| {
+            *r = Arc::new(super::Revision {
+                seq: r.seq + 1,
+                resources,
+                changed,
+            })
+        });
         let root = state.digest.root();
         self.root_tx
             .send_if_modified(|r| std::mem::replace(r, root) != root);

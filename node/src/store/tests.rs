@@ -288,3 +288,33 @@ fn tombstones_expire_a_ttl_after_their_write() {
     assert!(expired(&t, true, 11_001, ttl));
     assert!(!expired(&t, false, u64::MAX, ttl));
 }
+
+#[tokio::test]
+async fn each_commit_says_which_kinds_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _tx) = open(dir.path(), "n1").await;
+    let mut meshes = store.changes();
+    let mut services = store.changes();
+    assert!(
+        meshes.next(&[Kind::Mesh]).await.is_some(),
+        "the current state first"
+    );
+    assert!(services.next(&[Kind::ExternalService]).await.is_some());
+    store
+        .apply(vec![Change::Put(resource(MESH))])
+        .await
+        .unwrap();
+    store.apply(vec![Change::Put(es(443))]).await.unwrap();
+    // The ExternalService consumer looked after both commits: it missed one, so it wakes.
+    let got = services.next(&[Kind::ExternalService]).await.unwrap();
+    assert_eq!(got.count(Kind::ExternalService), 1);
+    // One revision per commit, with the kinds it wrote.
+    let revision = store.shared.revision_tx.borrow().clone();
+    assert_eq!(revision.seq, 2);
+    assert_eq!(revision.changed, [Kind::ExternalService].into());
+    // A consumer of Mesh that is up to date is not woken by an ExternalService write.
+    let _ = meshes.next(&[Kind::Mesh]).await;
+    store.apply(vec![Change::Put(es(8443))]).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_millis(200), meshes.next(&[Kind::Mesh])).await;
+    assert!(woken.is_err(), "woken by a write of another kind");
+}

@@ -132,25 +132,22 @@ pub(super) async fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
 }
 
 /// Keeps the egress's links in line with the static `ZoneIngress` resources of other zones.
-/// Names are resolved ([`crate::dns::resolve`]) only when the ZoneIngress resources changed, not on
-/// every write to the zone (a zone takes hundreds of writes per second).
+/// It wakes only for commits that wrote a `ZoneIngress` ([`crate::store::Changes`]), and
+/// resolves names ([`crate::dns::resolve`]) only when those resources differ from the last
+/// ones: a zone takes hundreds of writes per second.
 pub async fn keep_link_targets(
-    mut resources_rx: tokio::sync::watch::Receiver<std::sync::Arc<proto::zone::Resources>>,
+    mut changes: crate::store::Changes,
     links: std::sync::Arc<LinkManager>,
     own_zone: String,
 ) {
     let mut last: Option<Vec<proto::resource::Resource>> = None;
-    loop {
-        let resources = resources_rx.borrow_and_update().clone();
+    while let Some(resources) = changes.next(&[proto::resource::Kind::ZoneIngress]).await {
         let ingresses: Vec<proto::resource::Resource> = resources
             .list(proto::resource::Kind::ZoneIngress, None)
             .into_iter()
             .cloned()
             .collect();
         if last.as_ref() == Some(&ingresses) {
-            if resources_rx.changed().await.is_err() {
-                return;
-            }
             continue;
         }
         let mut targets = Vec::new();
@@ -182,8 +179,5 @@ pub async fn keep_link_targets(
         }
         links.set_targets(targets);
         last = Some(ingresses);
-        if resources_rx.changed().await.is_err() {
-            return;
-        }
     }
 }
