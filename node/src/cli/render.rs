@@ -171,76 +171,77 @@ pub(super) fn render(resource: Resource, output: Output, value: &Value) -> anyho
                     ]
                 }),
             };
-            let mut table = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
-            table.extend(rows.iter().map(cells));
-            format_table(&table)
+            table(header, rows.iter().map(cells))
         }
     })
 }
 
 /// The members table.
 fn members(members: &[proto::Member]) -> String {
-    let mut table = vec![
-        [
-            "NAME",
-            "ZONE",
-            "ROLE",
-            "STATE",
-            "READY",
-            "GOSSIP",
-            "ADMIN",
-            "GENERATION",
-        ]
-        .map(String::from)
-        .to_vec(),
+    let header = [
+        "NAME",
+        "ZONE",
+        "ROLE",
+        "STATE",
+        "READY",
+        "GOSSIP",
+        "ADMIN",
+        "GENERATION",
     ];
-    table.extend(members.iter().map(|m| {
-        vec![
-            m.name.clone(),
-            m.zone.clone(),
-            m.role.map_or("-", |r| r.as_str()).to_string(),
-            m.state.as_str().to_string(),
-            m.ready.to_string(),
-            m.gossip_address.clone(),
-            m.admin_address.clone().unwrap_or_else(|| "-".to_string()),
-            m.generation.to_string(),
-        ]
-    }));
-    format_table(&table)
+    table(
+        &header,
+        members.iter().map(|m| {
+            vec![
+                m.name.clone(),
+                m.zone.clone(),
+                m.role.map_or("-", |r| r.as_str()).to_string(),
+                m.state.as_str().to_string(),
+                m.ready.to_string(),
+                m.gossip_address.clone(),
+                m.admin_address.clone().unwrap_or_else(|| "-".to_string()),
+                m.generation.to_string(),
+            ]
+        }),
+    )
 }
 
 /// The links table.
 fn links(links: &[crate::link::LinkStatus]) -> String {
-    let mut table = vec![
-        [
-            "NAME",
-            "ZONE",
-            "ADDRESS",
-            "STATE",
-            "RTT MS",
-            "STREAMS",
-            "SENT",
-            "RECEIVED",
-            "RECONNECTS",
-            "SERVICES",
-        ]
-        .map(String::from)
-        .to_vec(),
+    let header = [
+        "NAME",
+        "ZONE",
+        "ADDRESS",
+        "STATE",
+        "RTT MS",
+        "STREAMS",
+        "SENT",
+        "RECEIVED",
+        "RECONNECTS",
+        "SERVICES",
     ];
-    table.extend(links.iter().map(|l| {
-        vec![
-            l.name.clone(),
-            l.zone.clone(),
-            l.address.to_string(),
-            l.state.as_str().to_string(),
-            l.rtt_ms.map_or("-".to_string(), |r| format!("{r:.1}")),
-            l.open_streams.to_string(),
-            l.bytes_sent.to_string(),
-            l.bytes_received.to_string(),
-            l.reconnects.to_string(),
-            l.services.to_string(),
-        ]
-    }));
+    table(
+        &header,
+        links.iter().map(|l| {
+            vec![
+                l.name.clone(),
+                l.zone.clone(),
+                l.address.to_string(),
+                l.state.as_str().to_string(),
+                l.rtt_ms.map_or("-".to_string(), |r| format!("{r:.1}")),
+                l.open_streams.to_string(),
+                l.bytes_sent.to_string(),
+                l.bytes_received.to_string(),
+                l.reconnects.to_string(),
+                l.services.to_string(),
+            ]
+        }),
+    )
+}
+
+/// A table of `header` and `rows`, aligned ([`format_table`]).
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut table = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    table.extend(rows);
     format_table(&table)
 }
 

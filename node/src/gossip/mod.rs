@@ -9,6 +9,8 @@
 //! with a peer of another zone is refused by chitchat itself.
 
 mod bind;
+#[cfg(test)]
+mod memory_tests;
 pub mod sealed;
 pub mod transport;
 
