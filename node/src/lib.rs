@@ -30,5 +30,14 @@ pub mod telemetry;
 pub use data_dir::RuntimeInfo;
 pub use server::run;
 
+/// Now as Unix milliseconds (0 before 1970, `u64::MAX` past its range): the one wall clock of
+/// the node's timestamps (gossip keys, sealed datagrams, the store's clock-offset checks).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// Build version reported in gossip, `/metrics` and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -78,7 +78,10 @@ async fn thirty_nodes_converge_and_a_partitioned_node_is_dead_then_back() {
         .await
         .expect("30 nodes see each other alive within 40 rounds");
     assert!(took <= 20, "converged in {took} rounds");
-    eprintln!("30 nodes converged in {took} rounds ({:?})", INTERVAL * took);
+    eprintln!(
+        "30 nodes converged in {took} rounds ({:?})",
+        INTERVAL * took
+    );
 
     // Cut node 29 from everyone: the others mark it dead (phi 8 ≈ 8 silent rounds), it keeps
     // itself alive; nobody else is marked dead.
@@ -92,7 +95,10 @@ async fn thirty_nodes_converge_and_a_partitioned_node_is_dead_then_back() {
     });
     let took = dead.await.expect("the cut node is dead for the other 29");
     assert!(took <= 30, "detected in {took} rounds");
-    eprintln!("a cut node was dead for the other 29 after {took} rounds ({:?})", INTERVAL * took);
+    eprintln!(
+        "a cut node was dead for the other 29 after {took} rounds ({:?})",
+        INTERVAL * took
+    );
 
     // Heal: back alive everywhere.
     for i in 0..29 {

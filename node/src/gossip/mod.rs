@@ -129,15 +129,9 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<Handle> {
     Ok(handle)
 }
 
-/// The chitchat cluster id of a zone.
-/// Now as Unix milliseconds (0 before 1970).
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::unix_ms;
 
+/// The chitchat cluster id of a zone.
 pub fn cluster_id(zone: &str) -> String {
     format!("zone-egress/{zone}")
 }

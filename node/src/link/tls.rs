@@ -18,7 +18,6 @@ use std::time::Duration;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, version};
@@ -158,10 +157,7 @@ impl LinkTls {
     }
 }
 
-/// The one crypto provider of this node.
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+use crate::pki::provider;
 
 fn config_error(e: impl fmt::Display) -> LinkError {
     LinkError::Config(e.to_string())

@@ -16,8 +16,9 @@ use super::PkiError;
 use super::material::parse_certificates;
 use super::verify::{NameCheck, OriginationVerifier};
 
-/// The one crypto provider of this node.
-fn provider() -> Arc<CryptoProvider> {
+/// The one crypto provider of this node's rustls configurations (ring): origination and the
+/// zone link.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -8,7 +8,7 @@ use super::{HLC_META, Record, StoreError, root_value};
 use proto::zone::Resources;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use proto::hlc::{Clock, Timestamp};
 use proto::resource::Kind;
@@ -163,12 +163,7 @@ pub(super) const SKEW_REPORT_AFTER: u64 = 2;
 /// A peer without refusals for this long is no longer reported.
 pub(super) const SKEW_FORGET: Duration = Duration::from_secs(300);
 
-pub(super) fn now_ms() -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
-}
+pub(super) use crate::unix_ms as now_ms;
 
 pub(super) fn encode(record: &Record) -> Arc<[u8]> {
     // invariant: resources and timestamps are plain data that always serialize.
