@@ -7,7 +7,7 @@ use std::process::Command;
 /// packet from or to its gossip address's IP (gossip, store sync, links bound there);
 /// [`Partition::tcp_only`] refuses only new TCP connections (resets), so gossip works and store
 /// sync does not, as behind a firewall that opened the gossip port for UDP only. The node needs
-/// a loopback IP of its own ([`NodeOptions::gossip_host`]); its admin API stays reachable on
+/// a loopback IP of its own ([`crate::NodeOptions::gossip_host`]); its admin API stays reachable on
 /// 127.0.0.1.
 pub struct Partition {
     ip: String,

@@ -75,10 +75,14 @@ pub fn next_generation(data_dir: &Path, now_ns: u64) -> anyhow::Result<u64> {
     Ok(generation)
 }
 
-/// Writes `<dir>/node.json` atomically (temporary file, then rename).
+/// File in the data dir describing the running process ([`RuntimeInfo`], JSON).
+pub const RUNTIME_FILE: &str = "node.json";
+
+/// Writes `<dir>/node.json` so that a reader never sees a partial file (a temporary file, then
+/// a rename). Not synced: it describes this process only, and a crash makes it stale anyway.
 pub fn write_runtime_info(dir: &Path, info: &RuntimeInfo) -> anyhow::Result<()> {
-    let path = dir.join("node.json");
-    let tmp = dir.join(".node.json.tmp");
+    let path = dir.join(RUNTIME_FILE);
+    let tmp = dir.join(format!(".{RUNTIME_FILE}.tmp"));
     let body = serde_json::to_vec_pretty(info)?;
     std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
@@ -87,7 +91,7 @@ pub fn write_runtime_info(dir: &Path, info: &RuntimeInfo) -> anyhow::Result<()> 
 
 /// Removes `<dir>/node.json` (the node has left).
 pub fn remove_runtime_info(dir: &Path) {
-    let _ = std::fs::remove_file(dir.join("node.json"));
+    let _ = std::fs::remove_file(dir.join(RUNTIME_FILE));
 }
 
 #[cfg(test)]
@@ -98,7 +102,7 @@ mod tests {
     fn the_generation_grows_even_when_the_clock_goes_back() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(next_generation(dir.path(), 1_000).unwrap(), 1_000);
-        // The clock went back two minutes: still greater than the last one.
+        // The clock went back: still greater than the last one.
         assert_eq!(next_generation(dir.path(), 880).unwrap(), 1_001);
         assert_eq!(next_generation(dir.path(), 5_000).unwrap(), 5_000);
         std::fs::write(dir.path().join(GENERATION_FILE), "garbage").unwrap();

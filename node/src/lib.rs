@@ -1,13 +1,17 @@
 //! The zone-egress node as a library: every plane, the node's life cycle and the CLI client.
 //!
 //! `main.rs` parses flags and config, installs tracing and the crypto provider, then calls
-//! [`run`]. Planes (each `spawn(..) -> Handle` with an async `shutdown`):
+//! [`run`] ([`server`]: the life cycle). Planes (each started by the life cycle, each with an
+//! async `shutdown`):
 //! * [`gossip`]: chitchat membership and the zone view;
-//! * [`admin`]: the axum admin API;
+//! * [`store`]: the zone's resources, durable and replicated (and what each commit changed);
+//! * [`link`]: the QUIC links between zones ([`link::LinkPlane`]);
 //! * [`forward`]: the sidecar-facing listener;
-//! * [`store`]: the zone's resources, durable and replicated.
+//! * [`admin`]: the axum admin API.
 //!
-//! Planes share state through `tokio::sync::watch` snapshots only.
+//! Planes read each other's state through `tokio::sync::watch` snapshots (zone view, resources,
+//! remote services, readiness); the forwarding plane and the admin API also hold the handles
+//! they act on (the link manager, the mesh identities, the store for writes).
 
 #![forbid(unsafe_code)]
 

@@ -106,8 +106,9 @@ fn run(overrides: &Overrides) -> ExitCode {
         }
     };
     node::telemetry::init_tracing(config.log.format);
-    // One crypto provider, chosen explicitly (CRATE-NOTES: two compiled in make rustls panic).
-    if rustls::crypto::ring::default_provider()
+    // One crypto provider, chosen explicitly: with two compiled in (ring and aws-lc-rs, which
+    // dependencies enable), rustls panics when asked for "the" default.
+    if std::sync::Arc::unwrap_or_clone(node::pki::provider())
         .install_default()
         .is_err()
     {

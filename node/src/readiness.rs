@@ -93,6 +93,62 @@ impl Readiness {
     }
 }
 
+/// Where the node's readiness conditions and warnings come from.
+pub struct Sources {
+    /// The zone view (joined, name conflicts, listed).
+    pub zone_rx: tokio::sync::watch::Receiver<std::sync::Arc<crate::gossip::ZoneSnapshot>>,
+    /// Where readiness is published (chitchat key `ready`).
+    pub publisher: crate::gossip::Publisher,
+    /// The gossip round (the settle time after joining is two rounds).
+    pub interval: std::time::Duration,
+    /// When the process started (`zone_egress_uptime_seconds`).
+    pub started: std::time::Instant,
+    /// Peers whose clocks run ahead (the store).
+    pub clock_skew: tokio::sync::watch::Receiver<Vec<String>>,
+    /// Live peers store sync keeps failing with.
+    pub store_sync: tokio::sync::watch::Receiver<Vec<String>>,
+    /// Sealed gossip's fixable drops (with a gossip key).
+    pub gossip_drops: Option<tokio::sync::watch::Receiver<Vec<String>>>,
+}
+
+/// Starts the tasks that keep `readiness_tx` from `sources` and publish it; the node aborts
+/// the returned tasks when it leaves.
+pub fn spawn(
+    sources: Sources,
+    readiness_tx: &tokio::sync::watch::Sender<Readiness>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = vec![
+        tokio::spawn(copy_warnings(
+            sources.clock_skew,
+            readiness_tx.clone(),
+            |r, w| r.clock_skew = w,
+        )),
+        tokio::spawn(copy_warnings(
+            sources.store_sync,
+            readiness_tx.clone(),
+            |r, w| r.store_sync = w,
+        )),
+        tokio::spawn(keep_readiness(
+            sources.zone_rx,
+            readiness_tx.clone(),
+            sources.interval,
+            sources.started,
+        )),
+        tokio::spawn(publish_readiness(
+            readiness_tx.subscribe(),
+            sources.publisher,
+        )),
+    ];
+    if let Some(drops) = sources.gossip_drops {
+        tasks.push(tokio::spawn(copy_warnings(
+            drops,
+            readiness_tx.clone(),
+            |r, w| r.gossip_drops = w,
+        )));
+    }
+    tasks
+}
+
 /// Copies a list of warnings into readiness (with `set`) whenever it changes.
 pub async fn copy_warnings(
     mut warnings_rx: tokio::sync::watch::Receiver<Vec<String>>,

@@ -1,6 +1,7 @@
 //! A running node's life cycle: [`run`] = `bind → start → serve → drain → leave`, each a short
-//! function below. The planes are wired here and nowhere else; each plane's glue to the zone
-//! (link targets, service sets, mesh identities, readiness) lives in the plane it serves.
+//! function below. The planes are wired here and nowhere else; their glue to the zone lives
+//! with them: link targets and service sets in `link/`, mesh identity checks in
+//! `pki/identities.rs`, readiness in `readiness.rs`.
 //!
 //! 1. **bind**: admin (TCP), forwarding listener (TCP, egress role), QUIC link (UDP), gossip
 //!    (UDP) and store sync (TCP, the gossip port's number); a port in use is a start-up error
@@ -248,7 +249,7 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
             config.log.access,
             config.zone.clone(),
         );
-        forward::spawn(listener, ctx)
+        forward::spawn(listener, ctx, store.changes())
     });
     readiness_tx.send_modify(|r| r.listeners_up = true);
     data_dir::write_runtime_info(&config.data_dir, &info)?;
@@ -260,35 +261,18 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
     );
 
     // Readiness follows the zone view, the mesh CAs, and the warnings of gossip and the store.
-    let mut tasks = vec![
-        tokio::spawn(crate::readiness::copy_warnings(
-            store.clock_skew(),
-            readiness_tx.clone(),
-            |r, w| r.clock_skew = w,
-        )),
-        tokio::spawn(crate::readiness::copy_warnings(
-            sync_warnings,
-            readiness_tx.clone(),
-            |r, w| r.store_sync = w,
-        )),
-        tokio::spawn(crate::readiness::keep_readiness(
-            gossip.view(),
-            readiness_tx.clone(),
-            config.gossip.interval,
+    let mut tasks = crate::readiness::spawn(
+        crate::readiness::Sources {
+            zone_rx: gossip.view(),
+            publisher: gossip.publisher(),
+            interval: config.gossip.interval,
             started,
-        )),
-        tokio::spawn(crate::readiness::publish_readiness(
-            readiness_tx.subscribe(),
-            gossip.publisher(),
-        )),
-    ];
-    if let Some(problems) = gossip_sockets.problems {
-        tasks.push(tokio::spawn(crate::readiness::copy_warnings(
-            problems,
-            readiness_tx.clone(),
-            |r, w| r.gossip_drops = w,
-        )));
-    }
+            clock_skew: store.clock_skew(),
+            store_sync: sync_warnings,
+            gossip_drops: gossip_sockets.problems,
+        },
+        &readiness_tx,
+    );
     if config.role == Role::Egress {
         tasks.push(tokio::spawn(crate::pki::keep_mesh_identities(
             store.changes(),
@@ -413,7 +397,7 @@ impl Node {
     async fn leave(self, signals: &mut Signals) {
         self.gossip
             .set(&[
-                (keys::LEFT_AT_MS, gossip::unix_ms().to_string()),
+                (keys::LEFT_AT_MS, crate::unix_ms().to_string()),
                 (keys::LIFECYCLE, Lifecycle::Left.as_str().to_string()),
             ])
             .await;

@@ -462,8 +462,9 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use proptest::prelude::*;
+
+    use super::*;
 
     // ---- test-only encoder -------------------------------------------------------------------
 

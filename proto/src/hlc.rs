@@ -171,9 +171,11 @@ impl<T> Versioned<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use proptest::prelude::*;
     use std::cmp::Ordering;
+
+    use proptest::prelude::*;
+
+    use super::*;
 
     fn timestamp() -> impl Strategy<Value = Timestamp> {
         (

@@ -7,11 +7,11 @@
 //! Who may do what (README "Admin API security"):
 //! * `/live`, `/ready`, `/metrics`: anyone who reaches the port (probes, Prometheus);
 //! * every other read: anyone, or, with `admin.read_token` set, a caller presenting the read
-//!   token or the admin token ([`require_read_token`]);
+//!   token or the admin token (`require_read_token`);
 //! * writes (`PUT`, `DELETE`, `POST`): the admin token, whenever one is set ([`Authorized`]);
 //! * secret material (inline private keys): never in an answer, a log line or an error; a read
 //!   of resources shows `"<redacted>"` unless it asks `?secrets=true` *and* is authorized to
-//!   write ([`resources`]).
+//!   write (`resources.rs`).
 
 mod pki;
 mod resources;
@@ -27,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use proto::Registration;
+pub use resources::{Authorized, MAX_BODY_BYTES};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -35,7 +36,6 @@ use crate::config::Secret;
 use crate::gossip::ZoneSnapshot;
 use crate::readiness::Readiness;
 use crate::store::{self, Resources};
-pub use resources::{Authorized, MAX_BODY_BYTES};
 
 /// Facts about this node that the admin API reports.
 #[derive(Debug, Clone)]
@@ -345,7 +345,7 @@ async fn force_leave(
         ));
     };
     let key = format!("{}{name}", proto::member::keys::FORCE_LEAVE_PREFIX);
-    let value = proto::member::force_leave_value(generation, crate::gossip::unix_ms());
+    let value = proto::member::force_leave_value(generation, crate::unix_ms());
     state.gossip.set(&[(key.as_str(), value)]).await;
     tracing::info!(member = %name, generation, "member removed by hand (force-leave)");
     Ok((

@@ -252,7 +252,7 @@ fn store_error(e: StoreError) -> ApiError {
         StoreError::NotFound(_) => StatusCode::NOT_FOUND,
         StoreError::Conflict(_) => StatusCode::CONFLICT,
         StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        StoreError::Disk(_) => StatusCode::SERVICE_UNAVAILABLE,
+        StoreError::Disk(_) | StoreError::Internal(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     let details = match &e {
         StoreError::Invalid(problems) => problems.clone(),

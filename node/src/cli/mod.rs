@@ -6,15 +6,14 @@ mod admin_client;
 mod args;
 mod render;
 
-pub use admin_client::{DRAIN_POLL_INTERVAL, fetch_json};
-use admin_client::{DRAIN_POLL_TIMEOUT, MAX_APPLY_BYTES, call, call_within, exchange};
-pub use args::*;
-use render::{render, text};
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+pub use admin_client::{DRAIN_POLL_INTERVAL, fetch_json};
+use admin_client::{DRAIN_POLL_TIMEOUT, MAX_APPLY_BYTES, call, call_within, exchange};
 use anyhow::{Context, bail};
+pub use args::*;
+use render::{render, text};
 
 /// Runs `zone-egress sni`: Kuma's hashed SNI for a service.
 pub fn sni(args: &SniArgs) -> anyhow::Result<String> {
@@ -269,7 +268,7 @@ pub fn delete(args: &DeleteArgs) -> anyhow::Result<String> {
 }
 
 /// Runs `zone-egress force-leave NAME`: `POST /v1/members/NAME/force-leave`.
-pub fn force_leave(args: &crate::cli::ForceLeaveArgs) -> anyhow::Result<String> {
+pub fn force_leave(args: &ForceLeaveArgs) -> anyhow::Result<String> {
     if args.name.is_empty()
         || args
             .name

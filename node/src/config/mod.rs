@@ -12,17 +12,16 @@
 mod raw;
 mod validate;
 
-use raw::{merge, parse_yaml, typed};
-use validate::validate;
-pub use validate::{check_host_port, read_token_file};
-
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proto::Role;
+use raw::{merge, parse_yaml, typed};
+use validate::validate;
+pub use validate::{check_host_port, read_token_file};
 
-/// The embedded default configuration (also printed by the README).
+/// The embedded default configuration (linked from the README).
 pub const DEFAULT_YAML: &str = include_str!("default.yaml");
 
 /// A configuration error: where it comes from, which field, what is wrong.
@@ -244,8 +243,6 @@ pub struct Overrides {
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
 }
-
-// ---- raw (serde) shapes -------------------------------------------------------------------
 
 // ---- loading --------------------------------------------------------------------------------
 

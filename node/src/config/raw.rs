@@ -2,11 +2,12 @@
 //! names the field; and the YAML steps: parse one text, lay the file over the embedded default
 //! key by key, read the typed shape with the failing field's path.
 
-use super::ConfigError;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
+
+use super::ConfigError;
 
 /// A config file as written (every field optional: the embedded default fills the gaps).
 #[derive(Debug, Default, Deserialize)]

@@ -1,16 +1,17 @@
 //! From the raw shapes and the flags to a typed, checked [`Config`]: a value comes from its
 //! flag when set, else from the file; every error names its source and the field.
 
-use super::raw::RawConfig;
-use super::{
-    AdminConfig, Config, ConfigError, DrainConfig, GossipConfig, Limits, LinkConfig, LogConfig,
-    LogFormat, Overrides, Secret, StoreConfig,
-};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proto::Role;
+
+use super::raw::RawConfig;
+use super::{
+    AdminConfig, Config, ConfigError, DrainConfig, GossipConfig, Limits, LinkConfig, LogConfig,
+    LogFormat, Overrides, Secret, StoreConfig,
+};
 
 pub(super) fn validate(
     raw: RawConfig,

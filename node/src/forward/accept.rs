@@ -13,24 +13,25 @@ use super::Context;
 pub struct Handle {
     stop_tx: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
+    /// [`super::keep_pools`], stopped with the listener.
+    pools: JoinHandle<()>,
     permits: Arc<Semaphore>,
     max_connections: usize,
 }
 
-/// Starts accepting on `listener`.
-pub fn spawn(listener: TcpListener, ctx: Context) -> Handle {
+/// Starts accepting on `listener`, and keeping the HTTP pools in line with the zone's
+/// resources (`changes`).
+pub fn spawn(listener: TcpListener, ctx: Context, changes: crate::store::Changes) -> Handle {
     let (stop_tx, stop_rx) = watch::channel(false);
     let max_connections = ctx.limits.max_connections;
     let permits = Arc::new(Semaphore::new(max_connections));
-    let task = tokio::spawn(accept_loop(
-        listener,
-        permits.clone(),
-        stop_rx,
-        Arc::new(ctx),
-    ));
+    let ctx = Arc::new(ctx);
+    let pools = tokio::spawn(super::keep_pools(changes, ctx.clone()));
+    let task = tokio::spawn(accept_loop(listener, permits.clone(), stop_rx, ctx));
     Handle {
         stop_tx,
         task: Some(task),
+        pools,
         permits,
         max_connections,
     }
@@ -40,6 +41,7 @@ impl Handle {
     /// Closes the listener: no new connections, in-flight ones go on.
     pub async fn stop_accepting(&mut self) {
         let _ = self.stop_tx.send(true);
+        self.pools.abort();
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }

@@ -1,9 +1,9 @@
 //! Second stage: read the client's ClientHello, bounded in time and size.
 
-use proto::rejection::Rejection;
 use std::time::Duration;
 
 use proto::client_hello::{self, ClientHello, HelloError, MAX_HELLO_BYTES};
+use proto::rejection::Rejection;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Why no routable hello was read.

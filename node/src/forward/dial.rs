@@ -1,9 +1,9 @@
 //! Dial stage (external services): connect to `networking.address`, originate TLS if asked.
 
-use proto::rejection::Rejection;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use proto::rejection::Rejection;
 use proto::resource::{ExternalService, Host};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};

@@ -1,6 +1,6 @@
 //! The external-service stage (DESIGN.md §6): terminate the client's mesh mTLS with the egress's
 //! identity for the mesh (`terminate.rs`), apply the mesh's traffic permissions to the client's
-//! certificate, then either proxy HTTP (`http.rs`, for `kuma.io/protocol` `http`, `http2`,
+//! certificate, then either proxy HTTP (`http/`, for `kuma.io/protocol` `http`, `http2`,
 //! `grpc`) or dial an endpoint (`dial.rs`, TLS originated when configured) and splice bytes
 //! (`splice.rs`).
 

@@ -9,7 +9,7 @@
 //! 4. one stage:
 //!    * `external.rs` (an external service): `terminate.rs` (the client's mTLS with the mesh
 //!      identity, the buffered hello replayed into the TLS stack), the mesh's permissions, then
-//!      `http.rs` (HTTP services) or `dial.rs` (TLS originated when configured) and `splice.rs`;
+//!      `http/` (HTTP services) or `dial.rs` (TLS originated when configured) and `splice.rs`;
 //!    * `passthrough.rs` (a service of another zone): one stream of a zone link, never
 //!      decrypted;
 //! 5. `connection.rs`: the connection's record and its single exit, which counts the outcome
@@ -31,13 +31,12 @@ mod terminate;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use proto::rejection::Rejection;
-use tokio::net::TcpStream;
-use tokio::sync::watch;
-
 pub use accept::{Handle, spawn};
 use connection::{Connection, LoggedReasons, Outcome};
+pub use proto::rejection::Rejection;
 use route::Decision;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::config::Limits;
 use crate::link::{LinkManager, RemoteServices};
@@ -90,6 +89,19 @@ impl Context {
             next_endpoint: std::sync::atomic::AtomicUsize::new(0),
             pools: http::Pools::default(),
             logged: LoggedReasons::default(),
+        }
+    }
+}
+
+/// Drops the HTTP upstream pools of services the zone no longer has, after every commit that
+/// wrote an `ExternalService`, a `MeshExternalService` or a `Mesh` ([`crate::store::Changes`]).
+pub async fn keep_pools(mut changes: crate::store::Changes, ctx: Arc<Context>) {
+    use proto::resource::Kind;
+    let kinds = [Kind::ExternalService, Kind::MeshExternalService, Kind::Mesh];
+    while let Some(resources) = changes.next(&kinds).await {
+        let dropped = ctx.pools.retain_existing(&resources);
+        if dropped > 0 {
+            tracing::debug!(dropped, "HTTP upstream pools of removed services dropped");
         }
     }
 }

@@ -8,9 +8,8 @@ use proto::rejection::Rejection;
 use proto::resource::{ExternalService, Host};
 use proto::sni::Sni;
 use proto::zone::Zone;
-use serde::Serialize;
-
 pub use proto::zone::route::{ClientIdentity, Decision, MAX_SNI_BYTES, external_service_sni};
+use serde::Serialize;
 
 use crate::link::RemoteServices;
 use crate::store::Resources;
@@ -31,9 +30,9 @@ pub fn decide(
 pub struct Explanation {
     /// The SNI asked about.
     pub sni: String,
-    /// `terminate-external` or `reject`.
+    /// `terminate-external`, `passthrough` or `reject`.
     pub action: &'static str,
-    /// Metric label of the decision.
+    /// The label of the decision: `external`, `passthrough`, or the [`Rejection`] label.
     pub reason: &'static str,
     /// Why.
     pub detail: String,

@@ -23,9 +23,11 @@ pub struct Sockets {
     pub sync: tokio::net::TcpListener,
 }
 
-/// Binds gossip (UDP, sealed with the keys of `key_file` when given) and store sync on TCP at the same port number (as Serf's push-pull
-/// does), so a peer's gossip address is also where its records are. With port 0 the kernel
-/// picks a UDP port whose TCP twin may be taken: pick again (a few times) until both are free.
+/// Binds gossip (UDP, sealed with the keys of `key_file` when given) and store sync on TCP at
+/// the same port number (as Serf's push-pull does), so a peer's gossip address is also where
+/// its records are. With port 0 the kernel picks a UDP port whose TCP twin may be taken: pick
+/// again (a few times) until both are free. Without a key it warns loudly, once, with the bound
+/// address: plain gossip and sync can be read and forged by anyone who reaches the port.
 pub async fn bind(listen: SocketAddr, key_file: Option<&Path>) -> anyhow::Result<Sockets> {
     let mut attempt = 0;
     loop {
@@ -68,8 +70,7 @@ pub async fn bind(listen: SocketAddr, key_file: Option<&Path>) -> anyhow::Result
     }
 }
 
-/// Binds the gossip socket: sealed with the cluster keys of `gossip.key_file`, else plain
-/// (with a loud warning: plain gossip can be read and forged by anyone who reaches the port).
+/// Binds the gossip socket: sealed with the cluster keys of `key_file`, else plain.
 async fn transport(
     addr: SocketAddr,
     key_file: Option<&Path>,

@@ -19,12 +19,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use bind::{Sockets, bind};
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use proto::{MemberEntry, ZoneView};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-pub use bind::{Sockets, bind};
 
 /// How long a dead member stays listed (as `dead`) before chitchat forgets it.
 pub const DEAD_NODE_GRACE: Duration = Duration::from_secs(3600);
@@ -128,8 +127,6 @@ pub async fn spawn(settings: Settings) -> anyhow::Result<Handle> {
     };
     Ok(handle)
 }
-
-pub use crate::unix_ms;
 
 /// The chitchat cluster id of a zone.
 pub fn cluster_id(zone: &str) -> String {
@@ -247,7 +244,7 @@ async fn refresh_loop(
             let other_seeds = c.seed_nodes().into_iter().any(|s| s != self_addr);
             let mut view = ZoneView::resolve(&entries);
             view.forget_left(
-                unix_ms(),
+                crate::unix_ms(),
                 u64::try_from(left_grace.as_millis()).unwrap_or(u64::MAX),
             );
             // Survivors say once when a member joins, leaves, fails, comes back or restarts.

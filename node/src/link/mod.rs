@@ -11,11 +11,11 @@
 //! * `egress/`: the [`LinkManager`] (`manager.rs`: targets, the weighted pick,
 //!   [`LinkManager::connect`] with its hedge, one stream per forwarded connection), each link's
 //!   task (`link.rs`: dial with jittered exponential backoff, the control stream `Hello` →
-//!   `HelloAck` → `ServiceSet`s) and `discovery.rs` (the ingresses a zone advertises, the static
-//!   targets from `ZoneIngress` resources);
+//!   `HelloAck` → `ServiceSet`s) and `discovery.rs` (the ingresses a linked zone advertises);
 //! * the merged [`RemoteServices`] view and the weighted pick live in `proto::zone::remote`
 //!   (pure);
-//! * `plane.rs`: the [`LinkPlane`] a node starts for its role;
+//! * `plane.rs`: the [`LinkPlane`] a node starts for its role, and its glue to the zone (the
+//!   static targets, the advertised service set, the ingress's endpoint choice);
 //! * `ingress.rs`: accepts links, answers the control stream and pushes its zone's
 //!   [`ServiceSet`] on every change, then for each stream reads the [`StreamHeader`], dials a
 //!   local endpoint (round-robin) and replies `Accepted` or `Refused`;
@@ -65,10 +65,10 @@ use std::time::Duration;
 
 pub use egress::{
     LinkManager, LinkOrigin, LinkState, LinkStatus, LinkStream, LinkTarget, MAX_LINKS_TRIED,
-    OPEN_HEDGE, keep_link_targets, spawn_egress,
+    OPEN_HEDGE, spawn_egress,
 };
-pub use ingress::{IngressHandle, Resolver, keep_service_set, spawn_ingress, zone_resolver};
-pub use plane::{LinkPlane, Zone};
+pub use ingress::{IngressHandle, Resolver, spawn_ingress};
+pub use plane::{LinkPlane, Zone, keep_link_targets, keep_service_set, zone_resolver};
 pub use proto::link::{
     ALPN, AvailableService, FrameError, Hello, HelloAck, IngressAddr, ServiceSet, StreamHeader,
     StreamReply,

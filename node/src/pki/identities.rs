@@ -340,7 +340,7 @@ fn from_files(backend: &CaBackend) -> bool {
 const MESH_IDENTITY_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Checks, on every commit that wrote a `Mesh` or a `Secret` ([`crate::store::Changes`]) and
-/// every [`MESH_IDENTITY_CHECK`], that this egress can issue its identity for every mesh with
+/// every `MESH_IDENTITY_CHECK` (5 s), that this egress can issue its identity for every mesh with
 /// mTLS (CA loadable, key matching): what a terminated connection needs. A mesh that fails is a
 /// `/ready` warning (the mesh only: `/ready` is open to anyone, the cause is in the log and in
 /// `inspect route`), and counts in `zone_egress_meshes_without_identity`. The CA and identities

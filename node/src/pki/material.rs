@@ -243,8 +243,9 @@ pub(crate) fn create_dir(path: &Path) -> Result<(), PkiError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use proto::resource::Secret;
+
+    use super::*;
 
     #[test]
     fn der_lengths_use_the_short_and_long_forms() {

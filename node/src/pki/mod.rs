@@ -44,7 +44,7 @@ pub use issue::{
 };
 pub use material::{load_client_identity, parse_certificates, parse_private_key, read_data_source};
 pub use mesh_ca::{EGRESS_SERVICE, MeshCa};
-pub(crate) use tls::provider;
+pub use tls::provider;
 pub use tls::{Checks, client_config, origination_config};
 pub use verify::{NameCheck, spiffe_ids};
 

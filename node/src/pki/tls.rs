@@ -16,14 +16,14 @@ use super::PkiError;
 use super::material::parse_certificates;
 use super::verify::{NameCheck, OriginationVerifier};
 
-/// The one crypto provider of this node's rustls configurations (ring): origination and the
-/// zone link.
-pub(crate) fn provider() -> Arc<CryptoProvider> {
+/// The one crypto provider of this node (ring): the process default (installed by `main`),
+/// TLS origination and the zone link.
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The client side of TLS origination. `ca_pem` (PEM bundle or one DER certificate) holds the
-/// roots; without it the system trust store is used ([`system_roots`]), and when there is none
+/// roots; without it the system trust store is used (`system_roots`), and when there is none
 /// this fails with [`PkiError::NoRoots`]. `client_identity` is presented when the server asks
 /// for a certificate. `skip_hostname_verification` still verifies the chain, validity and key
 /// usage but accepts a certificate that does not name the server.

@@ -1,12 +1,13 @@
 //! What a local write must satisfy before it is stamped: references between resources (a mesh's
 //! CA secret, a permission's mesh, a secret still in use) and the builtin CA a mesh gets minted.
 
-use super::{Change, StoreError};
-use proto::zone::Resources;
 use std::collections::HashSet;
 use std::time::SystemTime;
 
 use proto::resource::{CaKind, Kind, Resource, ResourceKey};
+use proto::zone::Resources;
+
+use super::{Change, StoreError};
 
 /// How many builtin CAs this node minted (`zone_egress_builtin_ca_minted_total`).
 pub const MINTED_METRIC: &str = "zone_egress_builtin_ca_minted_total";

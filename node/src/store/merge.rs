@@ -1,8 +1,6 @@
 //! Remote records: parsed and checked in the session's task, merged by one merger task in one
 //! fsynced transaction per group of waiting sessions (group commit); and the tombstone sweep.
 
-use super::state::{Shared, now_ms};
-use super::{MAX_RESOURCE_BYTES, Record};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +9,10 @@ use proto::hlc::check_offset;
 use proto::resource::ResourceKey;
 use tokio::sync::mpsc;
 
-pub(super) fn reject(reason: &'static str, peer: &str, key: &str, detail: &str) {
+use super::state::Shared;
+use super::{MAX_RESOURCE_BYTES, Record};
+
+fn reject(reason: &'static str, peer: &str, key: &str, detail: &str) {
     metrics::counter!("zone_egress_store_rejected_records_total", "reason" => reason).increment(1);
     tracing::debug!(peer, key, reason, detail, "refused a received record");
 }
@@ -68,7 +69,7 @@ pub(super) async fn merger(shared: Arc<Shared>, mut rx: mpsc::Receiver<MergeRequ
             }
         }
         let mut state = shared.state.lock().await;
-        let now = now_ms();
+        let now = crate::unix_ms();
         // key → (record, encoding, index of the request that brought it)
         let mut winners: BTreeMap<String, (Record, Arc<[u8]>, usize)> = BTreeMap::new();
         for (i, request) in requests.iter_mut().enumerate() {
@@ -128,7 +129,7 @@ pub(super) async fn gc_loop(shared: Arc<Shared>) {
         tick.tick().await;
         shared.expire_skew();
         let mut state = shared.state.lock().await;
-        let expired = state.expire_tombstones(now_ms(), shared.tombstone_ttl);
+        let expired = state.expire_tombstones(crate::unix_ms(), shared.tombstone_ttl);
         if expired > 0 {
             shared.published(&state, Default::default()).await;
             tracing::debug!(count = expired, "tombstones left the digest");

@@ -21,7 +21,7 @@
 
 use checks::{builtin_ca_changes, check_references};
 use merge::{MERGE_GROUP, MergeRequest, Parsed, gc_loop, merger, parse_remote};
-use state::{Shared, State, now_ms, wire_record};
+use state::{Shared, State, wire_record};
 mod changes;
 mod checks;
 pub mod digest;
@@ -35,13 +35,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use disk::{Disk, DiskError};
 use proto::hlc::{Clock, Timestamp, Versioned};
 use proto::resource::{Resource, ResourceKey};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::gossip::Publisher;
-use disk::{Disk, DiskError};
 
 /// Largest resource accepted, as compact JSON (a Kuma resource is a few KiB at most; Secrets
 /// are at most 16 KiB of data).
@@ -115,6 +115,9 @@ pub enum StoreError {
     /// The disk write failed (internal side).
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// A step of the write that runs on a blocking thread failed (internal side).
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// What the store plane needs to start.
@@ -155,7 +158,7 @@ pub async fn spawn(settings: Settings) -> Result<Handle, StoreError> {
             message: e.to_string(),
         })??;
     let rows = disk.load()?;
-    let now = now_ms();
+    let now = crate::unix_ms();
     let mut clock = Clock::new(settings.node.clone());
     if let Some(raw) = disk.meta(HLC_META)? {
         if let Ok(ts) = serde_json::from_slice::<Timestamp>(&raw) {
@@ -235,47 +238,42 @@ impl Handle {
 
     /// Applies a batch all-or-nothing; answers once it is on disk.
     ///
-    /// The batch is completed first ([`builtin_ca_changes`]): a Mesh whose builtin CA backend
+    /// The batch is completed first (`checks::builtin_ca_changes`): a Mesh whose builtin CA backend
     /// has no CA yet gets one minted into the batch, and deleting a Mesh deletes its builtin CA
     /// Secrets. Every record of a batch carries the same timestamp, so a concurrent batch
     /// writing the same keys wins or loses as a whole (a Mesh never ends up with another
     /// writer's CA).
-    pub async fn apply(&self, mut changes: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
+    pub async fn apply(&self, mut batch: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
         let shared = &self.shared;
         let mut state = shared.state.lock().await;
         // An O(1) clone of the persistent maps.
         let current = state.live.clone();
         // Minting a CA generates a key: for a batch with a Mesh, on a blocking thread, not on
         // the async workers.
-        let minted = if changes
+        let minted = if batch
             .iter()
             .any(|c| matches!(c, Change::Put(Resource::Mesh(_))))
         {
             let current = current.clone();
             let (minted, back) = tokio::task::spawn_blocking(move || {
-                let minted = builtin_ca_changes(&current, &changes, SystemTime::now());
-                (minted, changes)
+                let minted = builtin_ca_changes(&current, &batch, SystemTime::now());
+                (minted, batch)
             })
             .await
-            .map_err(|e| {
-                StoreError::Disk(DiskError::Io {
-                    op: "mint a builtin CA",
-                    message: e.to_string(),
-                })
-            })?;
-            changes = back;
+            .map_err(|e| StoreError::Internal(format!("minting a builtin CA failed: {e}")))?;
+            batch = back;
             minted?
         } else {
-            builtin_ca_changes(&current, &changes, SystemTime::now())?
+            builtin_ca_changes(&current, &batch, SystemTime::now())?
         };
-        changes.extend(minted);
-        check_references(&current, &changes)?;
+        batch.extend(minted);
+        check_references(&current, &batch)?;
 
-        let now = now_ms();
+        let now = crate::unix_ms();
         let mut batch_ts = None;
         let mut applied = Vec::new();
         let mut writes: Vec<(String, Record)> = Vec::new();
-        for change in changes {
+        for change in batch {
             match change {
                 Change::Put(resource) => {
                     let key = resource.resource_key();

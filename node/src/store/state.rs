@@ -2,20 +2,20 @@
 //! sync sessions, whether it counts in the digest), the live resources, the digest and its
 //! buckets, tombstones by time; and the commit that changes disk, then memory, then gossip.
 
-use super::digest;
-use super::merge::MergeRequest;
-use super::{HLC_META, Record, StoreError, root_value};
-use proto::zone::Resources;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::hlc::{Clock, Timestamp};
 use proto::resource::Kind;
+use proto::zone::Resources;
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 
+use super::digest;
 use super::digest::Digest;
 use super::disk::{Disk, DiskError};
+use super::merge::MergeRequest;
+use super::{HLC_META, Record, StoreError, root_value};
 use crate::gossip::Publisher;
 
 /// One record as this node holds it.
@@ -163,8 +163,6 @@ pub(super) const SKEW_REPORT_AFTER: u64 = 2;
 /// A peer without refusals for this long is no longer reported.
 pub(super) const SKEW_FORGET: Duration = Duration::from_secs(300);
 
-pub(super) use crate::unix_ms as now_ms;
-
 pub(super) fn encode(record: &Record) -> Arc<[u8]> {
     // invariant: resources and timestamps are plain data that always serialize.
     serde_json::to_vec(record).unwrap_or_default().into()
@@ -225,7 +223,7 @@ impl Shared {
             })??;
         metrics::histogram!("zone_egress_store_write_seconds", "origin" => origin)
             .record(started.elapsed().as_secs_f64());
-        let now = now_ms();
+        let now = crate::unix_ms();
         let changed = writes
             .iter()
             .filter_map(|(key, _, _)| proto::resource::ResourceKey::parse(key))

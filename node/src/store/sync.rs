@@ -207,7 +207,7 @@ impl Channel {
         self.send_seq += 1;
         let body = match &self.keyring {
             Some(k) => k
-                .seal_with(&self.send_aad, &body, crate::gossip::unix_ms())
+                .seal_with(&self.send_aad, &body, crate::unix_ms())
                 .map_err(|e| SyncError::Auth(e.to_string()))?,
             None => body,
         };
@@ -273,7 +273,7 @@ impl Channel {
             .increment((wire::PREFIX_BYTES + body.len()) as u64);
         let body = match &self.keyring {
             Some(k) => {
-                k.open_with(&self.recv_aad, &body, crate::gossip::unix_ms())
+                k.open_with(&self.recv_aad, &body, crate::unix_ms())
                     .map_err(|e| SyncError::Auth(e.to_string()))?
                     .datagram
             }

@@ -1,8 +1,8 @@
+use proto::resource::Kind;
 use proto::resource::parse_documents;
 
 use super::state::{encode, expired};
 use super::*;
-use proto::resource::Kind;
 
 fn resource(yaml: &str) -> Resource {
     parse_documents(yaml).unwrap().remove(0)
@@ -108,7 +108,7 @@ async fn remote_records_merge_last_writer_wins_with_the_node_name_as_tie_break()
         .unwrap();
     let key = es(1).key();
     // Ahead of this node's clock, but within store.max_clock_offset.
-    let far_future = now_ms() + 500;
+    let far_future = crate::unix_ms() + 500;
     tx.send(remote(
         "n2",
         &key,
@@ -160,13 +160,13 @@ async fn records_stamped_beyond_the_clock_offset_are_refused_and_reported() {
     tx.send(remote(
         "fast",
         &key,
-        &Versioned::put(Timestamp::new(now_ms() + 60_000, 0, "fast"), es(2)),
+        &Versioned::put(Timestamp::new(crate::unix_ms() + 60_000, 0, "fast"), es(2)),
     ))
     .unwrap();
     tx.send(remote(
         "fast",
         &key,
-        &Versioned::tombstone(Timestamp::new(now_ms() + 60_000, 1, "fast")),
+        &Versioned::tombstone(Timestamp::new(crate::unix_ms() + 60_000, 1, "fast")),
     ))
     .unwrap();
     // A record within the bound from another peer, after them: it lands.
@@ -174,7 +174,7 @@ async fn records_stamped_beyond_the_clock_offset_are_refused_and_reported() {
     tx.send(remote(
         "n2",
         "mesh/marker",
-        &Versioned::put(Timestamp::new(now_ms() + 200, 0, "n2"), marker),
+        &Versioned::put(Timestamp::new(crate::unix_ms() + 200, 0, "n2"), marker),
     ))
     .unwrap();
     let marker_key = ResourceKey::parse("mesh/marker").unwrap();
@@ -188,7 +188,7 @@ async fn records_stamped_beyond_the_clock_offset_are_refused_and_reported() {
     );
     // This node's clock was not dragged ahead: a local write still wins over the refused.
     let state = store.shared.state.lock().await;
-    assert!(state.clock.last().wall_ms < now_ms() + 1_000);
+    assert!(state.clock.last().wall_ms < crate::unix_ms() + 1_000);
 }
 
 #[tokio::test]
@@ -199,7 +199,7 @@ async fn spoofed_or_garbage_records_change_nothing() {
         .apply(vec![Change::Put(resource(MESH))])
         .await
         .unwrap();
-    let future = Timestamp::new(now_ms() + 500, 0, "evil");
+    let future = Timestamp::new(crate::unix_ms() + 500, 0, "evil");
     // A value filed under another resource's key.
     tx.send(remote(
         "evil",

@@ -33,11 +33,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::Value;
-
 pub use dataplane::{Dataplane, DataplaneNetworking, Inbound};
+use error::{Checker, Context, echo};
 pub use error::{ParseError, ParseErrors, Problem};
 pub use external_service::{
     ClientCertificate, ExternalNetworking, ExternalService, ExternalTls, PROTOCOL_TAG, Protocol,
@@ -58,9 +55,10 @@ pub use permission::{
     TargetRef, TrafficPermission,
 };
 pub use secret::{DataSource, REDACTED, Secret, base64};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
 pub use zone_ingress::{ZoneIngress, ZoneIngressNetworking};
-
-use error::{Checker, Context, echo};
 
 /// The resource kinds that can be applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -1731,8 +1729,9 @@ name: fine
     }
 
     mod properties {
-        use super::*;
         use proptest::prelude::*;
+
+        use super::*;
 
         fn name() -> impl Strategy<Value = String> {
             "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\\.[a-z0-9]{1,5}){0,2}"

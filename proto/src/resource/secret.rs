@@ -244,8 +244,9 @@ pub mod base64 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use proptest::prelude::*;
+
+    use super::*;
 
     fn raw(json: serde_json::Value) -> RawDataSource {
         serde_json::from_value(json).unwrap()

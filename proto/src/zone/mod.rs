@@ -21,18 +21,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet};
-
-use crate::resource::{
-    CaKind, ClientCertificate, DataSource, ExternalNetworking, ExternalService, ExternalTls,
-    HostPort, Kind, Mesh, MeshExternalService, MeshTrafficPermission, PROTOCOL_TAG, Resource,
-    ResourceKey, SecretResource, ServiceTags, TrafficPermission,
-};
-
 pub use remote::RemoteServices;
 pub use route::{ClientIdentity, Decision, decide};
 
 /// `kuma.io/service`.
 pub use crate::link::SERVICE_TAG;
+use crate::resource::{
+    CaKind, ClientCertificate, DataSource, ExternalNetworking, ExternalService, ExternalTls,
+    HostPort, Kind, Mesh, MeshExternalService, MeshTrafficPermission, PROTOCOL_TAG, Resource,
+    ResourceKey, SecretResource, ServiceTags, TrafficPermission,
+};
 
 /// Kuma's tag that pins a service to a zone.
 pub const ZONE_TAG: &str = "kuma.io/zone";

@@ -12,11 +12,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use super::{Resources, ZONE_TAG, matches_subset};
 use crate::ZoneView;
 use crate::link::{AvailableService, IngressAddr, ServiceSet, StreamHeader};
 use crate::resource::{ExternalService, Host, Kind, Resource};
-
-use super::{Resources, ZONE_TAG, matches_subset};
 
 /// The sidecar listeners of the zone's egress nodes that are alive, ready and not in a name
 /// conflict, in member order. Registrations whose address is not an IP are left out.
@@ -132,9 +131,8 @@ fn dataplane_endpoints(resources: &Resources, header: &StreamHeader) -> Vec<Sock
 
 #[cfg(test)]
 mod tests {
-    use crate::resource::parse_documents;
-
     use super::*;
+    use crate::resource::parse_documents;
 
     const DATAPLANES: &str = "type: Dataplane\nmesh: default\nname: b1\nnetworking:\n  address: 127.0.0.11\n  inbound: [ { port: 8443, tags: { kuma.io/service: backend, version: v1 } } ]\n---\ntype: Dataplane\nmesh: default\nname: b2\nnetworking:\n  address: 127.0.0.12\n  inbound: [ { port: 8443, tags: { kuma.io/service: backend, version: v1 } }, { port: 9000, address: 127.0.0.13, tags: { kuma.io/service: admin } } ]\n---\ntype: Dataplane\nmesh: default\nname: b3\nnetworking:\n  address: 127.0.0.14\n  inbound: [ { port: 8443, tags: { kuma.io/service: backend, version: v2 } } ]\n";
 

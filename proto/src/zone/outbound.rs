@@ -7,11 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::resource::ExternalService;
-use crate::sni::{self, HashedKind, Sni};
-
 use super::Zone;
 use super::route::{MAX_SNI_BYTES, external_service_sni, mesh_external_service_sni};
+use crate::resource::ExternalService;
+use crate::sni::{self, HashedKind, Sni};
 
 /// How a sidecar reaches the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

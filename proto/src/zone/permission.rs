@@ -26,12 +26,11 @@
 
 use std::cmp::Reverse;
 
+use super::Resources;
+use super::route::ClientIdentity;
 use crate::resource::{
     Mesh, MeshTrafficPermission, SERVICE_TAG, Selector, TargetKind, TargetRef, TrafficPermission,
 };
-
-use super::Resources;
-use super::route::ClientIdentity;
 
 /// The outcome of a permission check, with the policy that decided.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -238,11 +238,11 @@ pub fn total_weight(candidates: &[(String, u64)]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use crate::link::AvailableService;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
     use super::*;
+    use crate::link::AvailableService;
 
     fn available(mesh: &str, service: &str, version: &str, instances: u32) -> AvailableService {
         AvailableService {

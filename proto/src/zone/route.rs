@@ -6,12 +6,11 @@
 
 use std::collections::BTreeMap;
 
+use super::remote::RemoteServices;
+use super::{SERVICE_TAG, Zone, matches_subset};
 use crate::rejection::Rejection;
 use crate::resource::{ExternalService, Kind, Mesh};
 use crate::sni::{self, HashedKind, HashedSni, Sni};
-
-use super::remote::RemoteServices;
-use super::{SERVICE_TAG, Zone, matches_subset};
 
 /// What the egress does with a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

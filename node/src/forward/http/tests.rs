@@ -84,3 +84,32 @@ proptest::proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn pools_of_removed_services_and_meshes_are_dropped() {
+    use proto::resource::{Resource, parse_documents};
+    let docs = parse_documents(
+        "type: Mesh\nname: default\n---\ntype: ExternalService\nmesh: default\nname: httpbin\n\
+         tags: { kuma.io/service: httpbin, kuma.io/protocol: http }\n\
+         networking: { address: httpbin.org:80 }\n",
+    )
+    .unwrap();
+    let Resource::ExternalService(es) = docs[1].clone() else {
+        panic!("{docs:?}")
+    };
+    let with: crate::store::Resources = docs.iter().cloned().collect();
+    let pools = Pools::default();
+    pools.get("default", &es, std::slice::from_ref(&es));
+    assert_eq!(pools.retain_existing(&with), 0, "the service exists: kept");
+    assert_eq!(pools.len(), 1);
+    // The ExternalService deleted (the mesh stays): dropped.
+    let without_service: crate::store::Resources = docs[..1].iter().cloned().collect();
+    assert_eq!(pools.retain_existing(&without_service), 1);
+    assert!(pools.is_empty());
+    // The mesh deleted: dropped too.
+    pools.get("default", &es, std::slice::from_ref(&es));
+    assert_eq!(
+        pools.retain_existing(&crate::store::Resources::default()),
+        1
+    );
+}

@@ -2,8 +2,6 @@
 //! `kuma.io/service`), whose connector dials the service's endpoints in round-robin order with
 //! `dial.rs` (TLS originated per `networking.tls`, ALPN `http/1.1` or `h2`).
 
-use super::POOL_IDLE_TIMEOUT;
-
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +17,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use proto::resource::{ExternalService, Host, Protocol};
 
+use super::POOL_IDLE_TIMEOUT;
 use crate::forward::dial::{self, DialError};
 
 /// The pools of every HTTP external service this node has proxied, keyed by (mesh,
@@ -47,6 +46,34 @@ impl Pools {
         let pool = Arc::new(Upstream::new(mesh, named, endpoints));
         pools.insert(key, pool.clone());
         pool
+    }
+
+    /// Drops the pools of services the zone no longer has: the mesh is gone, or no
+    /// ExternalService of it carries the service (and it has no MeshExternalService, whose
+    /// pools are kept while any exists). Connections using a dropped pool keep it until they
+    /// end. Returns how many were dropped.
+    pub fn retain_existing(&self, resources: &crate::store::Resources) -> usize {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let before = pools.len();
+        pools.retain(|(mesh, service), _| {
+            resources.mesh(mesh).is_some()
+                && (resources
+                    .external_services_of(mesh, service)
+                    .next()
+                    .is_some()
+                    || resources.mesh_external_services(mesh).next().is_some())
+        });
+        before - pools.len()
+    }
+
+    /// How many pools are held.
+    pub fn len(&self) -> usize {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no pool is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -2,7 +2,6 @@
 //! (XChaCha20-Poly1305, the timestamp inside the authenticated plaintext). Pure: the caller
 //! gives the time.
 
-use super::{CONTEXT, DropReason, KEY_BYTES, MAX_SKEW_MS, NONCE_BYTES, TAG_BYTES, TIMESTAMP_BYTES};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,6 +11,8 @@ use base64::engine::general_purpose::STANDARD;
 use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+use super::{CONTEXT, DropReason, KEY_BYTES, MAX_SKEW_MS, NONCE_BYTES, TAG_BYTES, TIMESTAMP_BYTES};
 
 /// Generates a new gossip key: base64 (standard) of 32 random bytes, one line of a key file.
 ///

@@ -85,8 +85,6 @@ mod wire;
 
 pub use keyring::{Keyring, KeyringError, generate_key};
 pub use relay::{SealedUdp, bind};
-#[allow(unused_imports)]
-use wire::*;
 
 /// Length of a gossip key in bytes.
 pub const KEY_BYTES: usize = 32;

@@ -2,12 +2,6 @@
 //! that lets chitchat's own `UdpSocket` encode envelopes (chitchat's envelope serializer is
 //! `pub(crate)`), the receive loop and the warnings of failed authentication.
 
-use super::keyring::{Keyring, SealError};
-use super::wire::{Inbound, fragment};
-use super::{
-    AUTH_WARN_INTERVAL, DropCounters, DropReason, MAX_AUTH_WARN_ENTRIES, MAX_RELAYS,
-    RECV_BUFFER_BYTES, RELAY_IDLE_TIMEOUT, RELAY_SWEEP_INTERVAL,
-};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -22,6 +16,13 @@ use chitchat::ChitchatEnvelope;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+use super::keyring::{Keyring, SealError};
+use super::wire::{Inbound, fragment};
+use super::{
+    AUTH_WARN_INTERVAL, DropCounters, DropReason, MAX_AUTH_WARN_ENTRIES, MAX_RELAYS,
+    RECV_BUFFER_BYTES, RELAY_IDLE_TIMEOUT, RELAY_SWEEP_INTERVAL,
+};
 
 /// Binds the sealed gossip socket; same as [`SealedUdp::bind`].
 pub async fn bind(addr: SocketAddr, keyring: Keyring) -> anyhow::Result<SealedUdp> {
@@ -294,7 +295,7 @@ impl Shared {
         let sealed = OsRng
             .try_fill_bytes(&mut id)
             .map_err(|_| SealError::Random)
-            .and_then(|()| self.keyring.seal(datagram, unix_now_ms()));
+            .and_then(|()| self.keyring.seal(datagram, crate::unix_ms()));
         let sealed = match sealed {
             Ok(sealed) => sealed,
             Err(e) => {
@@ -373,7 +374,7 @@ pub(super) async fn receive_loop(shared: Arc<Shared>, fatal_tx: watch::Sender<Op
         };
         let from = canonical(from);
         let now = Instant::now();
-        let accepted = inbound.accept(&shared.keyring, from, &buf[..len], now, unix_now_ms());
+        let accepted = inbound.accept(&shared.keyring, from, &buf[..len], now, crate::unix_ms());
         let discarded = inbound.reassembler.take_discarded();
         shared.drops.count(DropReason::Malformed, discarded);
         match accepted {
@@ -564,5 +565,3 @@ pub(super) fn is_transient(err: &io::Error) -> bool {
             | io::ErrorKind::WouldBlock
     )
 }
-
-pub(super) use crate::unix_ms as unix_now_ms;

@@ -1,20 +1,20 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chacha20poly1305::aead::OsRng;
 use chacha20poly1305::aead::rand_core::RngCore;
 use chitchat::ChitchatEnvelope;
 use chitchat::transport::{Socket, Transport, UdpSocket};
-
-use base64::Engine as _;
-
-use super::keyring::*;
-use super::relay::*;
-use super::*;
 use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, ChitchatMessage, FailureDetectorConfig,
 };
+
+use super::keyring::*;
+use super::relay::*;
+use super::wire::*;
+use super::*;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -113,7 +113,7 @@ fn keyring_load_and_generate() {
 #[test]
 fn seal_open_round_trip() {
     let ring = ring(&[key_a()]);
-    let now = unix_now_ms();
+    let now = crate::unix_ms();
     let sealed = ring.seal(b"chitchat bytes", now).unwrap();
     assert_eq!(sealed.len(), NONCE_BYTES + TIMESTAMP_BYTES + 14 + TAG_BYTES);
     let opened = ring.open(&sealed, now + 1).unwrap();
@@ -126,7 +126,7 @@ fn seal_open_round_trip() {
 #[test]
 fn tampered_byte_fails() {
     let ring = ring(&[key_a()]);
-    let now = unix_now_ms();
+    let now = crate::unix_ms();
     let sealed = ring.seal(b"some gossip state", now).unwrap();
     for position in 0..sealed.len() {
         let mut tampered = sealed.clone();
@@ -150,7 +150,7 @@ fn tampered_byte_fails() {
 
 #[test]
 fn wrong_key_fails() {
-    let now = unix_now_ms();
+    let now = crate::unix_ms();
     let sealed = ring(&[key_a()]).seal(b"state", now).unwrap();
     assert_eq!(
         ring(&[key_b()]).open(&sealed, now).unwrap_err(),
@@ -160,7 +160,7 @@ fn wrong_key_fails() {
 
 #[test]
 fn rotation_first_key_seals_every_key_opens() {
-    let now = unix_now_ms();
+    let now = crate::unix_ms();
     let sender = ring(&[key_b(), key_a()]);
     let receiver = ring(&[key_a(), key_b()]);
     let sealed = sender.seal(b"rotated", now).unwrap();
@@ -177,7 +177,7 @@ fn rotation_first_key_seals_every_key_opens() {
 #[test]
 fn stale_timestamp_is_rejected() {
     let ring = ring(&[key_a()]);
-    let now = unix_now_ms();
+    let now = crate::unix_ms();
     for (stamped, fresh) in [
         (now - 59_000, true),
         (now + 59_000, true),
@@ -198,7 +198,7 @@ fn stale_timestamp_is_rejected() {
 #[test]
 fn fragmentation_round_trip_150kb() {
     let ring = ring(&[key_a()]);
-    let now = unix_now_ms();
+    let now = crate::unix_ms();
     let mut payload = vec![0u8; 150_000];
     OsRng.fill_bytes(&mut payload);
     let sealed = ring.seal(&payload, now).unwrap();
@@ -349,7 +349,7 @@ fn reassembly_limits() {
 #[test]
 fn inbound_drops_replays() {
     let ring = ring(&[key_a()]);
-    let now_ms = unix_now_ms();
+    let now_ms = crate::unix_ms();
     let frames = fragment(3, &ring.seal(b"syn", now_ms).unwrap()).unwrap();
     let from: SocketAddr = "192.0.2.1:7000".parse().unwrap();
     let mut inbound = Inbound::default();
@@ -431,7 +431,7 @@ async fn sockets_exchange_envelopes_and_refuse_local_injection() {
     assert_eq!(from, a.local_addr());
     let frame = parse_frame(&buf[..len]).unwrap();
     assert_eq!(frame.count, 1);
-    assert!(ring(&[key_a()]).open(frame.chunk, unix_now_ms()).is_ok());
+    assert!(ring(&[key_a()]).open(frame.chunk, crate::unix_ms()).is_ok());
     drop((sa, sb));
 }
 

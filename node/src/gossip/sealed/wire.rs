@@ -1,15 +1,16 @@
 //! The sealed datagram format: fragments (`zg` frames), reassembly in bounded memory, and the
 //! replay guard. Pure: no I/O, the caller gives `now`.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
 use super::keyring::Keyring;
 use super::{
     DropReason, FRAME_HEADER_BYTES, FRAME_MAGIC, FRAME_VERSION, MAX_CHUNK_BYTES,
     MAX_DATAGRAM_BYTES, MAX_FRAGMENTS, MAX_MESSAGE_BYTES, MAX_PARTIAL_MESSAGES, MAX_REPLAY_ENTRIES,
     MAX_SKEW_MS, NONCE_BYTES, REASSEMBLY_TIMEOUT, REPLAY_PURGE_INTERVAL_MS,
 };
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::time::Instant;
 
 /// One parsed fragment.
 #[derive(Debug)]

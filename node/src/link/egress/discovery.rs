@@ -2,10 +2,6 @@
 //! (added, followed when they move, pruned when no static link leads to them), and the static
 //! targets kept from the zone's remote `ZoneIngress` resources.
 
-use super::LinkOrigin;
-use super::LinkTarget;
-use super::link::{Entry, Inner, Link};
-use super::manager::LinkManager;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +10,9 @@ use std::sync::atomic::Ordering;
 use proto::link::{HelloAck, ServiceSet};
 use tracing::{debug, info};
 
+use super::LinkOrigin;
+use super::LinkTarget;
+use super::link::{Entry, Inner, Link};
 use crate::link::codes;
 
 impl Inner {
@@ -123,61 +122,10 @@ pub(super) fn prune(registry: &mut BTreeMap<String, Entry>) {
 /// An advertised ingress address: an IP literal, or a host name resolved once
 /// ([`crate::dns::resolve`]); `None` when it does not resolve or is unusable (unspecified IP,
 /// port 0).
-pub(super) async fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
+async fn resolve(address: &str, port: u16) -> Option<SocketAddr> {
     let addrs = crate::dns::resolve(address, port).await.ok()?;
     addrs
         .into_iter()
         .next()
         .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
-}
-
-/// Keeps the egress's links in line with the static `ZoneIngress` resources of other zones.
-/// It wakes only for commits that wrote a `ZoneIngress` ([`crate::store::Changes`]), and
-/// resolves names ([`crate::dns::resolve`]) only when those resources differ from the last
-/// ones: a zone takes hundreds of writes per second.
-pub async fn keep_link_targets(
-    mut changes: crate::store::Changes,
-    links: std::sync::Arc<LinkManager>,
-    own_zone: String,
-) {
-    let mut last: Option<Vec<proto::resource::Resource>> = None;
-    while let Some(resources) = changes.next(&[proto::resource::Kind::ZoneIngress]).await {
-        let ingresses: Vec<proto::resource::Resource> = resources
-            .list(proto::resource::Kind::ZoneIngress, None)
-            .into_iter()
-            .cloned()
-            .collect();
-        if last.as_ref() == Some(&ingresses) {
-            continue;
-        }
-        let mut targets = Vec::new();
-        for r in &ingresses {
-            let proto::resource::Resource::ZoneIngress(zi) = r else {
-                continue;
-            };
-            if zi.zone.as_str() == own_zone {
-                continue;
-            }
-            let port = zi.networking.advertised_port.get();
-            let address = match &zi.networking.advertised_address {
-                proto::resource::Host::Ip(ip) => Some(std::net::SocketAddr::new(*ip, port)),
-                proto::resource::Host::Dns(name) => match crate::dns::resolve(name, port).await {
-                    Ok(addrs) => addrs.into_iter().next(),
-                    Err(e) => {
-                        tracing::warn!(ingress = %zi.name, error = %e, "cannot resolve a remote ingress");
-                        None
-                    }
-                },
-            };
-            if let Some(address) = address {
-                targets.push(LinkTarget {
-                    name: zi.name.as_str().to_string(),
-                    zone: zi.zone.as_str().to_string(),
-                    address,
-                });
-            }
-        }
-        links.set_targets(targets);
-        last = Some(ingresses);
-    }
 }

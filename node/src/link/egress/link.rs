@@ -1,10 +1,6 @@
 //! One link's life: the shared registry ([`Inner`]), the link task (connect, control stream,
 //! back off, again), and the backoff.
 
-use super::{
-    BACKOFF_INITIAL, BACKOFF_JITTER, BACKOFF_MAX, BACKOFF_RESET_AFTER, LinkOrigin, LinkState,
-    LinkStatus, LinkTarget, STILL_FAILING_WARN_AFTER,
-};
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use proto::link::{Hello, HelloAck, ServiceSet};
+use proto::zone::remote::{Contribution, RemoteServices};
 use quinn::{Connection, Endpoint};
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -21,10 +18,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::{
+    BACKOFF_INITIAL, BACKOFF_JITTER, BACKOFF_MAX, BACKOFF_RESET_AFTER, LinkOrigin, LinkState,
+    LinkStatus, LinkTarget, STILL_FAILING_WARN_AFTER,
+};
 use crate::link::frame::{read_frame, write_frame};
 use crate::link::splice::Meter;
 use crate::link::{CONNECT_TIMEOUT, HELLO_TIMEOUT, LINK_SERVER_NAME, LinkError, codes};
-use proto::zone::remote::{Contribution, RemoteServices};
 
 /// Shared state of the manager and its link tasks.
 pub(super) struct Inner {
@@ -93,7 +93,7 @@ pub(super) struct Link {
     pub(super) open_streams: AtomicU64,
     pub(super) reconnects: AtomicU64,
     pub(super) streams_refused: AtomicU64,
-    /// When the last "cannot open a stream" WARN was logged (ms since the manager's epoch).
+    /// When the last "cannot open a stream" WARN was logged (Unix ms).
     pub(super) last_refusal_warn_ms: AtomicU64,
     pub(super) meter: Meter,
 }
@@ -325,7 +325,7 @@ impl Inner {
 }
 
 /// The life of one link: connect, serve, back off, again; until aborted.
-pub(super) async fn run_link(inner: Arc<Inner>, link: Arc<Link>) {
+async fn run_link(inner: Arc<Inner>, link: Arc<Link>) {
     let mut backoff = Backoff::new();
     let mut attempt = 0u64;
     let mut failing_since: Option<Instant> = None;
@@ -377,7 +377,7 @@ pub(super) async fn run_link(inner: Arc<Inner>, link: Arc<Link>) {
 }
 
 /// One connection of a link, from dial to loss.
-pub(super) async fn serve(
+async fn serve(
     inner: &Arc<Inner>,
     link: &Arc<Link>,
     up_since: &mut Option<Instant>,
@@ -406,12 +406,12 @@ pub(super) async fn serve(
     result
 }
 
-pub(super) fn handshake_failed() {
+fn handshake_failed() {
     metrics::counter!("zone_egress_link_handshake_failures_total", "side" => "egress").increment(1);
 }
 
 /// The control stream: hello, then service pushes until the connection ends.
-pub(super) async fn control(
+async fn control(
     inner: &Arc<Inner>,
     link: &Arc<Link>,
     conn: &Connection,
@@ -446,7 +446,7 @@ pub(super) async fn control(
 }
 
 /// The control stream must not end while the connection lives.
-pub(super) fn control_error(e: LinkError) -> LinkError {
+fn control_error(e: LinkError) -> LinkError {
     match e {
         LinkError::Finished => LinkError::Protocol("control stream ended".into()),
         e => e,
@@ -455,12 +455,12 @@ pub(super) fn control_error(e: LinkError) -> LinkError {
 
 /// Jittered exponential backoff between connection attempts.
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub(super) struct Backoff {
     pub(super) next: Duration,
 }
 
 impl Backoff {
-    pub(crate) fn new() -> Backoff {
+    pub(super) fn new() -> Backoff {
         Backoff {
             next: BACKOFF_INITIAL,
         }

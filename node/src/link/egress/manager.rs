@@ -1,11 +1,6 @@
 //! The [`LinkManager`]: the registry's public face (targets, status, the weighted pick,
 //! [`LinkManager::connect`] with its hedge), and the [`LinkStream`] of one forwarded connection.
 
-use super::discovery::prune;
-use super::link::{Inner, Link, lock};
-use super::{
-    LinkOrigin, LinkStatus, LinkTarget, MAX_LINKS_TRIED, REFUSAL_WARN_EVERY_MS, SHUTDOWN_GRACE,
-};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use proto::link::{StreamHeader, StreamReply};
+use proto::zone::remote::{RemoteServices, total_weight, weighted_pick};
 use quinn::{RecvStream, SendStream};
 use rand::Rng;
 #[cfg(test)]
@@ -21,10 +17,14 @@ use rand::{SeedableRng, rngs::StdRng};
 use tokio::sync::watch;
 use tracing::debug;
 
+use super::discovery::prune;
+use super::link::{Inner, Link, lock};
+use super::{
+    LinkOrigin, LinkStatus, LinkTarget, MAX_LINKS_TRIED, REFUSAL_WARN_EVERY_MS, SHUTDOWN_GRACE,
+};
 use crate::link::frame::{read_frame, write_frame};
 use crate::link::splice::{Spliced, TcpSide, splice_metered};
 use crate::link::{LinkError, OPEN_TIMEOUT, REPLY_TIMEOUT, codes};
-use proto::zone::remote::{RemoteServices, total_weight, weighted_pick};
 
 /// The egress's links. Dropping it stops every link; [`LinkManager::shutdown`] also closes the
 /// connections cleanly.
@@ -200,7 +200,7 @@ impl LinkManager {
             .increment(1),
             Err(e) => {
                 let refused = link.streams_refused.fetch_add(1, Ordering::Relaxed) + 1;
-                let now_ms = crate::gossip::unix_ms();
+                let now_ms = crate::unix_ms();
                 let last = link.last_refusal_warn_ms.load(Ordering::Relaxed);
                 if now_ms.saturating_sub(last) >= REFUSAL_WARN_EVERY_MS
                     && link
@@ -253,7 +253,7 @@ pub struct LinkStream {
     pub send: SendStream,
     /// From the remote endpoint.
     pub recv: RecvStream,
-    pub(super) guard: OpenGuard,
+    guard: OpenGuard,
 }
 
 impl fmt::Debug for LinkStream {
@@ -271,7 +271,7 @@ impl LinkStream {
         &self.guard.link.name
     }
 
-    /// Splices the stream with `tcp` (see [`super::splice_quic_tcp`]), counting bytes into the
+    /// Splices the stream with `tcp` (see [`crate::link::splice_quic_tcp`]), counting bytes into the
     /// link's status and metrics. The stream counts as open until this returns.
     pub async fn splice<T: TcpSide>(self, tcp: T, idle_timeout: Duration) -> Spliced {
         let LinkStream { send, recv, guard } = self;
@@ -280,12 +280,12 @@ impl LinkStream {
 }
 
 /// Counts one open stream on a link while alive.
-pub(super) struct OpenGuard {
+struct OpenGuard {
     pub(super) link: Arc<Link>,
 }
 
 impl OpenGuard {
-    pub(super) fn new(link: Arc<Link>) -> OpenGuard {
+    fn new(link: Arc<Link>) -> OpenGuard {
         link.open_streams.fetch_add(1, Ordering::Relaxed);
         OpenGuard { link }
     }
@@ -298,10 +298,7 @@ impl Drop for OpenGuard {
 }
 
 /// Opens a stream on `link`, writes the header and reads the reply.
-pub(super) async fn open_on(
-    link: &Arc<Link>,
-    header: &StreamHeader,
-) -> Result<LinkStream, LinkError> {
+async fn open_on(link: &Arc<Link>, header: &StreamHeader) -> Result<LinkStream, LinkError> {
     let conn = link
         .connection()
         .ok_or_else(|| LinkError::Down(link.name.clone()))?;

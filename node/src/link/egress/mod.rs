@@ -15,7 +15,6 @@
 //! Every link that is up contributes its services to [`LinkManager::services`]; a link reached
 //! twice (a static and a discovered link to the same ingress node) counts once.
 
-use link::Inner;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -23,19 +22,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use link::Inner;
+use proto::zone::remote::RemoteServices;
 use quinn::{Endpoint, EndpointConfig, TokioRuntime};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::watch;
 
 use super::LinkTls;
-use proto::zone::remote::RemoteServices;
 
 mod discovery;
 mod link;
 mod manager;
 
-pub use discovery::keep_link_targets;
 pub use manager::{LinkManager, LinkStream};
 
 /// First reconnection delay.
@@ -46,10 +45,10 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const BACKOFF_JITTER: f64 = 0.2;
 /// A link up for this long starts over at [`BACKOFF_INITIAL`] when it drops.
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
-/// How long resolving a discovered ingress's host name may take.
 /// Most links [`LinkManager::connect`] tries for one connection.
 pub const MAX_LINKS_TRIED: usize = 3;
-/// How long a link gets to accept a stream while another link could be tried.
+/// How long a link gets to accept a stream while another link could be tried; past it the
+/// attempt is dropped and the next link tried (one attempt at a time, not two at once).
 pub const OPEN_HEDGE: Duration = Duration::from_secs(1);
 /// How long [`LinkManager::shutdown`] waits for the connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -141,7 +140,7 @@ const STILL_FAILING_WARN_AFTER: Duration = Duration::from_secs(10);
 const REFUSAL_WARN_EVERY_MS: u64 = 10_000;
 
 /// Spawns the egress end on `socket` (UDP, any address; it only dials). Must be called within
-/// a tokio runtime. `zone` and `node` are this node's, sent in every [`Hello`].
+/// a tokio runtime. `zone` and `node` are this node's, sent in every [`proto::link::Hello`].
 pub fn spawn_egress(
     socket: std::net::UdpSocket,
     tls: &LinkTls,

@@ -1,5 +1,6 @@
-use super::link::Backoff;
 use std::time::Duration;
+
+use super::link::Backoff;
 
 #[test]
 fn backoff_doubles_to_the_cap_with_bounded_jitter() {
