@@ -5,183 +5,78 @@
 
 use std::fmt;
 
-/// One reason a connection was refused. Its [`label`](Rejection::label) is the metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Rejection {
-    /// `max_connections`: limits.max_connections connections are open.
-    MaxConnections,
-    /// `hello_timeout`: no complete ClientHello within limits.hello_timeout.
-    HelloTimeout,
-    /// `truncated`: the connection closed before the ClientHello was complete.
-    Truncated,
-    /// `read_error`: reading the ClientHello failed.
-    ReadError,
-    /// `not_tls`: the first bytes are not a TLS record.
-    NotTls,
-    /// `sslv2`: an SSLv2 ClientHello.
-    Sslv2,
-    /// `unsupported_version`: a TLS record version the egress does not read.
-    UnsupportedVersion,
-    /// `not_client_hello`: the first handshake message is not a ClientHello.
-    NotClientHello,
-    /// `oversized`: the ClientHello is larger than 16 KiB.
-    Oversized,
-    /// `malformed`: the ClientHello does not parse.
-    Malformed,
-    /// `no_sni`: the ClientHello carries no server name.
-    NoSni,
-    /// `bad_sni`: the server name is neither SNI form.
-    BadSni,
-    /// `unknown_mesh`: the SNI names a mesh this zone does not have.
-    UnknownMesh,
-    /// `mesh_without_mtls`: the mesh has no enabled mTLS backend.
-    MeshWithoutMtls,
-    /// `hash_mismatch`: a hashed SNI whose hash does not match the resource it names.
-    HashMismatch,
-    /// `unknown_service`: no external service and no link that is up offers the service.
-    UnknownService,
-    /// `link_down`: the service was offered through a link that is down now.
-    LinkDown,
-    /// `zone_unreachable`: an external service pinned to another zone, and no link reaches it.
-    ZoneUnreachable,
-    /// `no_link`: passthrough needed, but this node has no link configuration.
-    NoLink,
-    /// `link_refused`: every link that offers the service refused or did not answer the stream.
-    LinkRefused,
-    /// `link_write`: writing the ClientHello into the link stream failed.
-    LinkWrite,
-    /// `identity`: this egress cannot issue its identity for the mesh (CA unreadable, key not matching).
-    Identity,
-    /// `handshake`: the client's mTLS handshake failed (no, foreign, expired or wrong-mesh certificate).
-    Handshake,
-    /// `permission`: the mesh's traffic permissions refuse the client (TCP: closed after the handshake; HTTP: 403).
-    Permission,
-    /// `resolve`: the external service's host name did not resolve.
-    Resolve,
-    /// `connect`: no address of the external service accepted the connection.
-    Connect,
-    /// `tls_settings`: the TLS origination settings are unusable (caCert, clientCert, clientKey).
-    TlsSettings,
-    /// `upstream_tls`: the TLS handshake with the external service failed.
-    UpstreamTls,
+/// Defines [`Rejection`] and everything derived from its one table: each row is
+/// `Variant => ("label", side, "meaning")`, so a reason cannot be left out of [`Rejection::ALL`]
+/// or miss a label, a side or a meaning.
+macro_rules! rejections {
+    ($($variant:ident => ($label:literal, $side:ident, $meaning:literal),)+) => {
+        /// One reason a connection was refused. Its [`label`](Rejection::label) is the metric
+        /// label.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Rejection {
+            $(
+                #[doc = concat!("`", $label, "`: ", $meaning, ".")]
+                $variant,
+            )+
+        }
+
+        impl Rejection {
+            /// Every reason, in the order of the README's table.
+            pub const ALL: &'static [Rejection] = &[$(Rejection::$variant,)+];
+
+            /// The stable label (`snake_case`).
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $(Rejection::$variant => $label,)+
+                }
+            }
+
+            /// What the reason means, for operators (the README's table).
+            pub const fn meaning(self) -> &'static str {
+                match self {
+                    $(Rejection::$variant => $meaning,)+
+                }
+            }
+
+            /// Where the cause lies.
+            pub const fn side(self) -> Side {
+                match self {
+                    $(Rejection::$variant => Side::$side,)+
+                }
+            }
+        }
+    };
 }
 
-impl Rejection {
-    /// Every reason, in the order of the README's table.
-    pub const ALL: [Rejection; 28] = [
-        Rejection::MaxConnections,
-        Rejection::HelloTimeout,
-        Rejection::Truncated,
-        Rejection::ReadError,
-        Rejection::NotTls,
-        Rejection::Sslv2,
-        Rejection::UnsupportedVersion,
-        Rejection::NotClientHello,
-        Rejection::Oversized,
-        Rejection::Malformed,
-        Rejection::NoSni,
-        Rejection::BadSni,
-        Rejection::UnknownMesh,
-        Rejection::MeshWithoutMtls,
-        Rejection::HashMismatch,
-        Rejection::UnknownService,
-        Rejection::LinkDown,
-        Rejection::ZoneUnreachable,
-        Rejection::NoLink,
-        Rejection::LinkRefused,
-        Rejection::LinkWrite,
-        Rejection::Identity,
-        Rejection::Handshake,
-        Rejection::Permission,
-        Rejection::Resolve,
-        Rejection::Connect,
-        Rejection::TlsSettings,
-        Rejection::UpstreamTls,
-    ];
-
-    /// The stable label (`snake_case`).
-    pub const fn label(self) -> &'static str {
-        match self {
-            Rejection::MaxConnections => "max_connections",
-            Rejection::HelloTimeout => "hello_timeout",
-            Rejection::Truncated => "truncated",
-            Rejection::ReadError => "read_error",
-            Rejection::NotTls => "not_tls",
-            Rejection::Sslv2 => "sslv2",
-            Rejection::UnsupportedVersion => "unsupported_version",
-            Rejection::NotClientHello => "not_client_hello",
-            Rejection::Oversized => "oversized",
-            Rejection::Malformed => "malformed",
-            Rejection::NoSni => "no_sni",
-            Rejection::BadSni => "bad_sni",
-            Rejection::UnknownMesh => "unknown_mesh",
-            Rejection::MeshWithoutMtls => "mesh_without_mtls",
-            Rejection::HashMismatch => "hash_mismatch",
-            Rejection::UnknownService => "unknown_service",
-            Rejection::LinkDown => "link_down",
-            Rejection::ZoneUnreachable => "zone_unreachable",
-            Rejection::NoLink => "no_link",
-            Rejection::LinkRefused => "link_refused",
-            Rejection::LinkWrite => "link_write",
-            Rejection::Identity => "identity",
-            Rejection::Handshake => "handshake",
-            Rejection::Permission => "permission",
-            Rejection::Resolve => "resolve",
-            Rejection::Connect => "connect",
-            Rejection::TlsSettings => "tls_settings",
-            Rejection::UpstreamTls => "upstream_tls",
-        }
-    }
-
-    /// What the reason means, for operators (the README's table).
-    pub const fn meaning(self) -> &'static str {
-        match self {
-            Rejection::MaxConnections => "limits.max_connections connections are open",
-            Rejection::HelloTimeout => "no complete ClientHello within limits.hello_timeout",
-            Rejection::Truncated => "the connection closed before the ClientHello was complete",
-            Rejection::ReadError => "reading the ClientHello failed",
-            Rejection::NotTls => "the first bytes are not a TLS record",
-            Rejection::Sslv2 => "an SSLv2 ClientHello",
-            Rejection::UnsupportedVersion => "a TLS record version the egress does not read",
-            Rejection::NotClientHello => "the first handshake message is not a ClientHello",
-            Rejection::Oversized => "the ClientHello is larger than 16 KiB",
-            Rejection::Malformed => "the ClientHello does not parse",
-            Rejection::NoSni => "the ClientHello carries no server name",
-            Rejection::BadSni => "the server name is neither SNI form",
-            Rejection::UnknownMesh => "the SNI names a mesh this zone does not have",
-            Rejection::MeshWithoutMtls => "the mesh has no enabled mTLS backend",
-            Rejection::HashMismatch => {
-                "a hashed SNI whose hash does not match the resource it names"
-            }
-            Rejection::UnknownService => {
-                "no external service and no link that is up offers the service"
-            }
-            Rejection::LinkDown => "the service was offered through a link that is down now",
-            Rejection::ZoneUnreachable => {
-                "an external service pinned to another zone, and no link reaches it"
-            }
-            Rejection::NoLink => "passthrough needed, but this node has no link configuration",
-            Rejection::LinkRefused => {
-                "every link that offers the service refused or did not answer the stream"
-            }
-            Rejection::LinkWrite => "writing the ClientHello into the link stream failed",
-            Rejection::Identity => {
-                "this egress cannot issue its identity for the mesh (CA unreadable, key not matching)"
-            }
-            Rejection::Handshake => {
-                "the client's mTLS handshake failed (no, foreign, expired or wrong-mesh certificate)"
-            }
-            Rejection::Permission => {
-                "the mesh's traffic permissions refuse the client (TCP: closed after the handshake; HTTP: 403)"
-            }
-            Rejection::Resolve => "the external service's host name did not resolve",
-            Rejection::Connect => "no address of the external service accepted the connection",
-            Rejection::TlsSettings => {
-                "the TLS origination settings are unusable (caCert, clientCert, clientKey)"
-            }
-            Rejection::UpstreamTls => "the TLS handshake with the external service failed",
-        }
-    }
+rejections! {
+    MaxConnections => ("max_connections", Node, "limits.max_connections connections are open"),
+    HelloTimeout => ("hello_timeout", Client, "no complete ClientHello within limits.hello_timeout"),
+    Truncated => ("truncated", Client, "the connection closed before the ClientHello was complete"),
+    ReadError => ("read_error", Client, "reading the ClientHello failed"),
+    NotTls => ("not_tls", Client, "the first bytes are not a TLS record"),
+    Sslv2 => ("sslv2", Client, "an SSLv2 ClientHello"),
+    UnsupportedVersion => ("unsupported_version", Client, "a TLS record version the egress does not read"),
+    NotClientHello => ("not_client_hello", Client, "the first handshake message is not a ClientHello"),
+    Oversized => ("oversized", Client, "the ClientHello is larger than 16 KiB"),
+    Malformed => ("malformed", Client, "the ClientHello does not parse"),
+    NoSni => ("no_sni", Client, "the ClientHello carries no server name"),
+    BadSni => ("bad_sni", Client, "the server name is neither SNI form"),
+    UnknownMesh => ("unknown_mesh", Client, "the SNI names a mesh this zone does not have"),
+    MeshWithoutMtls => ("mesh_without_mtls", Client, "the mesh has no enabled mTLS backend"),
+    HashMismatch => ("hash_mismatch", Client, "a hashed SNI whose hash does not match the resource it names"),
+    UnknownService => ("unknown_service", Client, "no external service and no link that is up offers the service"),
+    LinkDown => ("link_down", Link, "the service was offered through a link that is down now"),
+    ZoneUnreachable => ("zone_unreachable", Link, "an external service pinned to another zone, and no link reaches it"),
+    NoLink => ("no_link", Node, "passthrough needed, but this node has no link configuration"),
+    LinkRefused => ("link_refused", Link, "every link that offers the service refused or did not answer the stream"),
+    LinkWrite => ("link_write", Link, "writing the ClientHello into the link stream failed"),
+    Identity => ("identity", Node, "this egress cannot issue its identity for the mesh (CA unreadable, key not matching)"),
+    Handshake => ("handshake", Client, "the client's mTLS handshake failed (no, foreign, expired or wrong-mesh certificate)"),
+    Permission => ("permission", Client, "the mesh's traffic permissions refuse the client (TCP: closed after the handshake; HTTP: 403)"),
+    Resolve => ("resolve", Upstream, "the external service's host name did not resolve"),
+    Connect => ("connect", Upstream, "no address of the external service accepted the connection"),
+    TlsSettings => ("tls_settings", Node, "the TLS origination settings are unusable (caCert, clientCert, clientKey)"),
+    UpstreamTls => ("upstream_tls", Upstream, "the TLS handshake with the external service failed"),
 }
 
 /// Where the cause of a rejection lies: the access log's `error_side`.
@@ -205,23 +100,6 @@ impl Side {
             Side::Node => "node",
             Side::Upstream => "upstream",
             Side::Link => "link",
-        }
-    }
-}
-
-impl Rejection {
-    /// Where the cause lies.
-    pub const fn side(self) -> Side {
-        use Rejection::*;
-        match self {
-            MaxConnections | NoLink | Identity | TlsSettings => Side::Node,
-            Resolve | Connect | UpstreamTls => Side::Upstream,
-            LinkDown | ZoneUnreachable | LinkRefused | LinkWrite => Side::Link,
-            HelloTimeout | Truncated | ReadError | NotTls | Sslv2 | UnsupportedVersion
-            | NotClientHello | Oversized | Malformed | NoSni | BadSni | UnknownMesh
-            | MeshWithoutMtls | HashMismatch | UnknownService | Handshake | Permission => {
-                Side::Client
-            }
         }
     }
 }
