@@ -112,7 +112,11 @@ fn three_seeded_nodes_converge_with_correct_registrations() {
         "zone_egress_gossip_rounds_total",
         "zone_egress_uptime_seconds",
         "zone_egress_build_info{version=",
+        ",commit=\"",
         "zone_egress_ready 1",
+        "# HELP zone_egress_members ",
+        "# TYPE process_resident_memory_bytes gauge",
+        "process_cpu_seconds_total ",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }

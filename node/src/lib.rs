@@ -43,5 +43,8 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The git commit the binary was built from (12 hex digits), or `unknown`.
+pub const COMMIT: &str = env!("ZE_COMMIT");
+
 /// Build version reported in gossip, `/metrics` and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

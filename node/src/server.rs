@@ -150,7 +150,12 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let prometheus = telemetry::prometheus();
-    metrics::gauge!("zone_egress_build_info", "version" => crate::VERSION).set(1.0);
+    metrics::gauge!(
+        "zone_egress_build_info",
+        "version" => crate::VERSION,
+        "commit" => crate::COMMIT
+    )
+    .set(1.0);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let generation = data_dir::next_generation(
@@ -235,7 +240,7 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
             links: links.manager(),
             remote_rx: links.remote_services(),
             identities: (config.role == Role::Egress).then(|| identities.clone()),
-            metrics: Arc::new(move || prometheus.render()),
+            metrics: Arc::new(move || telemetry::render(&prometheus)),
             started,
         },
     );

@@ -32,7 +32,6 @@
 //!   `GET /v1/links`.
 //! * ingress role: [`spawn_ingress`] with the zone's [`ServiceSet`] ([`keep_service_set`]) and
 //!   the endpoint choice [`zone_resolver`] (the pure `proto::zone::offer`).
-//! * [`describe_metrics`] once.
 //!
 //! # Trust and names
 //!
@@ -204,30 +203,4 @@ impl LinkError {
             LinkError::Stream(_) => "stream",
         }
     }
-}
-
-/// Registers the descriptions of this plane's metrics with the installed recorder.
-pub fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge};
-    describe_counter!(
-        "zone_egress_link_streams_total",
-        "Streams forwarded over a zone link, by link and remote zone"
-    );
-    describe_counter!(
-        "zone_egress_link_bytes_total",
-        "Payload bytes spliced over a zone link (sent: TCP to QUIC, received: QUIC to TCP)"
-    );
-    describe_counter!(
-        "zone_egress_link_reconnects_total",
-        "Connection attempts of a link after its first one"
-    );
-    describe_gauge!("zone_egress_link_up", "1 when the link is up, 0 otherwise");
-    describe_counter!(
-        "zone_egress_link_refused_total",
-        "Streams refused on a link, by reason"
-    );
-    describe_counter!(
-        "zone_egress_link_handshake_failures_total",
-        "QUIC/TLS handshakes of zone links that failed, by side (egress, ingress)"
-    );
 }

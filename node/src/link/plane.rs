@@ -62,7 +62,6 @@ impl LinkPlane {
         tls: Option<&LinkTls>,
         zone: Zone,
     ) -> anyhow::Result<LinkPlane> {
-        super::describe_metrics();
         let (Some(socket), Some(tls)) = (socket, tls) else {
             return Ok(LinkPlane::Off);
         };
