@@ -99,11 +99,32 @@ fn three_seeded_nodes_converge_with_correct_registrations() {
     let yaml = String::from_utf8(out.stdout).unwrap();
     assert_eq!(yaml.matches("type: ZoneEgress").count(), 3, "{yaml}");
 
+    // `--admin` also takes host:port, as `run --admin` does.
+    let host_port = cluster.admin(1).trim_start_matches("http://").to_string();
     let out = Command::new(&bin)
-        .args(["health", "--admin", &cluster.admin(1)])
+        .args(["health", "--admin", &host_port])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("ready: "), "{said}");
+    // A mesh that does not exist is an error, not an empty table.
+    let out = Command::new(&bin)
+        .args([
+            "get",
+            "external-services",
+            "--mesh",
+            "defualt",
+            "--admin",
+            &cluster.admin(1),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mesh \"defualt\" does not exist"),
+        "{out:?}"
+    );
 
     // Metrics describe the zone.
     let text = metrics_text(&cluster.admin(0)).unwrap();
@@ -467,8 +488,10 @@ fn a_duplicate_name_never_becomes_ready() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    // The node's own reasons, not just the status.
+    let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("503"),
+        said.contains("503") && said.contains("unique --name"),
         "{out:?}"
     );
 

@@ -12,8 +12,30 @@ use super::AdminArgs;
 /// Largest file `apply` sends (the API refuses bigger bodies anyway).
 pub(super) const MAX_APPLY_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Bound on one request of the commands that have no `--timeout`.
-pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on a command without `--timeout` (`drain` has its own, [`DRAIN_TIMEOUT`]).
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound on `drain` without `--timeout`: the drain itself (announce delay and grace) included.
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The admin API's base URL from `--admin`: `http://host:port` as given (no trailing `/`), or
+/// `host:port` (as `run --admin` takes it) with `http://` added.
+///
+/// # Errors
+/// Another scheme (the admin API speaks plain HTTP), or nothing to connect to.
+pub(super) fn base_url(admin: &str) -> anyhow::Result<String> {
+    let admin = admin.trim().trim_end_matches('/');
+    let url = match admin.split_once("://") {
+        Some(("http", rest)) if !rest.is_empty() => admin.to_string(),
+        Some((scheme, _)) => bail!(
+            "--admin {admin:?}: the admin API speaks plain HTTP; give http://host:port or \
+             host:port, not {scheme}://"
+        ),
+        None if !admin.is_empty() => format!("http://{admin}"),
+        None => bail!("--admin is empty: give http://host:port or host:port"),
+    };
+    Ok(url)
+}
 
 /// How often `drain --wait` asks `/ready` whether the node has drained.
 pub const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -52,7 +74,7 @@ pub(super) fn exchange(
     body: Option<(&str, Vec<u8>)>,
     timeout: Duration,
 ) -> anyhow::Result<(ureq::http::StatusCode, Value)> {
-    let url = format!("{}{}", admin.admin.trim_end_matches('/'), path);
+    let url = format!("{}{}", base_url(&admin.admin)?, path);
     let agent = agent(timeout);
     // Probes and metrics are open: `health` never reads a token file.
     let open = ["/live", "/ready", "/metrics"].contains(&path);
@@ -109,7 +131,13 @@ pub(super) fn call(
     path: &str,
     body: Option<(&str, Vec<u8>)>,
 ) -> anyhow::Result<Value> {
-    call_within(admin, method, path, body, REQUEST_TIMEOUT)
+    call_within(
+        admin,
+        method,
+        path,
+        body,
+        admin.timeout.unwrap_or(REQUEST_TIMEOUT),
+    )
 }
 
 /// [`call`] bounded by `timeout`.
@@ -146,6 +174,7 @@ pub fn fetch_json(admin: &str, path: &str) -> anyhow::Result<Value> {
     call(
         &AdminArgs {
             admin: admin.to_string(),
+            timeout: None,
             token: None,
             token_file: None,
         },

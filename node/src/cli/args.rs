@@ -101,6 +101,8 @@ pub struct SniArgs {
 
 /// `zone-egress pki ...`
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum PkiCommand {
     /// Create a CA: writes DIR/ca.pem and DIR/ca.key (never overwrites).
     InitCa {
@@ -155,13 +157,17 @@ pub enum PkiCommand {
 /// Where the admin API is and how to authenticate.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminArgs {
-    /// Admin API of any node of the zone.
+    /// Admin API of any node of the zone: `http://host:port` or `host:port`.
     #[arg(
         long,
         env = "ZONE_EGRESS_ADMIN",
         default_value = "http://127.0.0.1:9901"
     )]
     pub admin: String,
+    /// How long the command may take in all, e.g. 5s (default 10s; `drain`: 60s). A node that
+    /// accepts but does not answer fails the command then, with exit 1.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
     /// Bearer token, sent with every request but `/live`, `/ready` and `/metrics`: the admin
     /// token for writes (and `--show-secrets`), the admin or read token for reads.
     #[arg(long, env = "ZONE_EGRESS_TOKEN", hide_env_values = true)]
@@ -178,12 +184,10 @@ pub struct DrainArgs {
     /// Admin API and token.
     #[command(flatten)]
     pub admin: AdminArgs,
-    /// Wait until the node has drained (`/ready` says `"drained": true`).
+    /// Wait until the node has drained (`/ready` says `"drained": true`), within `--timeout`
+    /// (default 60s here).
     #[arg(long)]
     pub wait: bool,
-    /// Give up after this long (the whole command, e.g. 40s); exit 1 then.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    pub timeout: std::time::Duration,
 }
 
 /// Arguments of `zone-egress force-leave`.

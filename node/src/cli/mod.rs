@@ -10,7 +10,10 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 pub use admin_client::{DRAIN_POLL_INTERVAL, fetch_json};
-use admin_client::{DRAIN_POLL_TIMEOUT, MAX_APPLY_BYTES, call, call_within, exchange};
+use admin_client::{
+    DRAIN_POLL_TIMEOUT, DRAIN_TIMEOUT, MAX_APPLY_BYTES, REQUEST_TIMEOUT, call, call_within,
+    exchange,
+};
 use anyhow::{Context, bail};
 pub use args::*;
 use render::{render, text};
@@ -61,15 +64,49 @@ pub fn inspect_route(admin: &AdminArgs, sni: &str, client: Option<&str>) -> anyh
 /// Runs `zone-egress health`: `Ok` with the node's answer when it is ready (or live).
 pub fn health(args: &HealthArgs) -> anyhow::Result<String> {
     let path = if args.live { "/live" } else { "/ready" };
-    let value = call(&args.admin, "GET", path, None)?;
-    Ok(format!("{value}\n"))
+    let timeout = args.admin.timeout.unwrap_or(REQUEST_TIMEOUT);
+    let (status, value) = exchange(&args.admin, "GET", path, None, timeout)?;
+    let who = format!(
+        "{} in zone {}",
+        value["name"].as_str().unwrap_or("the node"),
+        value["zone"].as_str().unwrap_or("?")
+    );
+    let list = |key: &str| -> Vec<String> {
+        value[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r.as_str().map_or_else(|| r.to_string(), str::to_string))
+            .collect()
+    };
+    if !status.is_success() {
+        let reasons = list("reasons");
+        bail!(
+            "{status}: {who} is not {}{}",
+            if args.live { "live" } else { "ready" },
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(":\n  - {}", reasons.join("\n  - "))
+            }
+        );
+    }
+    if args.live {
+        return Ok(format!("live: {who}\n"));
+    }
+    let mut out = format!("ready: {who}\n");
+    for warning in list("warnings") {
+        out.push_str(&format!("  warning: {warning}\n"));
+    }
+    Ok(out)
 }
 
 /// Runs `zone-egress drain`: `POST /v1/drain`, then with `--wait` polls `/ready` until it says
 /// `"drained": true`, all within `--timeout`. Writes a line to `out` when the node is seen
 /// draining; returns the last line to print.
 pub fn drain(args: &DrainArgs, out: &mut dyn Write) -> anyhow::Result<String> {
-    let deadline = Instant::now() + args.timeout;
+    let timeout = args.admin.timeout.unwrap_or(DRAIN_TIMEOUT);
+    let deadline = Instant::now() + timeout;
     let remaining = || deadline.saturating_duration_since(Instant::now());
     let answer = call_within(&args.admin, "POST", "/v1/drain", None, remaining())
         .context("the drain request failed")?;
@@ -123,7 +160,7 @@ pub fn drain(args: &DrainArgs, out: &mut dyn Write) -> anyhow::Result<String> {
         if left.is_zero() {
             bail!(
                 "timed out after {} waiting for the node to drain: {last}",
-                humantime::format_duration(args.timeout)
+                humantime::format_duration(timeout)
             );
         }
         std::thread::sleep(DRAIN_POLL_INTERVAL.min(left));
@@ -153,6 +190,23 @@ pub fn get(args: &GetArgs) -> anyhow::Result<String> {
         path
     };
     let value = call(&args.admin, "GET", &path, None)?;
+    // A mesh-scoped list of a mesh that does not exist is empty: say so instead of printing
+    // an empty table.
+    let mesh_scoped = path.starts_with("/v1/meshes/");
+    if mesh_scoped && value.as_array().is_some_and(Vec::is_empty) {
+        let (status, _) = exchange(
+            &args.admin,
+            "GET",
+            &format!("/v1/meshes/{mesh}"),
+            None,
+            args.admin.timeout.unwrap_or(REQUEST_TIMEOUT),
+        )?;
+        if status == ureq::http::StatusCode::NOT_FOUND {
+            bail!(
+                "mesh {mesh:?} does not exist in this zone (`zone-egress get meshes` lists them)"
+            );
+        }
+    }
     render(args.resource, args.output, &value)
 }
 

@@ -35,6 +35,7 @@ fn mesh_tables_show_mtls_and_the_egress_flag() {
 fn admin_args(admin: &str, token: Option<&str>, token_file: Option<&std::path::Path>) -> AdminArgs {
     AdminArgs {
         admin: admin.to_string(),
+        timeout: None,
         token: token.map(str::to_string),
         token_file: token_file.map(std::path::Path::to_path_buf),
     }
@@ -121,11 +122,9 @@ fn fake_node(
 }
 
 fn drain_args(admin: &str, token: Option<&str>, wait: bool, timeout_ms: u64) -> DrainArgs {
-    DrainArgs {
-        admin: admin_args(admin, token, None),
-        wait,
-        timeout: Duration::from_millis(timeout_ms),
-    }
+    let mut admin = admin_args(admin, token, None);
+    admin.timeout = Some(Duration::from_millis(timeout_ms));
+    DrainArgs { admin, wait }
 }
 
 #[test]
@@ -213,4 +212,35 @@ fn members_are_decoded_typed_and_a_wrong_answer_says_so() {
     );
     let e = render(Resource::Members, Output::Table, &json!({"error": "nope"})).unwrap_err();
     assert!(format!("{e:#}").contains("not a member list"), "{e:#}");
+}
+
+#[test]
+fn the_admin_address_is_a_url_or_host_and_port() {
+    assert_eq!(
+        base_url("http://127.0.0.1:9901/").unwrap(),
+        "http://127.0.0.1:9901"
+    );
+    assert_eq!(base_url("127.0.0.1:9901").unwrap(), "http://127.0.0.1:9901");
+    assert_eq!(base_url("[::1]:9901").unwrap(), "http://[::1]:9901");
+    assert_eq!(base_url("egress-1:9901").unwrap(), "http://egress-1:9901");
+    let e = base_url("https://127.0.0.1:9901").unwrap_err().to_string();
+    assert!(e.contains("plain HTTP"), "{e}");
+    assert!(base_url("").is_err());
+}
+
+#[test]
+fn a_silent_admin_port_fails_the_command_within_its_timeout() {
+    // Accepts connections (the kernel's backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = silent.local_addr().unwrap().to_string();
+    let mut admin = admin_args(&address, None, None);
+    admin.timeout = Some(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let e = health(&HealthArgs { admin, live: false }).unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}: {e:#}",
+        started.elapsed()
+    );
+    drop(silent);
 }
