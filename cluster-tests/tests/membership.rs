@@ -125,6 +125,23 @@ fn three_seeded_nodes_converge_with_correct_registrations() {
         String::from_utf8_lossy(&out.stderr).contains("mesh \"defualt\" does not exist"),
         "{out:?}"
     );
+    // Nor is a name that cannot be a mesh, and a name never changes the resource a request
+    // names (`victim?` is not `victim`).
+    for (mesh, says) in [
+        ("DEFAULT", "is not a mesh name"),
+        ("default?", "is not a mesh name"),
+    ] {
+        let out = Command::new(&bin)
+            .args(["get", "external-services", "--mesh", mesh])
+            .args(["--admin", &cluster.admin(1)])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{out:?}"
+        );
+    }
 
     // Metrics describe the zone.
     let text = metrics_text(&cluster.admin(0)).unwrap();

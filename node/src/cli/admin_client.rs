@@ -24,17 +24,47 @@ pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// # Errors
 /// Another scheme (the admin API speaks plain HTTP), or nothing to connect to.
 pub(super) fn base_url(admin: &str) -> anyhow::Result<String> {
-    let admin = admin.trim().trim_end_matches('/');
-    let url = match admin.split_once("://") {
-        Some(("http", rest)) if !rest.is_empty() => admin.to_string(),
-        Some((scheme, _)) => bail!(
-            "--admin {admin:?}: the admin API speaks plain HTTP; give http://host:port or \
+    let given = admin.trim();
+    let what = "--admin (or ZONE_EGRESS_ADMIN)";
+    let (scheme, rest) = given.split_once("://").unwrap_or(("http", given));
+    if !scheme.eq_ignore_ascii_case("http") {
+        bail!(
+            "{what} {given:?}: the admin API speaks plain HTTP; give http://host:port or \
              host:port, not {scheme}://"
-        ),
-        None if !admin.is_empty() => format!("http://{admin}"),
-        None => bail!("--admin is empty: give http://host:port or host:port"),
+        );
+    }
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() {
+        bail!("{what} is empty: give http://host:port or host:port");
+    }
+    if authority.contains(['/', '?', '#', ' ']) {
+        bail!("{what} {given:?}: give only host:port, without a path or query");
+    }
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        bail!("{what} {given:?}: give host:port (the admin API has no default port)");
     };
-    Ok(url)
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    if host.is_empty() || (host.contains(':') && !bracketed) {
+        bail!("{what} {given:?}: give host:port, an IPv6 address in brackets ([::1]:9901)");
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(format!("http://{host}:{port}")),
+        _ => bail!("{what} {given:?}: {port:?} is not a port (1 to 65535)"),
+    }
+}
+
+/// Parses `--timeout`: a duration (`5s`, `1m`) of at least a millisecond.
+///
+/// # Errors
+/// Not a duration, or shorter than a millisecond (nothing could answer).
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if timeout < Duration::from_millis(1) {
+        return Err(format!(
+            "{text:?} is too short: give at least 1ms (e.g. 5s)"
+        ));
+    }
+    Ok(timeout)
 }
 
 /// How often `drain --wait` asks `/ready` whether the node has drained.
@@ -111,7 +141,14 @@ pub(super) fn exchange(
             }
         }
     };
-    let mut response = result.with_context(|| format!("cannot reach the admin API at {url}"))?;
+    let mut response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Timeout(_)) => bail!(
+            "no answer from the admin API at {url} within {} (--timeout)",
+            humantime::format_duration(timeout)
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot reach the admin API at {url}")),
+    };
     let status = response.status();
     let text = response
         .body_mut()
@@ -119,8 +156,10 @@ pub(super) fn exchange(
         .limit(64 * 1024 * 1024)
         .read_to_string()
         .with_context(|| format!("cannot read the answer of {url}"))?;
-    let value: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{url} answered something that is not JSON"))?;
+    let value: Value = serde_json::from_str(&text).with_context(|| {
+        let start: String = text.chars().take(200).collect();
+        format!("{url} answered {status} with something that is not JSON (is --admin a zone-egress admin API?): {start:?}")
+    })?;
     Ok((status, value))
 }
 

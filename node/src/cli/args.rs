@@ -166,7 +166,7 @@ pub struct AdminArgs {
     pub admin: String,
     /// How long the command may take in all, e.g. 5s (default 10s; `drain`: 60s). A node that
     /// accepts but does not answer fails the command then, with exit 1.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = super::admin_client::parse_timeout)]
     pub timeout: Option<std::time::Duration>,
     /// Bearer token, sent with every request but `/live`, `/ready` and `/metrics`: the admin
     /// token for writes (and `--show-secrets`), the admin or read token for reads.

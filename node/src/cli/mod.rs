@@ -40,19 +40,23 @@ pub fn sni(args: &SniArgs) -> anyhow::Result<String> {
     ))
 }
 
+/// `text` as one URL path segment or query value (RFC 3986 §2.1): every byte but the unreserved
+/// ones percent-encoded, so a name never changes which resource a request names (a `?`, `/` or
+/// `#` in a name is sent as data, and the node refuses the name).
+pub(crate) fn encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    encoded
+}
+
 /// Runs `zone-egress inspect route --sni`.
 pub fn inspect_route(admin: &AdminArgs, sni: &str, client: Option<&str>) -> anyhow::Result<String> {
-    let encode = |text: &str| {
-        let mut encoded = String::new();
-        for b in text.bytes() {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                encoded.push(b as char);
-            } else {
-                encoded.push_str(&format!("%{b:02X}"));
-            }
-        }
-        encoded
-    };
     let mut path = format!("/v1/inspect/route?sni={}", encode(sni));
     if let Some(client) = client {
         path.push_str(&format!("&client={}", encode(client)));
@@ -66,11 +70,10 @@ pub fn health(args: &HealthArgs) -> anyhow::Result<String> {
     let path = if args.live { "/live" } else { "/ready" };
     let timeout = args.admin.timeout.unwrap_or(REQUEST_TIMEOUT);
     let (status, value) = exchange(&args.admin, "GET", path, None, timeout)?;
-    let who = format!(
-        "{} in zone {}",
-        value["name"].as_str().unwrap_or("the node"),
-        value["zone"].as_str().unwrap_or("?")
-    );
+    let who = match (value["name"].as_str(), value["zone"].as_str()) {
+        (Some(name), Some(zone)) => format!("{name} in zone {zone}"),
+        _ => format!("the node at {}", admin_client::base_url(&args.admin.admin)?),
+    };
     let list = |key: &str| -> Vec<String> {
         value[key]
             .as_array()
@@ -169,7 +172,7 @@ pub fn drain(args: &DrainArgs, out: &mut dyn Write) -> anyhow::Result<String> {
 
 /// Runs `zone-egress get` and returns the text to print.
 pub fn get(args: &GetArgs) -> anyhow::Result<String> {
-    let mesh = &args.mesh;
+    let mesh = &encode(&args.mesh);
     let path = match args.resource {
         Resource::Members => "/v1/members".to_string(),
         Resource::ZoneEgresses => "/v1/zone-egresses".to_string(),
@@ -203,7 +206,14 @@ pub fn get(args: &GetArgs) -> anyhow::Result<String> {
         )?;
         if status == ureq::http::StatusCode::NOT_FOUND {
             bail!(
-                "mesh {mesh:?} does not exist in this zone (`zone-egress get meshes` lists them)"
+                "mesh {:?} does not exist in this zone (`zone-egress get meshes` lists them)",
+                args.mesh
+            );
+        }
+        if status == ureq::http::StatusCode::BAD_REQUEST {
+            bail!(
+                "{:?} is not a mesh name (lowercase letters, digits, '-' and '.')",
+                args.mesh
             );
         }
     }
@@ -270,6 +280,7 @@ pub fn resource_path(kind: &str, name: &str, mesh: &str) -> anyhow::Result<Strin
             known.join(", ")
         );
     };
+    let (mesh, name) = (encode(mesh), encode(name));
     Ok(if kind.is_mesh_scoped() {
         format!("/v1/meshes/{mesh}/{}/{name}", kind.plural())
     } else {
@@ -300,7 +311,7 @@ pub fn issue(
     let answer = call(
         admin,
         "POST",
-        &format!("/v1/meshes/{mesh}/pki/issue"),
+        &format!("/v1/meshes/{}/pki/issue", encode(mesh)),
         Some(("application/json", body.to_string().into_bytes())),
     )?;
     let field = |name: &str| {
@@ -334,7 +345,7 @@ pub fn force_leave(args: &ForceLeaveArgs) -> anyhow::Result<String> {
     let value = call(
         &args.admin,
         "POST",
-        &format!("/v1/members/{}/force-leave", args.name),
+        &format!("/v1/members/{}/force-leave", encode(&args.name)),
         None,
     )?;
     Ok(format!(

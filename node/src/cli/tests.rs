@@ -244,3 +244,40 @@ fn a_silent_admin_port_fails_the_command_within_its_timeout() {
     );
     drop(silent);
 }
+
+#[test]
+fn names_are_sent_as_data_and_never_change_the_resource_a_request_names() {
+    // `delete external-service x --mesh 'victim?'` must not become `DELETE /v1/meshes/victim`.
+    let path = super::resource_path("external-service", "whatever", "victim?").unwrap();
+    assert_eq!(path, "/v1/meshes/victim%3F/external-services/whatever");
+    assert_eq!(
+        super::resource_path("mesh", "default?", "").unwrap(),
+        "/v1/meshes/default%3F"
+    );
+    assert_eq!(super::encode("../x#y z"), "..%2Fx%23y%20z");
+    assert_eq!(super::encode("httpbin.org-1_~"), "httpbin.org-1_~");
+}
+
+#[test]
+fn bad_admin_addresses_and_timeouts_are_refused_before_any_request() {
+    assert_eq!(
+        base_url("HTTP://127.0.0.1:9901").unwrap(),
+        "http://127.0.0.1:9901"
+    );
+    for (bad, says) in [
+        ("41315", "give host:port"),
+        ("127.0.0.1", "give host:port"),
+        ("127.0.0.1:99999", "not a port"),
+        ("127.0.0.1:0", "not a port"),
+        ("127.0.0.1:abc", "not a port"),
+        ("::::", "IPv6 address in brackets"),
+        ("http://127.0.0.1:9901/foo", "without a path"),
+        ("http://127.0.0.1:9901?x=1", "without a path"),
+    ] {
+        let e = base_url(bad).unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    assert!(parse_timeout("0s").is_err());
+    assert!(parse_timeout("1ns").is_err());
+    assert_eq!(parse_timeout("1ms").unwrap(), Duration::from_millis(1));
+}
