@@ -518,12 +518,13 @@ fn kuma_documents_work_end_to_end_through_every_egress() {
     }
 
     // An empty kind round-trips too: `get` prints `[]`, which applies as a batch of nothing.
+    // (The mesh exists and has no Dataplane; a mesh that does not exist is an error.)
     let admin = cluster.admin(0);
     let args = [
         "get",
-        "traffic-permissions",
+        "dataplanes",
         "--mesh",
-        "nothing-here",
+        "default",
         "-o",
         "yaml",
         "--admin",
