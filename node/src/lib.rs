@@ -43,6 +43,18 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The rows of the README table whose header line starts with `header` (tests keep README
+/// tables and the code's own lists in step).
+#[cfg(test)]
+pub(crate) fn readme_table(header: &str) -> Vec<&'static str> {
+    include_str!("../../README.md")
+        .lines()
+        .skip_while(|l| !l.starts_with(header))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .collect()
+}
+
 /// The git commit the binary was built from (12 hex digits), or `unknown`.
 pub const COMMIT: &str = env!("ZE_COMMIT");
 

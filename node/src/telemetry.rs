@@ -399,13 +399,7 @@ mod tests {
                 )
             })
             .collect();
-        let readme = include_str!("../../README.md");
-        let table: Vec<&str> = readme
-            .lines()
-            .skip_while(|l| !l.starts_with("| metric | type | meaning |"))
-            .skip(2)
-            .take_while(|l| l.starts_with('|'))
-            .collect();
+        let table = crate::readme_table("| metric | type | meaning |");
         assert_eq!(
             table,
             expected,

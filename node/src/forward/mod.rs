@@ -181,13 +181,7 @@ mod tests {
                 )
             })
             .collect();
-        let readme = include_str!("../../../README.md");
-        let table: Vec<&str> = readme
-            .lines()
-            .skip_while(|l| !l.starts_with("| reason |"))
-            .skip(2)
-            .take_while(|l| l.starts_with('|'))
-            .collect();
+        let table = crate::readme_table("| reason |");
         assert_eq!(
             table,
             expected,
