@@ -83,6 +83,38 @@ pub struct Node {
     pub child: Option<Child>,
     /// Where it listens (from the last start).
     pub info: RuntimeInfo,
+    /// While stopped: its port numbers, held so that [`Cluster::restart`] finds them free.
+    held: Vec<HeldPort>,
+}
+
+/// A port number of a stopped node, bound (TCP without listening, so a dial is refused as by a
+/// dead node; and UDP) so that no outgoing connection's ephemeral source port takes it before the
+/// node restarts on it. Without this, a restart on the same address fails now and then with
+/// `Address already in use` (seen in CI: an egress's store-sync dial took the gossip port).
+#[derive(Debug)]
+struct HeldPort {
+    _tcp: Option<tokio::net::TcpSocket>,
+    _udp: Option<std::net::UdpSocket>,
+}
+
+impl HeldPort {
+    /// Holds `addr` on TCP and UDP as far as the kernel allows (best effort: a port already
+    /// taken stays taken, and the restart reports it).
+    fn hold(addr: &str) -> Option<HeldPort> {
+        let addr: std::net::SocketAddr = addr.parse().ok()?;
+        let tcp = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .ok()
+        .filter(|s| s.set_reuseaddr(true).is_ok() && s.bind(addr).is_ok());
+        let udp = std::net::UdpSocket::bind(addr).ok();
+        Some(HeldPort {
+            _tcp: tcp,
+            _udp: udp,
+        })
+    }
 }
 
 impl Node {
@@ -351,6 +383,7 @@ impl Cluster {
             dir,
             child: Some(child),
             info,
+            held: Vec::new(),
         });
         Ok(self.nodes.len() - 1)
     }
@@ -372,8 +405,26 @@ impl Cluster {
         if let Some(mut child) = self.nodes[i].child.take() {
             child.kill()?;
             child.wait()?;
+            self.hold_ports(i);
         }
         Ok(())
+    }
+
+    /// Holds the port numbers of stopped node `i` until it restarts (see [`HeldPort`]).
+    fn hold_ports(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let info = &node.info;
+        let addrs = [
+            Some(&info.admin),
+            Some(&info.gossip),
+            info.listen.as_ref(),
+            info.link.as_ref(),
+        ];
+        node.held = addrs
+            .into_iter()
+            .flatten()
+            .filter_map(|a| HeldPort::hold(a))
+            .collect();
     }
 
     /// Sends SIGTERM to node `i` without waiting.
@@ -399,6 +450,7 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.hold_ports(i);
         result
     }
 
@@ -422,6 +474,8 @@ impl Cluster {
                 .unwrap_or_else(|| "127.0.0.1:0".into()),
         };
         let _ = fs::remove_file(node.dir.join("node.json"));
+        self.nodes[i].held.clear();
+        let node = &self.nodes[i];
         let (child, info) = launch(&node.options, &node.dir, &ports)?;
         let node = &mut self.nodes[i];
         node.child = Some(child);

@@ -843,3 +843,34 @@ fn a_restart_with_a_smaller_generation_stays_visible() {
     let (status, _) = get_json(&cluster.admin(1), "/ready").unwrap();
     assert_eq!(status, 200);
 }
+
+/// A restart on the same addresses must not fail because, while the node was down, an outgoing
+/// connection's ephemeral source port (or a UDP socket bound to port 0) took one of its port
+/// numbers. The harness holds them; a socket bound as the kernel binds an outgoing connection
+/// (no `SO_REUSEADDR`) must not get them, and the restart must.
+#[test]
+fn a_stopped_nodes_port_numbers_stay_free_for_its_restart() {
+    let mut cluster = Cluster::start(1).unwrap();
+    let info = cluster.nodes[0].info.clone();
+    cluster.kill(0).unwrap();
+    for addr in [&info.admin, &info.gossip] {
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        let tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        assert!(
+            tcp.is_err(),
+            "a dial to the stopped node's {addr} was accepted"
+        );
+        let udp = std::net::UdpSocket::bind(addr);
+        assert!(udp.is_err(), "UDP {addr} was free while the node was down");
+    }
+    let gossip: std::net::SocketAddr = info.gossip.parse().unwrap();
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    assert!(
+        tcp.bind(gossip).is_err(),
+        "TCP {gossip} was free while the node was down"
+    );
+    drop(tcp);
+    cluster.restart(0).unwrap();
+    assert_eq!(cluster.nodes[0].info.gossip, info.gossip);
+    assert_eq!(cluster.nodes[0].info.admin, info.admin);
+}
