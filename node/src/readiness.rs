@@ -221,21 +221,34 @@ pub async fn publish_readiness(
     mut readiness_rx: tokio::sync::watch::Receiver<Readiness>,
     publisher: crate::gossip::Publisher,
 ) {
-    let mut last: Option<bool> = None;
+    let mut last: Option<(bool, String)> = None;
     loop {
         let readiness = readiness_rx.borrow_and_update().clone();
         let ready = readiness.is_ready();
-        if last != Some(ready) {
+        // Reasons go into gossip too (one per line, so the status page of any node shows why a
+        // member is not ready), capped so one key stays a small part of a datagram.
+        let reasons: String = if ready {
+            String::new()
+        } else {
+            readiness.reasons().join("\n").chars().take(1024).collect()
+        };
+        let was_ready = last.as_ref().map(|(r, _)| *r);
+        if was_ready != Some(ready) {
             if ready {
                 tracing::info!("ready");
-            } else if last.is_some() {
+            } else if was_ready.is_some() {
                 tracing::info!(reasons = %readiness.reasons().join("; "), "not ready");
             }
             metrics::gauge!("zone_egress_ready").set(if ready { 1.0 } else { 0.0 });
+        }
+        if last.as_ref() != Some(&(ready, reasons.clone())) {
             publisher
-                .set(&[(proto::member::keys::READY, ready.to_string())])
+                .set(&[
+                    (proto::member::keys::READY, ready.to_string()),
+                    (proto::member::keys::READY_REASONS, reasons.clone()),
+                ])
                 .await;
-            last = Some(ready);
+            last = Some((ready, reasons));
         }
         if readiness_rx.changed().await.is_err() {
             return;

@@ -130,6 +130,8 @@ pub mod keys {
     pub const LIFECYCLE: &str = "lifecycle";
     /// `true` when the node passes its own readiness check.
     pub const READY: &str = "ready";
+    /// Why the node is not ready: its readiness reasons, one per line (absent when ready).
+    pub const READY_REASONS: &str = "ready_reasons";
     /// The node's [`crate::Registration`] as JSON.
     pub const REGISTRATION: &str = "registration";
     /// `host:port` of the node's admin API.
@@ -214,6 +216,10 @@ pub struct Member {
     pub state: MemberState,
     /// Whether the node reports itself ready.
     pub ready: bool,
+    /// Why it is not ready, as the node published it ([`keys::READY_REASONS`]); empty when it
+    /// is ready or not present.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ready_reasons: Vec<String>,
     /// Generation (process start time in ns).
     pub generation: u64,
     /// Admin API address, when published.
@@ -270,6 +276,17 @@ impl Member {
             state,
             ready: state.is_present()
                 && entry.keys.get(keys::READY).map(String::as_str) == Some("true"),
+            ready_reasons: entry
+                .keys
+                .get(keys::READY_REASONS)
+                .filter(|_| state.is_present())
+                .map(|r| {
+                    r.lines()
+                        .filter(|l| !l.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
             generation: entry.generation,
             admin_address: entry.keys.get(keys::ADMIN).cloned(),
             version: entry.keys.get(keys::VERSION).cloned(),
@@ -531,6 +548,29 @@ mod tests {
             live,
             keys,
         }
+    }
+
+    #[test]
+    fn ready_reasons_are_listed_while_present_only() {
+        let mut unready = entry("e1", 1, "127.0.0.1:7000", true, "serving");
+        unready.keys.insert(keys::READY.into(), "false".into());
+        unready.keys.insert(
+            keys::READY_REASONS.into(),
+            "listeners are not up\nthe node is draining".into(),
+        );
+        let view = ZoneView::resolve(std::slice::from_ref(&unready));
+        assert!(!view.members[0].ready);
+        assert_eq!(
+            view.members[0].ready_reasons,
+            ["listeners are not up", "the node is draining"]
+        );
+        unready.live = false;
+        let view = ZoneView::resolve(&[unready]);
+        assert_eq!(view.members[0].state, MemberState::Dead);
+        assert!(view.members[0].ready_reasons.is_empty());
+        let ready = ZoneView::resolve(&[entry("e2", 1, "127.0.0.1:7001", true, "serving")]);
+        let json = serde_json::to_value(&ready.members[0]).unwrap();
+        assert!(json.get("readyReasons").is_none(), "{json}");
     }
 
     #[test]

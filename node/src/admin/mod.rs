@@ -5,7 +5,8 @@
 //! Answers are JSON; errors are `{"error": "...", "details": [...]}`.
 //!
 //! Who may do what (README "Admin API security"):
-//! * `/live`, `/ready`, `/metrics`: anyone who reaches the port (probes, Prometheus);
+//! * `/live`, `/ready`, `/metrics`: anyone who reaches the port (probes, Prometheus); so are
+//!   the status page's static files `/` and `/status.js`, which carry no data;
 //! * every other read: anyone, or, with `admin.read_token` set, a caller presenting the read
 //!   token or the admin token (`require_read_token`);
 //! * writes (`PUT`, `DELETE`, `POST`): the admin token, whenever one is set ([`Authorized`]);
@@ -16,6 +17,7 @@
 mod pki;
 mod resources;
 mod routing;
+mod status;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -131,6 +133,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(resources::routes())
         .merge(routing::routes())
         .merge(pki::routes())
+        .merge(status::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -154,7 +157,8 @@ async fn require_read_token(
     let Some(read_token) = &state.read_token else {
         return next.run(request).await;
     };
-    if OPEN_PATHS.contains(&request.uri().path()) {
+    let path = request.uri().path();
+    if OPEN_PATHS.contains(&path) || status::STATIC_PATHS.contains(&path) {
         return next.run(request).await;
     }
     let presented = resources::bearer(request.headers());
@@ -742,6 +746,88 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn the_status_page_is_open_but_its_data_needs_the_read_token() {
+        let (mut state, _r) = state(Some("admin")).await;
+        state.read_token = Some(Secret::new("reader".to_string()));
+        for uri in ["/", "/status.js"] {
+            let resp = router(state.clone())
+                .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+            assert_eq!(
+                resp.headers()[header::X_CONTENT_TYPE_OPTIONS],
+                "nosniff",
+                "{uri}"
+            );
+            let csp = resp.headers().get(header::CONTENT_SECURITY_POLICY).cloned();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            // The static files say nothing of the zone: not its name, not a node's.
+            assert!(!body.contains("e1") && !body.contains("\"z\""), "{uri}");
+            if uri == "/" {
+                let csp = csp.unwrap();
+                let csp = csp.to_str().unwrap();
+                assert!(csp.contains("script-src 'self'"), "{csp}");
+                assert!(body.contains("<script src=\"/status.js\">"));
+            }
+        }
+        // The script never writes data as markup.
+        let (_, script) = send_text(&state, "GET", "/status.js", None, Vec::new()).await;
+        assert!(!script.contains("innerHTML") && !script.contains("insertAdjacentHTML"));
+        let (status, _) = send_text(&state, "GET", "/v1/status", None, Vec::new()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, body) = send_text(
+            &state,
+            "GET",
+            "/v1/status",
+            Some("Bearer reader"),
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["name"], "e1");
+        assert_eq!(v["version"], crate::VERSION);
+        assert!(v["meshes"].is_array(), "{v}");
+    }
+
+    #[tokio::test]
+    async fn the_status_answer_gives_each_meshs_mtls_state() {
+        let (state, _r) = state(Some("t")).await;
+        let meshes = "type: Mesh\nname: open\n---\ntype: Mesh\nname: secure\nmtls:\n  \
+                      enabledBackend: ca-1\n  backends: [ { name: ca-1, type: builtin } ]\nrouting: \
+                      { zoneEgress: true }\n";
+        let (status, body) = send_text(
+            &state,
+            "POST",
+            "/v1/apply",
+            Some("Bearer t"),
+            meshes.as_bytes().to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, body) = call(&state, "GET", "/v1/status", Some("Bearer t")).await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let mesh = |name: &str| {
+            v["meshes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == name)
+                .cloned()
+                .unwrap_or_else(|| panic!("{name} missing in {v}"))
+        };
+        assert_eq!(mesh("open")["mtls"], serde_json::Value::Null);
+        assert_eq!(mesh("open")["zoneEgress"], false);
+        assert_eq!(
+            mesh("secure")["mtls"],
+            json!({"enabledBackend": "ca-1", "type": "builtin"})
+        );
+        assert_eq!(mesh("secure")["zoneEgress"], true);
     }
 
     #[tokio::test]

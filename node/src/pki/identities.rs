@@ -227,6 +227,24 @@ impl EgressIdentities {
             .collect()
     }
 
+    /// The CAs loaded now, by mesh name: the enabled backend's name and the CA certificate's
+    /// `notAfter` in Unix seconds (`None` when the certificate's validity cannot be read). A mesh
+    /// appears once this node has issued an identity from its CA (the first connection or
+    /// `inspect route`); the status page shows the others as not loaded.
+    pub fn loaded_cas(&self) -> std::collections::BTreeMap<String, (String, Option<i64>)> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state
+            .cas
+            .iter()
+            .map(|(mesh, loaded)| {
+                let not_after = x509_parser::parse_x509_certificate(loaded.ca.certificate())
+                    .ok()
+                    .map(|(_, x)| x.validity().not_after.timestamp());
+                (mesh.clone(), (loaded.ca.backend().to_string(), not_after))
+            })
+            .collect()
+    }
+
     /// Drops the CA and identities of a mesh (deleted, or its mTLS turned off).
     pub fn forget_mesh(&self, mesh: &str) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
