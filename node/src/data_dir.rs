@@ -20,6 +20,9 @@ pub struct RuntimeInfo {
     pub pid: u32,
     /// Bound admin address.
     pub admin: SocketAddr,
+    /// Bound metrics listener (`admin.metrics_listen`), when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
     /// Bound gossip address.
     pub gossip: SocketAddr,
     /// Bound forwarding listener (egress role).

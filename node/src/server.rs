@@ -58,6 +58,8 @@ pub async fn run(config: Config, signals_rx: mpsc::UnboundedReceiver<()>) -> any
 /// Every socket of the node, bound before anything starts.
 struct Sockets {
     admin: tokio::net::TcpListener,
+    /// The read-only metrics listener (`admin.metrics_listen`).
+    metrics: Option<tokio::net::TcpListener>,
     /// The forwarding listener (egress role).
     forward: Option<tokio::net::TcpListener>,
     link_tls: Option<LinkTls>,
@@ -69,6 +71,11 @@ struct Sockets {
 /// Step 1: binds every socket; a port in use is an error naming the socket and its setting.
 async fn bind(config: &Config) -> anyhow::Result<Sockets> {
     let admin = bind_tcp(config.admin.listen, "admin API (admin.listen / --admin)")?;
+    let metrics = config
+        .admin
+        .metrics_listen
+        .map(|addr| bind_tcp(addr, "metrics listener (admin.metrics_listen)"))
+        .transpose()?;
     let forward = match config.role {
         Role::Egress => Some(bind_tcp(
             config.listen,
@@ -102,6 +109,7 @@ async fn bind(config: &Config) -> anyhow::Result<Sockets> {
     let gossip = gossip::bind(config.gossip.listen, config.gossip.key_file.as_deref()).await?;
     Ok(Sockets {
         admin,
+        metrics,
         forward,
         link_tls,
         link,
@@ -164,6 +172,7 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
     )?;
     let Sockets {
         admin: admin_listener,
+        metrics: metrics_listener,
         forward: forward_listener,
         link_tls,
         link: link_socket,
@@ -175,6 +184,10 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
         generation,
         pid: std::process::id(),
         admin: admin_listener.local_addr()?,
+        metrics: metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?,
         gossip: gossip_sockets.addr,
         listen: forward_listener
             .as_ref()
@@ -223,6 +236,7 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
     let (drain_tx, drain_rx) = watch::channel(false);
     let admin = crate::admin::spawn(
         admin_listener,
+        metrics_listener,
         AdminState {
             node: NodeInfo {
                 name: config.name.clone(),
@@ -260,7 +274,7 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
     data_dir::write_runtime_info(&config.data_dir, &info)?;
     tracing::info!(
         name = %config.name, zone = %config.zone, role = config.role.as_str(), generation,
-        admin = %info.admin, gossip = %info.gossip, advertise = %config.advertise,
+        admin = %info.admin, metrics = info.metrics.map(|a| a.to_string()), gossip = %info.gossip, advertise = %config.advertise,
         listen = info.listen.map(|a| a.to_string()), seeds = %config.gossip.seeds.join(","),
         "node started"
     );

@@ -174,6 +174,11 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
         "Endpoints or links that could not be reached for a connection, by mesh and service",
     ),
     (
+        "zone_egress_handshake_seconds",
+        Kind::Histogram,
+        "Seconds a client's mTLS handshake took (terminated connections that completed one), by mesh and service",
+    ),
+    (
         "zone_egress_handshake_failures_total",
         Kind::Counter,
         "Client mTLS handshakes that failed, by mesh and service",
@@ -227,6 +232,11 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
         "zone_egress_link_reconnects_total",
         Kind::Counter,
         "Connection attempts of a link after its first one",
+    ),
+    (
+        "zone_egress_link_rtt_seconds",
+        Kind::Histogram,
+        "The link's smoothed QUIC round-trip time, sampled every 5 s while up, by link and remote zone",
     ),
     (
         "zone_egress_link_up",

@@ -181,37 +181,72 @@ async fn require_read_token(
     ApiError::new(StatusCode::UNAUTHORIZED, error).into_response()
 }
 
-/// Handle on the running admin server.
+/// Handle on the running admin server (and its metrics listener, if any).
 pub struct Handle {
     shutdown_tx: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
-/// Serves the router on `listener` until [`Handle::shutdown`].
-pub fn spawn(listener: tokio::net::TcpListener, state: AdminState) -> Handle {
-    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
-    let app = router(state);
-    let task = tokio::spawn(async move {
+/// The routes of `admin.metrics_listen`: `GET /metrics`, `/live` and `/ready` only (no token,
+/// no writes, no zone data), for Prometheus and probes beyond the loopback-only admin API.
+/// Anything else is `404` naming the three paths.
+pub fn metrics_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/live", get(live))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "this is the metrics listener (admin.metrics_listen): it serves only /metrics, \
+                 /live and /ready; the admin API is on admin.listen",
+            )
+        })
+        .layer(middleware::from_fn(count_requests))
+        .with_state(state)
+}
+
+/// Serves the admin router on `listener`, and [`metrics_router`] on `metrics` when given,
+/// until [`Handle::shutdown`].
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    metrics: Option<tokio::net::TcpListener>,
+    state: AdminState,
+) -> Handle {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = vec![serve(listener, router(state.clone()), shutdown_rx.clone())];
+    if let Some(metrics) = metrics {
+        tasks.push(serve(metrics, metrics_router(state), shutdown_rx));
+    }
+    Handle { shutdown_tx, tasks }
+}
+
+fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut shutdown_rx: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = shutdown_rx.wait_for(|s| *s).await;
         });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "admin server failed");
         }
-    });
-    Handle { shutdown_tx, task }
+    })
 }
 
 impl Handle {
     /// Stops accepting and waits (bounded) for in-flight requests.
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);
-        let mut task = self.task;
-        if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
+        for mut task in self.tasks {
+            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
     }
 }
@@ -746,6 +781,46 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn the_metrics_listener_serves_metrics_and_probes_only() {
+        let (mut state, _r) = state(Some("admin")).await;
+        state.read_token = Some(Secret::new("reader".to_string()));
+        for uri in ["/metrics", "/live", "/ready"] {
+            let resp = metrics_router(state.clone())
+                .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert!(
+                [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE].contains(&resp.status()),
+                "{uri}: {}",
+                resp.status()
+            );
+        }
+        for (method, uri) in [
+            ("GET", "/"),
+            ("GET", "/v1/members"),
+            ("GET", "/v1/meshes"),
+            ("POST", "/v1/drain"),
+            ("POST", "/v1/apply"),
+            ("PUT", "/v1/meshes/x"),
+        ] {
+            let resp = metrics_router(state.clone())
+                .oneshot(
+                    Request::builder()
+                        .method(method)
+                        .uri(uri)
+                        .header(header::AUTHORIZATION, "Bearer admin")
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method} {uri}");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert!(String::from_utf8_lossy(&body).contains("metrics listener"));
+        }
     }
 
     #[tokio::test]

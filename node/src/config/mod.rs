@@ -93,6 +93,10 @@ pub enum LogFormat {
 pub struct AdminConfig {
     /// Where the admin API listens.
     pub listen: SocketAddr,
+    /// A second, read-only listener serving only `GET /metrics`, `/live` and `/ready`
+    /// (`admin.metrics_listen`), for Prometheus and probes on the pod or host address while the
+    /// admin API stays on loopback. Needs no token: it has no writes and no zone data.
+    pub metrics_listen: Option<SocketAddr>,
     /// Bearer token required for writes, if configured.
     pub token: Option<Secret>,
     /// Bearer token required for reads other than `/live`, `/ready` and `/metrics`, if

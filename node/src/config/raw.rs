@@ -39,6 +39,7 @@ pub(super) struct RawStore {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub(super) listen: Option<String>,
+    pub(super) metrics_listen: Option<String>,
     pub(super) token: Option<String>,
     pub(super) token_file: Option<PathBuf>,
     pub(super) read_token: Option<String>,

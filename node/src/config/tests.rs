@@ -166,6 +166,31 @@ fn admin_beyond_loopback_needs_a_token() {
 }
 
 #[test]
+fn the_metrics_listener_may_leave_loopback_without_a_token() {
+    // Only /metrics, /live and /ready there: no token needed beyond loopback.
+    let c = load_file(file("admin: { metrics_listen: 0.0.0.0:9902 }\n").path()).unwrap();
+    assert_eq!(
+        c.admin.metrics_listen,
+        Some("0.0.0.0:9902".parse().unwrap())
+    );
+    assert!(c.admin.token.is_none());
+    assert_eq!(
+        load_file(file("{}\n").path()).unwrap().admin.metrics_listen,
+        None
+    );
+    let e = err("admin: { metrics_listen: ':9902' }\n");
+    assert!(
+        e.contains("admin.metrics_listen") && e.contains("not an ADDR:PORT"),
+        "{e}"
+    );
+    let e = err("admin: { listen: 127.0.0.1:9901, metrics_listen: 127.0.0.1:9901 }\n");
+    assert!(
+        e.contains("admin.metrics_listen") && e.contains("another port"),
+        "{e}"
+    );
+}
+
+#[test]
 fn relative_paths_are_relative_to_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("admin.token"), "tok\n").unwrap();

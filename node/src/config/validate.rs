@@ -53,6 +53,25 @@ pub(super) fn validate(
     let raw_admin = raw.admin.unwrap_or_default();
     let (admin_listen, o) = pick(&flags.admin, raw_admin.listen, "admin");
     let admin_listen = socket_addr(admin_listen, "127.0.0.1:9901", &o, "admin.listen")?;
+    let metrics_listen = match raw_admin.metrics_listen {
+        None => None,
+        Some(value) => Some(socket_addr(
+            Some(value),
+            "",
+            origin,
+            "admin.metrics_listen",
+        )?),
+    };
+    if metrics_listen.is_some_and(|m| m == admin_listen && m.port() != 0) {
+        return Err(ConfigError::invalid(
+            origin,
+            "admin.metrics_listen",
+            format!(
+                "{admin_listen} is the admin API's own address: give the metrics listener \
+                 another port (it serves only /metrics, /live and /ready)"
+            ),
+        ));
+    }
     let token = admin_token(origin, "token", raw_admin.token, raw_admin.token_file)?;
     let read_token = admin_token(
         origin,
@@ -245,6 +264,7 @@ pub(super) fn validate(
         advertise,
         admin: AdminConfig {
             listen: admin_listen,
+            metrics_listen,
             token,
             read_token,
         },

@@ -61,8 +61,13 @@ pub async fn forward(
     let protocol = service.protocol();
     let alpn = protocol.is_http().then_some(crate::pki::ALPN_HTTP);
     let timeout = ctx.limits.hello_timeout;
+    let handshake = std::time::Instant::now();
     let client = match terminate::accept(&config, alpn, buffered, stream, timeout).await {
-        Ok(c) => c,
+        Ok(c) => {
+            metrics::histogram!("zone_egress_handshake_seconds", &labels)
+                .record(handshake.elapsed().as_secs_f64());
+            c
+        }
         Err(e) => {
             metrics::counter!("zone_egress_handshake_failures_total", &labels).increment(1);
             return Outcome::rejected(Rejection::Handshake, e);

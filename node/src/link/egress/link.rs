@@ -435,6 +435,11 @@ async fn control(
     info!(link = %link.name, zone = %ack.zone, node = %ack.node, version = %ack.version, "link up");
     link.set_up(conn.clone(), ack.clone());
     *up_since = Some(Instant::now());
+    tokio::spawn(sample_rtt(
+        conn.clone(),
+        link.name.clone(),
+        link.zone.clone(),
+    ));
     inner.publish(&inner.registry());
     loop {
         let set: ServiceSet = read_frame(&mut recv, None).await.map_err(control_error)?;
@@ -442,6 +447,23 @@ async fn control(
         link.set_services(Arc::new(set.clone()));
         inner.publish(&inner.registry());
         inner.discover(link, &ack, &set).await;
+    }
+}
+
+/// How often a link's RTT goes into `zone_egress_link_rtt_seconds`.
+const RTT_SAMPLE: Duration = Duration::from_secs(5);
+
+/// Records the connection's smoothed RTT every [`RTT_SAMPLE`] until it closes (a histogram, so
+/// dashboards aggregate RTT across nodes and show its spread over time).
+async fn sample_rtt(conn: Connection, link: String, zone: String) {
+    let labels = [("link", link), ("zone", zone)];
+    loop {
+        metrics::histogram!("zone_egress_link_rtt_seconds", &labels)
+            .record(conn.rtt().as_secs_f64());
+        tokio::time::sleep(RTT_SAMPLE).await;
+        if conn.close_reason().is_some() {
+            return;
+        }
     }
 }
 
