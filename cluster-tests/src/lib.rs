@@ -43,6 +43,9 @@ pub struct RuntimeInfo {
     pub pid: u32,
     /// Admin API address.
     pub admin: String,
+    /// The metrics listener (`admin.metrics_listen`), when configured.
+    #[serde(default)]
+    pub metrics: Option<String>,
     /// Gossip address.
     pub gossip: String,
     /// Forwarding listener (egress role).
@@ -419,6 +422,7 @@ impl Cluster {
             Some(&info.gossip),
             info.listen.as_ref(),
             info.link.as_ref(),
+            info.metrics.as_ref(),
         ];
         node.held = addrs
             .into_iter()

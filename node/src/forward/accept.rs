@@ -23,6 +23,13 @@ pub struct Handle {
 /// resources (`changes`).
 pub fn spawn(listener: TcpListener, ctx: Context, changes: crate::store::Changes) -> Handle {
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Known series start at 0, so a dashboard shows "none yet" as 0 rather than no data, and a
+    // rate over the first refusal is not lost (Prometheus' advice on missing metrics).
+    metrics::counter!("zone_egress_connections_total").increment(0);
+    for reason in proto::rejection::Rejection::ALL {
+        metrics::counter!("zone_egress_connections_rejected_total", "reason" => reason.label())
+            .increment(0);
+    }
     let max_connections = ctx.limits.max_connections;
     let permits = Arc::new(Semaphore::new(max_connections));
     let ctx = Arc::new(ctx);

@@ -330,6 +330,8 @@ async fn run_link(inner: Arc<Inner>, link: Arc<Link>) {
     let mut attempt = 0u64;
     let mut failing_since: Option<Instant> = None;
     let mut warned_failing = false;
+    metrics::counter!("zone_egress_link_reconnects_total", "link" => link.name.clone())
+        .increment(0);
     loop {
         if attempt > 0 {
             link.reconnects.fetch_add(1, Ordering::Relaxed);
