@@ -9,4 +9,5 @@ scripts/build-deps.sh
 cargo build --workspace --bins
 deploy/docker/build.sh zone-egress:dev
 deploy/compose/demo-image.sh zone-egress-demo:dev
+deploy/compose/prometheus-image.sh zone-egress-prometheus:dev
 cargo test --workspace

@@ -24,6 +24,8 @@ use crate::{eventually, get_json, output_ok as run, request};
 pub const IMAGE: &str = "zone-egress:dev";
 /// Image of the demo backend and external service (built by `deploy/compose/demo-image.sh`).
 pub const DEMO_IMAGE: &str = "zone-egress-demo:dev";
+/// Image of the `monitoring` profile's Prometheus (built by `deploy/compose/prometheus-image.sh`).
+pub const PROMETHEUS_IMAGE: &str = "zone-egress-prometheus:dev";
 /// Compose project of the tests; removed before and after every fleet.
 pub const PROJECT: &str = "zeci";
 /// Address of `ingress-b1` on the link network (fixed in the compose file).
@@ -45,13 +47,14 @@ pub fn docker(args: &[&str]) -> anyhow::Result<String> {
     run(Command::new("docker").args(args))
 }
 
-/// Checks that the engine answers and both images exist; the error says what to run.
+/// Checks that the engine answers and the images exist; the error says what to run.
 pub fn preflight() -> anyhow::Result<()> {
     docker(&["info", "--format", "{{.ServerVersion}}"])
         .context("the Docker engine is not reachable (the container tier needs it)")?;
     for (image, script) in [
         (IMAGE, "deploy/docker/build.sh"),
         (DEMO_IMAGE, "deploy/compose/demo-image.sh"),
+        (PROMETHEUS_IMAGE, "deploy/compose/prometheus-image.sh"),
     ] {
         docker(&["image", "inspect", "--format", "{{.Id}}", image]).with_context(|| {
             format!("image {image} is missing: run {script} (scripts/test.sh does)")

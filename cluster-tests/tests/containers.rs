@@ -700,4 +700,40 @@ fn the_readme_compose_demo_shows_traffic_flowing() {
         Ok(added.filter(|n| *n > 50))
     })
     .unwrap();
+
+    // The compose file's `monitoring` profile: Prometheus finds every node's metrics listener
+    // through the seed aliases and sees the demo's traffic.
+    fleet
+        .compose(&["--profile", "monitoring", "up", "-d", "prometheus"])
+        .unwrap();
+    let prometheus = &fleet.service("prometheus").unwrap()[0];
+    let url = format!("http://{}:9090", prometheus.ip("zone-a"));
+    let value = |query: &str| -> anyhow::Result<Vec<serde_json::Value>> {
+        let (_, v) = get_json(&url, &format!("/api/v1/query?query={query}"))?;
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    };
+    let scraped = eventually(
+        Duration::from_secs(60),
+        "Prometheus scraping 5 nodes",
+        || {
+            let up = value("up%3D%3D1")?;
+            Ok((up.len() == 5).then_some(up.len()))
+        },
+    )
+    .unwrap();
+    let routed = eventually(
+        Duration::from_secs(30),
+        "the demo's traffic in Prometheus",
+        || {
+            let v = value("sum(zone_egress_connections_routed_total)")?;
+            let n = v
+                .first()
+                .and_then(|s| s["value"][1].as_str())
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            Ok((n > 0.0).then_some(n))
+        },
+    )
+    .unwrap();
+    println!("monitoring profile: Prometheus scrapes {scraped} nodes, {routed} connections routed");
 }

@@ -8,7 +8,7 @@ command -v prometheus >/dev/null || { echo "prometheus is not installed: apt-get
 bin=$(command -v prometheus)
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
-mkdir -p "$ctx/rootfs/usr/bin" "$ctx/rootfs/etc/prometheus" "$ctx/rootfs/prometheus" "$ctx/rootfs/tmp"
+mkdir -p "$ctx/rootfs/usr/bin" "$ctx/rootfs/etc/prometheus" "$ctx/rootfs/tmp" "$ctx/data"
 cp "$bin" "$ctx/rootfs/usr/bin/prometheus"
 for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
   mkdir -p "$ctx/rootfs$(dirname "$lib")"
@@ -18,10 +18,11 @@ printf 'root:x:0:0:root:/:/usr/bin/prometheus\nprometheus:x:65532:65532:promethe
 printf 'root:x:0:\nprometheus:x:65532:\n' >"$ctx/rootfs/etc/group"
 printf 'hosts: files dns\n' >"$ctx/rootfs/etc/nsswitch.conf"
 chmod 1777 "$ctx/rootfs/tmp"
-chown 65532:65532 "$ctx/rootfs/prometheus"
 cat >"$ctx/Dockerfile" <<'DOCKERFILE'
 FROM scratch
 COPY rootfs/ /
+# The TSDB directory, writable by the unprivileged user (COPY makes files root's otherwise).
+COPY --chown=65532:65532 data/ /prometheus/
 USER 65532:65532
 ENTRYPOINT ["/usr/bin/prometheus"]
 CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
