@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Port of the admin API, nested as `networking.admin.port` in Kuma's shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminPort {
     /// TCP port the node's admin API listens on.
@@ -19,7 +19,7 @@ pub struct AdminPort {
 }
 
 /// `networking` of a `ZoneEgress`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EgressNetworking {
     /// Address sidecars of the zone use to reach this egress.
@@ -31,7 +31,7 @@ pub struct EgressNetworking {
 }
 
 /// A `ZoneEgress` registration (Kuma's resource shape).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ZoneEgress {
     /// Node name, unique in the zone.
@@ -43,7 +43,7 @@ pub struct ZoneEgress {
 }
 
 /// `networking` of a `ZoneIngress`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IngressNetworking {
     /// Address the node listens on inside its zone.
@@ -59,7 +59,7 @@ pub struct IngressNetworking {
 }
 
 /// A `ZoneIngress` registration (Kuma's resource shape).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ZoneIngress {
     /// Node name, unique in the zone.
@@ -71,7 +71,7 @@ pub struct ZoneIngress {
 }
 
 /// What a node registers about itself, tagged by Kuma's `type` field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type")]
 pub enum Registration {
     /// An egress node.

@@ -14,6 +14,8 @@
 //!   of resources shows `"<redacted>"` unless it asks `?secrets=true` *and* is authorized to
 //!   write (`resources.rs`).
 
+mod metrics_listener;
+mod openapi;
 mod pki;
 mod resources;
 mod routing;
@@ -26,13 +28,15 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use proto::Registration;
 pub use resources::{Authorized, MAX_BODY_BYTES};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Secret;
 use crate::gossip::ZoneSnapshot;
@@ -111,29 +115,37 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": self.error, "details": self.details})),
-        )
-            .into_response()
+        let body = openapi::ErrorBody {
+            error: self.error,
+            details: self.details,
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
-/// The admin API routes.
-pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/live", get(live))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/v1/members", get(members))
-        .route("/v1/zone-egresses", get(zone_egresses))
-        .route("/v1/zone-ingresses", get(zone_ingresses))
-        .route("/v1/drain", post(drain))
-        .route("/v1/members/{name}/force-leave", post(force_leave))
+/// Every route of the admin API with its OpenAPI operation ([`openapi`]): routes are only ever
+/// added through `OpenApiRouter::routes`, so the router and the document agree.
+pub(crate) fn api() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(live))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(members))
+        .routes(routes!(zone_egresses))
+        .routes(routes!(zone_ingresses))
+        .routes(routes!(drain))
+        .routes(routes!(force_leave))
+        .routes(routes!(openapi::openapi_json))
         .merge(resources::routes())
         .merge(routing::routes())
         .merge(pki::routes())
         .merge(status::routes())
+}
+
+/// The admin API routes.
+pub fn router(state: AdminState) -> Router {
+    let (router, _) = api().split_for_parts();
+    router
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -187,25 +199,6 @@ pub struct Handle {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// The routes of `admin.metrics_listen`: `GET /metrics`, `/live` and `/ready` only (no token,
-/// no writes, no zone data), for Prometheus and probes beyond the loopback-only admin API.
-/// Anything else is `404` naming the three paths.
-pub fn metrics_router(state: AdminState) -> Router {
-    Router::new()
-        .route("/live", get(live))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "this is the metrics listener (admin.metrics_listen): it serves only /metrics, \
-                 /live and /ready; the admin API is on admin.listen",
-            )
-        })
-        .layer(middleware::from_fn(count_requests))
-        .with_state(state)
-}
-
 /// Serves the admin router on `listener`, and [`metrics_router`] on `metrics` when given,
 /// until [`Handle::shutdown`].
 pub fn spawn(
@@ -216,7 +209,7 @@ pub fn spawn(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = vec![serve(listener, router(state.clone()), shutdown_rx.clone())];
     if let Some(metrics) = metrics {
-        tasks.push(serve(metrics, metrics_router(state), shutdown_rx));
+        tasks.push(serve(metrics, metrics_listener::router(state), shutdown_rx));
     }
     Handle { shutdown_tx, tasks }
 }
@@ -251,7 +244,7 @@ impl Handle {
     }
 }
 
-async fn count_requests(request: Request, next: Next) -> Response {
+pub(super) async fn count_requests(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let class = match response.status().as_u16() {
         200..=299 => "2xx",
@@ -263,26 +256,61 @@ async fn count_requests(request: Request, next: Next) -> Response {
     response
 }
 
-async fn live(State(state): State<AdminState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "live": true,
-        "name": state.node.name,
-        "uptimeSeconds": state.started.elapsed().as_secs(),
-    }))
+/// `GET /live`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct LiveAnswer {
+    live: bool,
+    name: String,
+    /// Seconds since the process started.
+    uptime_seconds: u64,
 }
 
-async fn ready(State(state): State<AdminState>) -> Response {
+/// `GET /ready`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ReadyAnswer {
+    ready: bool,
+    name: String,
+    zone: String,
+    generation: u64,
+    /// Why the node is not ready (warnings follow, prefixed `warning:`).
+    reasons: Vec<String>,
+    /// Problems that do not make the node unready but need an operator.
+    warnings: Vec<String>,
+    draining: bool,
+    drained: bool,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/live", tag = "probes", security(()),
+    responses((status = 200, description = "The process is up", body = LiveAnswer)))]
+pub(super) async fn live(State(state): State<AdminState>) -> Json<LiveAnswer> {
+    Json(LiveAnswer {
+        live: true,
+        name: state.node.name.clone(),
+        uptime_seconds: state.started.elapsed().as_secs(),
+    })
+}
+
+/// Readiness: joined the zone, listeners up, not draining; the reasons when not.
+#[utoipa::path(get, path = "/ready", tag = "probes", security(()),
+    responses(
+        (status = 200, description = "Ready", body = ReadyAnswer),
+        (status = 503, description = "Not ready, with the reasons", body = ReadyAnswer),
+    ))]
+pub(super) async fn ready(State(state): State<AdminState>) -> Response {
     let readiness = state.readiness_rx.borrow().clone();
-    let body = json!({
-        "ready": readiness.is_ready(),
-        "name": state.node.name,
-        "zone": state.node.zone,
-        "generation": state.node.generation,
-        "reasons": readiness.reasons(),
-        "warnings": readiness.warnings(),
-        "draining": readiness.draining,
-        "drained": readiness.drained,
-    });
+    let body = ReadyAnswer {
+        ready: readiness.is_ready(),
+        name: state.node.name.clone(),
+        zone: state.node.zone.clone(),
+        generation: state.node.generation,
+        reasons: readiness.reasons(),
+        warnings: readiness.warnings(),
+        draining: readiness.draining,
+        drained: readiness.drained,
+    };
     let status = if readiness.is_ready() {
         StatusCode::OK
     } else {
@@ -291,7 +319,10 @@ async fn ready(State(state): State<AdminState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics(State(state): State<AdminState>) -> Response {
+/// Prometheus text exposition of this node's metrics (README's metrics table).
+#[utoipa::path(get, path = "/metrics", tag = "probes", security(()),
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
+pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         (state.metrics)(),
@@ -299,10 +330,22 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
+/// Every member of the zone as this node sees it, with state and readiness.
+#[utoipa::path(get, path = "/v1/members", tag = "zone", security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The zone's members", body = Vec<proto::Member>),
+        (status = 401, description = "A read token is set and none was presented", body = openapi::ErrorBody),
+    ))]
 async fn members(State(state): State<AdminState>) -> Json<Vec<proto::Member>> {
     Json(state.zone_rx.borrow().view.members.clone())
 }
 
+/// Registrations of the alive and draining egress nodes (Kuma's `ZoneEgress` shape).
+#[utoipa::path(get, path = "/v1/zone-egresses", tag = "zone", security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "ZoneEgress registrations", body = Vec<Registration>),
+        (status = 401, description = "A read token is set and none was presented", body = openapi::ErrorBody),
+    ))]
 async fn zone_egresses(State(state): State<AdminState>) -> Json<Vec<Registration>> {
     let view = &state.zone_rx.borrow().view;
     Json(
@@ -314,6 +357,11 @@ async fn zone_egresses(State(state): State<AdminState>) -> Json<Vec<Registration
 }
 
 /// The zone's own ingress nodes (self-registered), then the static remote ingresses.
+#[utoipa::path(get, path = "/v1/zone-ingresses", tag = "zone", security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The zone's own ingress registrations, then the static remote ZoneIngress resources", body = Vec<serde_json::Value>),
+        (status = 401, description = "A read token is set and none was presented", body = openapi::ErrorBody),
+    ))]
 async fn zone_ingresses(State(state): State<AdminState>) -> Json<Vec<serde_json::Value>> {
     let mut out: Vec<serde_json::Value> = state
         .zone_rx
@@ -336,6 +384,14 @@ async fn zone_ingresses(State(state): State<AdminState>) -> Json<Vec<serde_json:
 /// Removes a dead member by hand (Consul's `force-leave`): every node shows it as `left` (and
 /// drops it after `gossip.left_grace`) instead of `dead` for `gossip.dead_node_grace`. Refused
 /// (`409`) for a member that is alive or draining, `404` for an unknown name.
+#[utoipa::path(post, path = "/v1/members/{name}/force-leave", tag = "zone", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The member's name")),
+    responses(
+        (status = 202, description = "The member is shown as left everywhere", body = ForceLeaveAnswer),
+        (status = 401, description = "The admin token is missing or wrong", body = openapi::ErrorBody),
+        (status = 404, description = "No member of that name", body = openapi::ErrorBody),
+        (status = 409, description = "The member is alive, draining or has left", body = openapi::ErrorBody),
+    ))]
 async fn force_leave(
     _auth: Authorized,
     State(state): State<AdminState>,
@@ -387,21 +443,46 @@ async fn force_leave(
     let value = proto::member::force_leave_value(generation, crate::unix_ms());
     state.gossip.set(&[(key.as_str(), value)]).await;
     tracing::info!(member = %name, generation, "member removed by hand (force-leave)");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"forceLeave": name, "generation": generation})),
-    )
-        .into_response())
+    let answer = ForceLeaveAnswer {
+        force_leave: name,
+        generation,
+    };
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
+/// `POST /v1/members/{name}/force-leave`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ForceLeaveAnswer {
+    /// The member's name.
+    force_leave: String,
+    /// The dead generation removed.
+    generation: u64,
+}
+
+/// `POST /v1/drain`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct DrainAnswer {
+    draining: bool,
+    /// Whether a drain had been asked for before.
+    already_draining: bool,
+}
+
+/// Drains the node that answers (README "Draining").
+#[utoipa::path(post, path = "/v1/drain", tag = "zone", security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Draining", body = DrainAnswer),
+        (status = 401, description = "The admin token is missing or wrong", body = openapi::ErrorBody),
+    ))]
 async fn drain(_auth: Authorized, State(state): State<AdminState>) -> Response {
     let already = state.drain_tx.send_replace(true);
     tracing::info!(already, "drain requested through the admin API");
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({"draining": true, "alreadyDraining": already})),
-    )
-        .into_response()
+    let answer = DrainAnswer {
+        draining: true,
+        already_draining: already,
+    };
+    (StatusCode::ACCEPTED, Json(answer)).into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -783,12 +864,95 @@ mod tests {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 
+    /// Every operation of the OpenAPI document is served by the router (not the fallback, not
+    /// 405), and no route is added except through `OpenApiRouter::routes` (so none is missing
+    /// from the document).
+    #[tokio::test]
+    async fn the_openapi_document_and_the_router_list_the_same_routes() {
+        let (state, _r) = state(Some("admin")).await;
+        let (status, body) = call(&state, "GET", "/v1/openapi.json", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut operations = 0;
+        for (path, item) in paths {
+            for method in ["get", "put", "post", "delete"] {
+                if item.get(method).is_none() {
+                    continue;
+                }
+                operations += 1;
+                let uri = path
+                    .replace("{mesh}", "default")
+                    .replace("{name}", "x")
+                    .replace("{service}", "web");
+                let (status, body) = call(
+                    &state,
+                    &method.to_uppercase(),
+                    &format!("{uri}?sni=x"),
+                    Some("Bearer admin"),
+                )
+                .await;
+                assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+                assert!(
+                    !body.contains("no such admin endpoint"),
+                    "{method} {path} is in the document but not served"
+                );
+            }
+        }
+        for must in [
+            "/",
+            "/v1/apply",
+            "/v1/meshes/{mesh}/external-services/{name}",
+            "/v1/openapi.json",
+        ] {
+            assert!(paths.contains_key(must), "{must} missing");
+        }
+        assert!(operations >= 50, "{operations} operations");
+        // Routes only through `OpenApiRouter::routes` (the metrics listener is another server).
+        for (file, source) in [
+            ("mod.rs", include_str!("mod.rs")),
+            ("resources.rs", include_str!("resources.rs")),
+            ("routing.rs", include_str!("routing.rs")),
+            ("pki.rs", include_str!("pki.rs")),
+            ("status.rs", include_str!("status.rs")),
+            ("openapi.rs", include_str!("openapi.rs")),
+        ] {
+            let code = source.split("#[cfg(test)]").next().unwrap();
+            assert!(
+                !code.contains(".route(")
+                    && !code.contains(" Router::new()")
+                    && !code.contains("axum::Router::new()"),
+                "{file} adds a route outside the OpenAPI document"
+            );
+        }
+    }
+
+    /// The document is valid OpenAPI 3.1 by `openapi-spec-validator` (PyPI).
+    #[tokio::test]
+    async fn the_openapi_document_passes_openapi_spec_validator() {
+        let (state, _r) = state(None).await;
+        let (_, body) = call(&state, "GET", "/v1/openapi.json", None).await;
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &body).unwrap();
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sys, json\nfrom openapi_spec_validator import validate\nvalidate(json.load(open(sys.argv[1])))\nprint('valid')"])
+            .arg(file.path())
+            .output()
+            .expect("python3");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "openapi-spec-validator (pip install openapi-spec-validator): {stderr}"
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "valid");
+    }
+
     #[tokio::test]
     async fn the_metrics_listener_serves_metrics_and_probes_only() {
         let (mut state, _r) = state(Some("admin")).await;
         state.read_token = Some(Secret::new("reader".to_string()));
         for uri in ["/metrics", "/live", "/ready"] {
-            let resp = metrics_router(state.clone())
+            let resp = metrics_listener::router(state.clone())
                 .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
                 .await
                 .unwrap();
@@ -806,7 +970,7 @@ mod tests {
             ("POST", "/v1/apply"),
             ("PUT", "/v1/meshes/x"),
         ] {
-            let resp = metrics_router(state.clone())
+            let resp = metrics_listener::router(state.clone())
                 .oneshot(
                     Request::builder()
                         .method(method)

@@ -20,31 +20,64 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use proto::resource::KumaDuration;
 use serde::Deserialize;
-use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::ErrorBody;
 use super::resources::{Authorized, read_body, scrub};
 use super::{AdminState, ApiError};
 use crate::pki::{EgressIdentities, IssueOptions, MeshCa};
 
 /// The route.
-pub fn routes() -> axum::Router<AdminState> {
-    axum::Router::new().route("/v1/meshes/{mesh}/pki/issue", post(issue))
+pub fn routes() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new().routes(routes!(issue))
 }
 
-#[derive(Deserialize)]
+/// The body of an issue request.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IssueRequest {
+    /// `spiffe://<mesh>/<service>`; the mesh must be the path's.
     spiffe: String,
+    /// DNS names (SANs).
     #[serde(default)]
     dns: Vec<String>,
+    /// IP addresses (SANs).
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     ips: Vec<IpAddr>,
+    /// Lifetime in Kuma's duration form (`24h`); default the backend's
+    /// `dpCert.rotation.expiration`, else `pki.identity_validity`.
     validity: Option<String>,
 }
 
+/// The issued certificate and its key (PEM).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct IssueAnswer {
+    spiffe: String,
+    /// PEM, leaf first.
+    certificate: String,
+    /// PKCS#8 PEM private key.
+    key: String,
+    /// The mesh CA certificate (PEM).
+    ca: String,
+    /// RFC 3339.
+    not_after: String,
+}
+
+#[utoipa::path(post, path = "/v1/meshes/{mesh}/pki/issue", tag = "pki", security(("bearer" = [])),
+    params(("mesh" = String, Path, description = "Mesh name")),
+    request_body(content = IssueRequest, description = "JSON or YAML", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The certificate, its key and the CA", body = IssueAnswer),
+        (status = 400, description = "Not an issue request, or a SPIFFE id of another mesh", body = ErrorBody),
+        (status = 401, description = "The admin token is missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such mesh", body = ErrorBody),
+        (status = 409, description = "The mesh has no CA that can issue", body = ErrorBody),
+    ))]
 async fn issue(
     _auth: Authorized,
     State(state): State<AdminState>,
@@ -136,12 +169,12 @@ async fn issue(
         .increment(1);
     tracing::info!(mesh = %mesh_name, spiffe = %request.spiffe, "issued a data-plane certificate");
     let not_after = humantime::format_rfc3339_seconds(options.not_after).to_string();
-    Ok(Json(json!({
-        "spiffe": request.spiffe,
-        "certificate": options.chain_pem(),
-        "key": options.key_pem(),
-        "ca": ca.certificate_pem(),
-        "notAfter": not_after,
-    }))
+    Ok(Json(IssueAnswer {
+        spiffe: request.spiffe,
+        certificate: options.chain_pem(),
+        key: options.key_pem(),
+        ca: ca.certificate_pem(),
+        not_after,
+    })
     .into_response())
 }

@@ -17,10 +17,24 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use proto::resource::{self, Kind, ParseErrors, Resource, ResourceKey};
 use serde_json::{Value, json};
 
+use utoipa::openapi::path::{
+    HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItemBuilder, Paths,
+    PathsBuilder,
+};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::security::SecurityRequirement;
+use utoipa::openapi::{
+    ArrayBuilder, ContentBuilder, ObjectBuilder, Ref, RefOr, Required, ResponseBuilder, Schema,
+    Type,
+};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{BEARER, ErrorBody};
 use super::{AdminState, ApiError};
 use crate::store::{Applied, Change, StoreError};
 
@@ -163,42 +177,238 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 type Params = Path<HashMap<String, String>>;
 
-/// Routes for one kind: list and one-by-name under `base`.
+/// Routes for one kind: list and one-by-name under `base`, each registered with its OpenAPI
+/// operations ([`kind_paths`]).
 fn kind_routes(
-    router: axum::Router<AdminState>,
+    router: OpenApiRouter<AdminState>,
     kind: Kind,
     base: &str,
-) -> axum::Router<AdminState> {
+) -> OpenApiRouter<AdminState> {
     let one = format!("{base}/{{name}}");
-    router
-        .route(
-            base,
-            get(move |x: Secrets, s: State<AdminState>, p: Params| list(kind, x, s, p)),
+    let (list_paths, one_paths) = kind_paths(kind, base, &one);
+    let list_route = if base == "/v1/zone-ingresses" {
+        None
+    } else {
+        Some(get(move |x: Secrets, s: State<AdminState>, p: Params| {
+            list(kind, x, s, p)
+        }))
+    };
+    let one_route = get(move |x: Secrets, s: State<AdminState>, p: Params| get_one(kind, x, s, p))
+        .put(
+            move |a: Authorized, s: State<AdminState>, p: Params, h: HeaderMap, b: Body| {
+                put_one(kind, a, s, p, h, b)
+            },
         )
-        .route(
-            &one,
-            get(move |x: Secrets, s: State<AdminState>, p: Params| get_one(kind, x, s, p))
-                .put(
-                    move |a: Authorized, s: State<AdminState>, p: Params, h: HeaderMap, b: Body| {
-                        put_one(kind, a, s, p, h, b)
-                    },
+        .delete(move |a: Authorized, s: State<AdminState>, p: Params| delete_one(kind, a, s, p));
+    let router = match list_route {
+        Some(route) => router.routes((vec![], list_paths, route)),
+        None => router,
+    };
+    router.routes((vec![], one_paths, one_route))
+}
+
+/// The OpenAPI operations of one kind's routes: `GET base` (list) and `GET/PUT/DELETE
+/// base/{name}`, with their parameters, bodies, answers and errors.
+fn kind_paths(kind: Kind, base: &str, one: &str) -> (Paths, Paths) {
+    let name = kind.as_str();
+    let string = || ObjectBuilder::new().schema_type(Type::String).build();
+    let path_param = |param: &str, what: String| {
+        ParameterBuilder::new()
+            .name(param)
+            .parameter_in(ParameterIn::Path)
+            .required(Required::True)
+            .description(Some(what))
+            .schema(Some(string()))
+            .build()
+    };
+    let secrets = ParameterBuilder::new()
+        .name("secrets")
+        .parameter_in(ParameterIn::Query)
+        .required(Required::False)
+        .description(Some(
+            "true: show inline secrets instead of \"<redacted>\" (needs the admin token)",
+        ))
+        .schema(Some(
+            ObjectBuilder::new().schema_type(Type::Boolean).build(),
+        ))
+        .build();
+    let json = |schema: RefOr<Schema>| ContentBuilder::new().schema(Some(schema)).build();
+    let resource = || RefOr::Ref(Ref::from_schema_name("Resource"));
+    let error = |what: &str| {
+        ResponseBuilder::new()
+            .description(what)
+            .content(
+                "application/json",
+                json(RefOr::Ref(Ref::from_schema_name("ErrorBody"))),
+            )
+            .build()
+    };
+    let read = || {
+        vec![
+            SecurityRequirement::default(),
+            SecurityRequirement::new(BEARER, Vec::<String>::new()),
+        ]
+    };
+    let write = || vec![SecurityRequirement::new(BEARER, Vec::<String>::new())];
+    let mut params = Vec::new();
+    if kind.is_mesh_scoped() {
+        params.push(path_param("mesh", "Mesh name".into()));
+    }
+    let op = |id: &str, summary: String| {
+        OperationBuilder::new()
+            .tag("resources")
+            .operation_id(Some(format!("{id}_{}", kind.plural().replace('-', "_"))))
+            .summary(Some(summary))
+            .parameters(Some(params.clone()))
+    };
+    let list_op = op("list", format!("Every {name} (of the mesh)"))
+        .parameter(secrets.clone())
+        .securities(Some(read()))
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description(format!("The {name} resources"))
+                .content(
+                    "application/json",
+                    json(ArrayBuilder::new().items(resource()).build().into()),
                 )
-                .delete(move |a: Authorized, s: State<AdminState>, p: Params| {
-                    delete_one(kind, a, s, p)
-                }),
+                .build(),
         )
+        .response("400", error("A bad ?secrets= value"))
+        .response(
+            "401",
+            error("A token is needed (read token set, or ?secrets=true)"),
+        )
+        .response("404", error("No such mesh"))
+        .build();
+    let named = path_param("name", format!("The {name}'s name"));
+    let get_op = op("get", format!("One {name}"))
+        .parameter(named.clone())
+        .parameter(secrets)
+        .securities(Some(read()))
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description(format!("The {name}"))
+                .content("application/json", json(resource()))
+                .build(),
+        )
+        .response("400", error("An invalid name, or a bad ?secrets= value"))
+        .response(
+            "401",
+            error("A token is needed (read token set, or ?secrets=true)"),
+        )
+        .response("404", error("It does not exist"))
+        .build();
+    let body = RequestBodyBuilder::new()
+        .description(Some(format!(
+            "The {name} as Kuma's YAML (application/yaml, the default) or JSON; `name` and `mesh` \
+             may be left out (the path gives them) and must match when given"
+        )))
+        .content("application/yaml", json(resource()))
+        .content("application/json", json(resource()))
+        .required(Some(Required::True))
+        .build();
+    let put_op = op("put", format!("Create or replace one {name}"))
+        .parameter(named.clone())
+        .request_body(Some(body))
+        .securities(Some(write()))
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description("Replaced (secrets redacted)")
+                .content("application/json", json(resource()))
+                .build(),
+        )
+        .response(
+            "201",
+            ResponseBuilder::new()
+                .description("Created (secrets redacted)")
+                .content("application/json", json(resource()))
+                .build(),
+        )
+        .response(
+            "400",
+            error("An invalid document: every problem in `details`"),
+        )
+        .response("401", error("The admin token is missing or wrong"))
+        .response(
+            "409",
+            error("It conflicts with the zone's resources (e.g. a missing mesh)"),
+        )
+        .response("413", error("The body is larger than 4 MiB"))
+        .response("415", error("A content type other than YAML or JSON"))
+        .build();
+    let delete_op = op("delete", format!("Delete one {name}"))
+        .parameter(named)
+        .securities(Some(write()))
+        .response(
+            "200",
+            ResponseBuilder::new()
+                .description("Deleted")
+                .content(
+                    "application/json",
+                    json(RefOr::Ref(Ref::from_schema_name("DeleteAnswer"))),
+                )
+                .build(),
+        )
+        .response("400", error("An invalid name"))
+        .response("401", error("The admin token is missing or wrong"))
+        .response("404", error("It does not exist"))
+        .response("409", error("Other resources use it"))
+        .build();
+    let list_paths = PathsBuilder::new()
+        .path(
+            base,
+            PathItemBuilder::new()
+                .operation(HttpMethod::Get, list_op)
+                .build(),
+        )
+        .build();
+    let one_paths = PathsBuilder::new()
+        .path(
+            one,
+            PathItemBuilder::new()
+                .operation(HttpMethod::Get, get_op)
+                .operation(HttpMethod::Put, put_op)
+                .operation(HttpMethod::Delete, delete_op)
+                .build(),
+        )
+        .build();
+    (list_paths, one_paths)
+}
+
+/// A Kuma resource document (`type`, `name`, `mesh` for mesh-scoped kinds, then the kind's own
+/// fields as in Kuma's `api/mesh/v1alpha1` and `docs/generated/resources`; README "Kuma
+/// resources" lists what is implemented). The document's schema is this envelope: the kinds'
+/// fields are Kuma's.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Resource)]
+#[allow(dead_code)]
+struct ResourceSchema {
+    /// The kind: Mesh, ExternalService, Dataplane, ZoneIngress, Secret, GlobalSecret,
+    /// MeshExternalService, TrafficPermission, MeshTrafficPermission.
+    r#type: String,
+    /// The resource's name.
+    name: String,
+    /// Its mesh (mesh-scoped kinds).
+    mesh: Option<String>,
+}
+
+/// `DELETE` of a resource.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct DeleteAnswer {
+    /// The deleted resource's key (`Kind mesh/name`).
+    deleted: String,
 }
 
 /// The resource routes: `/v1/<plural>` for zone-wide kinds (`/v1/meshes`,
 /// `/v1/global-secrets`), `/v1/meshes/{mesh}/<plural>` for mesh-scoped ones (Kuma's REST paths:
 /// `external-services`, `dataplanes`, `secrets`, `meshexternalservices`, `traffic-permissions`,
 /// `meshtrafficpermissions`). `/v1/zone-ingresses` itself is listed by the parent router.
-pub fn routes() -> axum::Router<AdminState> {
-    let mut router = axum::Router::new().route("/v1/apply", post(apply));
+pub fn routes() -> OpenApiRouter<AdminState> {
+    let mut router = OpenApiRouter::new().routes(routes!(apply));
     for kind in Kind::ALL {
-        if kind == Kind::ZoneIngress {
-            continue;
-        }
         let base = if kind.is_mesh_scoped() {
             format!("/v1/meshes/{{mesh}}/{}", kind.plural())
         } else {
@@ -206,19 +416,20 @@ pub fn routes() -> axum::Router<AdminState> {
         };
         router = kind_routes(router, kind, &base);
     }
-    let one = "/v1/zone-ingresses/{name}";
-    router.route(
-        one,
-        get(|x: Secrets, s: State<AdminState>, p: Params| get_one(Kind::ZoneIngress, x, s, p))
-            .put(
-                |a: Authorized, s: State<AdminState>, p: Params, h: HeaderMap, b: Body| {
-                    put_one(Kind::ZoneIngress, a, s, p, h, b)
-                },
-            )
-            .delete(|a: Authorized, s: State<AdminState>, p: Params| {
-                delete_one(Kind::ZoneIngress, a, s, p)
-            }),
-    )
+    // The schemas the per-kind operations refer to by name.
+    let components = router
+        .get_openapi_mut()
+        .components
+        .get_or_insert_with(Default::default);
+    components.schemas.insert(
+        "Resource".to_string(),
+        <ResourceSchema as utoipa::PartialSchema>::schema(),
+    );
+    components.schemas.insert(
+        "DeleteAnswer".to_string(),
+        <DeleteAnswer as utoipa::PartialSchema>::schema(),
+    );
+    router
 }
 
 /// Runs a parse off the async workers (a large batch takes a while and must not stall the
@@ -458,32 +669,62 @@ async fn delete_one(
         .apply(vec![Change::Delete(key.clone())])
         .await
         .map_err(store_error)?;
-    Ok(Json(json!({"deleted": key.to_string()})).into_response())
+    Ok(Json(DeleteAnswer {
+        deleted: key.to_string(),
+    })
+    .into_response())
 }
 
-/// The apply answer: per resource, its outcome and the warnings of [`Resource::warnings`]
+/// `POST /v1/apply`: per resource, its outcome and the warnings of [`Resource::warnings`]
 /// (what is stored but not acted on), when any.
-fn applied_json(applied: &[Applied], warnings: &HashMap<ResourceKey, Vec<String>>) -> Value {
-    let items: Vec<Value> = applied
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ApplyAnswer {
+    applied: Vec<AppliedItem>,
+}
+
+/// One resource of an apply.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct AppliedItem {
+    /// The kind (`Mesh`, `ExternalService`, ...).
+    r#type: &'static str,
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mesh: Option<String>,
+    outcome: crate::store::Outcome,
+    /// What is stored but not acted on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+fn applied_json(applied: &[Applied], warnings: &HashMap<ResourceKey, Vec<String>>) -> ApplyAnswer {
+    let applied = applied
         .iter()
-        .map(|a| {
-            let mut v = json!({
-                "type": a.key.kind().as_str(),
-                "name": a.key.name(),
-                "outcome": a.outcome,
-            });
-            if let Some(mesh) = a.key.mesh() {
-                v["mesh"] = json!(mesh);
-            }
-            if let Some(w) = warnings.get(&a.key).filter(|w| !w.is_empty()) {
-                v["warnings"] = json!(w);
-            }
-            v
+        .map(|a| AppliedItem {
+            r#type: a.key.kind().as_str(),
+            name: a.key.name().to_string(),
+            mesh: a.key.mesh().map(str::to_string),
+            outcome: a.outcome,
+            warnings: warnings.get(&a.key).cloned().unwrap_or_default(),
         })
         .collect();
-    json!({ "applied": items })
+    ApplyAnswer { applied }
 }
 
+/// Applies one or many documents, all or nothing.
+#[utoipa::path(post, path = "/v1/apply", tag = "resources", security(("bearer" = [])),
+    request_body(
+        content = Vec<ResourceSchema>,
+        description = "YAML documents separated by `---` (application/yaml, the default), or a JSON document or array; a list of documents as `get -o yaml|json` prints works too",
+        content_type = "application/yaml",
+    ),
+    responses(
+        (status = 200, description = "Every document applied", body = ApplyAnswer),
+        (status = 400, description = "An invalid document (every problem in `details`), or no document", body = ErrorBody),
+        (status = 401, description = "The admin token is missing or wrong", body = ErrorBody),
+        (status = 409, description = "The batch conflicts with the zone's resources", body = ErrorBody),
+        (status = 413, description = "The body is larger than 4 MiB", body = ErrorBody),
+        (status = 415, description = "A content type other than YAML or JSON", body = ErrorBody),
+    ))]
 async fn apply(
     _auth: Authorized,
     State(state): State<AdminState>,

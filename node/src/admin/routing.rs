@@ -7,28 +7,46 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use proto::Role;
 use proto::zone::outbound::{self, Egress, Mode, Outbound, RemoteIngress, Target};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::ErrorBody;
 use super::{AdminState, ApiError};
 use crate::forward::route;
 
 /// The routing routes.
-pub fn routes() -> axum::Router<AdminState> {
-    axum::Router::new()
-        .route("/v1/inspect/route", get(inspect_route))
-        .route("/v1/meshes/{mesh}/outbounds/{service}", get(outbounds))
-        .route("/v1/links", get(links))
+pub fn routes() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(inspect_route))
+        .routes(routes!(outbounds))
+        .routes(routes!(links))
 }
 
 /// Per remote ingress: zone, address, state, RTT, streams, bytes, reconnects.
+#[utoipa::path(get, path = "/v1/links", tag = "routing", security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "This node's links to other zones (empty on an ingress node)", body = Vec<crate::link::LinkStatus>),
+        (status = 401, description = "A read token is set and none was presented", body = ErrorBody),
+    ))]
 async fn links(State(state): State<AdminState>) -> Response {
     let links = state.links.as_ref().map(|l| l.links()).unwrap_or_default();
     Json(json!(links)).into_response()
 }
 
+/// The routing decision for an SNI, with the permission verdict for a client when given.
+#[utoipa::path(get, path = "/v1/inspect/route", tag = "routing", security((), ("bearer" = [])),
+    params(
+        ("sni" = String, Query, description = "The SNI to explain (hashed or tag form)"),
+        ("client" = Option<String>, Query, description = "A client's SPIFFE id spiffe://<mesh>/<service>"),
+    ),
+    responses(
+        (status = 200, description = "The decision: action, reason, mesh, service, destination, permission", body = serde_json::Value),
+        (status = 400, description = "No SNI, or a client that is not a SPIFFE id", body = ErrorBody),
+        (status = 401, description = "A read token is set and none was presented", body = ErrorBody),
+    ))]
 async fn inspect_route(
     State(state): State<AdminState>,
     Query(query): Query<HashMap<String, String>>,
@@ -77,6 +95,18 @@ async fn inspect_route(
 /// up (DESIGN.md §6), as a typed [`Outbound`]. For a service of another zone, `?port=N` (the
 /// service's port) gives Kuma's hashed SNI; without it the answer gives the tag form, which
 /// passthrough accepts too.
+#[utoipa::path(get, path = "/v1/meshes/{mesh}/outbounds/{service}", tag = "routing", security((), ("bearer" = [])),
+    params(
+        ("mesh" = String, Path, description = "Mesh name"),
+        ("service" = String, Path, description = "The service (kuma.io/service)"),
+        ("port" = Option<u16>, Query, description = "The service's port, for Kuma's hashed SNI of another zone's service"),
+    ),
+    responses(
+        (status = 200, description = "Where a sidecar sends traffic for the service: mode, SNI, egress addresses", body = serde_json::Value),
+        (status = 401, description = "A read token is set and none was presented", body = ErrorBody),
+        (status = 404, description = "No such mesh or service", body = ErrorBody),
+        (status = 503, description = "No ready egress node", body = ErrorBody),
+    ))]
 async fn outbounds(
     State(state): State<AdminState>,
     Path((mesh_name, service)): Path<(String, String)>,

@@ -14,9 +14,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use proto::resource::{CaKind, Kind, Resource};
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AdminState;
 
@@ -32,13 +33,16 @@ const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; \
                    base-uri 'none'; form-action 'none'";
 
 /// The status routes.
-pub fn routes() -> axum::Router<AdminState> {
-    axum::Router::new()
-        .route("/", get(page))
-        .route("/status.js", get(script))
-        .route("/v1/status", get(status))
+pub fn routes() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(script))
+        .routes(routes!(status))
 }
 
+/// The status page (HTML; no data of its own).
+#[utoipa::path(get, path = "/", tag = "status", security(()),
+    responses((status = 200, description = "The status page", body = String, content_type = "text/html")))]
 async fn page() -> impl IntoResponse {
     (
         [
@@ -51,6 +55,9 @@ async fn page() -> impl IntoResponse {
     )
 }
 
+/// The status page's script.
+#[utoipa::path(get, path = "/status.js", tag = "status", security(()),
+    responses((status = 200, description = "JavaScript", body = String, content_type = "text/javascript")))]
 async fn script() -> impl IntoResponse {
     (
         [
@@ -69,7 +76,7 @@ async fn script() -> impl IntoResponse {
 /// "ca": {"backend", "notAfter" (RFC 3339) | null} | null}]}`. `ca` is the CA this egress
 /// node has loaded for the mesh (`null` until it first issued its identity from it, and on
 /// ingress nodes).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     name: String,
@@ -82,7 +89,7 @@ pub struct Status {
 }
 
 /// One mesh in [`Status`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct MeshStatus {
     name: String,
@@ -91,20 +98,26 @@ struct MeshStatus {
     ca: Option<CaStatus>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct MtlsStatus {
     enabled_backend: String,
     r#type: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CaStatus {
     backend: String,
     not_after: Option<String>,
 }
 
+/// This node and the mTLS state of every mesh (see [`Status`]).
+#[utoipa::path(get, path = "/v1/status", tag = "status", security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "This node and its meshes", body = Status),
+        (status = 401, description = "A read token is set and none was presented", body = super::openapi::ErrorBody),
+    ))]
 async fn status(State(state): State<AdminState>) -> Json<Status> {
     let resources = state.resources_rx.borrow().clone();
     let loaded = state

@@ -65,7 +65,9 @@ pub struct LinkTarget {
 }
 
 /// Where a link is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkState {
     /// Dialing, or exchanging the hello.
@@ -88,7 +90,9 @@ impl LinkState {
 }
 
 /// Why a link exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkOrigin {
     /// Given by [`LinkManager::set_targets`].
@@ -99,7 +103,7 @@ pub enum LinkOrigin {
 
 /// One link as `GET /v1/links` shows it.
 /// The CLI decodes it (`zone-egress get links`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LinkStatus {
     /// The link's name.
@@ -107,6 +111,7 @@ pub struct LinkStatus {
     /// The remote zone.
     pub zone: String,
     /// The ingress's QUIC address.
+    #[schema(value_type = String, example = "10.0.2.11:10001")]
     pub address: SocketAddr,
     /// Static or discovered.
     pub origin: LinkOrigin,
