@@ -27,6 +27,13 @@ fn main() -> ExitCode {
         Command::Inspect(node::cli::InspectCommand::Route { sni, client, admin }) => {
             print_result(node::cli::inspect_route(&admin, &sni, client.as_deref()))
         }
+        Command::Inspect(node::cli::InspectCommand::Outbounds {
+            mesh,
+            service,
+            port,
+            admin,
+        }) => print_result(node::cli::inspect_outbounds(&admin, &mesh, &service, port)),
+        Command::Export(args) => print_result(node::cli::export(&args)),
         Command::Keygen => print_result(Ok(format!("{}\n", node::gossip::sealed::generate_key()))),
     }
 }

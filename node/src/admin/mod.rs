@@ -948,6 +948,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_dry_run_checks_like_an_apply_and_writes_nothing() {
+        let (state, _r) = state(Some("t")).await;
+        let auth = Some("Bearer t");
+        let mesh = b"type: Mesh\nname: default\n".to_vec();
+        let (status, body) = send(
+            &state,
+            "POST",
+            "/v1/apply?dryRun=true",
+            auth,
+            None,
+            mesh.clone(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["dryRun"], true);
+        assert_eq!(body["applied"][0]["outcome"], "created");
+        let (_, list) = send(&state, "GET", "/v1/meshes", auth, None, Vec::new()).await;
+        assert_eq!(list, json!([]), "a dry run wrote");
+        // The same refusal as a real apply: an ExternalService of a mesh that does not exist.
+        let es = b"type: ExternalService\nmesh: nowhere\nname: web\ntags: { kuma.io/service: web }\nnetworking: { address: 127.0.0.1:80 }\n".to_vec();
+        let (dry, dry_body) = send(
+            &state,
+            "POST",
+            "/v1/apply?dryRun=true",
+            auth,
+            None,
+            es.clone(),
+        )
+        .await;
+        let (real, real_body) = send(&state, "POST", "/v1/apply", auth, None, es).await;
+        assert_eq!((dry, &dry_body["error"]), (real, &real_body["error"]));
+        assert_ne!(real, StatusCode::OK);
+        // After a real apply, the dry run says unchanged; a bad flag is a 400.
+        send(&state, "POST", "/v1/apply", auth, None, mesh.clone()).await;
+        let (_, body) = send(
+            &state,
+            "POST",
+            "/v1/apply?dryRun=1",
+            auth,
+            None,
+            mesh.clone(),
+        )
+        .await;
+        assert_eq!(body["applied"][0]["outcome"], "unchanged");
+        let (status, _) = send(&state, "POST", "/v1/apply?dryRun=maybe", auth, None, mesh).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
     async fn the_metrics_listener_serves_metrics_and_probes_only() {
         let (mut state, _r) = state(Some("admin")).await;
         state.read_token = Some(Secret::new("reader".to_string()));

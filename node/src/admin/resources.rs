@@ -678,8 +678,12 @@ async fn delete_one(
 /// `POST /v1/apply`: per resource, its outcome and the warnings of [`Resource::warnings`]
 /// (what is stored but not acted on), when any.
 #[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 struct ApplyAnswer {
     applied: Vec<AppliedItem>,
+    /// `true` for `?dryRun=true`: the outcomes the batch would have; nothing was written.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dry_run: bool,
 }
 
 /// One resource of an apply.
@@ -707,7 +711,10 @@ fn applied_json(applied: &[Applied], warnings: &HashMap<ResourceKey, Vec<String>
             warnings: warnings.get(&a.key).cloned().unwrap_or_default(),
         })
         .collect();
-    ApplyAnswer { applied }
+    ApplyAnswer {
+        applied,
+        dry_run: false,
+    }
 }
 
 /// Applies one or many documents, all or nothing.
@@ -717,8 +724,9 @@ fn applied_json(applied: &[Applied], warnings: &HashMap<ResourceKey, Vec<String>
         description = "YAML documents separated by `---` (application/yaml, the default), or a JSON document or array; a list of documents as `get -o yaml|json` prints works too",
         content_type = "application/yaml",
     ),
+    params(("dryRun" = Option<bool>, Query, description = "true: parse and check everything as an apply would (same errors, same outcomes), write nothing")),
     responses(
-        (status = 200, description = "Every document applied", body = ApplyAnswer),
+        (status = 200, description = "Every document applied (or, with dryRun, would be)", body = ApplyAnswer),
         (status = 400, description = "An invalid document (every problem in `details`), or no document", body = ErrorBody),
         (status = 401, description = "The admin token is missing or wrong", body = ErrorBody),
         (status = 409, description = "The batch conflicts with the zone's resources", body = ErrorBody),
@@ -728,9 +736,20 @@ fn applied_json(applied: &[Applied], warnings: &HashMap<ResourceKey, Vec<String>
 async fn apply(
     _auth: Authorized,
     State(state): State<AdminState>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let dry_run = match query.get("dryRun").map(String::as_str) {
+        None | Some("false" | "0") => false,
+        Some("true" | "1") => true,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "`dryRun` takes true or false",
+            ));
+        }
+    };
     let format = format_of(&headers)?;
     let text = read_body(body).await?;
     let yaml = match format {
@@ -771,6 +790,13 @@ async fn apply(
         .map(|r| (r.resource_key(), r.warnings()))
         .collect();
     let changes = resources.into_iter().map(Change::Put).collect();
-    let applied = state.store.apply(changes).await.map_err(store_error)?;
-    Ok(Json(applied_json(&applied, &warnings)).into_response())
+    let applied = if dry_run {
+        state.store.check(changes).await
+    } else {
+        state.store.apply(changes).await
+    }
+    .map_err(store_error)?;
+    let mut answer = applied_json(&applied, &warnings);
+    answer.dry_run = dry_run;
+    Ok(Json(answer).into_response())
 }

@@ -59,6 +59,9 @@ pub enum Command {
     /// Explain what a node would do.
     #[command(subcommand)]
     Inspect(InspectCommand),
+    /// Every resource of the zone as YAML documents, in an order `apply -f` takes back (meshes
+    /// and secrets first): a backup, or a copy to another zone.
+    Export(ExportArgs),
 }
 
 /// `zone-egress inspect ...`
@@ -73,6 +76,22 @@ pub enum InspectCommand {
         /// are applied as to a connection with that certificate.
         #[arg(long, value_name = "URI")]
         client: Option<String>,
+        /// Admin API and token.
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Where a sidecar of this zone sends traffic for a service (the embedded control plane's
+    /// answer: the egress nodes, the SNI, passthrough or terminated).
+    Outbounds {
+        /// Mesh.
+        #[arg(long, default_value = "default")]
+        mesh: String,
+        /// The service (`kuma.io/service`).
+        #[arg(long)]
+        service: String,
+        /// The service's port, for Kuma's hashed SNI of another zone's service.
+        #[arg(long)]
+        port: Option<u16>,
         /// Admin API and token.
         #[command(flatten)]
         admin: AdminArgs,
@@ -211,33 +230,96 @@ pub struct HealthArgs {
     pub live: bool,
 }
 
-/// What `get` lists.
+/// What `get` lists. Each takes kumactl's spelling and the singular as aliases
+/// (`zoneegresses`, `externalservices`, `external-service`, ...); a typo gets clap's "a similar
+/// value exists" tip and exit code 2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Resource {
     /// Gossip members of the zone.
+    #[value(alias = "member")]
     Members,
     /// Egress registrations of the zone.
+    #[value(alias = "zoneegresses", alias = "zone-egress", alias = "zoneegress")]
     ZoneEgresses,
     /// Ingress nodes of the zone and static remote ingresses.
+    #[value(alias = "zoneingresses", alias = "zone-ingress", alias = "zoneingress")]
     ZoneIngresses,
     /// Meshes.
+    #[value(alias = "mesh")]
     Meshes,
     /// External services of a mesh.
+    #[value(
+        alias = "externalservices",
+        alias = "external-service",
+        alias = "externalservice"
+    )]
     ExternalServices,
     /// Dataplanes of a mesh.
+    #[value(alias = "dataplane")]
     Dataplanes,
     /// Secrets of a mesh (data shown only with --show-secrets and the admin token).
+    #[value(alias = "secret")]
     Secrets,
     /// Secrets of the zone.
+    #[value(
+        alias = "globalsecrets",
+        alias = "global-secret",
+        alias = "globalsecret"
+    )]
     GlobalSecrets,
     /// MeshExternalServices of a mesh.
+    #[value(alias = "meshexternalservice", alias = "mesh-external-services")]
     Meshexternalservices,
     /// TrafficPermissions of a mesh.
+    #[value(
+        alias = "trafficpermissions",
+        alias = "traffic-permission",
+        alias = "trafficpermission"
+    )]
     TrafficPermissions,
     /// MeshTrafficPermissions of a mesh.
+    #[value(alias = "meshtrafficpermission", alias = "mesh-traffic-permissions")]
     Meshtrafficpermissions,
     /// QUIC links to other zones' ingresses.
+    #[value(alias = "link")]
     Links,
+}
+
+impl Resource {
+    /// The resource kind behind a resource type (`None` for members, registrations and links).
+    pub fn kind(self) -> Option<proto::resource::Kind> {
+        use proto::resource::Kind;
+        Some(match self {
+            Resource::Meshes => Kind::Mesh,
+            Resource::ExternalServices => Kind::ExternalService,
+            Resource::Dataplanes => Kind::Dataplane,
+            Resource::Secrets => Kind::Secret,
+            Resource::GlobalSecrets => Kind::GlobalSecret,
+            Resource::Meshexternalservices => Kind::MeshExternalService,
+            Resource::TrafficPermissions => Kind::TrafficPermission,
+            Resource::Meshtrafficpermissions => Kind::MeshTrafficPermission,
+            Resource::ZoneIngresses => Kind::ZoneIngress,
+            Resource::Members | Resource::ZoneEgresses | Resource::Links => return None,
+        })
+    }
+
+    /// How an empty list is named: `external services`.
+    pub fn words(self) -> &'static str {
+        match self {
+            Resource::Members => "members",
+            Resource::ZoneEgresses => "egress nodes",
+            Resource::ZoneIngresses => "ingress nodes or static ZoneIngresses",
+            Resource::Meshes => "meshes",
+            Resource::ExternalServices => "ExternalServices",
+            Resource::Dataplanes => "Dataplanes",
+            Resource::Secrets => "Secrets",
+            Resource::GlobalSecrets => "GlobalSecrets",
+            Resource::Meshexternalservices => "MeshExternalServices",
+            Resource::TrafficPermissions => "TrafficPermissions",
+            Resource::Meshtrafficpermissions => "MeshTrafficPermissions",
+            Resource::Links => "links to other zones",
+        }
+    }
 }
 
 /// Output format of client commands.
@@ -256,6 +338,9 @@ pub enum Output {
 pub struct GetArgs {
     /// What to list.
     pub resource: Resource,
+    /// One of them by name (a member, link or registration by its node name); with `-o yaml`
+    /// the document `apply -f` takes back.
+    pub name: Option<String>,
     /// Mesh of mesh-scoped resources.
     #[arg(long, default_value = "default")]
     pub mesh: String,
@@ -274,12 +359,30 @@ pub struct GetArgs {
 /// Arguments of `zone-egress apply`.
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
-    /// YAML (or JSON) file of one or many documents; `-` reads standard input.
+    /// YAML (or JSON) file of one or many documents (or a list, as `get -o yaml` and `export`
+    /// print); `-` reads standard input.
     #[arg(short = 'f', long = "file", value_name = "FILE|-")]
     pub file: PathBuf,
+    /// Parse and check everything as an apply would (the node's checks, the same errors and
+    /// outcomes), change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Admin API and token.
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+/// Arguments of `zone-egress export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Admin API and token.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Include inline private keys and Secret data instead of `<redacted>` (needs the admin
+    /// token when the node has one); without it the export cannot be applied back where it
+    /// carries secrets.
+    #[arg(long)]
+    pub show_secrets: bool,
 }
 
 /// Arguments of `zone-egress delete`.

@@ -65,6 +65,86 @@ pub fn inspect_route(admin: &AdminArgs, sni: &str, client: Option<&str>) -> anyh
     Ok(format!("{}\n", serde_json::to_string_pretty(&value)?))
 }
 
+/// Runs `zone-egress inspect outbounds`: `GET /v1/meshes/M/outbounds/S[?port=N]`.
+pub fn inspect_outbounds(
+    admin: &AdminArgs,
+    mesh: &str,
+    service: &str,
+    port: Option<u16>,
+) -> anyhow::Result<String> {
+    let mut path = format!("/v1/meshes/{}/outbounds/{}", encode(mesh), encode(service));
+    if let Some(port) = port {
+        path.push_str(&format!("?port={port}"));
+    }
+    let value = call(admin, "GET", &path, None)?;
+    Ok(format!("{}\n", serde_json::to_string_pretty(&value)?))
+}
+
+/// Runs `zone-egress export`: every resource of the zone, as YAML documents separated by
+/// `---`, zone-wide kinds and meshes first, then each mesh's Secrets, then the rest (the order
+/// an apply needs: a document's mesh and secrets exist before it).
+pub fn export(args: &ExportArgs) -> anyhow::Result<String> {
+    use proto::resource::Kind;
+    let query = if args.show_secrets {
+        "?secrets=true"
+    } else {
+        ""
+    };
+    let list = |path: String| -> anyhow::Result<Vec<serde_json::Value>> {
+        let value = call(&args.admin, "GET", &format!("{path}{query}"), None)?;
+        Ok(value.as_array().cloned().unwrap_or_default())
+    };
+    let mut documents = Vec::new();
+    for kind in [Kind::GlobalSecret, Kind::Mesh, Kind::ZoneIngress] {
+        let path = match kind {
+            // `/v1/zone-ingresses` also lists the zone's own ingress registrations; the
+            // resources are those with a `networking.advertisedAddress` and type ZoneIngress.
+            Kind::ZoneIngress => "/v1/zone-ingresses".to_string(),
+            _ => format!("/v1/{}", kind.plural()),
+        };
+        let items = list(path)?;
+        documents.extend(items.into_iter().filter(|d| {
+            kind != Kind::ZoneIngress || d["networking"]["advertisedAddress"].is_string()
+        }));
+    }
+    let meshes: Vec<String> = documents
+        .iter()
+        .filter(|d| d["type"] == "Mesh")
+        .filter_map(|d| d["name"].as_str().map(str::to_string))
+        .collect();
+    let mesh_kinds = [
+        Kind::Secret,
+        Kind::ExternalService,
+        Kind::MeshExternalService,
+        Kind::Dataplane,
+        Kind::TrafficPermission,
+        Kind::MeshTrafficPermission,
+    ];
+    debug_assert!(
+        Kind::ALL
+            .iter()
+            .all(|k| !k.is_mesh_scoped() || mesh_kinds.contains(k))
+    );
+    for mesh in &meshes {
+        for kind in mesh_kinds {
+            documents.extend(list(format!(
+                "/v1/meshes/{}/{}",
+                encode(mesh),
+                kind.plural()
+            ))?);
+        }
+    }
+    let mut out = String::new();
+    for document in &documents {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(document)?);
+    }
+    if documents.is_empty() {
+        out.push_str("# no resources in this zone\n");
+    }
+    Ok(out)
+}
+
 /// Runs `zone-egress health`: `Ok` with the node's answer when it is ready (or live).
 pub fn health(args: &HealthArgs) -> anyhow::Result<String> {
     let path = if args.live { "/live" } else { "/ready" };
@@ -172,6 +252,9 @@ pub fn drain(args: &DrainArgs, out: &mut dyn Write) -> anyhow::Result<String> {
 
 /// Runs `zone-egress get` and returns the text to print.
 pub fn get(args: &GetArgs) -> anyhow::Result<String> {
+    if let Some(name) = &args.name {
+        return get_one(args, name);
+    }
     let mesh = &encode(&args.mesh);
     let path = match args.resource {
         Resource::Members => "/v1/members".to_string(),
@@ -217,6 +300,97 @@ pub fn get(args: &GetArgs) -> anyhow::Result<String> {
             );
         }
     }
+    if args.output == Output::Table && value.as_array().is_some_and(Vec::is_empty) {
+        return Ok(if mesh_scoped {
+            format!("no {} in mesh {:?}\n", args.resource.words(), args.mesh)
+        } else {
+            format!(
+                "no {} in zone {}\n",
+                args.resource.words(),
+                zone_of(&args.admin)
+            )
+        });
+    }
+    render(args.resource, args.output, &value)
+}
+
+/// The zone of the node behind `admin` (from its open `/ready`), for messages; `?` when it
+/// does not say.
+fn zone_of(admin: &AdminArgs) -> String {
+    exchange(
+        admin,
+        "GET",
+        "/ready",
+        None,
+        admin.timeout.unwrap_or(REQUEST_TIMEOUT),
+    )
+    .ok()
+    .and_then(|(_, v)| v["zone"].as_str().map(|z| format!("{z:?}")))
+    .unwrap_or_else(|| "?".to_string())
+}
+
+/// `zone-egress get TYPE NAME`: one resource (`GET .../NAME`), or one member, link or
+/// registration picked from its list. Table output is the one row; JSON and YAML output is the
+/// document itself (what `apply -f` takes back).
+fn get_one(args: &GetArgs, name: &str) -> anyhow::Result<String> {
+    let secrets = if args.show_secrets {
+        "?secrets=true"
+    } else {
+        ""
+    };
+    let value = match args.resource.kind() {
+        Some(kind) => {
+            let path = resource_path(kind.as_str(), name, &args.mesh)?;
+            let url_path = format!("{path}{secrets}");
+            let timeout = args.admin.timeout.unwrap_or(REQUEST_TIMEOUT);
+            match exchange(&args.admin, "GET", &url_path, None, timeout)? {
+                (status, _) if status == ureq::http::StatusCode::NOT_FOUND => {
+                    let place = if kind.is_mesh_scoped() {
+                        format!("mesh {:?}", args.mesh)
+                    } else {
+                        format!("zone {}", zone_of(&args.admin))
+                    };
+                    bail!("no {} named {name:?} in {place}", kind.as_str());
+                }
+                (status, value) if status.is_success() => value,
+                // Any other answer: the usual error (status, the node's message).
+                _ => call(&args.admin, "GET", &url_path, None)?,
+            }
+        }
+        _ => {
+            let path = match args.resource {
+                Resource::Members => "/v1/members",
+                Resource::ZoneEgresses => "/v1/zone-egresses",
+                _ => "/v1/links",
+            };
+            let list = call(&args.admin, "GET", path, None)?;
+            let found: Vec<serde_json::Value> = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|v| v["name"] == name)
+                .cloned()
+                .collect();
+            if found.is_empty() {
+                bail!(
+                    "no {} named {name:?} in zone {}",
+                    args.resource.words(),
+                    zone_of(&args.admin)
+                );
+            }
+            match args.output {
+                Output::Table => serde_json::Value::Array(found),
+                // A member may be listed once per generation (a dead one next to its restart).
+                _ if found.len() > 1 => serde_json::Value::Array(found),
+                _ => found.into_iter().next().unwrap_or_default(),
+            }
+        }
+    };
+    let value = match (args.output, value) {
+        (Output::Table, serde_json::Value::Array(items)) => serde_json::Value::Array(items),
+        (Output::Table, one) => serde_json::Value::Array(vec![one]),
+        (_, v) => v,
+    };
     render(args.resource, args.output, &value)
 }
 
@@ -241,23 +415,24 @@ pub fn apply(args: &ApplyArgs) -> anyhow::Result<String> {
             args.file.display()
         );
     }
-    let value = call(
-        &args.admin,
-        "POST",
-        "/v1/apply",
-        Some(("application/yaml", body)),
-    )?;
+    let path = if args.dry_run {
+        "/v1/apply?dryRun=true"
+    } else {
+        "/v1/apply"
+    };
+    let value = call(&args.admin, "POST", path, Some(("application/yaml", body)))?;
     let mut out = String::new();
+    let dry_run = if args.dry_run { " (dry run)" } else { "" };
     for applied in value["applied"].as_array().into_iter().flatten() {
         let mesh = applied["mesh"]
             .as_str()
-            .map(|m| format!(" (mesh {m})"))
+            .map(|m| format!(" in mesh {m}"))
             .unwrap_or_default();
         out.push_str(&format!(
-            "{} {}{mesh} {}\n",
+            "{} {} {}{mesh}{dry_run}\n",
+            text(&applied["outcome"]),
             text(&applied["type"]),
             text(&applied["name"]),
-            text(&applied["outcome"]),
         ));
         for warning in applied["warnings"].as_array().into_iter().flatten() {
             out.push_str(&format!("  warning: {}\n", text(warning)));
@@ -329,7 +504,12 @@ pub fn issue(
 pub fn delete(args: &DeleteArgs) -> anyhow::Result<String> {
     let path = resource_path(&args.kind, &args.name, &args.mesh)?;
     call(&args.admin, "DELETE", &path, None)?;
-    Ok(format!("deleted {} {}\n", args.kind, args.name))
+    let kind = proto::resource::Kind::parse(&args.kind).map_or(args.kind.as_str(), |k| k.as_str());
+    let mesh = proto::resource::Kind::parse(&args.kind)
+        .filter(|k| k.is_mesh_scoped())
+        .map(|_| format!(" in mesh {}", args.mesh))
+        .unwrap_or_default();
+    Ok(format!("deleted {kind} {}{mesh}\n", args.name))
 }
 
 /// Runs `zone-egress force-leave NAME`: `POST /v1/members/NAME/force-leave`.

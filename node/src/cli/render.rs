@@ -184,25 +184,46 @@ fn members(members: &[proto::Member]) -> String {
         "ROLE",
         "STATE",
         "READY",
+        "VERSION",
+        "AGE",
         "GOSSIP",
         "ADMIN",
         "GENERATION",
     ];
+    let now = crate::unix_ms();
     table(
         &header,
         members.iter().map(|m| {
+            let state = match m.left_at_ms {
+                Some(left) => format!("{} {} ago", m.state.as_str(), age(now, left)),
+                None => m.state.as_str().to_string(),
+            };
             vec![
                 m.name.clone(),
                 m.zone.clone(),
                 m.role.map_or("-", |r| r.as_str()).to_string(),
-                m.state.as_str().to_string(),
+                state,
                 m.ready.to_string(),
+                m.version.clone().unwrap_or_else(|| "-".to_string()),
+                m.started_at_ms.map_or("-".to_string(), |s| age(now, s)),
                 m.gossip_address.clone(),
                 m.admin_address.clone().unwrap_or_else(|| "-".to_string()),
                 m.generation.to_string(),
             ]
         }),
     )
+}
+
+/// Time from `since_ms` to `now_ms` (Unix milliseconds) as kubectl shows AGE: `42s`, `5m`,
+/// `3h`, `12d` (`0s` for a time in the future: clocks differ).
+pub(super) fn age(now_ms: u64, since_ms: u64) -> String {
+    let s = now_ms.saturating_sub(since_ms) / 1000;
+    match s {
+        0..120 => format!("{s}s"),
+        120..7_200 => format!("{}m", s / 60),
+        7_200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
 }
 
 /// The links table.
@@ -218,6 +239,7 @@ fn links(links: &[crate::link::LinkStatus]) -> String {
         "RECEIVED",
         "RECONNECTS",
         "SERVICES",
+        "LAST ERROR",
     ];
     table(
         &header,
@@ -233,6 +255,7 @@ fn links(links: &[crate::link::LinkStatus]) -> String {
                 l.bytes_received.to_string(),
                 l.reconnects.to_string(),
                 l.services.to_string(),
+                l.last_error.clone().unwrap_or_else(|| "-".to_string()),
             ]
         }),
     )

@@ -243,7 +243,22 @@ impl Handle {
     /// Secrets. Every record of a batch carries the same timestamp, so a concurrent batch
     /// writing the same keys wins or loses as a whole (a Mesh never ends up with another
     /// writer's CA).
-    pub async fn apply(&self, mut batch: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
+    pub async fn apply(&self, batch: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
+        self.apply_or_check(batch, false).await
+    }
+
+    /// Checks a batch as [`Handle::apply`] would (the same completion, checks and outcomes, so
+    /// the same errors) and writes nothing: `apply --dry-run`. A builtin CA the batch would
+    /// mint is generated and thrown away.
+    pub async fn check(&self, batch: Vec<Change>) -> Result<Vec<Applied>, StoreError> {
+        self.apply_or_check(batch, true).await
+    }
+
+    async fn apply_or_check(
+        &self,
+        mut batch: Vec<Change>,
+        dry_run: bool,
+    ) -> Result<Vec<Applied>, StoreError> {
         let shared = &self.shared;
         let mut state = shared.state.lock().await;
         // An O(1) clone of the persistent maps.
@@ -291,6 +306,10 @@ impl Handle {
                         Some(_) => Outcome::Updated,
                         None => Outcome::Created,
                     };
+                    if dry_run {
+                        applied.push(Applied { key, outcome });
+                        continue;
+                    }
                     let ts = batch_ts
                         .get_or_insert_with(|| state.clock.tick(now))
                         .clone();
@@ -301,6 +320,13 @@ impl Handle {
                     let text_key = key.to_string();
                     if current.get(&key).is_none() {
                         return Err(StoreError::NotFound(text_key));
+                    }
+                    if dry_run {
+                        applied.push(Applied {
+                            key,
+                            outcome: Outcome::Deleted,
+                        });
+                        continue;
                     }
                     let ts = batch_ts
                         .get_or_insert_with(|| state.clock.tick(now))
