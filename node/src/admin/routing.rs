@@ -43,7 +43,7 @@ async fn links(State(state): State<AdminState>) -> Response {
         ("client" = Option<String>, Query, description = "A client's SPIFFE id spiffe://<mesh>/<service>"),
     ),
     responses(
-        (status = 200, description = "The decision: action, reason, mesh, service, destination, permission", body = serde_json::Value),
+        (status = 200, description = "The decision, its reason and what the egress would do", body = crate::forward::route::Explanation),
         (status = 400, description = "No SNI, or a client that is not a SPIFFE id", body = ErrorBody),
         (status = 401, description = "A read token is set and none was presented", body = ErrorBody),
     ))]
@@ -102,7 +102,7 @@ async fn inspect_route(
         ("port" = Option<u16>, Query, description = "The service's port, for Kuma's hashed SNI of another zone's service"),
     ),
     responses(
-        (status = 200, description = "Where a sidecar sends traffic for the service: mode, SNI, egress addresses", body = serde_json::Value),
+        (status = 200, description = "Where a sidecar sends traffic for the service: mode, SNI, egress addresses", body = proto::zone::outbound::Outbound),
         (status = 401, description = "A read token is set and none was presented", body = ErrorBody),
         (status = 404, description = "No such mesh or service", body = ErrorBody),
         (status = 503, description = "No ready egress node", body = ErrorBody),

@@ -26,7 +26,7 @@ pub fn decide(
 }
 
 /// The explanation `GET /v1/inspect/route` gives.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Explanation {
     /// The SNI asked about.
     pub sni: String,

@@ -13,7 +13,7 @@ use crate::resource::ExternalService;
 use crate::sni::{self, HashedKind, Sni};
 
 /// How a sidecar reaches the service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum Mode {
     /// Straight to the external address or the remote ingress (`routing.zoneEgress` off, or the
     /// mesh has no mTLS).
@@ -25,7 +25,7 @@ pub enum Mode {
 }
 
 /// One ready egress node of the zone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Egress {
     /// Node name.
     pub name: String,
@@ -36,7 +36,7 @@ pub struct Egress {
 }
 
 /// One remote ingress offering the service over a link that is up.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RemoteIngress {
     /// Its zone.
     pub zone: String,
@@ -49,7 +49,7 @@ pub struct RemoteIngress {
 }
 
 /// The answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Outbound {
     /// The mesh.
