@@ -132,7 +132,10 @@ fn an_operator_round_trips_resources_through_the_cli() {
 
     // `inspect outbounds` explains where a sidecar sends traffic for a service.
     let out = ok(admin, &["inspect", "outbounds", "--service", "web"], "");
-    assert!(out.contains("\"mode\"") && out.contains("\"service\": \"web\""), "{out}");
+    assert!(
+        out.contains("\"mode\"") && out.contains("\"service\": \"web\""),
+        "{out}"
+    );
 
     // Export, and apply the export to another zone: both zones then export the same.
     let export = ok(admin, &["export"], "");

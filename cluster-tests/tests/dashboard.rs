@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cluster_tests::upstream::{Nginx, free_port, run};
-use cluster_tests::{Cluster, eventually, hashed_sni, request, zone_egress};
+use cluster_tests::{Cluster, eventually, hashed_sni, pki};
 use serde_json::Value;
 
 const CONVERGE: Duration = Duration::from_secs(40);
@@ -25,20 +25,8 @@ fn p(dir: &Path, rel: &str) -> String {
     dir.join(rel).to_str().unwrap().to_string()
 }
 
-fn ze(args: &[&str]) {
-    zone_egress(args).unwrap();
-}
-
 fn apply(admin: &str, yaml: &str) {
-    let url = format!("{admin}/v1/apply");
-    let (status, body) = request(
-        "POST",
-        &url,
-        Some(("application/yaml", yaml.as_bytes())),
-        None,
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
+    cluster_tests::zone_link::apply(admin, yaml).unwrap();
 }
 
 struct Prometheus {
@@ -144,38 +132,18 @@ fn every_dashboard_panel_returns_a_series_from_a_real_prometheus() {
         .tempdir()
         .unwrap()
         .keep();
-    ze(&[
-        "pki",
-        "init-ca",
-        "--out",
-        &p(&dir, "link-ca"),
-        "--name",
-        "zone-link",
-    ]);
-    ze(&[
-        "pki",
-        "init-ca",
-        "--out",
-        &p(&dir, "mesh-ca"),
-        "--name",
-        "mesh-default",
-    ]);
+    pki::init_ca(&dir, "link-ca", "zone-link").unwrap();
+    pki::init_ca(&dir, "mesh-ca", "mesh-default").unwrap();
     let web_sni = hashed_sni("web", 8443, "ms").unwrap();
-    let (ca, backend, client) = (p(&dir, "mesh-ca"), p(&dir, "backend"), p(&dir, "client"));
-    let web = "spiffe://default/web";
-    ze(&[
-        "pki", "issue", "--ca", &ca, "--spiffe", web, "--dns", &web_sni, "--out", &backend,
-    ]);
-    ze(&[
-        "pki",
-        "issue",
-        "--ca",
-        &ca,
-        "--spiffe",
-        "spiffe://default/client",
-        "--out",
-        &client,
-    ]);
+    pki::issue(
+        &dir,
+        "mesh-ca",
+        "spiffe://default/web",
+        &[&web_sni],
+        "backend",
+    )
+    .unwrap();
+    pki::issue(&dir, "mesh-ca", "spiffe://default/client", &[], "client").unwrap();
 
     // Destinations: nginx over TLS for zone-b's `web`, plain nginx for the external services.
     let nginx = Nginx::start(

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cluster_tests::upstream::{Nginx, run};
-use cluster_tests::{ALLOW_ALL, Cluster, TEST_CONFIG, hashed_sni, request, zone_egress};
+use cluster_tests::{ALLOW_ALL, Cluster, TEST_CONFIG, hashed_sni, pki, request};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 const TOKEN: &str = "status-admin-token-0123456789";
@@ -35,18 +35,8 @@ fn the_status_page_shows_the_fleet_and_a_dead_member_in_chromium() {
     }
     let root = cluster.root().to_path_buf();
     let p = |s: &str| root.join(s).to_str().unwrap().to_string();
-    zone_egress(&["pki", "init-ca", "--out", &p("ca"), "--name", "default"]).unwrap();
-    let client = [
-        "pki",
-        "issue",
-        "--ca",
-        &p("ca"),
-        "--spiffe",
-        "spiffe://default/web",
-        "--out",
-        &p("client"),
-    ];
-    zone_egress(&client).unwrap();
+    pki::init_ca(&root, "ca", "default").unwrap();
+    pki::issue(&root, "ca", "spiffe://default/web", &[], "client").unwrap();
     let nginx = Nginx::start(&root.join("nginx"), None).unwrap();
     std::fs::write(nginx.root.join("index.html"), "hello").unwrap();
     let yaml = format!(
