@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Get(args) => print_result(node::cli::get(&args)),
         Command::Health(args) => print_result(node::cli::health(&args)),
         Command::Drain(args) => print_result(node::cli::drain(&args, &mut std::io::stdout())),
+        Command::Undrain(args) => print_result(node::cli::undrain(&args)),
         Command::Apply(args) => print_result(node::cli::apply(&args)),
         Command::Delete(args) => print_result(node::cli::delete(&args)),
         Command::ForceLeave(args) => print_result(node::cli::force_leave(&args)),

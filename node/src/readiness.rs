@@ -23,6 +23,9 @@ pub struct Readiness {
     /// or `drain.grace` ran out. Only ever set after `draining`; `zone-egress drain --wait`
     /// waits for it.
     pub drained: bool,
+    /// The node got SIGTERM/SIGINT: it drains (if it had not) and leaves; a drain it is in can
+    /// no longer be undone (`POST /v1/undrain` is refused).
+    pub leaving: bool,
     /// Gossip has joined but the node waits a few rounds before it claims its name (so the
     /// state of the zone, an older holder of the name, has reached it).
     pub settling: bool,

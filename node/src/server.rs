@@ -49,8 +49,13 @@ pub async fn run(config: Config, signals_rx: mpsc::UnboundedReceiver<()>) -> any
     };
     let sockets = bind(&config).await?;
     let mut node = start(config, sockets).await?;
-    node.serve(&mut signals).await?;
-    node.drain(&mut signals).await;
+    loop {
+        node.serve(&mut signals).await?;
+        // A drain by request may be undone (`POST /v1/undrain`): then the node serves again.
+        if !node.drain(&mut signals).await {
+            break;
+        }
+    }
     node.leave(&mut signals).await;
     Ok(())
 }
@@ -145,10 +150,23 @@ struct Node {
     links: LinkPlane,
     admin: crate::admin::Handle,
     forward: Option<forward::Handle>,
+    /// Starts the forwarding plane again on its bound address after an undrain (egress role).
+    resume_forward: Option<ResumeForward>,
     readiness_tx: watch::Sender<Readiness>,
+    /// Set by `POST /v1/drain`, cleared by `POST /v1/undrain` (and set again here when an
+    /// undrain cannot bind the listener).
+    drain_tx: Arc<watch::Sender<bool>>,
     drain_rx: watch::Receiver<bool>,
     /// Glue tasks (readiness, warnings, mesh identities), aborted when the node leaves.
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// What an undrain needs to serve again: the forwarding listener's address and a way to build
+/// the forwarding plane's context.
+struct ResumeForward {
+    addr: SocketAddr,
+    context: Box<dyn Fn() -> forward::Context + Send + Sync>,
+    changes: Box<dyn Fn() -> crate::store::Changes + Send + Sync>,
 }
 
 /// Step 2: starts every plane on the bound sockets and writes `node.json`.
@@ -234,6 +252,7 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
     ));
     let (readiness_tx, readiness_rx) = watch::channel(Readiness::default());
     let (drain_tx, drain_rx) = watch::channel(false);
+    let drain_tx = Arc::new(drain_tx);
     let admin = crate::admin::spawn(
         admin_listener,
         metrics_listener,
@@ -245,7 +264,7 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
             },
             zone_rx: gossip.view(),
             readiness_rx,
-            drain_tx: Arc::new(drain_tx),
+            drain_tx: drain_tx.clone(),
             gossip: gossip.publisher(),
             token: config.admin.token.clone(),
             read_token: config.admin.read_token.clone(),
@@ -258,17 +277,42 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
             started,
         },
     );
-    let forward = forward_listener.map(|listener| {
-        let ctx = forward::Context::new(
+    let resume_forward = info.listen.map(|addr| {
+        let (resources_rx, identities, manager, remote) = (
             store.snapshot(),
             identities.clone(),
             links.manager(),
             links.remote_services(),
+        );
+        let (limits, access, zone) = (
             config.limits.clone(),
             config.log.access,
             config.zone.clone(),
         );
-        forward::spawn(listener, ctx, store.changes())
+        let changes_store = store.clone();
+        ResumeForward {
+            addr,
+            context: Box::new(move || {
+                forward::Context::new(
+                    resources_rx.clone(),
+                    identities.clone(),
+                    manager.clone(),
+                    remote.clone(),
+                    limits.clone(),
+                    access,
+                    zone.clone(),
+                )
+            }),
+            changes: Box::new(move || changes_store.changes()),
+        }
+    });
+    let forward = forward_listener.and_then(|listener| {
+        let resume = resume_forward.as_ref()?;
+        Some(forward::spawn(
+            listener,
+            (resume.context)(),
+            (resume.changes)(),
+        ))
     });
     readiness_tx.send_modify(|r| r.listeners_up = true);
     data_dir::write_runtime_info(&config.data_dir, &info)?;
@@ -307,7 +351,9 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
         links,
         admin,
         forward,
+        resume_forward,
         readiness_tx,
+        drain_tx,
         drain_rx,
         tasks,
     })
@@ -378,13 +424,18 @@ impl Node {
     }
 
     /// Step 4: announces `draining`, stops accepting, waits for in-flight connections; drained on
-    /// request (no signal yet), stays up until a signal.
-    async fn drain(&mut self, signals: &mut Signals) {
+    /// request (no signal yet), stays up until a signal, or until `POST /v1/undrain`: then it
+    /// serves again and this returns `true`.
+    async fn drain(&mut self, signals: &mut Signals) -> bool {
         tracing::info!(
             signalled = signals.seen > 0,
             "draining: announcing to the zone"
         );
-        self.readiness_tx.send_modify(|r| r.draining = true);
+        let leaving = signals.seen > 0;
+        self.readiness_tx.send_modify(|r| {
+            r.draining = true;
+            r.leaving = leaving;
+        });
         self.gossip
             .set(&[
                 (keys::LIFECYCLE, Lifecycle::Draining.as_str().to_string()),
@@ -406,9 +457,55 @@ impl Node {
         }
         tracing::info!("drained: no longer accepting");
         self.readiness_tx.send_modify(|r| r.drained = true);
-        if signals.seen == 0 && signals.rx.recv().await.is_some() {
-            signals.seen += 1;
+        while signals.seen == 0 {
+            let mut drain_rx = self.drain_rx.clone();
+            tokio::select! {
+                s = signals.rx.recv() => if s.is_some() { signals.seen += 1 },
+                _ = drain_rx.wait_for(|d| !*d) => {
+                    if self.resume().await {
+                        return true;
+                    }
+                }
+            }
         }
+        self.readiness_tx.send_modify(|r| r.leaving = true);
+        false
+    }
+
+    /// Undoes a drain by request: binds the forwarding listener again on its address, starts
+    /// the forwarding plane, and announces `serving` (readiness then publishes `ready`). When
+    /// the address cannot be bound again, the node stays drained (the error is logged, and
+    /// `/ready` still says drained) and `false` is returned.
+    async fn resume(&mut self) -> bool {
+        if let Some(resume) = &self.resume_forward {
+            match bind_tcp(resume.addr, "egress listener (listen / --listen)") {
+                Ok(listener) => {
+                    self.forward = Some(forward::spawn(
+                        listener,
+                        (resume.context)(),
+                        (resume.changes)(),
+                    ));
+                }
+                Err(error) => {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "cannot undrain: staying drained"
+                    );
+                    // Drained again, so the wait goes on for a signal or another undrain.
+                    self.drain_tx.send_replace(true);
+                    return false;
+                }
+            }
+        }
+        self.gossip
+            .set(&[(keys::LIFECYCLE, Lifecycle::Serving.as_str().to_string())])
+            .await;
+        self.readiness_tx.send_modify(|r| {
+            r.draining = false;
+            r.drained = false;
+        });
+        tracing::info!("undrained: accepting again");
+        true
     }
 
     /// Step 5: announces `left`, lets gossip carry it for three rounds (unless alone or hurried),

@@ -252,3 +252,90 @@ fn drain_without_the_token_fails_and_names_it() {
     let status = node.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit {status}: {}", node.log());
 }
+
+/// Maintenance over: `undrain` after a drain by request makes the node accept and be ready
+/// again (the listener bound again on its address); refused while not draining, and after a
+/// SIGTERM started the drain the node leaves anyway.
+#[test]
+fn undrain_after_a_drain_serves_again() {
+    let mut node = NodeProcess::start("drain: { announce_delay: 1s, grace: 1s }\n");
+    node.wait_ready();
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(node.dir.path().join("data/node.json")).unwrap(),
+    )
+    .unwrap();
+    let listen = info["listen"].as_str().unwrap().to_string();
+
+    // Not draining: refused, exit 1, and the node stays as it was.
+    let out = cli(&["undrain", "--admin", &node.admin_url]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("not draining"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = cli(&[
+        "drain",
+        "--wait",
+        "--timeout",
+        "20s",
+        "--admin",
+        &node.admin_url,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        std::net::TcpStream::connect(&listen).is_err(),
+        "a drained node still accepts on {listen}"
+    );
+
+    let out = cli(&[
+        "undrain",
+        "--wait",
+        "--timeout",
+        "20s",
+        "--admin",
+        &node.admin_url,
+    ]);
+    assert!(
+        out.status.success(),
+        "undrain --wait: {}\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        node.log()
+    );
+    assert!(
+        text(&out.stdout).starts_with("undrained: n1 "),
+        "{}",
+        text(&out.stdout)
+    );
+    let (status, ready) = node.ready().unwrap();
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(
+        (ready["draining"].as_bool(), ready["drained"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert!(
+        std::net::TcpStream::connect(&listen).is_ok(),
+        "not accepting on {listen}"
+    );
+
+    // A second maintenance works the same; then SIGTERM still leaves and exits 0.
+    let out = cli(&[
+        "drain",
+        "--wait",
+        "--timeout",
+        "20s",
+        "--admin",
+        &node.admin_url,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    node.terminate();
+    let status = node.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit {status}: {}", node.log());
+    assert!(
+        node.log().contains("undrained: accepting again"),
+        "{}",
+        node.log()
+    );
+}

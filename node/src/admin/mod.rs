@@ -134,6 +134,7 @@ pub(crate) fn api() -> OpenApiRouter<AdminState> {
         .routes(routes!(zone_egresses))
         .routes(routes!(zone_ingresses))
         .routes(routes!(drain))
+        .routes(routes!(undrain))
         .routes(routes!(force_leave))
         .routes(routes!(openapi::openapi_json))
         .merge(resources::routes())
@@ -483,6 +484,49 @@ async fn drain(_auth: Authorized, State(state): State<AdminState>) -> Response {
         already_draining: already,
     };
     (StatusCode::ACCEPTED, Json(answer)).into_response()
+}
+
+/// `POST /v1/undrain`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct UndrainAnswer {
+    /// Always true: the node binds its listener again and announces `serving`; `/ready` shows
+    /// when it is ready.
+    undraining: bool,
+}
+
+/// Undoes a drain asked for with `POST /v1/drain` once it has drained: the node that answers
+/// accepts again and becomes ready (maintenance over). Refused while a drain is still under way,
+/// when the node is not draining, and when it is shutting down (a signal: it leaves).
+#[utoipa::path(post, path = "/v1/undrain", tag = "zone", security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Serving again shortly", body = UndrainAnswer),
+        (status = 401, description = "The admin token is missing or wrong", body = openapi::ErrorBody),
+        (status = 409, description = "Not draining, still draining, or shutting down", body = openapi::ErrorBody),
+    ))]
+async fn undrain(_auth: Authorized, State(state): State<AdminState>) -> Result<Response, ApiError> {
+    let readiness = state.readiness_rx.borrow().clone();
+    let refusal = if readiness.leaving {
+        Some(
+            "the node is shutting down (it got a signal): it leaves the zone; start it again instead",
+        )
+    } else if !readiness.draining {
+        Some("the node is not draining")
+    } else if !readiness.drained {
+        Some("the node is still draining: undrain once it has drained (zone-egress drain --wait)")
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        return Err(ApiError::new(StatusCode::CONFLICT, refusal));
+    }
+    state.drain_tx.send_replace(false);
+    tracing::info!("undrain requested through the admin API");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(UndrainAnswer { undraining: true }),
+    )
+        .into_response())
 }
 
 async fn not_found() -> ApiError {
@@ -994,6 +1038,48 @@ mod tests {
         assert_eq!(body["applied"][0]["outcome"], "unchanged");
         let (status, _) = send(&state, "POST", "/v1/apply?dryRun=maybe", auth, None, mesh).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn undrain_is_refused_unless_a_requested_drain_is_over() {
+        let (state, readiness_tx) = state(Some("t")).await;
+        let auth = Some("Bearer t");
+        let mut cases = vec![
+            (Readiness::default(), "not draining"),
+            (
+                Readiness {
+                    draining: true,
+                    ..Readiness::default()
+                },
+                "still draining",
+            ),
+            (
+                Readiness {
+                    draining: true,
+                    drained: true,
+                    leaving: true,
+                    ..Readiness::default()
+                },
+                "shutting down",
+            ),
+        ];
+        for (readiness, why) in cases.drain(..) {
+            readiness_tx.send_replace(readiness);
+            let (status, body) = send(&state, "POST", "/v1/undrain", auth, None, Vec::new()).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            assert!(body["error"].as_str().unwrap().contains(why), "{body}");
+        }
+        state.drain_tx.send_replace(true);
+        readiness_tx.send_replace(Readiness {
+            draining: true,
+            drained: true,
+            ..Readiness::default()
+        });
+        let (status, _) = send(&state, "POST", "/v1/undrain", None, None, Vec::new()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, body) = send(&state, "POST", "/v1/undrain", auth, None, Vec::new()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert!(!*state.drain_tx.borrow(), "the drain flag is cleared");
     }
 
     #[tokio::test]

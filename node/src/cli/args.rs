@@ -45,6 +45,11 @@ pub enum Command {
     /// drain is a write: it needs the admin token when the node has one (--token, --token-file,
     /// or ZONE_EGRESS_TOKEN / ZONE_EGRESS_TOKEN_FILE).
     Drain(DrainArgs),
+    /// Undo a drain asked for with `drain` (maintenance over): the node binds its listener
+    /// again, announces `serving` and becomes ready. Only once it has drained; refused for a
+    /// node that is shutting down (SIGTERM: it leaves). With --wait, until `/ready` says ready
+    /// (within --timeout, default 10s). A write: needs the admin token.
+    Undrain(DrainArgs),
     /// Remove a dead member by hand (Consul's force-leave): every node lists it as `left` and
     /// drops it after `gossip.left_grace`, instead of `dead` for `gossip.dead_node_grace`.
     /// Refused for a member that is alive or draining. A write: needs the admin token.

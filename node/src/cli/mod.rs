@@ -196,8 +196,9 @@ pub fn drain(args: &DrainArgs, out: &mut dyn Write) -> anyhow::Result<String> {
     let already = answer["alreadyDraining"].as_bool().unwrap_or(false);
     if !args.wait {
         return Ok(format!(
-            "draining{}: the node stays up, not ready, until SIGTERM; \
-             `drain --wait` waits for the end of the drain\n",
+            "draining {}{}: this node (not the zone) stays up, not ready, until SIGTERM or \
+             `zone-egress undrain`; `drain --wait` waits for the end of the drain\n",
+            args.admin.admin,
             if already { " (it already was)" } else { "" }
         ));
     }
@@ -232,7 +233,8 @@ pub fn drain(args: &DrainArgs, out: &mut dyn Write) -> anyhow::Result<String> {
                 if drained {
                     return Ok(format!(
                         "drained: {name} no longer accepts, in-flight connections finished or \
-                         drain.grace ran out; it stays up, not ready, until SIGTERM\n"
+                         drain.grace ran out; it stays up, not ready, until SIGTERM or \
+                         `zone-egress undrain`\n"
                     ));
                 }
                 format!("{name} says draining {draining}, drained {drained}")
@@ -510,6 +512,47 @@ pub fn delete(args: &DeleteArgs) -> anyhow::Result<String> {
         .map(|_| format!(" in mesh {}", args.mesh))
         .unwrap_or_default();
     Ok(format!("deleted {kind} {}{mesh}\n", args.name))
+}
+
+/// Runs `zone-egress undrain`: `POST /v1/undrain` to the node behind `--admin`, then (with
+/// `--wait`) polls `/ready` until it is ready again, within `--timeout`.
+pub fn undrain(args: &DrainArgs) -> anyhow::Result<String> {
+    let timeout = args.admin.timeout.unwrap_or(REQUEST_TIMEOUT);
+    let deadline = Instant::now() + timeout;
+    let remaining = || deadline.saturating_duration_since(Instant::now());
+    call_within(&args.admin, "POST", "/v1/undrain", None, remaining())
+        .context("the undrain request failed")?;
+    if !args.wait {
+        return Ok(format!(
+            "undraining {}: it binds its listener again and becomes ready; `undrain --wait` \
+             waits for it\n",
+            args.admin.admin
+        ));
+    }
+    loop {
+        let last = match exchange(
+            &args.admin,
+            "GET",
+            "/ready",
+            None,
+            remaining().min(DRAIN_POLL_TIMEOUT),
+        ) {
+            Ok((status, ready)) if status.is_success() => {
+                let name = ready["name"].as_str().unwrap_or("the node");
+                return Ok(format!("undrained: {name} accepts again and is ready\n"));
+            }
+            Ok((_, ready)) => format!("not ready: {}", ready["reasons"]),
+            Err(e) => format!("{e:#}"),
+        };
+        let left = remaining();
+        if left.is_zero() {
+            bail!(
+                "timed out after {} waiting for the node to be ready again: {last}",
+                humantime::format_duration(timeout)
+            );
+        }
+        std::thread::sleep(DRAIN_POLL_INTERVAL.min(left));
+    }
 }
 
 /// Runs `zone-egress force-leave NAME`: `POST /v1/members/NAME/force-leave`.
