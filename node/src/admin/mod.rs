@@ -30,7 +30,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use proto::Registration;
-pub use resources::{Authorized, MAX_BODY_BYTES};
+pub use resources::{Authorized, MAX_BODY_BYTES, NoQuery};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -395,6 +395,7 @@ async fn zone_ingresses(State(state): State<AdminState>) -> Json<Vec<serde_json:
     ))]
 async fn force_leave(
     _auth: Authorized,
+    _: resources::NoQuery,
     State(state): State<AdminState>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
@@ -476,7 +477,11 @@ struct DrainAnswer {
         (status = 202, description = "Draining", body = DrainAnswer),
         (status = 401, description = "The admin token is missing or wrong", body = openapi::ErrorBody),
     ))]
-async fn drain(_auth: Authorized, State(state): State<AdminState>) -> Response {
+async fn drain(
+    _auth: Authorized,
+    _: resources::NoQuery,
+    State(state): State<AdminState>,
+) -> Response {
     let already = state.drain_tx.send_replace(true);
     tracing::info!(already, "drain requested through the admin API");
     let answer = DrainAnswer {
@@ -504,7 +509,11 @@ struct UndrainAnswer {
         (status = 401, description = "The admin token is missing or wrong", body = openapi::ErrorBody),
         (status = 409, description = "Not draining, still draining, or shutting down", body = openapi::ErrorBody),
     ))]
-async fn undrain(_auth: Authorized, State(state): State<AdminState>) -> Result<Response, ApiError> {
+async fn undrain(
+    _auth: Authorized,
+    _: resources::NoQuery,
+    State(state): State<AdminState>,
+) -> Result<Response, ApiError> {
     let readiness = state.readiness_rx.borrow().clone();
     let refusal = if readiness.leaving {
         Some(
@@ -1038,6 +1047,38 @@ mod tests {
         assert_eq!(body["applied"][0]["outcome"], "unchanged");
         let (status, _) = send(&state, "POST", "/v1/apply?dryRun=maybe", auth, None, mesh).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+        // A mistyped or repeated parameter is refused, never taken for a real write.
+        let other = b"type: Mesh\nname: other\n".to_vec();
+        for uri in [
+            "/v1/apply?dryrun=true",
+            "/v1/apply?dry-run=true",
+            "/v1/apply?dryRun=true&dryRun=false",
+            "/v1/meshes/other?dryRun=true",
+        ] {
+            let method = if uri.starts_with("/v1/apply") {
+                "POST"
+            } else {
+                "PUT"
+            };
+            let (status, body) = send(&state, method, uri, auth, None, other.clone()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+            assert!(
+                body["error"].as_str().unwrap().contains("query parameter"),
+                "{body}"
+            );
+        }
+        let (status, _) = send(
+            &state,
+            "DELETE",
+            "/v1/meshes/default?force=1",
+            auth,
+            None,
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (_, list) = send(&state, "GET", "/v1/meshes", auth, None, Vec::new()).await;
+        assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     }
 
     #[tokio::test]

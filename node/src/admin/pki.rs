@@ -80,6 +80,7 @@ struct IssueAnswer {
     ))]
 async fn issue(
     _auth: Authorized,
+    _: super::resources::NoQuery,
     State(state): State<AdminState>,
     Path(params): Path<HashMap<String, String>>,
     body: Body,

@@ -68,6 +68,49 @@ impl FromRequestParts<AdminState> for Authorized {
     }
 }
 
+/// A write that takes no query parameters: any is refused (`400`), so a mistyped one (say
+/// `?dryrun=true` on a `PUT`) never turns into a real write the caller did not mean.
+pub struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<NoQuery, ApiError> {
+        query_params(parts.uri.query(), &[]).map(|_| NoQuery)
+    }
+}
+
+/// The query parameters of a request, each of `allowed` at most once; an unknown or repeated
+/// parameter is a `400` naming it (writes must not guess what a typo meant).
+pub(super) fn query_params<'q>(
+    query: Option<&'q str>,
+    allowed: &[&str],
+) -> Result<HashMap<&'q str, &'q str>, ApiError> {
+    let mut params = HashMap::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let shown: String = key.chars().take(32).collect();
+        if !allowed.contains(&key) {
+            let takes = if allowed.is_empty() {
+                "this request takes no query parameters".to_string()
+            } else {
+                format!("this request takes only {}", allowed.join(", "))
+            };
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown query parameter {shown:?}: {takes}"),
+            ));
+        }
+        if params.insert(key, value).is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("query parameter {shown:?} given more than once"),
+            ));
+        }
+    }
+    Ok(params)
+}
+
 /// The bearer token of a request, trimmed (the scheme is case-insensitive, RFC 7235 §2.1).
 pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -195,11 +238,18 @@ fn kind_routes(
     };
     let one_route = get(move |x: Secrets, s: State<AdminState>, p: Params| get_one(kind, x, s, p))
         .put(
-            move |a: Authorized, s: State<AdminState>, p: Params, h: HeaderMap, b: Body| {
-                put_one(kind, a, s, p, h, b)
-            },
+            move |a: Authorized,
+                  _: NoQuery,
+                  s: State<AdminState>,
+                  p: Params,
+                  h: HeaderMap,
+                  b: Body| { put_one(kind, a, s, p, h, b) },
         )
-        .delete(move |a: Authorized, s: State<AdminState>, p: Params| delete_one(kind, a, s, p));
+        .delete(
+            move |a: Authorized, _: NoQuery, s: State<AdminState>, p: Params| {
+                delete_one(kind, a, s, p)
+            },
+        );
     let router = match list_route {
         Some(route) => router.routes((vec![], list_paths, route)),
         None => router,
@@ -720,11 +770,13 @@ fn applied_json(applied: &[Applied], warnings: &HashMap<ResourceKey, Vec<String>
 /// Applies one or many documents, all or nothing.
 #[utoipa::path(post, path = "/v1/apply", tag = "resources", security(("bearer" = [])),
     request_body(
-        content = Vec<ResourceSchema>,
         description = "YAML documents separated by `---` (application/yaml, the default), or a JSON document or array; a list of documents as `get -o yaml|json` prints works too",
-        content_type = "application/yaml",
+        content(
+            (Vec<ResourceSchema> = "application/yaml"),
+            (Vec<ResourceSchema> = "application/json"),
+        ),
     ),
-    params(("dryRun" = Option<bool>, Query, description = "true: parse and check everything as an apply would (same errors, same outcomes), write nothing")),
+    params(("dryRun" = Option<bool>, Query, description = "true (or 1): parse and check everything as an apply would (same errors, same outcomes), write nothing; false (or 0) is the default. Given at most once; any other query parameter is refused")),
     responses(
         (status = 200, description = "Every document applied (or, with dryRun, would be)", body = ApplyAnswer),
         (status = 400, description = "An invalid document (every problem in `details`), or no document", body = ErrorBody),
@@ -736,17 +788,18 @@ fn applied_json(applied: &[Applied], warnings: &HashMap<ResourceKey, Vec<String>
 async fn apply(
     _auth: Authorized,
     State(state): State<AdminState>,
-    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let dry_run = match query.get("dryRun").map(String::as_str) {
+    let query = query_params(uri.query(), &["dryRun"])?;
+    let dry_run = match query.get("dryRun").copied() {
         None | Some("false" | "0") => false,
         Some("true" | "1") => true,
         Some(_) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "`dryRun` takes true or false",
+                "dryRun takes true or false (or 1 or 0)",
             ));
         }
     };

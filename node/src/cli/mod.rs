@@ -196,8 +196,9 @@ pub fn drain(args: &DrainArgs, out: &mut dyn Write) -> anyhow::Result<String> {
     let already = answer["alreadyDraining"].as_bool().unwrap_or(false);
     if !args.wait {
         return Ok(format!(
-            "draining {}{}: this node (not the zone) stays up, not ready, until SIGTERM or \
-             `zone-egress undrain`; `drain --wait` waits for the end of the drain\n",
+            "draining: the node at {}{} (that node only, not the zone) stays up, not ready, \
+             until SIGTERM or `zone-egress undrain`; `drain --wait` waits for the end of the \
+             drain\n",
             args.admin.admin,
             if already { " (it already was)" } else { "" }
         ));
