@@ -84,6 +84,21 @@ fn an_operator_round_trips_resources_through_the_cli() {
     assert_ne!(dry, 0);
     assert_eq!((dry, &dry_err), (real, &real_err));
 
+    // A dry run of a Mesh with a builtin CA mints nothing that counts: no metric, no log line.
+    let builtin = "type: Mesh\nname: secure\nmtls: { enabledBackend: ca-1, backends: [ { name: \
+                   ca-1, type: builtin } ] }\n";
+    let out = ok(admin, &["apply", "-f", "-", "--dry-run"], builtin);
+    assert!(out.starts_with("created Mesh secure (dry run)\n"), "{out}");
+    let minted = |admin: &str| {
+        cluster_tests::metrics_text(admin)
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("zone_egress_builtin_ca_minted_total"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    assert_eq!(minted(admin), None, "a dry run counted a minted CA");
+    assert!(!a.nodes[0].log().contains("minted the builtin CA"));
+
     let out = ok(admin, &["apply", "-f", "-"], RESOURCES);
     assert!(out.starts_with("created Mesh default\n"), "{out}");
     assert!(

@@ -20,6 +20,26 @@ pub const MINTED_METRIC: &str = "zone_egress_builtin_ca_minted_total";
 ///   write path of the node that takes the Mesh's write, under the store lock, so nodes that
 ///   receive the Mesh by replication never mint, and one node never mints twice;
 /// * a Mesh delete takes its builtin CA Secrets with it (Kuma deletes a mesh's CA with it).
+///
+/// The caller counts and logs a minted CA once its batch is written ([`minted_cas`]), so a dry
+/// run that mints (and throws away) one neither counts nor logs it.
+/// The builtin CAs a completed batch mints: `(mesh, cert Secret name)` per CA, from the cert
+/// Secrets [`builtin_ca_changes`] added.
+pub(super) fn minted_cas(minted: &[Change]) -> Vec<(String, String)> {
+    minted
+        .iter()
+        .filter_map(|c| match c {
+            Change::Put(r @ Resource::Secret(_)) if r.name().contains(".ca-builtin-cert-") => {
+                Some((
+                    r.mesh().unwrap_or_default().to_string(),
+                    r.name().to_string(),
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 pub(super) fn builtin_ca_changes(
     current: &Resources,
     changes: &[Change],
@@ -85,13 +105,6 @@ pub(super) fn builtin_ca_changes(
                                 backend.name.as_str()
                             )])
                         })?;
-                    metrics::counter!(MINTED_METRIC).increment(1);
-                    tracing::info!(
-                        mesh = name,
-                        backend = backend.name.as_str(),
-                        rsa_bits = bits,
-                        "minted the builtin CA of the mesh"
-                    );
                     for (secret, bytes) in [(cert_name, cert), (key_name, key)] {
                         let doc = serde_json::json!({
                             "type": "Secret", "mesh": name, "name": secret,

@@ -281,6 +281,7 @@ impl Handle {
         } else {
             builtin_ca_changes(&current, &batch, SystemTime::now())?
         };
+        let minted_cas = checks::minted_cas(&minted);
         batch.extend(minted);
         check_references(&current, &batch)?;
 
@@ -348,6 +349,10 @@ impl Handle {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .extend(keys);
             shared.local_write.notify_one();
+        }
+        for (mesh, secret) in minted_cas.into_iter().filter(|_| !dry_run) {
+            metrics::counter!(checks::MINTED_METRIC).increment(1);
+            tracing::info!(%mesh, %secret, "minted the builtin CA of the mesh");
         }
         Ok(applied)
     }
