@@ -143,9 +143,9 @@ pub enum Problem {
     InvalidBase64,
     /// The placeholder a read answers with in place of a secret, sent back as if it were one.
     #[error(
-        "holds `<redacted>`, the placeholder a read shows in place of a secret: give the secret \
-         itself (a read with the admin token and `?secrets=true`, or `zone-egress get \
-         --show-secrets`, shows it)"
+        "holds the placeholder <redacted> that a read shows in place of a secret: give the \
+         secret itself (a read with the admin token and ?secrets=true, or zone-egress get or \
+         export with --show-secrets, shows it)"
     )]
     RedactedPlaceholder,
     /// A file path that is too long or holds control characters (a PEM block pasted as a path).
@@ -195,6 +195,10 @@ pub enum Problem {
 pub struct ParseError {
     /// 1-based index of the document in the text (empty documents count).
     pub document: usize,
+    /// 1-based index in the document's list, when the document is a list of documents (what
+    /// `zone-egress get -o yaml` prints).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<usize>,
     /// `type` as written, when it was a string.
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
@@ -219,6 +223,9 @@ fn display<S: Serializer>(problem: &Problem, serializer: S) -> Result<S::Ok, S::
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "document {}", self.document)?;
+        if let Some(item) = self.item {
+            write!(f, ", item {item}")?;
+        }
         let name = self.name.as_deref().map(echo);
         let mesh = self.mesh.as_deref().map(echo);
         match (self.kind.as_deref().map(echo), mesh, name) {
@@ -345,6 +352,7 @@ impl Context {
     ) -> ParseError {
         ParseError {
             document,
+            item: None,
             kind: self.kind.clone(),
             mesh: self.mesh.clone(),
             name: self.name.clone(),

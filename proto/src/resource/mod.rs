@@ -643,7 +643,11 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ParseErrors> {
     let flattened = yaml_documents(text, &mut errors)
         .into_iter()
         .flat_map(|(document, value)| match value {
-            Value::Array(items) => items.into_iter().map(|v| (document, v)).collect(),
+            Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (document, Some(i + 1), v))
+                .collect(),
             // kumactl's list (`kumactl get meshes -o yaml`): `{items: [...], total, next}`.
             Value::Object(mut list)
                 if list.get("items").is_some_and(Value::is_array)
@@ -652,14 +656,23 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, ParseErrors> {
                         .all(|k| ["items", "total", "next"].contains(&k.as_str())) =>
             {
                 match list.remove("items") {
-                    Some(Value::Array(items)) => items.into_iter().map(|v| (document, v)).collect(),
+                    Some(Value::Array(items)) => items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| (document, Some(i + 1), v))
+                        .collect(),
                     _ => Vec::new(),
                 }
             }
-            other => vec![(document, other)],
+            other => vec![(document, None, other)],
         });
-    for (document, value) in flattened {
-        match parse_value(document, value, None) {
+    for (document, item, value) in flattened {
+        match parse_value(document, value, None).map_err(|mut errors| {
+            for e in &mut errors {
+                e.item = item;
+            }
+            errors
+        }) {
             Ok(resource) => {
                 let key = resource.resource_key();
                 if let Some(first) = seen.get(&key) {
@@ -1465,6 +1478,15 @@ name: fine
     }
 
     #[test]
+    fn errors_in_a_list_name_the_item() {
+        // What `zone-egress get -o yaml` prints, with the second and third items broken.
+        let list = "- type: Mesh\n  name: a\n- type: Mesh\n  name: b\n  loging: x\n- type: Mesh\n  name: c\n  loging: y\n";
+        let errors = parse_documents(list).unwrap_err().to_string();
+        assert!(errors.contains("document 1, item 2 (Mesh b)"), "{errors}");
+        assert!(errors.contains("document 1, item 3 (Mesh c)"), "{errors}");
+    }
+
+    #[test]
     fn types_are_checked() {
         assert_error(
             "type: Gateway\nname: g\n",
@@ -1483,7 +1505,7 @@ name: fine
         assert_error("- type: Mesh\n", &["name: missing field `name`"]);
         assert_error(
             "- - type: Mesh\n",
-            &["document 1: a document must be a mapping, found a sequence"],
+            &["document 1, item 1: a document must be a mapping, found a sequence"],
         );
         let listed = parse_documents("- type: Mesh\n  name: a\n- type: Mesh\n  name: b\n").unwrap();
         assert_eq!(listed.len(), 2);
