@@ -265,7 +265,15 @@ pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
         }
         None => default,
     };
-    let mut raw = typed(&merged, "merged config")?;
+    // The embedded default is well-typed: a type error is the file's.
+    let file_origin = overrides
+        .config
+        .as_ref()
+        .map(|p| format!("file {:?}", p.display().to_string()));
+    let mut raw = typed(
+        &merged,
+        file_origin.as_deref().unwrap_or("embedded default"),
+    )?;
     if let Some(dir) = overrides.config.as_ref().and_then(|p| p.parent()) {
         raw.resolve_paths(dir);
     }

@@ -140,8 +140,29 @@ pub(super) fn parse_yaml(text: &str, origin: &str) -> Result<Value, ConfigError>
 }
 
 pub(super) fn typed(value: &Value, origin: &str) -> Result<RawConfig, ConfigError> {
-    serde_path_to_error::deserialize(value.clone())
-        .map_err(|e| ConfigError::invalid(origin, &path_of(e.path()), e.inner().to_string()))
+    serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let field = path_of(e.path());
+        let mut message = e.inner().to_string();
+        // serde quotes the value it refused (`invalid type: integer `12345``): never a token's.
+        if field.ends_with("token") {
+            message = redact_backticked(&message);
+        }
+        ConfigError::invalid(origin, &field, message)
+    })
+}
+
+/// `message` with every backticked value replaced by `…`.
+fn redact_backticked(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('`');
+        out.push_str(if i % 2 == 0 { "…" } else { part });
+    }
+    out
 }
 
 pub(super) fn path_of(path: &serde_path_to_error::Path) -> String {

@@ -156,6 +156,22 @@ fn tokens_graces_and_the_clock_offset_are_checked() {
 }
 
 #[test]
+fn a_mistyped_token_is_not_echoed_and_a_read_token_must_differ() {
+    let e = err("admin: { token: 12345 }\n");
+    assert!(e.contains("admin.token") && !e.contains("12345"), "{e}");
+    assert!(
+        e.contains("file"),
+        "names the file, not a merged config: {e}"
+    );
+    let e = err("admin: { token: same-value, read_token: same-value }\n");
+    assert!(
+        e.contains("admin.read_token") && e.contains("is the admin token"),
+        "{e}"
+    );
+    assert!(!e.contains("same-value"), "{e}");
+}
+
+#[test]
 fn admin_beyond_loopback_needs_a_token() {
     let e = err("admin: { listen: 0.0.0.0:9901 }\n");
     assert!(e.contains("beyond loopback"), "{e}");

@@ -79,6 +79,16 @@ pub(super) fn validate(
         raw_admin.read_token,
         raw_admin.read_token_file,
     )?;
+    if let (Some(read), Some(admin)) = (&read_token, &token)
+        && read.expose() == admin.expose()
+    {
+        return Err(ConfigError::invalid(
+            origin,
+            "admin.read_token",
+            "the read token is the admin token: a caller given it to read could write; give \
+             the read token its own value",
+        ));
+    }
     if read_token.is_some() && token.is_none() {
         return Err(ConfigError::invalid(
             origin,
@@ -317,11 +327,17 @@ pub(super) fn socket_addr(
     field: &str,
 ) -> Result<SocketAddr, ConfigError> {
     let value = value.unwrap_or_else(|| default.to_string());
+    // The example is the field's own default (a metrics listener has none: its usual port).
+    let example = if default.is_empty() {
+        "0.0.0.0:9902"
+    } else {
+        default
+    };
     value.parse().map_err(|_| {
         ConfigError::invalid(
             origin,
             field,
-            format!("{value:?} is not an ADDR:PORT socket address (e.g. 0.0.0.0:7946)"),
+            format!("{value:?} is not an ADDR:PORT socket address (e.g. {example})"),
         )
     })
 }
