@@ -164,9 +164,17 @@ fn an_operator_round_trips_resources_through_the_cli() {
     );
     assert_eq!(ok(&b.admin(0), &["export"], ""), export);
 
-    // Deleting says what it deleted, in the same words.
+    // Deleting says what it deleted, in the same words; kumactl's spelling and Kuma's type
+    // name work, a typo is a usage error with a suggestion.
+    let (code, _, err) = ze(admin, &["delete", "meshs", "default"], "");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("mesh"), "{err}");
     assert_eq!(
-        ok(admin, &["delete", "external-service", "web"], ""),
+        ok(admin, &["delete", "externalservices", "web"], ""),
         "deleted ExternalService web in mesh default\n"
+    );
+    assert_eq!(
+        ok(admin, &["delete", "MeshTrafficPermission", "allow-all"], ""),
+        "deleted MeshTrafficPermission allow-all in mesh default\n"
     );
 }

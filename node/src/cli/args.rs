@@ -327,6 +327,74 @@ impl Resource {
     }
 }
 
+/// A resource type on the command line (`delete`): each takes its plural, kumactl's spelling
+/// and Kuma's type name as aliases, so `delete externalservices web` works and a typo gets
+/// clap's suggestion (exit 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResourceKind {
+    /// Mesh.
+    #[value(alias = "meshes")]
+    Mesh,
+    /// ExternalService.
+    #[value(
+        alias = "external-services",
+        alias = "externalservice",
+        alias = "externalservices"
+    )]
+    ExternalService,
+    /// Dataplane.
+    #[value(alias = "dataplanes")]
+    Dataplane,
+    /// ZoneIngress (a static remote ingress).
+    #[value(
+        alias = "zone-ingresses",
+        alias = "zoneingress",
+        alias = "zoneingresses"
+    )]
+    ZoneIngress,
+    /// Secret.
+    #[value(alias = "secrets")]
+    Secret,
+    /// GlobalSecret.
+    #[value(
+        alias = "global-secrets",
+        alias = "globalsecret",
+        alias = "globalsecrets"
+    )]
+    GlobalSecret,
+    /// MeshExternalService.
+    #[value(name = "meshexternalservice", alias = "meshexternalservices")]
+    MeshExternalService,
+    /// TrafficPermission.
+    #[value(
+        alias = "traffic-permissions",
+        alias = "trafficpermission",
+        alias = "trafficpermissions"
+    )]
+    TrafficPermission,
+    /// MeshTrafficPermission.
+    #[value(name = "meshtrafficpermission", alias = "meshtrafficpermissions")]
+    MeshTrafficPermission,
+}
+
+impl ResourceKind {
+    /// The resource kind.
+    pub fn kind(self) -> proto::resource::Kind {
+        use proto::resource::Kind;
+        match self {
+            ResourceKind::Mesh => Kind::Mesh,
+            ResourceKind::ExternalService => Kind::ExternalService,
+            ResourceKind::Dataplane => Kind::Dataplane,
+            ResourceKind::ZoneIngress => Kind::ZoneIngress,
+            ResourceKind::Secret => Kind::Secret,
+            ResourceKind::GlobalSecret => Kind::GlobalSecret,
+            ResourceKind::MeshExternalService => Kind::MeshExternalService,
+            ResourceKind::TrafficPermission => Kind::TrafficPermission,
+            ResourceKind::MeshTrafficPermission => Kind::MeshTrafficPermission,
+        }
+    }
+}
+
 /// Output format of client commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -393,11 +461,10 @@ pub struct ExportArgs {
 /// Arguments of `zone-egress delete`.
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
-    /// mesh | external-service | dataplane | zone-ingress | secret | global-secret |
-    /// meshexternalservice | traffic-permission | meshtrafficpermission (the plural and Kuma's
-    /// type name work too).
-    #[arg(value_name = "TYPE")]
-    pub kind: String,
+    /// The resource type: the singular, the plural, kumactl's spelling or Kuma's type name
+    /// (`external-service`, `external-services`, `externalservice`, `ExternalService`).
+    #[arg(value_name = "TYPE", value_enum, ignore_case = true)]
+    pub kind: ResourceKind,
     /// Resource name.
     pub name: String,
     /// Mesh of mesh-scoped resources.

@@ -505,14 +505,15 @@ pub fn issue(
 
 /// Runs `zone-egress delete TYPE NAME` and returns the text to print.
 pub fn delete(args: &DeleteArgs) -> anyhow::Result<String> {
-    let path = resource_path(&args.kind, &args.name, &args.mesh)?;
+    let kind = args.kind.kind();
+    let path = resource_path(kind.as_str(), &args.name, &args.mesh)?;
     call(&args.admin, "DELETE", &path, None)?;
-    let kind = proto::resource::Kind::parse(&args.kind).map_or(args.kind.as_str(), |k| k.as_str());
-    let mesh = proto::resource::Kind::parse(&args.kind)
-        .filter(|k| k.is_mesh_scoped())
-        .map(|_| format!(" in mesh {}", args.mesh))
-        .unwrap_or_default();
-    Ok(format!("deleted {kind} {}{mesh}\n", args.name))
+    let mesh = if kind.is_mesh_scoped() {
+        format!(" in mesh {}", args.mesh)
+    } else {
+        String::new()
+    };
+    Ok(format!("deleted {} {}{mesh}\n", kind.as_str(), args.name))
 }
 
 /// Runs `zone-egress undrain`: `POST /v1/undrain` to the node behind `--admin`, then (with
