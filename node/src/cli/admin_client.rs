@@ -37,7 +37,10 @@ pub(super) fn base_url(admin: &str) -> anyhow::Result<String> {
     if authority.is_empty() {
         bail!("{what} is empty: give http://host:port or host:port");
     }
-    if authority.contains(['/', '?', '#', ' ']) {
+    if authority.contains(char::is_whitespace) {
+        bail!("{what} {given:?}: give http://host:port or host:port, without spaces");
+    }
+    if authority.contains(['/', '?', '#']) {
         bail!("{what} {given:?}: give only host:port, without a path or query");
     }
     let Some((host, port)) = authority.rsplit_once(':') else {
@@ -51,6 +54,17 @@ pub(super) fn base_url(admin: &str) -> anyhow::Result<String> {
         Ok(port) if port != 0 => Ok(format!("http://{host}:{port}")),
         _ => bail!("{what} {given:?}: {port:?} is not a port (1 to 65535)"),
     }
+}
+
+/// Checks `--admin` when the command line is parsed ([`base_url`]'s rules), so a bad address is
+/// a usage error (exit 2) before any request.
+///
+/// # Errors
+/// The address is not `http://host:port` or `host:port`.
+pub fn parse_admin(text: &str) -> Result<String, String> {
+    base_url(text)
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Parses `--timeout`: a duration (`5s`, `1m`) of at least a millisecond.

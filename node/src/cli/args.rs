@@ -185,7 +185,8 @@ pub struct AdminArgs {
     #[arg(
         long,
         env = "ZONE_EGRESS_ADMIN",
-        default_value = "http://127.0.0.1:9901"
+        default_value = "http://127.0.0.1:9901",
+        value_parser = super::admin_client::parse_admin
     )]
     pub admin: String,
     /// How long the command may take in all, e.g. 5s (default 10s; `drain`: 60s). A node that

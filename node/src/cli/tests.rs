@@ -281,3 +281,29 @@ fn bad_admin_addresses_and_timeouts_are_refused_before_any_request() {
     assert!(parse_timeout("1ns").is_err());
     assert_eq!(parse_timeout("1ms").unwrap(), Duration::from_millis(1));
 }
+
+#[test]
+fn usage_errors_exit_2_before_any_request() {
+    use clap::Parser;
+    for argv in [
+        &["zone-egress", "get", "meshes", "--admin", "ftp://x:1"][..],
+        &["zone-egress", "get", "meshes", "--admin", "not a url"],
+        &["zone-egress", "get", "external-servics"],
+        &["zone-egress", "delete", "meshs", "default"],
+        &["zone-egress", "get", "meshes", "--timeout", "0s"],
+    ] {
+        let e = Cli::try_parse_from(argv).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{argv:?}: {e}");
+    }
+    let e = Cli::try_parse_from(["zone-egress", "get", "external-servics"]).unwrap_err();
+    assert!(e.to_string().contains("external-services"), "{e}");
+    // kumactl's spellings and Kuma's type names are accepted.
+    for argv in [
+        &["zone-egress", "get", "zoneegresses"][..],
+        &["zone-egress", "get", "externalservices", "web"],
+        &["zone-egress", "delete", "ExternalService", "web"],
+        &["zone-egress", "delete", "meshtrafficpermissions", "allow"],
+    ] {
+        assert!(Cli::try_parse_from(argv).is_ok(), "{argv:?}");
+    }
+}
