@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::get;
 
-use super::{AdminState, ApiError, count_requests, live, metrics, ready};
+use super::{AdminState, ApiError, count_requests, json_errors, live, metrics, ready};
 
 /// The metrics listener's router.
 pub fn router(state: AdminState) -> Router {
@@ -23,6 +23,7 @@ pub fn router(state: AdminState) -> Router {
                  /live and /ready; the admin API is on admin.listen",
             )
         })
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
 }

@@ -152,8 +152,37 @@ pub fn router(state: AdminState) -> Router {
             state.clone(),
             require_read_token,
         ))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
+}
+
+/// Every error answer is the JSON [`openapi::ErrorBody`], also those axum makes itself (a `405`
+/// with no body, a plain-text `400` from a path that is not UTF-8): their text becomes `error`.
+pub(super) async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // axum's own rejections are short; a longer body is cut rather than buffered whole.
+    let text = match axum::body::to_bytes(body, 4096).await {
+        Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).trim().to_string(),
+        _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let mut answer = ApiError::new(status, text).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
 /// Paths any caller may read, even with a read token set: probes and Prometheus.
@@ -1121,6 +1150,35 @@ mod tests {
         let (status, body) = send(&state, "POST", "/v1/undrain", auth, None, Vec::new()).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         assert!(!*state.drain_tx.borrow(), "the drain flag is cleared");
+    }
+
+    #[tokio::test]
+    async fn errors_axum_makes_are_json_too() {
+        let (state, _r) = state(None).await;
+        for (method, uri, status) in [
+            ("PATCH", "/v1/meshes/x", StatusCode::METHOD_NOT_ALLOWED),
+            ("GET", "/v1/meshes/%ff%fe", StatusCode::BAD_REQUEST),
+            ("DELETE", "/v1/members", StatusCode::METHOD_NOT_ALLOWED),
+        ] {
+            let resp = router(state.clone())
+                .oneshot(
+                    Request::builder()
+                        .method(method)
+                        .uri(uri)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), status, "{method} {uri}");
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                assert!(resp.headers().contains_key(header::ALLOW), "{method} {uri}");
+            }
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| panic!("{method} {uri}: not JSON: {body:?}"));
+            assert!(!v["error"].as_str().unwrap().is_empty(), "{v}");
+        }
     }
 
     #[tokio::test]
