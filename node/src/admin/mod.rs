@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -214,10 +214,12 @@ async fn require_read_token(
     if accepted {
         return next.run(request).await;
     }
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
     let error = match presented {
-        None => {
+        None if read => {
             "this node's admin API needs a token to read: send Authorization: Bearer <read token>"
         }
+        None => "this request changes the zone: send Authorization: Bearer <admin token>",
         Some(_) => "the bearer token matches neither the node's read token nor its admin token",
     };
     ApiError::new(StatusCode::UNAUTHORIZED, error).into_response()

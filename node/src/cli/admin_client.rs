@@ -99,6 +99,12 @@ fn agent(timeout: Duration) -> ureq::Agent {
 /// `--token-file` (or `ZONE_EGRESS_TOKEN_FILE`), else none.
 pub(super) fn bearer_token(admin: &AdminArgs) -> anyhow::Result<Option<String>> {
     if let Some(token) = &admin.token {
+        if token.trim().is_empty() || token.chars().any(char::is_control) {
+            anyhow::bail!(
+                "--token (or ZONE_EGRESS_TOKEN) is empty or holds a line break or control \
+                 character: give the token on one line"
+            );
+        }
         return Ok(Some(token.clone()));
     }
     let Some(path) = &admin.token_file else {
@@ -212,10 +218,15 @@ pub(super) fn call_within(
             message.push_str(detail.as_str().unwrap_or(&detail.to_string()));
         }
         if status == ureq::http::StatusCode::UNAUTHORIZED {
-            message.push_str(
+            let hint = if matches!(bearer_token(admin), Ok(Some(_))) {
+                "\n  the node refused the token given (--token, --token-file or their \
+                 environment variables): check it is this node's admin token (writes, \
+                 secrets) or read token (reads)"
+            } else {
                 "\n  the node needs a token for this: pass it with --token or --token-file \
-                 (or ZONE_EGRESS_TOKEN / ZONE_EGRESS_TOKEN_FILE)",
-            );
+                 (or ZONE_EGRESS_TOKEN / ZONE_EGRESS_TOKEN_FILE)"
+            };
+            message.push_str(hint);
         }
         bail!("{message}");
     }
