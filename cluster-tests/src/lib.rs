@@ -258,7 +258,16 @@ pub fn hashed_sni(service: &str, port: u16, kind: &str) -> anyhow::Result<String
 }
 
 /// The Prometheus text of a node's `/metrics`.
+///
+/// Every series carries the node's `zone` label first (`name{zone="z",…}`); it is taken out
+/// here, so the tests match each series by its own labels (`name{reason="x"}`). The raw text is
+/// [`metrics_raw`].
 pub fn metrics_text(admin_url: &str) -> anyhow::Result<String> {
+    Ok(without_zone_label(&metrics_raw(admin_url)?))
+}
+
+/// The Prometheus text of a node's `/metrics`, as served.
+pub fn metrics_raw(admin_url: &str) -> anyhow::Result<String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
@@ -270,6 +279,30 @@ pub fn metrics_text(admin_url: &str) -> anyhow::Result<String> {
         .with_context(|| format!("GET {url}"))?
         .body_mut()
         .read_to_string()?)
+}
+
+/// `text` with the leading `zone="…"` label of every series removed.
+fn without_zone_label(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        match line.split_once("{zone=\"") {
+            Some((name, rest)) if !line.starts_with('#') => {
+                let after = rest.split_once('"').map_or("", |(_, a)| a);
+                let labels = after.strip_prefix(',').unwrap_or(after);
+                if let Some(rest) = labels.strip_prefix('}') {
+                    out.push_str(name);
+                    out.push_str(rest);
+                } else {
+                    out.push_str(name);
+                    out.push('{');
+                    out.push_str(labels);
+                }
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Sends a request with an optional body (`Content-Type` given) and bearer token; returns the

@@ -116,7 +116,8 @@ fn dashboard_queries() -> Vec<(String, String)> {
                 .as_str()
                 .unwrap()
                 .replace("$__rate_interval", "20s")
-                .replace("$instance", ".*");
+                .replace("$instance", ".*")
+                .replace("$zone", ".*");
             assert!(!expr.contains('$'), "a variable left in {expr}");
             out.push((panel["title"].as_str().unwrap().to_string(), expr));
         }
@@ -270,6 +271,22 @@ fn every_dashboard_panel_returns_a_series_from_a_real_prometheus() {
     .unwrap();
     let build = prometheus.query("zone_egress_build_info").unwrap();
     assert_eq!(build.len(), 4, "the Node variable's source: {build:?}");
+    // The Zone variable's source: each node's series say its zone.
+    let zones = prometheus
+        .query("count by (zone) (zone_egress_build_info)")
+        .unwrap();
+    let mut counts: Vec<(String, String)> = zones
+        .iter()
+        .map(|s| {
+            let zone = s["metric"]["zone"].as_str().unwrap_or("?").to_string();
+            (zone, s["value"][1].as_str().unwrap_or("?").to_string())
+        })
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        [("zone-a".into(), "3".into()), ("zone-b".into(), "1".into())]
+    );
 
     // Every query must answer a series with a number; give rates and quantiles time to fill.
     let mut missing: Vec<(String, String)> = Vec::new();

@@ -143,7 +143,13 @@ fn three_seeded_nodes_converge_with_correct_registrations() {
         );
     }
 
-    // Metrics describe the zone.
+    // Metrics describe the zone, and every series says which zone (one Prometheus may scrape
+    // several).
+    let raw = cluster_tests::metrics_raw(&cluster.admin(0)).unwrap();
+    let zone = &cluster.nodes[0].options.zone;
+    for line in raw.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        assert!(line.contains(&format!("{{zone=\"{zone}\"")), "{line}");
+    }
     let text = metrics_text(&cluster.admin(0)).unwrap();
     for needle in [
         "zone_egress_members{state=\"alive\"} 3",

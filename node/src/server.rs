@@ -175,7 +175,7 @@ async fn start(config: Config, sockets: Sockets) -> anyhow::Result<Node> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let prometheus = telemetry::prometheus();
+    let prometheus = telemetry::prometheus(&config.zone);
     metrics::gauge!(
         "zone_egress_build_info",
         "version" => crate::VERSION,

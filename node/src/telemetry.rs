@@ -37,25 +37,35 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
-/// The process-wide Prometheus handle, installing the recorder on first use.
-pub fn prometheus() -> PrometheusHandle {
+/// The process-wide Prometheus handle, installing the recorder on first use. Every series this
+/// process records carries the label `zone="<zone>"` (the first call's zone), so a Prometheus
+/// that scrapes several zones (the compose fleet's, a Kubernetes cluster with both) keeps them
+/// apart and the dashboard's Zone variable can select one; the known label-less counters start
+/// at 0 ([`FAMILIES`]), so a quiet node shows 0, not no data.
+pub fn prometheus(zone: &str) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
             // Histograms (not summaries) for every `_seconds` family: buckets aggregate across
             // nodes, quantiles of summaries do not.
             let builder = PrometheusBuilder::new()
+                .add_global_label("zone", zone)
                 .set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
                     SECONDS_BUCKETS,
                 )
-                .unwrap_or_else(|_| PrometheusBuilder::new());
+                .unwrap_or_else(|_| PrometheusBuilder::new().add_global_label("zone", zone));
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Fails only when another recorder is already installed; ours then stays unused
             // and renders empty, which a test would notice.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            for (name, kind, _) in FAMILIES {
+                if *kind == Kind::Counter && !LABELLED_COUNTERS.contains(name) {
+                    metrics::counter!(*name).increment(0);
+                }
+            }
             handle
         })
         .clone()
@@ -300,6 +310,34 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
     ),
 ];
 
+/// Counters of [`FAMILIES`] whose every series has labels of its own (by reason, mesh,
+/// link, ...): not started at 0 without them (their label values appear with their first
+/// event; `forward::spawn` starts the refusal reasons, links start their reconnects).
+const LABELLED_COUNTERS: &[&str] = &[
+    "zone_egress_gossip_messages_total",
+    "zone_egress_gossip_bytes_total",
+    "zone_egress_gossip_dropped_total",
+    "zone_egress_connections_rejected_total",
+    "zone_egress_connections_routed_total",
+    "zone_egress_bytes_total",
+    "zone_egress_dial_failures_total",
+    "zone_egress_handshake_failures_total",
+    "zone_egress_permission_denied_total",
+    "zone_egress_certificates_issued_total",
+    "zone_egress_http_requests_total",
+    "zone_egress_http_connection_errors_total",
+    "zone_egress_link_streams_total",
+    "zone_egress_link_bytes_total",
+    "zone_egress_link_reconnects_total",
+    "zone_egress_link_refused_total",
+    "zone_egress_link_handshake_failures_total",
+    "zone_egress_store_rejected_records_total",
+    "zone_egress_store_sync_sessions_total",
+    "zone_egress_store_sync_records_total",
+    "zone_egress_store_sync_bytes_total",
+    "zone_egress_admin_requests_total",
+];
+
 /// Registers `# HELP` for every family of [`FAMILIES`].
 fn describe() {
     for (name, kind, help) in FAMILIES {
@@ -420,7 +458,7 @@ mod tests {
 
     #[test]
     fn process_families_are_rendered() {
-        let text = render(&prometheus());
+        let text = render(&prometheus("test"));
         for family in [
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",
@@ -436,7 +474,7 @@ mod tests {
 
     #[test]
     fn seconds_families_render_as_histograms_with_help() {
-        let handle = prometheus();
+        let handle = prometheus("test");
         metrics::histogram!("zone_egress_store_write_seconds", "origin" => "test").record(0.003);
         let text = handle.render();
         assert!(
@@ -448,7 +486,8 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("zone_egress_store_write_seconds_bucket{origin=\"test\",le=\"0.005\"} 1"),
+            text.contains("zone_egress_store_write_seconds_bucket{zone=\"test\",origin=\"test\",le=\"0.005\"} 1")
+                || text.contains("zone_egress_store_write_seconds_bucket{origin=\"test\",zone=\"test\",le=\"0.005\"} 1"),
             "{text}"
         );
     }
