@@ -289,6 +289,10 @@ async function refresh() {
   if (notReady.length) problems.push(notReady.length + " not ready (" + notReady.map((m) => m.name).join(", ") + ")");
   if (links.length && up < links.length) problems.push((links.length - up) + " of " + links.length + " links not up");
   if (!ready.ready) problems.push("this node is not ready: " + (ready.reasons || []).join("; "));
+  // Warnings do not make the node unready but break something (a mesh whose CA cannot be
+  // loaded closes every terminated connection of the mesh): amber, with the text.
+  const warnings = ready.warnings || [];
+  if (warnings.length) problems.push("warning: " + warnings.join("; "));
   const summary = present + " of " + members.length + " members present" +
     (links.length ? ", " + up + "/" + links.length + " links up" : "") +
     ", " + Math.round(active) + " connections active here";
@@ -315,6 +319,12 @@ async function loop() {
     if (e && e.unauthorized) {
       document.getElementById("auth").style.display = "block";
       showError(token() ? "the token was refused" : "");
+      const health = document.getElementById("health");
+      health.className = "warn";
+      health.dataset.state = "token";
+      health.textContent = token()
+        ? "The token was refused: enter this node's read token (or admin token) below"
+        : "This node needs its read token to show the zone: enter it below";
     } else {
       showError("cannot read this node: " + (e && e.message ? e.message : e));
       const health = document.getElementById("health");

@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 use super::AdminState;
 
 /// Paths of the page's static files, open even with a read token (they carry no zone data).
-pub const STATIC_PATHS: [&str; 2] = ["/", "/status.js"];
+pub const STATIC_PATHS: [&str; 3] = ["/", "/status.js", "/favicon.ico"];
 
 const PAGE: &str = include_str!("status.html");
 const SCRIPT: &str = include_str!("status.js");
@@ -37,6 +37,7 @@ pub fn routes() -> OpenApiRouter<AdminState> {
     OpenApiRouter::new()
         .routes(routes!(page))
         .routes(routes!(script))
+        .routes(routes!(favicon))
         .routes(routes!(status))
 }
 
@@ -110,6 +111,13 @@ struct MtlsStatus {
 struct CaStatus {
     backend: String,
     not_after: Option<String>,
+}
+
+/// No icon: `204`, so a browser's automatic request is neither a `404` nor a `401`.
+#[utoipa::path(get, path = "/favicon.ico", tag = "status", security(()),
+    responses((status = 204, description = "No icon")))]
+async fn favicon() -> axum::http::StatusCode {
+    axum::http::StatusCode::NO_CONTENT
 }
 
 /// This node and the mTLS state of every mesh (see [`Status`]).
