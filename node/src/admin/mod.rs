@@ -1155,6 +1155,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_list_of_a_missing_mesh_and_a_bad_port_are_errors() {
+        let (state, _r) = state(Some("t")).await;
+        let auth = Some("Bearer t");
+        let (status, body) = send(
+            &state,
+            "GET",
+            "/v1/meshes/nomesh/external-services",
+            auth,
+            None,
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("\"nomesh\" does not exist"),
+            "{body}"
+        );
+        send(
+            &state,
+            "POST",
+            "/v1/apply",
+            auth,
+            None,
+            b"type: Mesh\nname: default\n".to_vec(),
+        )
+        .await;
+        let (status, body) = send(
+            &state,
+            "GET",
+            "/v1/meshes/default/external-services",
+            auth,
+            None,
+            Vec::new(),
+        )
+        .await;
+        assert_eq!((status, body), (StatusCode::OK, json!([])));
+        for port in ["abc", "0", "70000", "-1"] {
+            let uri = format!("/v1/meshes/default/outbounds/web?port={port}");
+            let (status, body) = send(&state, "GET", &uri, auth, None, Vec::new()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{port}: {body}");
+        }
+    }
+
+    #[tokio::test]
     async fn errors_axum_makes_are_json_too() {
         let (state, _r) = state(None).await;
         for (method, uri, status) in [

@@ -644,15 +644,25 @@ async fn list(
     Secrets(secrets): Secrets,
     State(state): State<AdminState>,
     Path(params): Params,
-) -> Response {
+) -> Result<Response, ApiError> {
     let mesh = params.get("mesh").map(String::as_str);
     let resources = state.resources_rx.borrow().clone();
+    // A list of a mesh that does not exist is a 404, not an empty list (a typo must show).
+    if let Some(mesh) = mesh.filter(|m| resources.mesh(m).is_none()) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "mesh {:?} does not exist in this zone",
+                mesh.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
     let items: Vec<Value> = resources
         .list(kind, mesh)
         .into_iter()
         .map(|r| shown(r, secrets))
         .collect();
-    Json(Value::Array(items)).into_response()
+    Ok(Json(Value::Array(items)).into_response())
 }
 
 async fn get_one(

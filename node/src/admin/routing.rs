@@ -112,6 +112,21 @@ async fn outbounds(
     Path((mesh_name, service)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    // Checked whatever the service turns out to be: a bad port is a mistake either way.
+    let port = query
+        .get("port")
+        .map(|p| {
+            p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "port {:?} is not a port number (1-65535)",
+                        p.chars().take(16).collect::<String>()
+                    ),
+                )
+            })
+        })
+        .transpose()?;
     let resources = state.resources_rx.borrow().clone();
     let mesh = resources
         .mesh(&mesh_name)
@@ -166,17 +181,6 @@ async fn outbounds(
                 (direct, sni, hashed_sni, false)
             }
             Target::Elsewhere(service) => {
-                let port = query
-                    .get("port")
-                    .map(|p| {
-                        p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                            ApiError::new(
-                                StatusCode::BAD_REQUEST,
-                                format!("port {p:?} is not a port number (1-65535)"),
-                            )
-                        })
-                    })
-                    .transpose()?;
                 let direct = remote_outbound(&state, &mesh_name, service)?;
                 (
                     direct,

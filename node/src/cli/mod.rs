@@ -278,11 +278,16 @@ pub fn get(args: &GetArgs) -> anyhow::Result<String> {
     } else {
         path
     };
-    let value = call(&args.admin, "GET", &path, None)?;
-    // A mesh-scoped list of a mesh that does not exist is empty: say so instead of printing
-    // an empty table.
     let mesh_scoped = path.starts_with("/v1/meshes/");
-    if mesh_scoped && value.as_array().is_some_and(Vec::is_empty) {
+    let timeout = args.admin.timeout.unwrap_or(REQUEST_TIMEOUT);
+    let (status, value) = exchange(&args.admin, "GET", &path, None, timeout)?;
+    if !status.is_success() && !(mesh_scoped && status == ureq::http::StatusCode::NOT_FOUND) {
+        // The usual error (status, the node's message).
+        call(&args.admin, "GET", &path, None)?;
+    }
+    // A mesh-scoped list of a mesh that does not exist (a 404; an empty list from an older
+    // node): say which, instead of printing an empty table.
+    if mesh_scoped && (!status.is_success() || value.as_array().is_some_and(Vec::is_empty)) {
         let (status, _) = exchange(
             &args.admin,
             "GET",
@@ -348,6 +353,17 @@ fn get_one(args: &GetArgs, name: &str) -> anyhow::Result<String> {
             let timeout = args.admin.timeout.unwrap_or(REQUEST_TIMEOUT);
             match exchange(&args.admin, "GET", &url_path, None, timeout)? {
                 (status, _) if status == ureq::http::StatusCode::NOT_FOUND => {
+                    if kind.is_mesh_scoped() {
+                        let mesh_path = format!("/v1/meshes/{}", encode(&args.mesh));
+                        let (status, _) = exchange(&args.admin, "GET", &mesh_path, None, timeout)?;
+                        if status == ureq::http::StatusCode::NOT_FOUND {
+                            bail!(
+                                "mesh {:?} does not exist in this zone (`zone-egress get \
+                                 meshes` lists them)",
+                                args.mesh
+                            );
+                        }
+                    }
                     let place = if kind.is_mesh_scoped() {
                         format!("mesh {:?}", args.mesh)
                     } else {
