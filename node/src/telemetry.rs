@@ -216,7 +216,7 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
     (
         "zone_egress_http_requests_total",
         Kind::Counter,
-        "HTTP requests proxied to external services, by mesh, service and status class",
+        "HTTP requests proxied to external services, by mesh, service and response status code (code)",
     ),
     (
         "zone_egress_http_connection_errors_total",

@@ -231,7 +231,8 @@ pub struct Handle {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Serves the admin router on `listener`, and [`metrics_router`] on `metrics` when given,
+/// Serves the admin router on `listener`, and the metrics listener's router (`/metrics`, `/live`,
+/// `/ready` only) on `metrics` when given,
 /// until [`Handle::shutdown`].
 pub fn spawn(
     listener: tokio::net::TcpListener,

@@ -26,6 +26,10 @@ pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) fn base_url(admin: &str) -> anyhow::Result<String> {
     let given = admin.trim();
     let what = "--admin (or ZONE_EGRESS_ADMIN)";
+    if given.contains('@') {
+        // Never echoed: the part before `@` may be a password.
+        bail!("{what}: give http://host:port or host:port, without user information (user@)");
+    }
     let (scheme, rest) = given.split_once("://").unwrap_or(("http", given));
     if !scheme.eq_ignore_ascii_case("http") {
         bail!(
@@ -72,7 +76,12 @@ pub fn parse_admin(text: &str) -> Result<String, String> {
 /// # Errors
 /// Not a duration, or shorter than a millisecond (nothing could answer).
 pub fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let timeout = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    let timeout = humantime::parse_duration(text).map_err(|_| {
+        format!(
+            "{:?} is not a duration: give a number and a unit, e.g. 500ms, 5s, 1m",
+            text.chars().take(32).collect::<String>()
+        )
+    })?;
     if timeout < Duration::from_millis(1) {
         return Err(format!(
             "{text:?} is too short: give at least 1ms (e.g. 5s)"

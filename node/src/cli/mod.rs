@@ -281,7 +281,8 @@ pub fn get(args: &GetArgs) -> anyhow::Result<String> {
     let mesh_scoped = path.starts_with("/v1/meshes/");
     let timeout = args.admin.timeout.unwrap_or(REQUEST_TIMEOUT);
     let (status, value) = exchange(&args.admin, "GET", &path, None, timeout)?;
-    if !status.is_success() && !(mesh_scoped && status == ureq::http::StatusCode::NOT_FOUND) {
+    let missing_mesh = mesh_scoped && status == ureq::http::StatusCode::NOT_FOUND;
+    if !(status.is_success() || missing_mesh) {
         // The usual error (status, the node's message).
         call(&args.admin, "GET", &path, None)?;
     }
@@ -391,11 +392,12 @@ fn get_one(args: &GetArgs, name: &str) -> anyhow::Result<String> {
                 .cloned()
                 .collect();
             if found.is_empty() {
-                bail!(
-                    "no {} named {name:?} in zone {}",
-                    args.resource.words(),
-                    zone_of(&args.admin)
-                );
+                let what = match args.resource {
+                    Resource::Members => "member",
+                    Resource::ZoneEgresses => "egress node",
+                    _ => "link",
+                };
+                bail!("no {what} named {name:?} in zone {}", zone_of(&args.admin));
             }
             match args.output {
                 Output::Table => serde_json::Value::Array(found),
