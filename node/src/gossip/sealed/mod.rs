@@ -197,3 +197,64 @@ impl DropCounters {
 
 #[cfg(test)]
 mod tests;
+
+/// The entry of the `sealed_datagrams` fuzz target (`node/fuzz`): the receive path of the
+/// relay (frame parsing, reassembly in bounded memory, opening, the replay guard) over
+/// arbitrary input, without sockets. Not an API.
+///
+/// The first byte picks a mode:
+/// * even: the rest is a sequence of datagrams, each `sender (1 byte), length (2 bytes, big
+///   endian), bytes`, fed to one receiver from up to 4 senders. Whatever it accepts is at
+///   most [`MAX_DATAGRAM_BYTES`].
+/// * odd: the rest is a gossip payload (cut to [`MAX_DATAGRAM_BYTES`]): sealed, fragmented and
+///   fed in order, it must come out once, exactly, and a second copy must be refused as a
+///   replay.
+#[doc(hidden)]
+pub fn fuzz_inbound(data: &[u8]) {
+    use std::net::{Ipv4Addr, SocketAddr};
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let keyring = Keyring::parse("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n")
+        .expect("a fixed valid key");
+    let now = std::time::Instant::now();
+    let now_ms = 1_800_000_000_000;
+    let mut inbound = wire::Inbound::default();
+    if mode % 2 == 0 {
+        let mut input = rest;
+        while let [sender, hi, lo, tail @ ..] = input {
+            let len = usize::from(u16::from_be_bytes([*hi, *lo])).min(tail.len());
+            let (datagram, next) = tail.split_at(len);
+            let from = SocketAddr::from((Ipv4Addr::LOCALHOST, 7000 + u16::from(sender % 4)));
+            if let Ok(Some(out)) = inbound.accept(&keyring, from, datagram, now, now_ms) {
+                assert!(out.len() <= MAX_DATAGRAM_BYTES);
+            }
+            input = next;
+        }
+        return;
+    }
+    let payload = &rest[..rest.len().min(MAX_DATAGRAM_BYTES)];
+    if payload.is_empty() {
+        return;
+    }
+    let sealed = keyring
+        .seal(payload, now_ms)
+        .expect("a payload within limits seals");
+    let datagrams = wire::fragment(u64::from(mode), &sealed).expect("a sealed payload fragments");
+    let from = SocketAddr::from((Ipv4Addr::LOCALHOST, 7000));
+    let mut outputs = Vec::new();
+    for datagram in &datagrams {
+        if let Some(out) = inbound
+            .accept(&keyring, from, datagram, now, now_ms)
+            .expect("our own fragments are accepted")
+        {
+            outputs.push(out);
+        }
+    }
+    assert_eq!(outputs, [payload.to_vec()]);
+    let replay = datagrams
+        .iter()
+        .map(|d| inbound.accept(&keyring, from, d, now, now_ms))
+        .find(|r| !matches!(r, Ok(None)));
+    assert_eq!(replay, Some(Err(DropReason::Replayed)));
+}
