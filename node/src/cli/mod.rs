@@ -204,48 +204,67 @@ pub fn drain(args: &DrainArgs, out: &mut dyn Write) -> anyhow::Result<String> {
         ));
     }
     let mut seen_draining = false;
+    poll_ready(&args.admin, deadline, timeout, "to drain", |_, ready| {
+        let name = ready["name"].as_str().unwrap_or("the node");
+        let (Some(draining), Some(drained)) =
+            (ready["draining"].as_bool(), ready["drained"].as_bool())
+        else {
+            bail!(
+                "{name} does not report `draining`/`drained` on /ready (an older \
+                 zone-egress?): cannot wait for its drain: {ready}"
+            );
+        };
+        if (draining || drained) && !seen_draining {
+            writeln!(
+                out,
+                "draining: {name} is not ready and announces `draining` to the zone"
+            )
+            .and_then(|()| out.flush())
+            .context("cannot write to standard output")?;
+            seen_draining = true;
+        }
+        Ok(if drained {
+            Ok(format!(
+                "drained: {name} no longer accepts, in-flight connections finished or \
+                 drain.grace ran out; it stays up, not ready, until SIGTERM or \
+                 `zone-egress undrain`\n"
+            ))
+        } else {
+            Err(format!(
+                "{name} says draining {draining}, drained {drained}"
+            ))
+        })
+    })
+}
+
+/// Polls `/ready` every [`DRAIN_POLL_INTERVAL`] until `check` gives the final text (`Ok(Ok)`),
+/// fails (`Err`) or `deadline` passes; `check` gets each answer's status and body and returns
+/// `Ok(Err(state))` to go on (the state is quoted when time runs out). An unreachable node is
+/// polled again.
+fn poll_ready(
+    admin: &AdminArgs,
+    deadline: Instant,
+    timeout: Duration,
+    waiting_for: &str,
+    mut check: impl FnMut(
+        ureq::http::StatusCode,
+        &serde_json::Value,
+    ) -> anyhow::Result<Result<String, String>>,
+) -> anyhow::Result<String> {
+    let remaining = || deadline.saturating_duration_since(Instant::now());
     loop {
-        let last = match exchange(
-            &args.admin,
-            "GET",
-            "/ready",
-            None,
-            remaining().min(DRAIN_POLL_TIMEOUT),
-        ) {
-            Ok((_, ready)) => {
-                let name = ready["name"].as_str().unwrap_or("the node");
-                let (Some(draining), Some(drained)) =
-                    (ready["draining"].as_bool(), ready["drained"].as_bool())
-                else {
-                    bail!(
-                        "{name} does not report `draining`/`drained` on /ready (an older \
-                         zone-egress?): cannot wait for its drain: {ready}"
-                    );
-                };
-                if (draining || drained) && !seen_draining {
-                    writeln!(
-                        out,
-                        "draining: {name} is not ready and announces `draining` to the zone"
-                    )
-                    .and_then(|()| out.flush())
-                    .context("cannot write to standard output")?;
-                    seen_draining = true;
-                }
-                if drained {
-                    return Ok(format!(
-                        "drained: {name} no longer accepts, in-flight connections finished or \
-                         drain.grace ran out; it stays up, not ready, until SIGTERM or \
-                         `zone-egress undrain`\n"
-                    ));
-                }
-                format!("{name} says draining {draining}, drained {drained}")
-            }
+        let poll = remaining().min(DRAIN_POLL_TIMEOUT);
+        let last = match exchange(admin, "GET", "/ready", None, poll) {
+            Ok((status, ready)) => match check(status, &ready)? {
+                Ok(done) => return Ok(done),
+                Err(state) => state,
+            },
             Err(e) => format!("{e:#}"),
         };
         let left = remaining();
         if left.is_zero() {
             bail!(
-                "timed out after {} waiting for the node to drain: {last}",
+                "timed out after {} waiting for the node {waiting_for}: {last}",
                 humantime::format_duration(timeout)
             );
         }
@@ -549,30 +568,20 @@ pub fn undrain(args: &DrainArgs) -> anyhow::Result<String> {
             args.admin.admin
         ));
     }
-    loop {
-        let last = match exchange(
-            &args.admin,
-            "GET",
-            "/ready",
-            None,
-            remaining().min(DRAIN_POLL_TIMEOUT),
-        ) {
-            Ok((status, ready)) if status.is_success() => {
+    poll_ready(
+        &args.admin,
+        deadline,
+        timeout,
+        "to be ready again",
+        |status, ready| {
+            Ok(if status.is_success() {
                 let name = ready["name"].as_str().unwrap_or("the node");
-                return Ok(format!("undrained: {name} accepts again and is ready\n"));
-            }
-            Ok((_, ready)) => format!("not ready: {}", ready["reasons"]),
-            Err(e) => format!("{e:#}"),
-        };
-        let left = remaining();
-        if left.is_zero() {
-            bail!(
-                "timed out after {} waiting for the node to be ready again: {last}",
-                humantime::format_duration(timeout)
-            );
-        }
-        std::thread::sleep(DRAIN_POLL_INTERVAL.min(left));
-    }
+                Ok(format!("undrained: {name} accepts again and is ready\n"))
+            } else {
+                Err(format!("not ready: {}", ready["reasons"]))
+            })
+        },
+    )
 }
 
 /// Runs `zone-egress force-leave NAME`: `POST /v1/members/NAME/force-leave`.
