@@ -300,33 +300,13 @@ pub fn get(args: &GetArgs) -> anyhow::Result<String> {
     let mesh_scoped = path.starts_with("/v1/meshes/");
     let timeout = args.admin.timeout.unwrap_or(REQUEST_TIMEOUT);
     let (status, value) = exchange(&args.admin, "GET", &path, None, timeout)?;
-    let missing_mesh = mesh_scoped && status == ureq::http::StatusCode::NOT_FOUND;
-    if !(status.is_success() || missing_mesh) {
+    // The node answers 404 for a list of a mesh that does not exist: say which mesh and why.
+    if mesh_scoped && status == ureq::http::StatusCode::NOT_FOUND {
+        mesh_must_exist(&args.admin, &args.mesh)?;
+    }
+    if !status.is_success() {
         // The usual error (status, the node's message).
         call(&args.admin, "GET", &path, None)?;
-    }
-    // A mesh-scoped list of a mesh that does not exist (a 404; an empty list from an older
-    // node): say which, instead of printing an empty table.
-    if mesh_scoped && (!status.is_success() || value.as_array().is_some_and(Vec::is_empty)) {
-        let (status, _) = exchange(
-            &args.admin,
-            "GET",
-            &format!("/v1/meshes/{mesh}"),
-            None,
-            args.admin.timeout.unwrap_or(REQUEST_TIMEOUT),
-        )?;
-        if status == ureq::http::StatusCode::NOT_FOUND {
-            bail!(
-                "mesh {:?} does not exist in this zone (`zone-egress get meshes` lists them)",
-                args.mesh
-            );
-        }
-        if status == ureq::http::StatusCode::BAD_REQUEST {
-            bail!(
-                "{:?} is not a mesh name (lowercase letters, digits, '-' and '.')",
-                args.mesh
-            );
-        }
     }
     if args.output == Output::Table && value.as_array().is_some_and(Vec::is_empty) {
         return Ok(if mesh_scoped {
@@ -340,6 +320,22 @@ pub fn get(args: &GetArgs) -> anyhow::Result<String> {
         });
     }
     render(args.resource, args.output, &value)
+}
+
+/// `Ok` when mesh `mesh` exists; else the error that names it: missing (`zone-egress get meshes`
+/// lists them) or not a mesh name at all.
+fn mesh_must_exist(admin: &AdminArgs, mesh: &str) -> anyhow::Result<()> {
+    let path = format!("/v1/meshes/{}", encode(mesh));
+    let timeout = admin.timeout.unwrap_or(REQUEST_TIMEOUT);
+    match exchange(admin, "GET", &path, None, timeout)?.0 {
+        ureq::http::StatusCode::NOT_FOUND => {
+            bail!("mesh {mesh:?} does not exist in this zone (`zone-egress get meshes` lists them)")
+        }
+        ureq::http::StatusCode::BAD_REQUEST => {
+            bail!("{mesh:?} is not a mesh name (lowercase letters, digits, '-' and '.')")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The zone of the node behind `admin` (from its open `/ready`), for messages; `?` when it
@@ -374,15 +370,7 @@ fn get_one(args: &GetArgs, name: &str) -> anyhow::Result<String> {
             match exchange(&args.admin, "GET", &url_path, None, timeout)? {
                 (status, _) if status == ureq::http::StatusCode::NOT_FOUND => {
                     if kind.is_mesh_scoped() {
-                        let mesh_path = format!("/v1/meshes/{}", encode(&args.mesh));
-                        let (status, _) = exchange(&args.admin, "GET", &mesh_path, None, timeout)?;
-                        if status == ureq::http::StatusCode::NOT_FOUND {
-                            bail!(
-                                "mesh {:?} does not exist in this zone (`zone-egress get \
-                                 meshes` lists them)",
-                                args.mesh
-                            );
-                        }
+                        mesh_must_exist(&args.admin, &args.mesh)?;
                     }
                     let place = if kind.is_mesh_scoped() {
                         format!("mesh {:?}", args.mesh)
