@@ -1,14 +1,19 @@
 //! Bytes both ways between two streams: the one copy loop of the product.
 //!
 //! Both the terminated path (`forward`: client TLS ↔ upstream TCP or TLS) and the link
-//! (`link`: QUIC stream ↔ TCP) end here. The copying itself is tokio's
-//! [`tokio::io::copy_bidirectional_with_sizes`]: it flushes a writer whenever its reader has
-//! nothing ready, so ciphertext that a TLS stream (tokio-rustls buffers it when the socket would
-//! block) or any other buffered writer holds is never left inside the node while the other
-//! direction idles; and when one direction reads EOF it shuts down the other side's write half
-//! (half-close) while the other direction goes on. Around it this module adds what the product
-//! needs: byte counters per direction (readable even when the copy fails) and an idle timeout
-//! (no byte read either way for `idle_timeout` ends the copy).
+//! (`link`: QUIC stream ↔ TCP) end here. Each direction reads into a buffer and writes it out;
+//! it flushes its writer whenever its reader has nothing ready, so ciphertext that a TLS stream
+//! or any other buffered writer holds is never left inside the node while the other direction
+//! idles; and when one direction reads EOF it shuts down the other side's write half
+//! (half-close) while the other direction goes on. These are the rules of tokio's
+//! `copy_bidirectional`, which this loop replaced for one reason, memory: tokio's copy owns a
+//! buffer per direction for the whole life of a connection (2 × 64 KiB here), while most
+//! connections of a mesh are idle most of the time. Here a direction borrows a buffer from a
+//! per-thread [`pool`] only for a read that returns bytes and gives it back as soon as those
+//! bytes are written, so an idle connection holds none (HAProxy allocates its buffers the same
+//! way, only while data is in flight). Around it this module adds what the product needs: byte
+//! counters per direction (readable even when the copy fails) and an idle timeout (no byte read
+//! either way for `idle_timeout` ends the copy).
 
 use std::io;
 use std::pin::Pin;
@@ -19,8 +24,171 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// Copy buffer of each direction, in bytes.
+/// Size of a copy buffer, in bytes: what one read may return and one write is given.
 pub const BUF_BYTES: usize = 64 * 1024;
+
+/// Free copy buffers kept per runtime thread; beyond it a returned buffer is freed. 32 × 64 KiB
+/// = 2 MiB per thread at most, enough for the reads one thread has in flight at a time.
+const POOL_BUFFERS: usize = 32;
+
+/// Copy buffers lent to a direction only while it holds bytes that are not yet written.
+pub mod pool {
+    use std::cell::RefCell;
+
+    use super::{BUF_BYTES, POOL_BUFFERS};
+
+    thread_local! {
+        static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A buffer of [`BUF_BYTES`] from this thread's pool, or a new one.
+    pub fn take() -> Box<[u8]> {
+        FREE.try_with(|free| free.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| vec![0; BUF_BYTES].into_boxed_slice())
+    }
+
+    /// Returns `buf` to this thread's pool (freed when the pool is full or the thread is
+    /// ending).
+    pub fn give(buf: Box<[u8]>) {
+        let _ = FREE.try_with(|free| {
+            let mut free = free.borrow_mut();
+            if free.len() < POOL_BUFFERS {
+                free.push(buf);
+            }
+        });
+    }
+
+    /// Free buffers in this thread's pool (tests).
+    pub fn free_here() -> usize {
+        FREE.try_with(|free| free.borrow().len()).unwrap_or(0)
+    }
+}
+
+/// One direction of a copy: reads from one stream, writes to the other.
+#[derive(Default)]
+struct Direction {
+    /// Holds bytes `pos..cap` not yet written; `None` while there are none.
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    cap: usize,
+    /// The reader returned EOF.
+    read_done: bool,
+    /// Bytes were written since the last flush.
+    need_flush: bool,
+    /// EOF was passed on as a shutdown of the writer: this direction is over.
+    done: bool,
+}
+
+impl Direction {
+    /// Moves bytes until the reader would block with everything written and flushed
+    /// (`Pending`), or until EOF has been passed on (`Ready(Ok)`).
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.pos == self.cap && !self.read_done {
+                let mut buf = self.buf.take().unwrap_or_else(pool::take);
+                let mut read = ReadBuf::new(&mut buf);
+                match reader.as_mut().poll_read(cx, &mut read) {
+                    Poll::Ready(Ok(())) => {
+                        let n = read.filled().len();
+                        if n == 0 {
+                            self.read_done = true;
+                            pool::give(buf);
+                        } else {
+                            (self.pos, self.cap) = (0, n);
+                            self.buf = Some(buf);
+                        }
+                    }
+                    Poll::Ready(Err(e)) => {
+                        pool::give(buf);
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Pending => {
+                        // Nothing to read: the buffer goes back, and whatever the writer still
+                        // holds goes out now, not when the next byte arrives.
+                        pool::give(buf);
+                        if self.need_flush {
+                            std::task::ready!(writer.as_mut().poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                let Some(buf) = self.buf.as_deref() else {
+                    break;
+                };
+                let n =
+                    std::task::ready!(writer.as_mut().poll_write(cx, &buf[self.pos..self.cap]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the writer accepted no bytes",
+                    )));
+                }
+                self.pos += n;
+                self.need_flush = true;
+            }
+            if let Some(buf) = self.buf.take() {
+                pool::give(buf);
+            }
+            (self.pos, self.cap) = (0, 0);
+            if self.read_done {
+                // A shutdown flushes first (tokio's AsyncWrite contract).
+                std::task::ready!(writer.as_mut().poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    /// Whether a buffer is held (tests).
+    #[cfg(test)]
+    fn holds_buffer(&self) -> bool {
+        self.buf.is_some()
+    }
+}
+
+/// Copies `a` → `b` and `b` → `a` until both directions have passed on their EOF, or one fails.
+async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut a_to_b = Direction::default();
+    let mut b_to_a = Direction::default();
+    std::future::poll_fn(|cx| {
+        if !a_to_b.done {
+            if let Poll::Ready(Err(e)) = a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))
+            {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if !b_to_a.done {
+            if let Poll::Ready(Err(e)) = b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))
+            {
+                return Poll::Ready(Err(e));
+            }
+        }
+        if a_to_b.done && b_to_a.done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
 
 /// How a copy ended.
 #[derive(Debug)]
@@ -63,7 +231,7 @@ where
     let mut a = Counted::new(a, &clock, on_a_read);
     let mut b = Counted::new(b, &clock, on_b_read);
     let end = {
-        let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, BUF_BYTES, BUF_BYTES);
+        let copy = copy_bidirectional(&mut a, &mut b);
         tokio::pin!(copy);
         let period = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
         let mut check = tokio::time::interval(period);
@@ -317,6 +485,48 @@ mod tests {
         assert!(matches!(copied.end, CopyEnd::Finished), "{copied:?}");
         assert_eq!((copied.a_to_b, copied.b_to_a), (7, 300_000));
         assert_eq!(counted.load(Ordering::Relaxed), 300_000);
+    }
+
+    /// A direction holds a buffer only while it has bytes its writer has not taken yet.
+    #[tokio::test]
+    async fn a_direction_holds_a_buffer_only_while_bytes_wait_for_the_writer() {
+        let (mut source, mut reader) = duplex(1 << 20);
+        let (mut writer, mut sink) = duplex(16); // the writer takes 16 bytes, then blocks
+        let mut direction = Direction::default();
+        let poll = |d: &mut Direction,
+                        r: &mut tokio::io::DuplexStream,
+                        w: &mut tokio::io::DuplexStream| {
+            let waker = std::task::Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            d.poll_copy(&mut cx, Pin::new(r), Pin::new(w))
+        };
+        assert!(poll(&mut direction, &mut reader, &mut writer).is_pending());
+        assert!(!direction.holds_buffer(), "idle: nothing to hold");
+        source.write_all(&[1u8; 100]).await.unwrap();
+        assert!(poll(&mut direction, &mut reader, &mut writer).is_pending());
+        assert!(direction.holds_buffer(), "84 bytes wait for the writer");
+        let mut got = vec![0u8; 100];
+        let mut n = 0;
+        while n < 100 {
+            n += sink.read(&mut got[n..]).await.unwrap();
+            assert!(poll(&mut direction, &mut reader, &mut writer).is_pending());
+        }
+        assert_eq!(got, vec![1u8; 100]);
+        assert!(
+            !direction.holds_buffer(),
+            "everything written: the buffer went back"
+        );
+        assert!(pool::free_here() >= 1, "returned to this thread's pool");
+        drop(source);
+        assert!(
+            poll(&mut direction, &mut reader, &mut writer).is_ready(),
+            "EOF passed on"
+        );
+        assert_eq!(
+            sink.read(&mut got).await.unwrap(),
+            0,
+            "the writer was shut down"
+        );
     }
 
     #[tokio::test(start_paused = true)]

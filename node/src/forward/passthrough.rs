@@ -24,7 +24,8 @@ pub async fn forward(
     let Some(links) = &ctx.links else {
         return Outcome::rejected(Rejection::NoLink, "no zone link is configured");
     };
-    let mut link_stream = match links.connect(&header, OPEN_HEDGE).await {
+    // Opening is a boxed future of its own (hedged opens, retries): freed before the splice.
+    let mut link_stream = match Box::pin(links.connect(&header, OPEN_HEDGE)).await {
         Ok(s) => s,
         Err(e) => {
             metrics::counter!("zone_egress_dial_failures_total", &conn.labels()).increment(1);
@@ -35,12 +36,14 @@ pub async fn forward(
         return Outcome::rejected(Rejection::LinkWrite, e);
     }
     let link = link_stream.link().to_string();
+    let sent = buffered.len() as u64;
+    drop((header, buffered));
     let _active = conn.connected();
     let moved = link_stream.splice(stream, ctx.limits.idle_timeout).await;
     Outcome::Passthrough {
         link,
         bytes: Bytes {
-            up: moved.tcp_to_quic + buffered.len() as u64,
+            up: moved.tcp_to_quic + sent,
             down: moved.quic_to_tcp,
         },
     }
