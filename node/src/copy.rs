@@ -494,8 +494,8 @@ mod tests {
         let (mut writer, mut sink) = duplex(16); // the writer takes 16 bytes, then blocks
         let mut direction = Direction::default();
         let poll = |d: &mut Direction,
-                        r: &mut tokio::io::DuplexStream,
-                        w: &mut tokio::io::DuplexStream| {
+                    r: &mut tokio::io::DuplexStream,
+                    w: &mut tokio::io::DuplexStream| {
             let waker = std::task::Waker::noop();
             let mut cx = Context::from_waker(waker);
             d.poll_copy(&mut cx, Pin::new(r), Pin::new(w))

@@ -1,6 +1,8 @@
-//! Terminated-path benchmark: one egress node (the `zone-egress` binary of `$ZONE_EGRESS_BIN`)
-//! or HAProxy (`--haproxy`, `nbthread 2`, mTLS termination) in front of the same nginx, driven by
-//! the same mTLS load client (rustls, full handshake per new connection, hashed SNI so that the
+//! Terminated-path benchmark: one egress node (the `zone-egress` binary of `$ZONE_EGRESS_BIN`),
+//! HAProxy (`--haproxy`, `nbthread 2`, mTLS termination in TCP mode) or nginx (`--nginx`,
+//! `worker_processes 2`: mTLS termination in its `stream` module, and with `--http` an mTLS
+//! `http` server that `proxy_pass`es to keep-alive upstreams) in front of the same nginx origin,
+//! driven by the same mTLS load client (rustls, full handshake per new connection, hashed SNI so that the
 //! rustls-based egress of earlier versions can be measured too).
 //!
 //! ```text
@@ -44,7 +46,10 @@ struct Args {
     /// Measure HAProxy instead of the egress.
     #[arg(long)]
     haproxy: bool,
-    /// Also measure the HTTP path with its upstream pool.
+    /// Measure nginx instead of the egress.
+    #[arg(long, conflicts_with = "haproxy")]
+    nginx: bool,
+    /// Also measure the HTTP path with its upstream pool (egress, nginx).
     #[arg(long)]
     http: bool,
     /// Seconds per rate measurement.
@@ -57,19 +62,34 @@ struct Args {
 
 struct Target {
     addr: String,
+    /// The proxy process; the memory figure adds its children's (nginx's workers).
     pid: u32,
     sni: String,
     http_sni: Option<String>,
+    /// Where the HTTP path listens (the egress: `addr`).
+    http_addr: String,
     _nginx: Nginx,
     nginx_port: u16,
     _cluster: Option<Cluster>,
-    _haproxy: Option<Child>,
+    anchor: Option<Child>,
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
-        // A `Child` is not killed when dropped: stop HAProxy with the run.
-        if let Some(child) = self._haproxy.as_mut() {
+        // A `Child` is not stopped when dropped: stop the anchor with the run. SIGTERM first,
+        // so nginx's master takes its workers down with it.
+        if let Some(child) = self.anchor.as_mut() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -135,13 +155,17 @@ fn setup(args: &Args, dir: &Path) -> anyhow::Result<(Target, Arc<rustls::ClientC
                 pid,
                 sni,
                 http_sni: None,
+                http_addr: format!("127.0.0.1:{port}"),
                 _nginx: nginx,
                 nginx_port: http_port,
                 _cluster: None,
-                _haproxy: Some(child),
+                anchor: Some(child),
             },
             config,
         ));
+    }
+    if args.nginx {
+        return nginx_target(args, dir, nginx, sni, config);
     }
     let mut cluster = Cluster::new()?;
     let mut options = cluster.next_options();
@@ -185,17 +209,104 @@ fn setup(args: &Args, dir: &Path) -> anyhow::Result<(Target, Arc<rustls::ClientC
     let pid = cluster.nodes[0].info.pid;
     Ok((
         Target {
-            addr,
+            addr: addr.clone(),
             pid,
             sni,
             http_sni,
+            http_addr: addr.clone(),
             _nginx: nginx,
             nginx_port: http_port,
             _cluster: Some(cluster),
-            _haproxy: None,
+            anchor: None,
         },
         config,
     ))
+}
+
+/// nginx as the anchor: `stream` (TCP) mTLS termination to the origin, and an mTLS `http` server
+/// proxying to the origin over keep-alive upstream connections (nginx's documented setup:
+/// `keepalive`, `proxy_http_version 1.1`, an empty `Connection` header).
+fn nginx_target(
+    args: &Args,
+    dir: &Path,
+    origin: Nginx,
+    sni: String,
+    config: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<(Target, Arc<rustls::ClientConfig>)> {
+    let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
+    pki::issue(
+        dir,
+        "mesh-ca",
+        "spiffe://default/zone-egress",
+        &[&sni],
+        "nginx-id",
+    )?;
+    let (tcp_port, http_port) = (free_port()?, free_port()?);
+    let origin_port = origin.http_port;
+    let d = dir.join("anchor");
+    fs::create_dir_all(d.join("logs"))?;
+    let tls = format!(
+        "ssl_certificate {crt}; ssl_certificate_key {key}; ssl_client_certificate {ca}; ssl_verify_client on;",
+        crt = p("nginx-id/cert.pem"),
+        key = p("nginx-id/key.pem"),
+        ca = p("mesh-ca/ca.pem"),
+    );
+    let cfg = format!(
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+         daemon off; master_process on; worker_processes 2; user root; worker_rlimit_nofile 19000;\n\
+         error_log {d}/logs/error.log; pid {d}/nginx.pid;\n\
+         events {{ worker_connections 19000; }}\n\
+         stream {{ server {{ listen 127.0.0.1:{tcp_port} ssl; {tls} proxy_pass 127.0.0.1:{origin_port}; }} }}\n\
+         http {{ access_log off; \
+         client_body_temp_path {d}/tmp-body; proxy_temp_path {d}/tmp-proxy; \
+         fastcgi_temp_path {d}/tmp-fcgi; uwsgi_temp_path {d}/tmp-uwsgi; scgi_temp_path {d}/tmp-scgi; \
+         upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }} \
+         server {{ listen 127.0.0.1:{http_port} ssl; {tls} keepalive_requests 1000000; \
+         location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+        d = d.display(),
+    );
+    fs::write(d.join("nginx.conf"), cfg)?;
+    let child = Command::new("/usr/sbin/nginx")
+        .arg("-c")
+        .arg(d.join("nginx.conf"))
+        .arg("-p")
+        .arg(&d)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(d.join("logs/stderr.log"))?)
+        .spawn()
+        .context("nginx (the stream module is Debian's libnginx-mod-stream)")?;
+    let pid = child.id();
+    eventually(Duration::from_secs(10), "nginx anchor", || {
+        Ok(std::net::TcpStream::connect(("127.0.0.1", tcp_port))
+            .ok()
+            .map(|_| ()))
+    })?;
+    Ok((
+        Target {
+            addr: format!("127.0.0.1:{tcp_port}"),
+            pid,
+            http_sni: args.http.then(|| sni.clone()),
+            sni,
+            http_addr: format!("127.0.0.1:{http_port}"),
+            _nginx: origin,
+            nginx_port: origin_port,
+            _cluster: None,
+            anchor: Some(child),
+        },
+        config,
+    ))
+}
+
+/// VmRSS of `pid` and its children (nginx's workers), in KiB.
+fn rss_tree_kib(pid: u32) -> Option<u64> {
+    let children =
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut total = rss_kib(pid)?;
+    for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+        total += rss_kib(child).unwrap_or(0);
+    }
+    Some(total)
 }
 
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
@@ -368,7 +479,7 @@ async fn bulk(t: &Target, config: &Arc<rustls::ClientConfig>) -> anyhow::Result<
 }
 
 async fn idle(t: &Target, config: &Arc<rustls::ClientConfig>, n: usize) -> anyhow::Result<f64> {
-    let before = rss_kib(t.pid).context("rss")?;
+    let before = rss_tree_kib(t.pid).context("rss")?;
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {
         let tls = connect(&t.addr, &t.sni, config).await?;
@@ -382,7 +493,7 @@ async fn idle(t: &Target, config: &Arc<rustls::ClientConfig>, n: usize) -> anyho
     // The proxy's memory once it stops growing (two equal readings in a row).
     let mut last = 0;
     let after = eventually(Duration::from_secs(30), "RSS to settle", || {
-        let now = rss_kib(t.pid).context("rss")?;
+        let now = rss_tree_kib(t.pid).context("rss")?;
         let settled = (now == last).then_some(now);
         last = now;
         Ok(settled)
@@ -428,7 +539,7 @@ fn main() -> anyhow::Result<()> {
         println!("{label} idle_kib_per_conn={kib:.1}");
         if let Some(http_sni) = &target.http_sni {
             let before = upstream_conns(target.nginx_port)?;
-            let (rps, p, e) = keepalive(&target.addr, http_sni, &config, 64, args.seconds).await;
+            let (rps, p, e) = keepalive(&target.http_addr, http_sni, &config, 64, args.seconds).await;
             let ups = upstream_conns(target.nginx_port)?.saturating_sub(before);
             println!("{label} http_pool_rps={rps:.0} http_pool_p99_ms={p:.2} errors={e} http_pool_upstreams={ups}");
             let (rps, p, e) = keepalive(&target.addr, &target.sni, &config, 64, args.seconds).await;

@@ -25,16 +25,14 @@ pub async fn forward(
         return Outcome::rejected(Rejection::NoLink, "no zone link is configured");
     };
     // Opening is a boxed future of its own (hedged opens, retries): freed before the splice.
-    let mut link_stream = match Box::pin(links.connect(&header, OPEN_HEDGE)).await {
+    // The ClientHello goes with the stream's header, in the same round trip.
+    let link_stream = match Box::pin(links.connect(&header, &buffered, OPEN_HEDGE)).await {
         Ok(s) => s,
         Err(e) => {
             metrics::counter!("zone_egress_dial_failures_total", &conn.labels()).increment(1);
             return Outcome::rejected(Rejection::LinkRefused, e);
         }
     };
-    if let Err(e) = link_stream.send.write_all(&buffered).await {
-        return Outcome::rejected(Rejection::LinkWrite, e);
-    }
     let link = link_stream.link().to_string();
     let sent = buffered.len() as u64;
     drop((header, buffered));

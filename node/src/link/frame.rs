@@ -24,6 +24,15 @@ pub(crate) async fn write_frame<M: Message>(
         .map_err(write_error)
 }
 
+/// Writes raw bytes (a connection's first bytes, behind its header) within the frame write
+/// timeout.
+pub(crate) async fn write_raw(send: &mut SendStream, bytes: &[u8]) -> Result<(), LinkError> {
+    tokio::time::timeout(WRITE_TIMEOUT, send.write_all(bytes))
+        .await
+        .map_err(|_| LinkError::Timeout("write"))?
+        .map_err(write_error)
+}
+
 /// Reads one frame. With `deadline`, the whole frame must arrive within it; without, the
 /// prefix may take as long as the connection lives (the control stream between two pushes:
 /// keep-alive and the idle timeout bound it) and the body [`FRAME_BODY_TIMEOUT`].

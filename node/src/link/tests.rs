@@ -247,7 +247,7 @@ async fn forward(
         .await
         .unwrap();
     let (accepted, _) = listener.accept().await.unwrap();
-    let stream = manager.open(header, link).await.unwrap();
+    let stream = manager.open(header, &[], link).await.unwrap();
     let splice = tokio::spawn(stream.splice(accepted, idle_timeout));
     (client, splice)
 }
@@ -420,7 +420,7 @@ async fn two_hundred_concurrent_streams_over_one_link_all_complete() {
         let manager = manager.clone();
         tasks.push(tokio::spawn(async move {
             let data = pattern(i + 100, 32 * 1024 + i as usize);
-            let mut stream = manager.open(&header("backend"), "b").await.unwrap();
+            let mut stream = manager.open(&header("backend"), &[], "b").await.unwrap();
             // Opened streams stay open while the bytes move both ways.
             let writer = async {
                 stream.send.write_all(&data).await.unwrap();
@@ -730,7 +730,7 @@ async fn a_stream_without_endpoint_is_refused_with_a_reason() {
     );
     eventually("link up", || is_up(&manager, "b")).await;
 
-    match manager.open(&header("nowhere"), "b").await {
+    match manager.open(&header("nowhere"), &[], "b").await {
         Err(LinkError::Refused(reason)) => {
             assert!(
                 reason.contains("no endpoint of service nowhere"),
@@ -739,19 +739,19 @@ async fn a_stream_without_endpoint_is_refused_with_a_reason() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    match manager.open(&header("gone"), "b").await {
+    match manager.open(&header("gone"), &[], "b").await {
         Err(LinkError::Refused(reason)) => assert!(reason.contains("reachable"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
     // A refused dial tries the next endpoint: whichever the round robin starts with, it works.
     for _ in 0..2 {
-        let mut stream = manager.open(&header("backend"), "b").await.unwrap();
+        let mut stream = manager.open(&header("backend"), &[], "b").await.unwrap();
         stream.send.write_all(b"ping").await.unwrap();
         stream.send.finish().unwrap();
         assert_eq!(stream.recv.read_to_end(16).await.unwrap(), b"ping");
     }
     assert!(matches!(
-        manager.open(&header("backend"), "nope").await,
+        manager.open(&header("backend"), &[], "nope").await,
         Err(LinkError::UnknownLink(_))
     ));
     assert_eq!(status(&manager, "b").unwrap().open_streams, 0);
@@ -803,7 +803,7 @@ async fn a_link_reconnects_after_the_ingress_restarts_on_the_same_port() {
     let link = status(&manager, "b").unwrap();
     assert!(link.reconnects >= 1, "{link:?}");
     assert!(link.rtt_ms.is_some());
-    let mut stream = manager.open(&header("backend"), "b").await.unwrap();
+    let mut stream = manager.open(&header("backend"), &[], "b").await.unwrap();
     stream.send.write_all(b"again").await.unwrap();
     stream.send.finish().unwrap();
     assert_eq!(stream.recv.read_to_end(16).await.unwrap(), b"again");
@@ -926,4 +926,125 @@ fn link_status_serializes_for_the_admin_api() {
     assert_eq!(json["rttMs"], 1.5);
     assert_eq!(json["openStreams"], 2);
     assert_eq!(json["origin"], "static");
+}
+
+/// A UDP relay between an egress and an ingress that can stop passing the ingress's datagrams
+/// (replies, acknowledgements) while still passing the egress's.
+struct OneWayRelay {
+    addr: SocketAddr,
+    hold_replies: Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl OneWayRelay {
+    async fn start(ingress: SocketAddr) -> OneWayRelay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let hold_replies = Arc::new(AtomicBool::new(false));
+        let hold = hold_replies.clone();
+        let task = tokio::spawn(async move {
+            let mut egress = None;
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                if from == ingress {
+                    if let Some(to) = egress
+                        && !hold.load(Ordering::Relaxed)
+                    {
+                        let _ = socket.send_to(&buf[..n], to).await;
+                    }
+                } else {
+                    egress = Some(from);
+                    let _ = socket.send_to(&buf[..n], ingress).await;
+                }
+            }
+        });
+        OneWayRelay {
+            addr,
+            hold_replies,
+            task,
+        }
+    }
+
+    fn hold_replies(&self, hold: bool) {
+        self.hold_replies
+            .store(hold, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for OneWayRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A new connection's first bytes (its ClientHello) travel with the stream's header, so the
+/// destination has them one link round trip after the open starts, before the ingress's reply
+/// is back at the egress (issue 17: the link's new-connection time to first byte). Shown
+/// without timing: the ingress's datagrams are held back, so the egress cannot have heard the
+/// reply when the destination reads the bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_bytes_reach_the_destination_before_the_reply_is_back() {
+    let pki = LinkPki::new("link-ca");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let destination = listener.local_addr().unwrap();
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut first = [0u8; 12];
+        socket.read_exact(&mut first).await.unwrap();
+        let _ = got_tx.send(first.to_vec());
+        socket.write_all(b"server-hello").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = socket.read_to_end(&mut rest).await;
+    });
+    let ingress = start_ingress(
+        &pki,
+        "ingress-1",
+        udp(),
+        ServiceSet::default(),
+        resolver(&[("backend", vec![destination])]),
+    );
+    let relay = OneWayRelay::start(ingress.handle.local_addr()).await;
+    let manager = Arc::new(start_egress(
+        &pki.egress_tls("egress-1"),
+        &[("b", relay.addr)],
+    ));
+    eventually("link up", || is_up(&manager, "b")).await;
+
+    relay.hold_replies(true);
+    let opener = manager.clone();
+    let open =
+        tokio::spawn(async move { opener.open(&header("backend"), b"client-hello", "b").await });
+    let first = tokio::time::timeout(Duration::from_secs(10), got_rx)
+        .await
+        .expect("the destination got no byte while the ingress's reply was held back")
+        .unwrap();
+    assert_eq!(first, b"client-hello");
+    assert!(
+        !open.is_finished(),
+        "the reply was held back, yet the open finished"
+    );
+    relay.hold_replies(false);
+    let mut stream = within("the open, once replies pass", open)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut answer = [0u8; 12];
+    within(
+        "the destination's answer",
+        stream.recv.read_exact(&mut answer),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&answer, b"server-hello");
+    stream.send.finish().unwrap();
+    within("the destination sees the end", server)
+        .await
+        .unwrap();
+    manager.shutdown().await;
+    ingress.handle.shutdown().await;
 }

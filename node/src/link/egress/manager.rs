@@ -22,7 +22,7 @@ use super::link::{Inner, Link, lock};
 use super::{
     LinkOrigin, LinkStatus, LinkTarget, MAX_LINKS_TRIED, REFUSAL_WARN_EVERY_MS, SHUTDOWN_GRACE,
 };
-use crate::link::frame::{read_frame, write_frame};
+use crate::link::frame::{read_frame, write_frame, write_raw};
 use crate::link::splice::{Spliced, TcpSide, splice_metered};
 use crate::link::{LinkError, OPEN_TIMEOUT, REPLY_TIMEOUT, codes};
 
@@ -135,9 +135,14 @@ impl LinkManager {
     /// Opens a stream for one forwarded connection on one of the links that offer `header`'s
     /// (mesh, service, tags): picks at random in proportion to the instances each up link
     /// advertises, and when that link refuses, or does not answer within `hedge` while another
-    /// untried link offers the service, tries another (at most [`MAX_LINKS_TRIED`]). Nothing
-    /// reached the destination before an accept, so trying the next link is safe; a link whose
-    /// ingress died answers nothing until its idle timeout, which is why there is a hedge.
+    /// untried link offers the service, tries another (at most [`MAX_LINKS_TRIED`]). `prefix`
+    /// (the connection's ClientHello) is written right behind the header, so the ingress passes
+    /// it to the destination as soon as its dial succeeds, in the same round trip as the reply:
+    /// a new connection pays one link RTT for the whole open instead of two. A refused or
+    /// abandoned attempt can have shown the destination a ClientHello and nothing else (an
+    /// aborted handshake, no application data), so trying the next link with the same prefix is
+    /// safe; a link whose ingress died answers nothing until its idle timeout, which is why
+    /// there is a hedge.
     ///
     /// # Errors
     /// [`LinkError::NoneAccepted`] naming the last link's error, or that no link that is up
@@ -145,6 +150,7 @@ impl LinkManager {
     pub async fn connect(
         &self,
         header: &StreamHeader,
+        prefix: &[u8],
         hedge: Duration,
     ) -> Result<LinkStream, LinkError> {
         let offered = self
@@ -160,7 +166,7 @@ impl LinkManager {
             else {
                 break;
             };
-            let attempt = self.open(header, &link);
+            let attempt = self.open(header, prefix, &link);
             let result = if offered > tried.len() + 1 {
                 match tokio::time::timeout(hedge, attempt).await {
                     Ok(r) => r.map_err(|e| e.to_string()),
@@ -180,17 +186,23 @@ impl LinkManager {
         Err(LinkError::NoneAccepted(last))
     }
 
-    /// Opens a stream for one forwarded connection on the link named `link`: writes `header`,
+    /// Opens a stream for one forwarded connection on the link named `link`: writes `header`
+    /// and then `prefix` (the first bytes of the connection, without waiting for the reply),
     /// waits for the ingress's reply (within [`REPLY_TIMEOUT`]) and returns the stream ready for
-    /// raw bytes, or [`LinkError::Refused`] with the ingress's reason.
-    pub async fn open(&self, header: &StreamHeader, link: &str) -> Result<LinkStream, LinkError> {
+    /// the rest of the raw bytes, or [`LinkError::Refused`] with the ingress's reason.
+    pub async fn open(
+        &self,
+        header: &StreamHeader,
+        prefix: &[u8],
+        link: &str,
+    ) -> Result<LinkStream, LinkError> {
         let link = self
             .inner
             .registry()
             .get(link)
             .map(|entry| entry.link.clone())
             .ok_or_else(|| LinkError::UnknownLink(link.to_string()))?;
-        let result = open_on(&link, header).await;
+        let result = open_on(&link, header, prefix).await;
         match &result {
             Ok(_) => metrics::counter!(
                 "zone_egress_link_streams_total",
@@ -297,8 +309,12 @@ impl Drop for OpenGuard {
     }
 }
 
-/// Opens a stream on `link`, writes the header and reads the reply.
-async fn open_on(link: &Arc<Link>, header: &StreamHeader) -> Result<LinkStream, LinkError> {
+/// Opens a stream on `link`, writes the header and `prefix`, and reads the reply.
+async fn open_on(
+    link: &Arc<Link>,
+    header: &StreamHeader,
+    prefix: &[u8],
+) -> Result<LinkStream, LinkError> {
     let conn = link
         .connection()
         .ok_or_else(|| LinkError::Down(link.name.clone()))?;
@@ -308,6 +324,7 @@ async fn open_on(link: &Arc<Link>, header: &StreamHeader) -> Result<LinkStream, 
         .map_err(|_| LinkError::Timeout("open stream"))??;
     let reply = async {
         write_frame(&mut send, header).await?;
+        write_raw(&mut send, prefix).await?;
         read_frame::<StreamReply>(&mut recv, Some(REPLY_TIMEOUT)).await
     }
     .await;
