@@ -111,6 +111,9 @@ async fn bind(config: &Config) -> anyhow::Result<Sockets> {
         }
         (Role::Egress, None) => None,
     };
+    if let Some(socket) = &link {
+        link_socket_buffers(socket);
+    }
     let gossip = gossip::bind(config.gossip.listen, config.gossip.key_file.as_deref()).await?;
     Ok(Sockets {
         admin,
@@ -120,6 +123,34 @@ async fn bind(config: &Config) -> anyhow::Result<Sockets> {
         link,
         gossip,
     })
+}
+
+/// Socket buffers asked for on the link's UDP socket, each way, in bytes.
+///
+/// A QUIC link carries every cross-zone connection of the node in one UDP socket, and the
+/// kernel's default receive buffer (208 KiB) overflowed under a bulk transfer at 20-40 ms RTT
+/// (`UdpRcvbufErrors` 324 of 403,354 datagrams in `scripts/bench-link.sh`): each overflow is a
+/// loss the congestion controller answers by halving its window. The kernel caps the request at
+/// `net.core.rmem_max` / `wmem_max` (raise them for more; quic-go and the QUIC RFC 9000
+/// deployments advise the same); the size obtained is logged.
+pub const LINK_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+fn link_socket_buffers(socket: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(LINK_SOCKET_BUFFER_BYTES);
+    let _ = sock.set_send_buffer_size(LINK_SOCKET_BUFFER_BYTES);
+    let (recv, send) = (sock.recv_buffer_size(), sock.send_buffer_size());
+    match (recv, send) {
+        // Linux reports twice the size asked for (bookkeeping overhead included).
+        (Ok(r), Ok(s)) if r >= LINK_SOCKET_BUFFER_BYTES && s >= LINK_SOCKET_BUFFER_BYTES => {
+            tracing::debug!(recv_bytes = r, send_bytes = s, "link UDP socket buffers");
+        }
+        (r, s) => tracing::info!(
+            recv_bytes = ?r.ok(), send_bytes = ?s.ok(), wanted_bytes = LINK_SOCKET_BUFFER_BYTES,
+            "the link's UDP socket buffers are smaller than wanted (raise net.core.rmem_max and \
+             net.core.wmem_max); bulk transfers over links at high RTT may lose datagrams"
+        ),
+    }
 }
 
 /// The link's mTLS material: all of `link.ca`, `link.cert`, `link.key` or none (egress only).
