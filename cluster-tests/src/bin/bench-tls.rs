@@ -130,7 +130,7 @@ fn setup(args: &Args, dir: &Path) -> anyhow::Result<(Target, Arc<rustls::ClientC
         let crt = pki::combined_pem(dir, "haproxy-id")?;
         let port = free_port()?;
         let cfg = format!(
-            "global\n  maxconn 8000\n  nbthread 2\n  tune.ssl.default-dh-param 2048\n\
+            "global\n  maxconn 9500\n  nbthread 2\n  tune.ssl.default-dh-param 2048\n\
              defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n\
              frontend fe\n  bind 127.0.0.1:{port} ssl crt {crt} ca-file {ca} verify required\n  default_backend be\n\
              backend be\n  server nginx 127.0.0.1:{http_port}\n",
@@ -549,8 +549,10 @@ fn cpu_tree_seconds(pid: u32) -> anyhow::Result<f64> {
 async fn idle(t: &Target, config: &Arc<rustls::ClientConfig>, n: usize) -> anyhow::Result<f64> {
     let before = rss_tree_kib(t.pid).context("rss")?;
     let mut held = Vec::with_capacity(n);
-    for _ in 0..n {
-        let tls = connect(&t.addr, &t.sni, config).await?;
+    for i in 0..n {
+        let tls = tokio::time::timeout(Duration::from_secs(10), connect(&t.addr, &t.sni, config))
+            .await
+            .with_context(|| format!("idle connection {i} was not accepted within 10 s"))??;
         held.push(tls);
     }
     // Every upstream connection open (the proxies dial after the handshake).

@@ -34,7 +34,7 @@ pub struct Destination {
 /// Serves `stream` (whose ClientHello is `buffered`) for `to`, with the zone's `resources`.
 ///
 /// Memory: the handshake, the permission check and the dial run in their own boxed future
-/// ([`connect`]), so their state, the routing decision and the zone snapshot `resources` are
+/// (`connect`), so their state, the routing decision and the zone snapshot `resources` are
 /// freed before the splice; an idle spliced connection keeps only the two streams and the
 /// copy's state (issue 17: ≤ 16 KiB per idle connection).
 pub async fn forward(
