@@ -6,7 +6,10 @@
 //! ```
 //!
 //! For each cluster size and repeat: start N real nodes on loopback (each seeded with the first),
-//! measure the time from the first spawn until every node lists all N alive; SIGKILL one node and
+//! measure the time from the first spawn until every node lists all N alive ("converge", which
+//! includes starting the N processes one after another), and from the moment the last process
+//! wrote its `node.json` until every node lists all N alive ("after last start": the gossip's
+//! own share); SIGKILL one node and
 //! measure the time until every survivor lists it dead; read VmRSS of every node. Prints a table.
 
 use std::time::{Duration, Instant};
@@ -46,19 +49,21 @@ fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     println!(
-        "| nodes | converge p50 | converge max | dead p50 | dead max | RSS/node avg | RSS/node max |"
+        "| nodes | converge p50 | converge max | after last start p50 | after last start max | dead p50 | dead max | RSS/node avg | RSS/node max |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &args.nodes {
         if n < 2 {
             bail!("--nodes needs sizes of at least 2");
         }
         let mut converge = Vec::new();
+        let mut after_start = Vec::new();
         let mut dead = Vec::new();
         let mut rss = Vec::new();
         for _ in 0..args.repeats {
             let started = Instant::now();
             let mut cluster = Cluster::start(n)?;
+            let all_started = Instant::now();
             eventually(Duration::from_secs(120), "convergence", || {
                 for i in 0..n {
                     if alive_count(&cluster, i, None)?.0 != n {
@@ -68,6 +73,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(Some(()))
             })?;
             converge.push(started.elapsed());
+            after_start.push(all_started.elapsed());
             for node in &cluster.nodes {
                 if let Some(k) = rss_kib(node.info.pid) {
                     rss.push(k);
@@ -90,9 +96,11 @@ fn main() -> anyhow::Result<()> {
         let avg_rss = rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64 / 1024.0;
         let max_rss = *rss.iter().max().unwrap_or(&0) as f64 / 1024.0;
         println!(
-            "| {n} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {avg_rss:.1} MiB | {max_rss:.1} MiB |",
+            "| {n} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {avg_rss:.1} MiB | {max_rss:.1} MiB |",
             percentile(converge.clone(), 0.5).as_secs_f64(),
             percentile(converge, 1.0).as_secs_f64(),
+            percentile(after_start.clone(), 0.5).as_secs_f64(),
+            percentile(after_start, 1.0).as_secs_f64(),
             percentile(dead.clone(), 0.5).as_secs_f64(),
             percentile(dead, 1.0).as_secs_f64(),
         );

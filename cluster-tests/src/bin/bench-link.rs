@@ -55,6 +55,9 @@ struct Args {
     /// Network namespace for the zone-b processes (ingress, haproxy #2, nginx).
     #[arg(long)]
     netns_b: Option<String>,
+    /// Measure the link path only (A/B runs of link settings).
+    #[arg(long)]
+    link_only: bool,
     /// Address the zone-b processes bind and are reached at.
     #[arg(long, default_value = "127.0.0.1")]
     addr_b: String,
@@ -546,13 +549,13 @@ fn main() -> anyhow::Result<()> {
         sni,
         args,
     };
-    let rows = [
-        ("link (TCP → QUIC → TCP)", link_path(&setup, nginx_port)?),
-        (
+    let mut rows = vec![("link (TCP → QUIC → TCP)", link_path(&setup, nginx_port)?)];
+    if !setup.args.link_only {
+        rows.push((
             "tcp+tls hop (haproxy → haproxy)",
             hop_path(&setup, nginx_port)?,
-        ),
-    ];
+        ));
+    }
     let a = &setup.args;
     let flows: Vec<String> = a
         .flows

@@ -56,6 +56,12 @@ struct Args {
     /// Seconds per rate measurement.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Run only the flood figures: this many slow ClientHellos (0: no flood run).
+    #[arg(long, default_value_t = 0)]
+    flood_slow: usize,
+    /// Handshake-flood workers of the flood run.
+    #[arg(long, default_value_t = 16)]
+    flood_attackers: usize,
     /// Idle connections held for the memory figure (the proxy holds two sockets for each: 9,000
     /// fits this machine's hard limit of 20,000 open files per process).
     #[arg(long, default_value_t = 9000)]
@@ -381,9 +387,19 @@ fn p99(mut v: Vec<Duration>) -> f64 {
 }
 
 async fn new_conns(t: &Target, config: &Arc<rustls::ClientConfig>, secs: u64) -> (f64, f64, usize) {
+    new_conns_with(t, config, secs, 32).await
+}
+
+/// [`new_conns`] with `workers` concurrent clients.
+async fn new_conns_with(
+    t: &Target,
+    config: &Arc<rustls::ClientConfig>,
+    secs: u64,
+    workers: usize,
+) -> (f64, f64, usize) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for _ in 0..32 {
+    for _ in 0..workers {
         let (addr, sni, config, stop) =
             (t.addr.clone(), t.sni.clone(), config.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
@@ -412,6 +428,128 @@ async fn new_conns(t: &Target, config: &Arc<rustls::ClientConfig>, secs: u64) ->
         }));
     }
     finish(tasks, &stop, secs).await
+}
+
+/// A client that offers no certificate: the proxy does its half of a full handshake (key
+/// exchange, signature) before it refuses the client.
+#[derive(Debug)]
+struct NoCertificate;
+
+impl rustls::client::ResolvesClientCert for NoCertificate {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
+/// The flood figures (issue 17 §4): a legit client (4 workers of new connections, as
+/// [`new_conns_with`]) measured alone, then again while `slow` connections trickle a ClientHello
+/// one byte every 2 s (each reconnecting when the proxy closes it: constant pressure) and
+/// `attackers` workers start handshakes without a client certificate in a loop. Prints the
+/// legit p99 both times, its errors, the slow connections the proxy closed, the refused
+/// handshakes per second and the proxy's RSS growth under the flood.
+async fn flood(
+    t: &Target,
+    config: &Arc<rustls::ClientConfig>,
+    secs: u64,
+    slow: usize,
+    attackers: usize,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::AtomicUsize;
+    let label = "flood";
+    let (base_rps, base_p99, base_errors) = new_conns_with(t, config, secs, 4).await;
+    let rss_before = rss_tree_kib(t.pid).context("rss")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let open = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let mut holders = Vec::new();
+    for _ in 0..slow {
+        let (addr, stop, open, closed) =
+            (t.addr.clone(), stop.clone(), open.clone(), closed.clone());
+        holders.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut tcp) = TcpStream::connect(&addr).await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                open.fetch_add(1, Ordering::Relaxed);
+                // A handshake record announcing 512 bytes, then one byte at a time.
+                let mut ok = tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.is_ok();
+                while ok && !stop.load(Ordering::Relaxed) {
+                    // The attack's own pace, not a synchronisation.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    ok = tcp.write_all(&[0x01]).await.is_ok();
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+                if !ok {
+                    closed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let mut no_cert = (**config).clone();
+    no_cert.client_auth_cert_resolver = Arc::new(NoCertificate);
+    let no_cert = Arc::new(no_cert);
+    let refused = Arc::new(AtomicUsize::new(0));
+    let mut floods = Vec::new();
+    for _ in 0..attackers {
+        let (addr, sni, config, stop, refused) = (
+            t.addr.clone(),
+            t.sni.clone(),
+            no_cert.clone(),
+            stop.clone(),
+            refused.clone(),
+        );
+        floods.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let attempt = async {
+                    let mut tls = connect(&addr, &sni, &config).await?;
+                    // TLS 1.3: the refusal arrives after the client's Finished, on the read.
+                    let mut b = [0u8; 1];
+                    tls.read(&mut b).await?;
+                    anyhow::Ok(())
+                };
+                if tokio::time::timeout(Duration::from_secs(10), attempt)
+                    .await
+                    .map(|r| r.is_err())
+                    .unwrap_or(true)
+                {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Every slow connection open before the legit client measures again.
+    let _ = eventually(Duration::from_secs(60), "slow connections open", || {
+        Ok((open.load(Ordering::Relaxed) >= slow * 9 / 10).then_some(()))
+    });
+    let refused_before = refused.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let (rps, p99, errors) = new_conns_with(t, config, secs, 4).await;
+    let refused_rate =
+        (refused.load(Ordering::Relaxed) - refused_before) as f64 / started.elapsed().as_secs_f64();
+    let rss_during = rss_tree_kib(t.pid).context("rss")?;
+    let (held, closed_now) = (open.load(Ordering::Relaxed), closed.load(Ordering::Relaxed));
+    stop.store(true, Ordering::Relaxed);
+    for h in holders.into_iter().chain(floods) {
+        h.abort();
+    }
+    println!(
+        "{label} baseline_rps={base_rps:.0} baseline_p99_ms={base_p99:.2} baseline_errors={base_errors} \
+         flood_rps={rps:.0} flood_p99_ms={p99:.2} flood_errors={errors} p99_ratio={:.2} \
+         slow_open={held} slow_closed_by_proxy={closed_now} refused_handshakes_per_s={refused_rate:.0} \
+         rss_growth_mib={:.1}",
+        p99 / base_p99,
+        rss_during.saturating_sub(rss_before) as f64 / 1024.0
+    );
+    Ok(())
 }
 
 async fn keepalive(
@@ -599,6 +737,9 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let label = &args.label;
+        if args.flood_slow > 0 {
+            return flood(&target, &config, args.seconds, args.flood_slow, args.flood_attackers).await;
+        }
         let (cps, cp99, cerr) = new_conns(&target, &config, args.seconds).await;
         println!("{label} new_conns_per_s={cps:.0} new_conn_p99_ms={cp99:.2} errors={cerr}");
         let (rps, kp99, kerr) = keepalive(&target.addr, &target.sni, &config, 32, args.seconds).await;

@@ -32,7 +32,12 @@ pub const LINK_SERVER_NAME: &str = "ze-link";
 pub const KEEP_ALIVE: Duration = Duration::from_millis(500);
 /// A link without any packet for this long is closed.
 pub const MAX_IDLE: Duration = Duration::from_secs(3);
-/// Receive window of one stream: 1 MiB (50 MB/s per stream at 20 ms RTT).
+/// Receive window of one stream: 4 MiB (200 MB/s per stream at 20 ms RTT, 100 MB/s at 40 ms).
+///
+/// It was 1 MiB, which capped one connection over a link at 50 MB/s at 20 ms RTT: measured 31-35
+/// MB/s for one flow through the delay line, against 57-64 MB/s with 4 MiB (BENCHMARKS.md, "Link
+/// settings"). 4 MiB is below what Linux lets one TCP socket's receive buffer grow to by
+/// default (`tcp_rmem` 6 MiB), so a stream is allowed what the TCP+TLS chain it replaces is.
 ///
 /// QUIC flow control has two levels, and the connection-level credit comes back only as the
 /// application reads a stream. A stream whose TCP side stops reading (a client that stalls, a
@@ -45,11 +50,12 @@ pub const MAX_IDLE: Duration = Duration::from_secs(3);
 /// soon as data leaves the codec into per-stream buffers, and bounds each stream's buffer).
 ///
 /// Memory: nothing is reserved; a stalled stream holds at most one stream window in the
-/// receiving end's buffer (1 MiB, plus the 2 × 64 KiB copy buffers of its splice), the same
-/// order as the kernel socket buffers a TCP proxy holds for a stalled connection. Worst case
-/// per link: every one of the `MAX_STREAMS` streams stalled with a full window, 4 GiB, which
-/// needs 4096 stalled clients; `limits.idle_timeout` ends stalls that never resume.
-pub const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+/// receiving end's buffer (4 MiB, plus one 64 KiB copy buffer of its splice while bytes wait),
+/// the same order as the kernel socket buffers a TCP proxy holds for a stalled connection.
+/// Worst case per link: every one of the `MAX_STREAMS` streams stalled with a full window,
+/// 16 GiB, which needs 4096 stalled clients each sending 4 MiB that the other side never
+/// reads; `limits.idle_timeout` ends stalls that never resume.
+pub const STREAM_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 /// Bidirectional streams an ingress accepts concurrently on one link.
 pub const MAX_STREAMS: u32 = 4096;
 /// Receive (and send) window of a connection: every stream's window at once, so stalled streams
@@ -177,6 +183,14 @@ fn transport(peer_streams: u32) -> TransportConfig {
         .receive_window(VarInt::from_u64(CONNECTION_WINDOW_BYTES).unwrap_or(VarInt::MAX))
         .send_window(CONNECTION_WINDOW_BYTES)
         .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
-        .max_concurrent_uni_streams(VarInt::from_u32(0));
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        // Streams are sent in the order they were written, not round-robin per packet: a bulk
+        // stream fills whole datagrams (quinn: less fragmentation and protocol overhead).
+        .send_fairness(false)
+        // The acknowledgement-frequency extension (draft-ietf-quic-ack-frequency-04): the
+        // receiver acknowledges less often, so fewer datagrams are built, sent and processed.
+        // Both measured in one run through the delay line at 20 ms RTT, 16 flows: CPU per GB
+        // 9.0 → 7.2 s (BENCHMARKS.md, "Link settings"). A peer without it ignores it.
+        .ack_frequency_config(Some(quinn::AckFrequencyConfig::default()));
     transport
 }
