@@ -513,7 +513,7 @@ async fn flood(
                     let mut tls = connect(&addr, &sni, &config).await?;
                     // TLS 1.3: the refusal arrives after the client's Finished, on the read.
                     let mut b = [0u8; 1];
-                    tls.read(&mut b).await?;
+                    tls.read_exact(&mut b).await?;
                     anyhow::Ok(())
                 };
                 if tokio::time::timeout(Duration::from_secs(10), attempt)
