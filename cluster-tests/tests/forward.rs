@@ -774,3 +774,106 @@ fn a_mesh_ca_that_cannot_be_loaded_shows_everywhere_it_matters() {
     })
     .unwrap();
 }
+
+/// A source address that keeps failing mTLS handshakes (a handshake flood, issue 17) gets at
+/// most its budget of handshakes (200 at once, 50/s after: `forward::budget`); the rest are
+/// refused at accept, before any TLS work (`handshake_budget`), while a client from another
+/// address is served as before.
+#[test]
+fn a_source_that_keeps_failing_handshakes_is_refused_before_tls() {
+    use rustls::pki_types::pem::PemObject;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let (cluster, pki) = fleet();
+    let nginx = Nginx::start(&cluster.root().join("nginx"), None).unwrap();
+    std::fs::write(nginx.root.join("index.html"), "ok\n").unwrap();
+    apply(
+        &cluster,
+        &format!(
+            "{}---\n{}",
+            pki.mesh_yaml(true),
+            plain_es("web", nginx.http_port)
+        ),
+    );
+    let sni = sni_of("web", nginx.http_port);
+    wait_routable(&cluster, &sni, "terminate-external");
+    let listen: std::net::SocketAddr = cluster.nodes[1]
+        .info
+        .listen
+        .clone()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Attackers on 127.0.0.2: handshakes without a client certificate, as fast as they go.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls::pki_types::CertificateDer::pem_file_iter(pki.path("mesh-ca/ca.pem")).unwrap()
+    {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    for _ in 0..8 {
+        let (config, stop, sni) = (config.clone(), stop.clone(), sni.clone());
+        rt.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let attempt = async {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind("127.0.0.2:0".parse()?)?;
+                    let tcp = socket.connect(listen).await?;
+                    let name = rustls::pki_types::ServerName::try_from(sni.clone())?;
+                    let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+                        .connect(name, tcp)
+                        .await?;
+                    let mut byte = [0u8; 1];
+                    tokio::io::AsyncReadExt::read_exact(&mut tls, &mut byte).await?;
+                    anyhow::Ok(())
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), attempt).await;
+            }
+        });
+    }
+    eventually(CONVERGE, "the budget refuses the flooding source", || {
+        let m = metrics(&cluster, 1);
+        Ok((counter(
+            &m,
+            "zone_egress_connections_rejected_total{reason=\"handshake_budget\"}",
+        ) >= 200)
+            .then_some(()))
+    })
+    .unwrap();
+    // Only the attackers fail handshakes here: at most the burst plus the refill since they
+    // started (and a few in flight) reached TLS.
+    let failed = counter(
+        &metrics(&cluster, 1),
+        "zone_egress_connections_rejected_total{reason=\"handshake\"}",
+    );
+    let allowed = 200.0 + 50.0 * started.elapsed().as_secs_f64() + 16.0;
+    assert!(
+        (failed as f64) <= allowed,
+        "{failed} handshakes failed, the budget allows {allowed:.0}"
+    );
+    let out = cluster.root().join("out.html");
+    // Everyone else is served while the flood goes on.
+    for _ in 0..3 {
+        let (code, err) = curl(&cluster, 1, &pki, &sni, "/index.html", Some("client"), &out);
+        assert_eq!(code, Some(0), "a client from 127.0.0.1 was refused: {err}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    rt.shutdown_timeout(Duration::from_secs(5));
+}

@@ -72,6 +72,7 @@ rejections! {
     LinkWrite => ("link_write", Link, "writing the ClientHello into the link stream failed"),
     Identity => ("identity", Node, "this egress cannot issue its identity for the mesh (CA unreadable, key not matching)"),
     Handshake => ("handshake", Client, "the client's mTLS handshake failed (no, foreign, expired or wrong-mesh certificate)"),
+    HandshakeBudget => ("handshake_budget", Client, "the source address failed more mTLS handshakes than its budget (200 at once, 50/s after); refused at accept, before any TLS"),
     Permission => ("permission", Client, "the mesh's traffic permissions refuse the client (TCP: closed after the handshake; HTTP: 403)"),
     Resolve => ("resolve", Upstream, "the external service's host name did not resolve"),
     Connect => ("connect", Upstream, "no address of the external service accepted the connection"),

@@ -452,7 +452,8 @@ impl rustls::client::ResolvesClientCert for NoCertificate {
 /// The flood figures (issue 17 §4): a legit client (4 workers of new connections, as
 /// [`new_conns_with`]) measured alone, then again while `slow` connections trickle a ClientHello
 /// one byte every 2 s (each reconnecting when the proxy closes it: constant pressure) and
-/// `attackers` workers start handshakes without a client certificate in a loop. Prints the
+/// `attackers` workers start handshakes without a client certificate in a loop from 127.0.0.2
+/// (the legit client and the slow connections come from 127.0.0.1). Prints the
 /// legit p99 both times, its errors, the slow connections the proxy closed, the refused
 /// handshakes per second and the proxy's RSS growth under the flood.
 async fn flood(
@@ -510,7 +511,14 @@ async fn flood(
         floods.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let attempt = async {
-                    let mut tls = connect(&addr, &sni, &config).await?;
+                    // From another source address than the legit client's (127.0.0.1).
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind("127.0.0.2:0".parse()?)?;
+                    let tcp = socket.connect(addr.parse()?).await?;
+                    let name = ServerName::try_from(sni.clone())?;
+                    let mut tls = TlsConnector::from(config.clone())
+                        .connect(name, tcp)
+                        .await?;
                     // TLS 1.3: the refusal arrives after the client's Finished, on the read.
                     let mut b = [0u8; 1];
                     tls.read_exact(&mut b).await?;
@@ -531,10 +539,12 @@ async fn flood(
         Ok((open.load(Ordering::Relaxed) >= slow * 9 / 10).then_some(()))
     });
     let refused_before = refused.load(Ordering::Relaxed);
+    let cpu_before = cpu_tree_seconds(t.pid)?;
     let started = Instant::now();
     let (rps, p99, errors) = new_conns_with(t, config, secs, 4).await;
     let refused_rate =
         (refused.load(Ordering::Relaxed) - refused_before) as f64 / started.elapsed().as_secs_f64();
+    let node_cpu = (cpu_tree_seconds(t.pid)? - cpu_before) / started.elapsed().as_secs_f64();
     let rss_during = rss_tree_kib(t.pid).context("rss")?;
     let (held, closed_now) = (open.load(Ordering::Relaxed), closed.load(Ordering::Relaxed));
     stop.store(true, Ordering::Relaxed);
@@ -545,7 +555,7 @@ async fn flood(
         "{label} baseline_rps={base_rps:.0} baseline_p99_ms={base_p99:.2} baseline_errors={base_errors} \
          flood_rps={rps:.0} flood_p99_ms={p99:.2} flood_errors={errors} p99_ratio={:.2} \
          slow_open={held} slow_closed_by_proxy={closed_now} refused_handshakes_per_s={refused_rate:.0} \
-         rss_growth_mib={:.1}",
+         proxy_cpu_cores={node_cpu:.2} rss_growth_mib={:.1}",
         p99 / base_p99,
         rss_during.saturating_sub(rss_before) as f64 / 1024.0
     );

@@ -96,6 +96,15 @@ async fn accept_loop(
             }
         };
         metrics::counter!("zone_egress_connections_total").increment(1);
+        let admission = ctx.budget.admit(peer.ip(), std::time::Instant::now());
+        if admission == super::budget::Admission::Refused {
+            let outcome = super::Outcome::rejected(
+                super::Rejection::HandshakeBudget,
+                "this source failed too many mTLS handshakes lately; closed before any TLS",
+            );
+            super::Connection::new(peer).finish(&outcome, ctx.access_log, &ctx.logged);
+            continue;
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             let outcome = super::Outcome::rejected(
                 super::Rejection::MaxConnections,
@@ -107,7 +116,7 @@ async fn accept_loop(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            super::serve(stream, peer, ctx).await;
+            super::serve(stream, peer, admission, ctx).await;
         });
     }
 }

@@ -18,6 +18,7 @@
 //! Everything rejected is closed and counted by reason; it never disturbs other connections.
 
 mod accept;
+pub mod budget;
 mod client_hello;
 mod connection;
 mod dial;
@@ -65,6 +66,8 @@ pub struct Context {
     pools: http::Pools,
     /// Rejection reasons already logged (each is logged once at debug).
     logged: LoggedReasons,
+    /// Failed handshakes per source address ([`budget`]).
+    budget: budget::HandshakeBudget,
 }
 
 impl Context {
@@ -89,6 +92,7 @@ impl Context {
             next_endpoint: std::sync::atomic::AtomicUsize::new(0),
             pools: http::Pools::default(),
             logged: LoggedReasons::default(),
+            budget: budget::HandshakeBudget::default(),
         }
     }
 }
@@ -107,9 +111,28 @@ pub async fn keep_pools(mut changes: crate::store::Changes, ctx: Arc<Context>) {
 }
 
 /// Serves one accepted connection to its end: one record, one exit.
-pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+/// `admission` is what the source's handshake budget decided at accept ([`budget`]).
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    admission: budget::Admission,
+    ctx: Arc<Context>,
+) {
     let mut conn = Connection::new(peer);
     let outcome = route_and_forward(&mut conn, stream, &ctx).await;
+    let handshake_failed = matches!(
+        outcome,
+        Outcome::Rejected {
+            reason: Rejection::Handshake,
+            ..
+        }
+    );
+    ctx.budget.settle(
+        peer.ip(),
+        admission,
+        handshake_failed,
+        std::time::Instant::now(),
+    );
     conn.finish(&outcome, ctx.access_log, &ctx.logged);
 }
 
@@ -180,9 +203,9 @@ mod tests {
     use super::Rejection;
 
     /// Bytes of the future a function returns, without calling it.
-    fn future_bytes<F, A, B, C, Fut>(_: &F) -> usize
+    fn future_bytes<F, A, B, C, D, Fut>(_: &F) -> usize
     where
-        F: Fn(A, B, C) -> Fut,
+        F: Fn(A, B, C, D) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }
@@ -197,6 +220,7 @@ mod tests {
             _,
             tokio::net::TcpStream,
             std::net::SocketAddr,
+            super::budget::Admission,
             std::sync::Arc<super::Context>,
             _,
         >(&super::serve);
