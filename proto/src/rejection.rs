@@ -69,7 +69,7 @@ rejections! {
     ZoneUnreachable => ("zone_unreachable", Link, "an external service pinned to another zone, and no link reaches it"),
     NoLink => ("no_link", Node, "passthrough needed, but this node has no link configuration"),
     LinkRefused => ("link_refused", Link, "every link that offers the service refused or did not answer the stream"),
-    LinkWrite => ("link_write", Link, "writing the ClientHello into the link stream failed (kept at 0 since the ClientHello is written with the stream header; such a failure counts as link_refused)"),
+    LinkWrite => ("link_write", Link, "writing the bytes a client sent after its ClientHello (TLS 1.3 early data) into the accepted link stream failed (the ClientHello itself goes with the stream header: a failure there is link_refused)"),
     Identity => ("identity", Node, "this egress cannot issue its identity for the mesh (CA unreadable, key not matching)"),
     Handshake => ("handshake", Client, "the client's mTLS handshake failed (no, foreign, expired or wrong-mesh certificate)"),
     HandshakeBudget => ("handshake_budget", Client, "the source address failed more mTLS handshakes than its budget (200 at once, 50/s after); refused at accept, before any TLS"),

@@ -96,15 +96,16 @@ async fn accept_loop(
             }
         };
         metrics::counter!("zone_egress_connections_total").increment(1);
-        let admission = ctx.budget.admit(peer.ip(), std::time::Instant::now());
-        if admission == super::budget::Admission::Refused {
+        let Some(ticket) =
+            super::budget::Ticket::admit(&ctx.budget, peer.ip(), std::time::Instant::now())
+        else {
             let outcome = super::Outcome::rejected(
                 super::Rejection::HandshakeBudget,
                 "this source failed too many mTLS handshakes lately; closed before any TLS",
             );
             super::Connection::new(peer).finish(&outcome, ctx.access_log, &ctx.logged);
             continue;
-        }
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             let outcome = super::Outcome::rejected(
                 super::Rejection::MaxConnections,
@@ -116,7 +117,7 @@ async fn accept_loop(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            super::serve(stream, peer, admission, ctx).await;
+            super::serve(stream, peer, ticket, ctx).await;
         });
     }
 }

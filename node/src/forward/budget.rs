@@ -12,7 +12,7 @@
 //! universal mode several data planes may share one source address. HAProxy's equivalent is a
 //! stick table tracking `sc_conn_rate`/`ssl_fc` failures per source.
 //!
-//! Memory: at most [`MAX_SOURCES`] addresses are tracked; when the table is full, addresses
+//! IPv6 sources are kept per /64. Memory: at most [`MAX_SOURCES`] addresses are tracked; when the table is full, addresses
 //! whose bucket has refilled are forgotten first, and if none has, the whole table is cleared
 //! (a flood from more sources than that is one the budget cannot tell apart anyway).
 
@@ -47,6 +47,66 @@ impl Bucket {
     }
 }
 
+/// The address a budget is kept for: an IPv4 address, or an IPv6 address's /64 (one host
+/// usually has a whole /64 to pick source addresses from, RFC 4291 §2.5.1).
+fn key(source: IpAddr) -> IpAddr {
+    match source {
+        IpAddr::V4(_) => source,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 64)).into()),
+        },
+    }
+}
+
+/// A new connection's admission, settled exactly once: by [`Ticket::settle`] when its
+/// handshake ends, or, when it never reaches one (passthrough, refused before TLS, the
+/// connection limit, a panic, a drain), by `Drop` as "not failed", which gives a charged token
+/// back.
+pub struct Ticket {
+    budget: std::sync::Arc<HandshakeBudget>,
+    source: IpAddr,
+    admission: Admission,
+    settled: bool,
+}
+
+impl Ticket {
+    /// Admits a new connection from `source` at `now`; `None` when its budget is spent.
+    pub fn admit(
+        budget: &std::sync::Arc<HandshakeBudget>,
+        source: IpAddr,
+        now: Instant,
+    ) -> Option<Ticket> {
+        let admission = budget.admit(source, now);
+        (admission != Admission::Refused).then(|| Ticket {
+            budget: budget.clone(),
+            source,
+            admission,
+            settled: false,
+        })
+    }
+
+    /// Records how the handshake ended.
+    pub fn settle(mut self, handshake_failed: bool) {
+        self.settled = true;
+        self.budget.settle(
+            self.source,
+            self.admission,
+            handshake_failed,
+            Instant::now(),
+        );
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.budget
+                .settle(self.source, self.admission, false, Instant::now());
+        }
+    }
+}
+
 /// What [`HandshakeBudget::admit`] decided for a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -62,9 +122,8 @@ pub enum Admission {
 impl HandshakeBudget {
     /// Decides whether a new connection from `source` may start at `now`.
     pub fn admit(&self, source: IpAddr, now: Instant) -> Admission {
-        let Ok(mut sources) = self.sources.lock() else {
-            return Admission::Free;
-        };
+        let source = key(source);
+        let mut sources = self.lock();
         let Some(bucket) = sources.get_mut(&source) else {
             return Admission::Free;
         };
@@ -97,9 +156,8 @@ impl HandshakeBudget {
     }
 
     fn adjust(&self, source: IpAddr, delta: f64, now: Instant) {
-        let Ok(mut sources) = self.sources.lock() else {
-            return;
-        };
+        let source = key(source);
+        let mut sources = self.lock();
         if delta < 0.0 && sources.len() >= MAX_SOURCES && !sources.contains_key(&source) {
             sources.retain(|_, bucket| bucket.refilled(now) < BURST);
             if sources.len() >= MAX_SOURCES {
@@ -122,10 +180,17 @@ impl HandshakeBudget {
         };
     }
 
+    /// The table; a panic while it was held leaves it usable (every update is one assignment).
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Bucket>> {
+        self.sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Source addresses tracked now (tests).
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.sources.lock().map(|s| s.len()).unwrap_or(0)
+        self.lock().len()
     }
 }
 
@@ -212,6 +277,36 @@ mod tests {
             let now = t0 + Duration::from_secs_f64(f64::from(i) * 1.5 / PER_SECOND);
             assert!(fail(&budget, source, now), "failure {i}");
         }
+    }
+
+    #[test]
+    fn a_ticket_dropped_before_a_handshake_gives_its_token_back() {
+        let budget = std::sync::Arc::new(HandshakeBudget::default());
+        let (source, now) = (ip(0x0a00_0006), Instant::now());
+        fail(&budget, source, now);
+        // More tickets than the burst, each dropped without a handshake (the connection limit,
+        // a passthrough): none is lost.
+        for _ in 0..(BURST as usize * 2) {
+            let ticket = Ticket::admit(&budget, source, now).expect("admitted");
+            drop(ticket);
+        }
+        let ticket = Ticket::admit(&budget, source, now).expect("admitted");
+        ticket.settle(true);
+        assert!(Ticket::admit(&budget, source, now).is_some());
+    }
+
+    #[test]
+    fn an_ipv6_host_has_one_budget_for_its_64() {
+        let budget = HandshakeBudget::default();
+        let now = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::7".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        for _ in 0..BURST as usize {
+            fail(&budget, a, now);
+        }
+        assert_eq!(budget.admit(b, now), Admission::Refused, "same /64");
+        assert_eq!(budget.admit(other, now), Admission::Free, "another /64");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use proto::resource::{ExternalService, Kind, Mesh};
 use tokio::net::TcpStream;
 use tokio_boring::SslStream;
 
+use super::budget::Ticket;
 use super::connection::{Bytes, Connection, Outcome};
 use super::terminate::Replay;
 use super::{Context, dial, http, route, splice, terminate};
@@ -43,10 +44,11 @@ pub async fn forward(
     buffered: Vec<u8>,
     to: Destination,
     resources: Arc<Resources>,
+    ticket: Ticket,
     ctx: &Context,
 ) -> Outcome {
     let (client, upstream, address) =
-        match Box::pin(connect(conn, stream, buffered, to, resources, ctx)).await {
+        match Box::pin(connect(conn, stream, buffered, to, resources, ticket, ctx)).await {
             Connected::Done(outcome) => return outcome,
             Connected::Tcp {
                 client,
@@ -79,13 +81,15 @@ enum Connected {
     },
 }
 
-/// Terminates the client's mTLS, checks its permission, then serves HTTP or dials the service.
+/// Terminates the client's mTLS (settling `ticket` with how the handshake ended), checks its
+/// permission, then serves HTTP or dials the service.
 async fn connect(
     conn: &Connection,
     stream: TcpStream,
     buffered: Vec<u8>,
     to: Destination,
     resources: Arc<Resources>,
+    ticket: Ticket,
     ctx: &Context,
 ) -> Connected {
     let Destination {
@@ -112,7 +116,9 @@ async fn connect(
     let alpn = protocol.is_http().then_some(crate::pki::ALPN_HTTP);
     let timeout = ctx.limits.hello_timeout;
     let handshake = std::time::Instant::now();
-    let client = match terminate::accept(&config, alpn, buffered, stream, timeout).await {
+    let handshake_result = terminate::accept(&config, alpn, buffered, stream, timeout).await;
+    ticket.settle(handshake_result.is_err());
+    let client = match handshake_result {
         Ok(c) => {
             metrics::histogram!("zone_egress_handshake_seconds", &labels)
                 .record(handshake.elapsed().as_secs_f64());
@@ -133,6 +139,9 @@ async fn connect(
             proto::zone::route::refusal(&zone, &mesh, &service, kind, &identity)
         }
     };
+    // The zone snapshot is not needed past the permission check (a long HTTP session must not
+    // pin it).
+    drop(resources);
     if let Some(detail) = &denied {
         metrics::counter!("zone_egress_permission_denied_total", &labels).increment(1);
         if !protocol.is_http() {

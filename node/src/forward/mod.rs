@@ -67,7 +67,7 @@ pub struct Context {
     /// Rejection reasons already logged (each is logged once at debug).
     logged: LoggedReasons,
     /// Failed handshakes per source address ([`budget`]).
-    budget: budget::HandshakeBudget,
+    budget: Arc<budget::HandshakeBudget>,
 }
 
 impl Context {
@@ -92,7 +92,7 @@ impl Context {
             next_endpoint: std::sync::atomic::AtomicUsize::new(0),
             pools: http::Pools::default(),
             logged: LoggedReasons::default(),
-            budget: budget::HandshakeBudget::default(),
+            budget: Arc::default(),
         }
     }
 }
@@ -111,28 +111,16 @@ pub async fn keep_pools(mut changes: crate::store::Changes, ctx: Arc<Context>) {
 }
 
 /// Serves one accepted connection to its end: one record, one exit.
-/// `admission` is what the source's handshake budget decided at accept ([`budget`]).
+/// `ticket` is the source's admission by its handshake budget ([`budget`]): settled when the
+/// client's handshake ends, or given back when the connection never gets to one.
 pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    admission: budget::Admission,
+    ticket: budget::Ticket,
     ctx: Arc<Context>,
 ) {
     let mut conn = Connection::new(peer);
-    let outcome = route_and_forward(&mut conn, stream, &ctx).await;
-    let handshake_failed = matches!(
-        outcome,
-        Outcome::Rejected {
-            reason: Rejection::Handshake,
-            ..
-        }
-    );
-    ctx.budget.settle(
-        peer.ip(),
-        admission,
-        handshake_failed,
-        std::time::Instant::now(),
-    );
+    let outcome = route_and_forward(&mut conn, stream, ticket, &ctx).await;
     conn.finish(&outcome, ctx.access_log, &ctx.logged);
 }
 
@@ -141,7 +129,12 @@ pub(crate) async fn serve(
 /// Reading the ClientHello is a boxed future of its own, and the zone snapshots are dropped
 /// once decided (the external stage takes the resources and drops them before its splice), so
 /// a long-lived connection pins no old snapshot and its task stays small (issue 17).
-async fn route_and_forward(conn: &mut Connection, mut stream: TcpStream, ctx: &Context) -> Outcome {
+async fn route_and_forward(
+    conn: &mut Connection,
+    mut stream: TcpStream,
+    ticket: budget::Ticket,
+    ctx: &Context,
+) -> Outcome {
     let _ = stream.set_nodelay(true);
     let (buffered, hello) = match Box::pin(client_hello::read_client_hello(
         &mut stream,
@@ -153,6 +146,7 @@ async fn route_and_forward(conn: &mut Connection, mut stream: TcpStream, ctx: &C
         Err(e) => return Outcome::rejected(e.reason(), e),
     };
     conn.sni = hello.server_name;
+    let hello_bytes = hello.consumed;
     let resources = ctx.resources_rx.borrow().clone();
     let decision = {
         let remote = ctx.remote_rx.borrow().clone();
@@ -176,7 +170,8 @@ async fn route_and_forward(conn: &mut Connection, mut stream: TcpStream, ctx: &C
                 sni,
                 client: conn.peer.to_string(),
             };
-            passthrough::forward(conn, stream, buffered, header, ctx).await
+            drop(ticket);
+            passthrough::forward(conn, stream, buffered, hello_bytes, header, ctx).await
         }
         Decision::TerminateExternal {
             mesh,
@@ -193,7 +188,7 @@ async fn route_and_forward(conn: &mut Connection, mut stream: TcpStream, ctx: &C
                 sni,
                 kind,
             };
-            external::forward(conn, stream, buffered, to, resources, ctx).await
+            external::forward(conn, stream, buffered, to, resources, ticket, ctx).await
         }
     }
 }
@@ -220,7 +215,7 @@ mod tests {
             _,
             tokio::net::TcpStream,
             std::net::SocketAddr,
-            super::budget::Admission,
+            super::budget::Ticket,
             std::sync::Arc<super::Context>,
             _,
         >(&super::serve);

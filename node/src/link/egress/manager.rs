@@ -258,8 +258,9 @@ impl Drop for LinkManager {
     }
 }
 
-/// A forwarded connection's stream, ready for raw bytes. Write any buffered prefix (the
-/// ClientHello) to [`LinkStream::send`], then [`LinkStream::splice`].
+/// A forwarded connection's stream, accepted by the ingress, which already has the prefix given
+/// to [`LinkManager::open`] (the ClientHello): write whatever else was buffered to
+/// [`LinkStream::send`], then [`LinkStream::splice`].
 pub struct LinkStream {
     /// Towards the remote endpoint.
     pub send: SendStream,
@@ -309,6 +310,19 @@ impl Drop for OpenGuard {
     }
 }
 
+/// The send side of a stream being opened: reset if the open is abandoned (a hedge gave up on
+/// it), so the ingress drops the stream instead of passing the prefix on as a finished
+/// connection (quinn finishes a dropped stream cleanly otherwise).
+struct ResetOnDrop(Option<SendStream>);
+
+impl Drop for ResetOnDrop {
+    fn drop(&mut self) {
+        if let Some(send) = self.0.as_mut() {
+            let _ = send.reset(codes::TIMEOUT);
+        }
+    }
+}
+
 /// Opens a stream on `link`, writes the header and `prefix`, and reads the reply.
 async fn open_on(
     link: &Arc<Link>,
@@ -319,15 +333,22 @@ async fn open_on(
         .connection()
         .ok_or_else(|| LinkError::Down(link.name.clone()))?;
     let guard = OpenGuard::new(link.clone());
-    let (mut send, mut recv) = tokio::time::timeout(OPEN_TIMEOUT, conn.open_bi())
+    let (send, mut recv) = tokio::time::timeout(OPEN_TIMEOUT, conn.open_bi())
         .await
         .map_err(|_| LinkError::Timeout("open stream"))??;
+    let mut pending = ResetOnDrop(Some(send));
     let reply = async {
-        write_frame(&mut send, header).await?;
-        write_raw(&mut send, prefix).await?;
+        let Some(send) = pending.0.as_mut() else {
+            return Err(LinkError::Stream("the stream is gone".into()));
+        };
+        write_frame(send, header).await?;
+        write_raw(send, prefix).await?;
         read_frame::<StreamReply>(&mut recv, Some(REPLY_TIMEOUT)).await
     }
     .await;
+    let Some(mut send) = pending.0.take() else {
+        return Err(LinkError::Stream("the stream is gone".into()));
+    };
     match reply {
         Ok(StreamReply::Accepted) => Ok(LinkStream { send, recv, guard }),
         Ok(StreamReply::Refused { reason }) => {
