@@ -5,7 +5,8 @@
 #      (nbthread 2) vs nginx (stream module, 2 workers);
 #   2. the HTTP path (kuma.io/protocol: http, pooled upstreams) — zone-egress vs nginx
 #      proxy_pass with keep-alive upstreams;
-#   3. the cross-zone link — QUIC link vs a 2-hop HAProxy TCP+TLS chain, on loopback and at
+#   3. a flood (slow ClientHellos and a handshake flood) against a legit client's p99;
+#   4. the cross-zone link — QUIC link vs a 2-hop HAProxy TCP+TLS chain, on loopback and at
 #      10/20/40 ms RTT through the userspace delay line (scripts/bench-link.sh).
 # Prints key=value lines per target, then one table with each figure as a ratio to HAProxy.
 #   scripts/bench.sh [SECONDS]          (default 10 s per rate figure)
@@ -76,6 +77,9 @@ for name, key, higher in figures:
     print(f"| {name} | " + " | ".join(cells + ratios) + " |")
 print("\nRatios read \"zone-egress is N× as good\": rates divided, latencies, CPU and memory inverted.")
 PY
+echo
+echo "### flood: 9,000 slow ClientHellos + 16 certificate-less handshake loops from 127.0.0.2, legit client on 127.0.0.1"
+ZONE_EGRESS_BIN="$target/zone-egress" "$target/bench-tls" --label flood --seconds "$secs" --flood-slow 9000 --flood-attackers 16
 if [[ -n $rtts ]]; then
     echo
     echo "### cross-zone link"
