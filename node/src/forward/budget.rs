@@ -32,6 +32,9 @@ pub const MAX_SOURCES: usize = 65_536;
 #[derive(Default)]
 pub struct HandshakeBudget {
     sources: Mutex<HashMap<IpAddr, Bucket>>,
+    /// Whether any source is tracked: while none is (no handshake failed lately, the usual
+    /// case), admitting a connection takes no lock.
+    any: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Copy)]
@@ -122,6 +125,9 @@ pub enum Admission {
 impl HandshakeBudget {
     /// Decides whether a new connection from `source` may start at `now`.
     pub fn admit(&self, source: IpAddr, now: Instant) -> Admission {
+        if !self.any.load(std::sync::atomic::Ordering::Relaxed) {
+            return Admission::Free;
+        }
         let source = key(source);
         let mut sources = self.lock();
         let Some(bucket) = sources.get_mut(&source) else {
@@ -168,10 +174,13 @@ impl HandshakeBudget {
             Some(bucket) => bucket,
             // A refund for a source forgotten meanwhile: nothing to give back.
             None if delta > 0.0 => return,
-            None => sources.entry(source).or_insert(Bucket {
-                tokens: BURST,
-                at: now,
-            }),
+            None => {
+                self.any.store(true, std::sync::atomic::Ordering::Relaxed);
+                sources.entry(source).or_insert(Bucket {
+                    tokens: BURST,
+                    at: now,
+                })
+            }
         };
         let tokens = bucket.refilled(now);
         *bucket = Bucket {
