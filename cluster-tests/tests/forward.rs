@@ -233,6 +233,25 @@ fn fleet() -> (Cluster, Pki) {
     (cluster, pki)
 }
 
+/// [`fleet`] with a mesh with mTLS and the plain ExternalService `web` (nginx serving
+/// `index.html` = "ok"), routable on every node; returns its SNI too.
+fn web_fleet() -> (Cluster, Pki, Nginx, String) {
+    let (cluster, pki) = fleet();
+    let nginx = Nginx::start(&cluster.root().join("nginx"), None).unwrap();
+    std::fs::write(nginx.root.join("index.html"), "ok\n").unwrap();
+    apply(
+        &cluster,
+        &format!(
+            "{}---\n{}",
+            pki.mesh_yaml(true),
+            plain_es("web", nginx.http_port)
+        ),
+    );
+    let sni = sni_of("web", nginx.http_port);
+    wait_routable(&cluster, &sni, "terminate-external");
+    (cluster, pki, nginx, sni)
+}
+
 #[test]
 fn external_services_through_every_node_with_intact_bytes() {
     let (cluster, pki) = fleet();
@@ -295,19 +314,7 @@ fn external_services_through_every_node_with_intact_bytes() {
 
 #[test]
 fn wrong_client_certificates_are_refused_and_others_keep_working() {
-    let (cluster, pki) = fleet();
-    let nginx = Nginx::start(&cluster.root().join("nginx"), None).unwrap();
-    std::fs::write(nginx.root.join("index.html"), "ok\n").unwrap();
-    apply(
-        &cluster,
-        &format!(
-            "{}---\n{}",
-            pki.mesh_yaml(true),
-            plain_es("web", nginx.http_port)
-        ),
-    );
-    let sni = sni_of("web", nginx.http_port);
-    wait_routable(&cluster, &sni, "terminate-external");
+    let (cluster, pki, _nginx, sni) = web_fleet();
     let out = cluster.root().join("out.html");
     for identity in [Some("foreign"), Some("wrong-mesh"), Some("expired"), None] {
         let (code, err) = curl(&cluster, 1, &pki, &sni, "/index.html", identity, &out);
@@ -785,19 +792,7 @@ fn a_source_that_keeps_failing_handshakes_is_refused_before_tls() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let (cluster, pki) = fleet();
-    let nginx = Nginx::start(&cluster.root().join("nginx"), None).unwrap();
-    std::fs::write(nginx.root.join("index.html"), "ok\n").unwrap();
-    apply(
-        &cluster,
-        &format!(
-            "{}---\n{}",
-            pki.mesh_yaml(true),
-            plain_es("web", nginx.http_port)
-        ),
-    );
-    let sni = sni_of("web", nginx.http_port);
-    wait_routable(&cluster, &sni, "terminate-external");
+    let (cluster, pki, _nginx, sni) = web_fleet();
     let listen: std::net::SocketAddr = cluster.nodes[1]
         .info
         .listen
