@@ -649,6 +649,24 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// utime + stime of a process, in seconds (`/proc/<pid>/stat` fields 14 and 15, in `CLK_TCK`
+/// ticks).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').context("/proc/pid/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime and stime are fields 14 and 15.
+    let utime: u64 = fields[11].parse()?;
+    let stime: u64 = fields[12].parse()?;
+    let (_, tck, _) = upstream::run(Command::new("getconf").arg("CLK_TCK"))?;
+    let tck: f64 = String::from_utf8_lossy(&tck)
+        .trim()
+        .parse()
+        .unwrap_or(100.0);
+    Ok((utime + stime) as f64 / tck)
+}
+
 pub mod zone_link;
 
 mod partition;

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use cluster_tests::upstream::{free_port, run};
-use cluster_tests::{RuntimeInfo, TEST_CONFIG, binary, eventually, get_json, request};
+use cluster_tests::{RuntimeInfo, TEST_CONFIG, binary, cpu_seconds, eventually, get_json, request};
 
 #[derive(Parser)]
 struct Args {
@@ -193,23 +193,6 @@ fn apply(admin: &str, yaml: &str) -> anyhow::Result<()> {
         bail!("apply on {admin}: {status} {body}");
     }
     Ok(())
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').context("/proc/pid/stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime and stime are fields 14 and 15.
-    let utime: u64 = fields[11].parse()?;
-    let stime: u64 = fields[12].parse()?;
-    let (_, tck, _) = run(Command::new("getconf").arg("CLK_TCK"))?;
-    let tck: f64 = String::from_utf8_lossy(&tck)
-        .trim()
-        .parse()
-        .unwrap_or(100.0);
-    Ok((utime + stime) as f64 / tck)
 }
 
 /// Everything both paths share: certificates, the destination, the client's curl arguments.

@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use cluster_tests::upstream::{Nginx, free_port, run};
-use cluster_tests::{Cluster, eventually, get_json, hashed_sni, pki, request, rss_kib};
+use cluster_tests::{
+    Cluster, cpu_seconds, eventually, get_json, hashed_sni, pki, request, rss_kib,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -677,21 +679,15 @@ async fn futures_join_all<F: std::future::Future>(
     out.into_iter().flatten().collect()
 }
 
-/// utime + stime of `pid` and its children, in seconds (`/proc/<pid>/stat`, 100 ticks/s).
+/// utime + stime of `pid` and its children (nginx's workers), in seconds.
 fn cpu_tree_seconds(pid: u32) -> anyhow::Result<f64> {
-    let ticks = |pid: u32| -> Option<f64> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
-    };
     let children =
         fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let mut total = ticks(pid).context("cpu of the proxy")?;
+    let mut total = cpu_seconds(pid).context("cpu of the proxy")?;
     for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-        total += ticks(child).unwrap_or(0.0);
+        total += cpu_seconds(child).unwrap_or(0.0);
     }
-    Ok(total / 100.0)
+    Ok(total)
 }
 
 async fn idle(t: &Target, config: &Arc<rustls::ClientConfig>, n: usize) -> anyhow::Result<f64> {
