@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target of proto/fuzz for SECONDS each (default 30) and prints one line
 # per target: executions, executions per second, corpus size, and whether it crashed. With
-# --with-node it also runs node/fuzz (sealed gossip datagrams), whose build takes about ten
-# minutes on two cores (the whole node: BoringSSL, quinn), so CI leaves it out. Seeds:
-# proto/fuzz/seeds/<target>/ (real captures: ClientHellos from openssl and curl) and, for
-# `resources`, every resource document under config/ and deploy/. Exits 1 on a crash (the
-# input is in proto/fuzz/artifacts/<target>/).
+# --with-node it also runs node/fuzz (sealed gossip datagrams; admin API requests through the
+# real router and store), whose build takes about ten minutes on two cores (the whole node:
+# BoringSSL, quinn), so CI leaves it out. Seeds: <crate>/fuzz/seeds/<target>/ (real captures:
+# ClientHellos from openssl and curl; admin requests as the CLI and the docs send them) and, for
+# `resources`, every resource document under config/ and deploy/. Exits 1 on a crash (the input
+# is in <crate>/fuzz/artifacts/<target>/).
 #   scripts/fuzz.sh [SECONDS] [--with-node]   needs nightly and `cargo install cargo-fuzz`
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

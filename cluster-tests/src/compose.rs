@@ -320,6 +320,8 @@ pub fn links(admin: &str) -> anyhow::Result<Vec<Value>> {
 pub struct Attempt {
     /// When the client asked for outbounds.
     pub start: Instant,
+    /// When the attempt ended (curl exited or no connection could be made).
+    pub end: Instant,
     /// The egress it connected to (`name@ip:port`), if outbounds named one.
     pub egress: Option<String>,
     /// Whether the HTTPS request through the egress succeeded.
@@ -417,6 +419,7 @@ fn one_attempt(admins: &Mutex<Vec<String>>, path: &str, certs: &Path, n: usize) 
     let Some(body) = answer else {
         return Attempt {
             start,
+            end: Instant::now(),
             egress: None,
             ok: false,
             detail: why,
@@ -432,6 +435,7 @@ fn one_attempt(admins: &Mutex<Vec<String>>, path: &str, certs: &Path, n: usize) 
     if egresses.is_empty() || sni.is_empty() {
         return Attempt {
             start,
+            end: Instant::now(),
             egress: None,
             ok: false,
             detail: format!("outbounds named no egress or no SNI: {body}"),
@@ -454,6 +458,7 @@ fn one_attempt(admins: &Mutex<Vec<String>>, path: &str, certs: &Path, n: usize) 
     };
     Attempt {
         start,
+        end: Instant::now(),
         egress: Some(egress),
         ok,
         detail,
@@ -491,4 +496,85 @@ fn curl(egress: &str, sni: &str, certs: &Path) -> Command {
 /// Seconds with millisecond precision, for the printed measurements.
 pub fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
+}
+
+/// Admin URLs of `egresses` on the zone-a network.
+pub fn admins_of(egresses: &[Container]) -> Vec<String> {
+    egresses.iter().map(|c| c.admin("zone-a")).collect()
+}
+
+/// Node names (host names) of `containers`.
+pub fn names(containers: &[Container]) -> Vec<String> {
+    containers.iter().map(|c| c.hostname.clone()).collect()
+}
+
+/// Waits until every admin in `admins` lists exactly `expected` (node names) as the ready
+/// egresses for the external service.
+pub fn wait_outbounds(
+    admins: &[String],
+    expected: &[String],
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let mut want = expected.to_vec();
+    want.sort();
+    eventually(
+        deadline,
+        &format!("outbounds = {want:?} everywhere"),
+        || {
+            for a in admins {
+                let mut got = outbound_egresses(a, "external")?;
+                got.sort();
+                if got != want {
+                    bail!("{a} lists {got:?}");
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+}
+
+/// Waits until every egress has both zone-b links up and a request through it reaches the
+/// backend (over a link) and the external service (TLS terminated and originated).
+pub fn wait_traffic(fleet: &Fleet, deadline: Duration) -> anyhow::Result<()> {
+    let backend = sni("backend", "ms")?;
+    let external = sni("external", "mes")?;
+    eventually(
+        deadline,
+        "both zone-b links up and traffic through every egress",
+        || {
+            for e in fleet.egresses()? {
+                let ls = links(&e.admin("zone-a"))?;
+                let up = ls.iter().filter(|l| l["state"] == "up").count();
+                if up < 2 {
+                    bail!("{}: {up} links up: {ls:?}", e.hostname);
+                }
+                let listener = format!("{}:10002", e.ip("zone-a"));
+                curl_through(&listener, &backend, &fleet.certs())?;
+                curl_through(&listener, &external, &fleet.certs())?;
+            }
+            Ok(Some(()))
+        },
+    )
+}
+
+/// A YAML `ExternalService` of mesh `default` named `name` at `address` (`host:port`).
+pub fn external_service(name: &str, address: &str) -> Vec<u8> {
+    format!(
+        "type: ExternalService\nmesh: default\nname: {name}\ntags: {{ kuma.io/service: {name} }}\n\
+         networking: {{ address: \"{address}\" }}\n"
+    )
+    .into_bytes()
+}
+
+/// `networking.address` of the ExternalService `name` as `admin` answers it; `None` on 404.
+pub fn address_of(admin: &str, name: &str) -> anyhow::Result<Option<String>> {
+    let (status, body) = get_json(
+        admin,
+        &format!("/v1/meshes/default/external-services/{name}"),
+    )?;
+    match status {
+        200 => Ok(body["networking"]["address"].as_str().map(str::to_string)),
+        404 => Ok(None),
+        s => bail!("{admin}: {s} {body}"),
+    }
 }

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use cluster_tests::compose::{
-    self, Attempt, ClientLoop, Container, Fleet, IMAGE, INGRESS_B1_LINK, STOP_TIMEOUT,
-    curl_through, docker, links, outbound_egresses, secs,
+    self, Attempt, ClientLoop, Fleet, IMAGE, INGRESS_B1_LINK, STOP_TIMEOUT, address_of, admins_of,
+    curl_through, docker, external_service, links, names, outbound_egresses, secs, wait_outbounds,
+    wait_traffic,
 };
 use cluster_tests::{eventually, get_json};
 
@@ -24,64 +25,8 @@ const NODE_LOSS_BOUND: Duration = Duration::from_secs(10);
 /// Documented bound: every egress stops choosing an ingress cut off the link network within this.
 const LINK_LOSS_BOUND: Duration = Duration::from_secs(10);
 
-fn admins_of(egresses: &[Container]) -> Vec<String> {
-    egresses.iter().map(|c| c.admin("zone-a")).collect()
-}
-
-/// Waits until every admin in `admins` lists exactly `expected` (node names) as ready egresses.
-fn wait_outbounds(
-    admins: &[String],
-    expected: &[String],
-    deadline: Duration,
-) -> anyhow::Result<()> {
-    let mut want = expected.to_vec();
-    want.sort();
-    eventually(
-        deadline,
-        &format!("outbounds = {want:?} everywhere"),
-        || {
-            for a in admins {
-                let mut got = outbound_egresses(a, "external")?;
-                got.sort();
-                if got != want {
-                    bail!("{a} lists {got:?}");
-                }
-            }
-            Ok(Some(()))
-        },
-    )
-}
-
-fn names(egresses: &[Container]) -> Vec<String> {
-    egresses.iter().map(|c| c.hostname.clone()).collect()
-}
-
 fn failures(attempts: &[Attempt]) -> Vec<&Attempt> {
     attempts.iter().filter(|a| !a.ok).collect()
-}
-
-/// Waits until every egress has both zone-b links up and a request through it reaches the
-/// backend and the external service.
-fn wait_traffic(fleet: &Fleet, deadline: Duration) -> anyhow::Result<()> {
-    let backend = compose::sni("backend", "ms")?;
-    let external = compose::sni("external", "mes")?;
-    eventually(
-        deadline,
-        "both zone-b links up and traffic through every egress",
-        || {
-            for e in fleet.egresses()? {
-                let ls = links(&e.admin("zone-a"))?;
-                let up = ls.iter().filter(|l| l["state"] == "up").count();
-                if up < 2 {
-                    bail!("{}: {up} links up: {ls:?}", e.hostname);
-                }
-                let listener = format!("{}:10002", e.ip("zone-a"));
-                curl_through(&listener, &backend, &fleet.certs())?;
-                curl_through(&listener, &external, &fleet.certs())?;
-            }
-            Ok(Some(()))
-        },
-    )
 }
 
 #[test]
@@ -237,26 +182,6 @@ fn state_of(admin: &str, name: &str) -> anyhow::Result<String> {
         .find(|(n, _)| n == name)
         .map(|(_, s)| s)
         .unwrap_or_else(|| "absent".into()))
-}
-
-fn external_service(name: &str, address: &str) -> Vec<u8> {
-    format!(
-        "type: ExternalService\nmesh: default\nname: {name}\ntags: {{ kuma.io/service: {name} }}\n\
-         networking: {{ address: \"{address}\" }}\n"
-    )
-    .into_bytes()
-}
-
-fn address_of(admin: &str, name: &str) -> anyhow::Result<Option<String>> {
-    let (status, body) = get_json(
-        admin,
-        &format!("/v1/meshes/default/external-services/{name}"),
-    )?;
-    match status {
-        200 => Ok(body["networking"]["address"].as_str().map(str::to_string)),
-        404 => Ok(None),
-        s => bail!("{admin}: {s} {body}"),
-    }
 }
 
 #[test]

@@ -14,6 +14,8 @@
 //!   of resources shows `"<redacted>"` unless it asks `?secrets=true` *and* is authorized to
 //!   write (`resources.rs`).
 
+#[doc(hidden)]
+pub mod fuzz;
 mod metrics_listener;
 mod openapi;
 mod pki;

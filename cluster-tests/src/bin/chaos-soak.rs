@@ -1,0 +1,643 @@
+//! chaos-soak: the container tier's chaos run. Starts the two-zone compose fleet of
+//! `deploy/compose/` (zone-a: egress replicas; zone-b: `ingress-b1`, `ingress-b2` and a backend;
+//! an external service on the link network), runs two sidecar-like client loops (one to the
+//! external service, TLS terminated and originated by the egress; one to zone-b's backend, passed
+//! through a QUIC link) and a writer that applies resources to both zones, and for `--minutes`
+//! makes one fault at a time at random: kill, graceful restart or network partition of an egress
+//! or an ingress node. After each fault it waits until the fault is detected (the survivors stop
+//! listing a lost egress; every egress sees the link to a lost ingress down), holds the fault a
+//! few seconds, heals it and waits until the fleet is whole again.
+//!
+//! Reported (and the exit status is 1 when a goal is missed):
+//! * failed connections outside the detection windows (goal 0). A detection window runs from a
+//!   kill or partition to its detection; a connection counts in it when it was in flight at any
+//!   moment of the window (a connection through a node that is killed cannot survive it). A
+//!   graceful restart has no window.
+//! * lost writes (goal 0): every write answered 200 must be on every node of its zone at the end,
+//!   after the whole fleet healed.
+//! * memory per node container (`docker stats`) at the start, the peak and the end, and how
+//!   often the node was restarted (a restart resets it).
+//!
+//! Usage: `scripts/chaos-soak.sh [MINUTES]` (builds the images first), or
+//! `chaos-soak --minutes 10 [--seed N]`; the seed is printed so a schedule can be replayed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use cluster_tests::compose::{
+    Attempt, ClientLoop, Container, Fleet, INGRESS_B1_LINK, STOP_TIMEOUT, admins_of, docker,
+    external_service, links, names, outbound_egresses, wait_outbounds, wait_traffic,
+};
+use cluster_tests::{eventually, get_json};
+
+/// Address of `ingress-b2` on the link network (fixed in the compose file).
+const INGRESS_B2_LINK: Ipv4Addr = Ipv4Addr::new(172, 31, 250, 12);
+/// A fault not detected within this is reported as undetected (the documented bounds are 10 s).
+const DETECT_DEADLINE: Duration = Duration::from_secs(30);
+/// The fleet must be whole again within this after a heal.
+const RECOVER_DEADLINE: Duration = Duration::from_secs(120);
+/// Pause between two writes of the writer.
+const WRITE_EVERY: Duration = Duration::from_millis(250);
+/// Memory is sampled this often.
+const SAMPLE_EVERY: Duration = Duration::from_secs(20);
+
+#[derive(Parser)]
+#[command(about = "Kills, restarts and partitions nodes of the compose fleet under client loops")]
+struct Args {
+    /// Length of the chaos phase, in minutes.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// Seed of the fault schedule (default: taken from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Egress replicas of zone-a.
+    #[arg(long, default_value_t = 3)]
+    egresses: usize,
+}
+
+/// xorshift64*: a seeded schedule without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn secs(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_secs(from + self.next() % (to - from + 1))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    KillEgress,
+    RestartEgress,
+    PartitionEgress,
+    KillIngress,
+    RestartIngress,
+    PartitionIngress,
+}
+
+impl Kind {
+    const ALL: [Kind; 6] = [
+        Kind::KillEgress,
+        Kind::RestartEgress,
+        Kind::PartitionEgress,
+        Kind::KillIngress,
+        Kind::RestartIngress,
+        Kind::PartitionIngress,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            Kind::KillEgress => "kill egress",
+            Kind::RestartEgress => "restart egress",
+            Kind::PartitionEgress => "cut egress off zone-a",
+            Kind::KillIngress => "kill ingress",
+            Kind::RestartIngress => "restart ingress",
+            Kind::PartitionIngress => "cut ingress off the link network",
+        }
+    }
+    fn on_egress(self) -> bool {
+        matches!(
+            self,
+            Kind::KillEgress | Kind::RestartEgress | Kind::PartitionEgress
+        )
+    }
+}
+
+/// One fault of the schedule, as it happened.
+struct Fault {
+    kind: Kind,
+    victim: String,
+    at: Instant,
+    /// When the fault was detected everywhere (kills and partitions).
+    detected: Option<Instant>,
+    /// When the fleet was whole again after the heal.
+    recovered: Option<Duration>,
+    note: String,
+}
+
+/// A write answered 200: `(zone, name)`.
+type Acked = Arc<Mutex<Vec<(&'static str, String)>>>;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("chaos-soak: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<bool> {
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    }) | 1;
+    println!(
+        "chaos-soak: seed {seed}, {} minutes, {} egress replicas",
+        args.minutes, args.egresses
+    );
+    let mut rng = Rng(seed);
+    let fleet = Fleet::up(args.egresses)?;
+    let all_egresses = names(&fleet.egresses()?);
+    wait_outbounds(
+        &admins_of(&fleet.egresses()?),
+        &all_egresses,
+        Duration::from_secs(60),
+    )?;
+    wait_traffic(&fleet, Duration::from_secs(90))?;
+    println!("chaos-soak: fleet up, traffic flows on both paths");
+
+    let admins = Arc::new(Mutex::new(admins_of(&fleet.egresses()?)));
+    let external = ClientLoop::start(admins.clone(), "external", fleet.certs());
+    let cross_zone = ClientLoop::start(admins.clone(), "backend?port=8443", fleet.certs());
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let refused = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
+    let writer = spawn_writer(&fleet, stop.clone(), acked.clone(), refused.clone(), seed)?;
+    let memory = Arc::new(Mutex::new(BTreeMap::<String, Vec<u64>>::new()));
+    let sampler = spawn_sampler(stop.clone(), memory.clone());
+
+    let t_start = Instant::now();
+    let chaos_for = Duration::from_secs_f64(args.minutes * 60.0);
+    let mut faults = Vec::new();
+    let mut restarts = BTreeMap::<String, usize>::new();
+    while t_start.elapsed() < chaos_for {
+        let kind = Kind::ALL[rng.below(Kind::ALL.len())];
+        let fault = one_fault(&fleet, kind, &mut rng, &admins, &all_egresses)?;
+        if matches!(
+            kind,
+            Kind::KillEgress | Kind::RestartEgress | Kind::KillIngress | Kind::RestartIngress
+        ) {
+            *restarts.entry(fault.victim.clone()).or_default() += 1;
+        }
+        println!(
+            "chaos-soak: {:>6.1} s  {:<33} {:<14} detected {:<9} whole again {}{}",
+            (fault.at - t_start).as_secs_f64(),
+            fault.kind.name(),
+            short(&fault.victim),
+            fault.detected.map_or("-".into(), |d| format!(
+                "{:.1} s",
+                (d - fault.at).as_secs_f64()
+            )),
+            fault
+                .recovered
+                .map_or("NO".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+            if fault.note.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", fault.note)
+            }
+        );
+        faults.push(fault);
+        // Let the clients run on a whole fleet between faults.
+        std::thread::sleep(rng.secs(3, 8));
+    }
+    let chaos_took = t_start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.join();
+    let _ = sampler.join();
+    let external = external.finish();
+    let cross_zone = cross_zone.finish();
+
+    // Lost writes: every acknowledged write on every node of its zone.
+    let acked = acked.lock().unwrap().clone();
+    let lost = lost_writes(&fleet, &acked);
+
+    println!();
+    println!(
+        "chaos-soak: {} faults in {:.1} min (seed {seed})",
+        faults.len(),
+        chaos_took.as_secs_f64() / 60.0
+    );
+    let mut ok = true;
+    for (what, attempts) in [
+        ("external service (terminated)", &external),
+        ("zone-b backend (link)", &cross_zone),
+    ] {
+        ok &= report_attempts(what, attempts, &faults);
+    }
+    let refused = refused.lock().unwrap();
+    println!(
+        "writes: {} acknowledged, {} lost; not acknowledged (node down or unreachable): {}",
+        acked.len(),
+        match &lost {
+            Ok(l) => l.len().to_string(),
+            Err(e) => format!("not checked: {e:#}"),
+        },
+        if refused.is_empty() {
+            "none".to_string()
+        } else {
+            refused
+                .iter()
+                .map(|(k, v)| format!("{v} × {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    match &lost {
+        Ok(l) if l.is_empty() => {}
+        Ok(l) => {
+            ok = false;
+            for w in l {
+                println!("  LOST {w}");
+            }
+        }
+        Err(_) => ok = false,
+    }
+    report_memory(&memory.lock().unwrap(), &restarts);
+    let undetected = faults
+        .iter()
+        .filter(|f| {
+            f.detected.is_none() && !matches!(f.kind, Kind::RestartEgress | Kind::RestartIngress)
+        })
+        .count();
+    let unrecovered = faults.iter().filter(|f| f.recovered.is_none()).count();
+    if undetected + unrecovered > 0 {
+        ok = false;
+        println!(
+            "faults: {undetected} not detected within {DETECT_DEADLINE:?}, {unrecovered} not recovered within {RECOVER_DEADLINE:?}"
+        );
+    }
+    println!("chaos-soak: {}", if ok { "PASS" } else { "FAIL" });
+    Ok(ok)
+}
+
+fn short(name: &str) -> &str {
+    &name[..name.len().min(12)]
+}
+
+/// Makes one fault, waits for its detection, holds it, heals it and waits for a whole fleet.
+fn one_fault(
+    fleet: &Fleet,
+    kind: Kind,
+    rng: &mut Rng,
+    admins: &Mutex<Vec<String>>,
+    all_egresses: &[String],
+) -> anyhow::Result<Fault> {
+    let egresses = fleet.egresses()?;
+    let ingresses: Vec<(Container, Ipv4Addr)> = vec![
+        (fleet.service("ingress-b1")?[0].clone(), INGRESS_B1_LINK),
+        (fleet.service("ingress-b2")?[0].clone(), INGRESS_B2_LINK),
+    ];
+    let hold = rng.secs(2, 10);
+    let mut note = String::new();
+    let (victim, at, detected) = if kind.on_egress() {
+        let v = egresses[rng.below(egresses.len())].clone();
+        let survivors: Vec<String> = egresses
+            .iter()
+            .filter(|e| e.id != v.id)
+            .map(|e| e.admin("zone-a"))
+            .collect();
+        let zone_a_ip = v.ip("zone-a");
+        let at = Instant::now();
+        match kind {
+            Kind::KillEgress => {
+                docker(&["kill", &v.id])?;
+            }
+            Kind::PartitionEgress => fleet.disconnect("zone-a", &v)?,
+            _ => {
+                docker(&["restart", "-t", STOP_TIMEOUT, &v.id])?;
+            }
+        }
+        let detected = if kind == Kind::RestartEgress {
+            None
+        } else {
+            let d = eventually(DETECT_DEADLINE, "survivors drop the egress", || {
+                for a in &survivors {
+                    if outbound_egresses(a, "external")?.contains(&v.hostname) {
+                        bail!("{a} still lists {}", v.hostname);
+                    }
+                }
+                Ok(Some(Instant::now()))
+            });
+            if let Err(e) = &d {
+                note = format!("{e:#}");
+            }
+            d.ok()
+        };
+        if kind != Kind::RestartEgress {
+            std::thread::sleep(hold);
+            if kind == Kind::KillEgress {
+                docker(&["start", &v.id])?;
+            } else {
+                fleet.connect("zone-a", &v, zone_a_ip)?;
+            }
+        }
+        (v.hostname.clone(), at, detected)
+    } else {
+        let (v, link_ip) = ingresses[rng.below(ingresses.len())].clone();
+        let address = format!("{link_ip}:10001");
+        let egress_admins = admins_of(&egresses);
+        let at = Instant::now();
+        match kind {
+            Kind::KillIngress => {
+                docker(&["kill", &v.id])?;
+            }
+            Kind::PartitionIngress => fleet.disconnect("link", &v)?,
+            _ => {
+                docker(&["restart", "-t", STOP_TIMEOUT, &v.id])?;
+            }
+        }
+        let detected = if kind == Kind::RestartIngress {
+            None
+        } else {
+            let d = eventually(DETECT_DEADLINE, "every egress sees the link down", || {
+                for a in &egress_admins {
+                    let up = links(a)?
+                        .iter()
+                        .any(|l| l["address"] == address.as_str() && l["state"] == "up");
+                    if up {
+                        bail!("{a}: link to {address} still up");
+                    }
+                }
+                Ok(Some(Instant::now()))
+            });
+            if let Err(e) = &d {
+                note = format!("{e:#}");
+            }
+            d.ok()
+        };
+        if kind != Kind::RestartIngress {
+            std::thread::sleep(hold);
+            if kind == Kind::KillIngress {
+                docker(&["start", &v.id])?;
+            } else {
+                fleet.connect("link", &v, link_ip)?;
+            }
+        }
+        (v.hostname.clone(), at, detected)
+    };
+    // Whole again: every egress listed everywhere, both links up and traffic on both paths
+    // through every egress. A restarted container may come back on another address.
+    let healed = Instant::now();
+    let whole = (|| -> anyhow::Result<()> {
+        fleet.wait_ready(RECOVER_DEADLINE)?;
+        let now = fleet.egresses()?;
+        *admins.lock().unwrap() = admins_of(&now);
+        wait_outbounds(&admins_of(&now), all_egresses, RECOVER_DEADLINE)?;
+        wait_traffic(fleet, RECOVER_DEADLINE)
+    })();
+    if let Err(e) = &whole {
+        note = format!("{note} not whole again: {e:#}");
+    }
+    Ok(Fault {
+        kind,
+        victim,
+        at,
+        detected,
+        recovered: whole.ok().map(|()| healed.elapsed()),
+        note,
+    })
+}
+
+/// Writes an ExternalService every [`WRITE_EVERY`] to a random node of zone-a (an egress) or
+/// zone-b (an ingress), each with its own name; records what was answered 200.
+fn spawn_writer(
+    fleet: &Fleet,
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+    refused: Arc<Mutex<BTreeMap<String, usize>>>,
+    seed: u64,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let token = fleet.token().to_string();
+    // Container ids are stable across kill/start; addresses are looked up per write.
+    let zone_a: Vec<String> = fleet.egresses()?.into_iter().map(|c| c.id).collect();
+    let zone_b: Vec<String> = ["ingress-b1", "ingress-b2"]
+        .iter()
+        .map(|s| fleet.service(s).map(|c| c[0].id.clone()))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(std::thread::spawn(move || {
+        let mut rng = Rng(seed.rotate_left(17) | 1);
+        let mut n = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let (zone, network, ids) = if n % 2 == 0 {
+                ("zone-a", "zone-a", &zone_a)
+            } else {
+                ("zone-b", "zone-b", &zone_b)
+            };
+            let id = &ids[rng.below(ids.len())];
+            let name = format!("soak-{n}");
+            let outcome = cluster_tests::compose::inspect(id).and_then(|c| {
+                let Some(ip) = c.ips.get(network) else {
+                    bail!("not on {network}");
+                };
+                let (status, body) = cluster_tests::request(
+                    "POST",
+                    &format!("http://{ip}:9901/v1/apply"),
+                    Some((
+                        "application/yaml",
+                        &external_service(&name, &format!("{name}.example:443")),
+                    )),
+                    Some(&token),
+                )?;
+                if status != 200 {
+                    bail!("answered {status}: {body}");
+                }
+                Ok(())
+            });
+            match outcome {
+                Ok(()) => acked.lock().unwrap().push((zone, name)),
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    let why = why.split(':').next().unwrap_or("").to_string();
+                    *refused.lock().unwrap().entry(why).or_default() += 1;
+                }
+            }
+            std::thread::sleep(WRITE_EVERY);
+        }
+    }))
+}
+
+/// Every acknowledged write that some node of its zone does not have, after the whole fleet
+/// healed (sync is given a minute to finish).
+fn lost_writes(fleet: &Fleet, acked: &[(&'static str, String)]) -> anyhow::Result<Vec<String>> {
+    let mut nodes = Vec::new();
+    for e in fleet.egresses()? {
+        nodes.push(("zone-a", e.hostname.clone(), e.admin("zone-a")));
+    }
+    for s in ["ingress-b1", "ingress-b2"] {
+        let c = fleet.service(s)?[0].clone();
+        nodes.push(("zone-b", c.hostname.clone(), c.admin("zone-b")));
+    }
+    let mut missing = Vec::new();
+    let check = eventually(
+        Duration::from_secs(60),
+        "every acknowledged write on every node of its zone",
+        || {
+            missing.clear();
+            for (zone, node, admin) in &nodes {
+                let (status, body) = get_json(admin, "/v1/meshes/default/external-services")
+                    .with_context(|| format!("{node}"))?;
+                if status != 200 {
+                    bail!("{node}: {status} {body}");
+                }
+                let have: BTreeSet<&str> = body
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|r| r["name"].as_str()).collect())
+                    .unwrap_or_default();
+                for (z, name) in acked {
+                    if z == zone && !have.contains(name.as_str()) {
+                        missing.push(format!("{name} (written to {zone}) missing on {node}"));
+                    }
+                }
+            }
+            if missing.is_empty() {
+                Ok(Some(()))
+            } else {
+                bail!("{} missing, e.g. {}", missing.len(), missing[0])
+            }
+        },
+    );
+    match check {
+        Ok(()) => Ok(Vec::new()),
+        Err(_) if !missing.is_empty() => Ok(missing),
+        Err(e) => Err(e),
+    }
+}
+
+/// Samples `docker stats` memory of the project's containers every [`SAMPLE_EVERY`] (bytes).
+fn spawn_sampler(
+    stop: Arc<AtomicBool>,
+    memory: Arc<Mutex<BTreeMap<String, Vec<u64>>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut next = Instant::now();
+        loop {
+            if Instant::now() >= next {
+                next += SAMPLE_EVERY;
+                if let Ok(out) = docker(&[
+                    "stats",
+                    "--no-stream",
+                    "--format",
+                    "{{.Name}}\t{{.MemUsage}}",
+                ]) {
+                    let mut m = memory.lock().unwrap();
+                    for line in out.lines() {
+                        let mut parts = line.split('\t');
+                        let (Some(name), Some(usage)) = (parts.next(), parts.next()) else {
+                            continue;
+                        };
+                        if !name.starts_with(cluster_tests::compose::PROJECT)
+                            || !(name.contains("egress") || name.contains("ingress"))
+                        {
+                            continue;
+                        }
+                        if let Some(bytes) = parse_size(usage.split('/').next().unwrap_or("")) {
+                            m.entry(name.to_string()).or_default().push(bytes);
+                        }
+                    }
+                }
+            }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+}
+
+/// `12.5MiB` → bytes.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number.trim().parse().ok()?;
+    let scale = match unit {
+        "B" => 1.0,
+        "KiB" | "kB" => 1024.0,
+        "MiB" | "MB" => 1024.0 * 1024.0,
+        "GiB" | "GB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((number * scale) as u64)
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+fn report_memory(memory: &BTreeMap<String, Vec<u64>>, restarts: &BTreeMap<String, usize>) {
+    println!("memory per node container (docker stats, sampled every {SAMPLE_EVERY:?}):");
+    println!(
+        "  {:<22} {:>10} {:>10} {:>10} {:>8}",
+        "container", "first", "peak", "last", "samples"
+    );
+    for (name, samples) in memory {
+        let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+            continue;
+        };
+        println!(
+            "  {:<22} {:>10} {:>10} {:>10} {:>8}",
+            name,
+            mib(*first),
+            mib(samples.iter().copied().max().unwrap_or(0)),
+            mib(*last),
+            samples.len()
+        );
+    }
+    println!(
+        "  restarts by node (kill or restart; memory starts again): {}",
+        if restarts.is_empty() {
+            "none".to_string()
+        } else {
+            restarts
+                .iter()
+                .map(|(k, v)| format!("{}={v}", short(k)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    );
+}
+
+/// Prints the attempts of one client loop; false when one failed outside every detection window.
+fn report_attempts(what: &str, attempts: &[Attempt], faults: &[Fault]) -> bool {
+    let windows: Vec<(Instant, Instant)> = faults
+        .iter()
+        .filter_map(|f| f.detected.map(|d| (f.at, d)))
+        .collect();
+    let in_window = |a: &Attempt| windows.iter().any(|(s, e)| a.end >= *s && a.start <= *e);
+    let failed: Vec<&Attempt> = attempts.iter().filter(|a| !a.ok).collect();
+    let outside: Vec<&&Attempt> = failed.iter().filter(|a| !in_window(a)).collect();
+    println!(
+        "{what}: {} connections, {} failed: {} in a detection window, {} outside (goal 0)",
+        attempts.len(),
+        failed.len(),
+        failed.len() - outside.len(),
+        outside.len()
+    );
+    let first = attempts.first().map(|a| a.start);
+    for a in &outside {
+        let fault = faults
+            .iter()
+            .rev()
+            .find(|f| f.at <= a.end)
+            .map(|f| format!("{} {}", f.kind.name(), short(&f.victim)))
+            .unwrap_or_else(|| "before any fault".into());
+        println!(
+            "  outside: at {:.1} s (last fault: {fault}) via {:?}: {}",
+            first.map_or(0.0, |f| (a.start - f).as_secs_f64()),
+            a.egress,
+            a.detail
+        );
+    }
+    outside.is_empty()
+}
