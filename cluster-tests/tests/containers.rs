@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use cluster_tests::compose::{
     self, Attempt, ClientLoop, Fleet, IMAGE, INGRESS_B1_LINK, STOP_TIMEOUT, address_of, admins_of,
-    curl_through, docker, external_service, links, names, outbound_egresses, secs, wait_outbounds,
-    wait_traffic,
+    curl_through, docker, external_service, links, names, secs, wait_outbounds, wait_traffic,
 };
 use cluster_tests::{eventually, get_json};
 

@@ -120,6 +120,8 @@ impl Kind {
 struct Fault {
     kind: Kind,
     victim: String,
+    /// Container id of the victim.
+    victim_id: String,
     at: Instant,
     /// When the fault was detected everywhere (kills and partitions).
     detected: Option<Instant>,
@@ -172,22 +174,15 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     let acked: Acked = Arc::default();
     let refused = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
     let writer = spawn_writer(&fleet, stop.clone(), acked.clone(), refused.clone(), seed)?;
-    let memory = Arc::new(Mutex::new(BTreeMap::<String, Vec<u64>>::new()));
+    let memory = Arc::new(Mutex::new(Samples::new()));
     let sampler = spawn_sampler(stop.clone(), memory.clone());
 
     let t_start = Instant::now();
     let chaos_for = Duration::from_secs_f64(args.minutes * 60.0);
     let mut faults = Vec::new();
-    let mut restarts = BTreeMap::<String, usize>::new();
     while t_start.elapsed() < chaos_for {
         let kind = Kind::ALL[rng.below(Kind::ALL.len())];
         let fault = one_fault(&fleet, kind, &mut rng, &admins, &all_egresses)?;
-        if matches!(
-            kind,
-            Kind::KillEgress | Kind::RestartEgress | Kind::KillIngress | Kind::RestartIngress
-        ) {
-            *restarts.entry(fault.victim.clone()).or_default() += 1;
-        }
         println!(
             "chaos-soak: {:>6.1} s  {:<33} {:<14} detected {:<9} whole again {}{}",
             (fault.at - t_start).as_secs_f64(),
@@ -262,7 +257,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         }
         Err(_) => ok = false,
     }
-    report_memory(&memory.lock().unwrap(), &restarts);
+    report_memory(&memory.lock().unwrap(), &faults);
     let undetected = faults
         .iter()
         .filter(|f| {
@@ -299,7 +294,7 @@ fn one_fault(
     ];
     let hold = rng.secs(2, 10);
     let mut note = String::new();
-    let (victim, at, detected) = if kind.on_egress() {
+    let (victim, victim_id, at, detected) = if kind.on_egress() {
         let v = egresses[rng.below(egresses.len())].clone();
         let survivors: Vec<String> = egresses
             .iter()
@@ -341,7 +336,7 @@ fn one_fault(
                 fleet.connect("zone-a", &v, zone_a_ip)?;
             }
         }
-        (v.hostname.clone(), at, detected)
+        (v.hostname.clone(), v.id.clone(), at, detected)
     } else {
         let (v, link_ip) = ingresses[rng.below(ingresses.len())].clone();
         let address = format!("{link_ip}:10001");
@@ -383,7 +378,7 @@ fn one_fault(
                 fleet.connect("link", &v, link_ip)?;
             }
         }
-        (v.hostname.clone(), at, detected)
+        (v.hostname.clone(), v.id.clone(), at, detected)
     };
     // Whole again: every egress listed everywhere, both links up and traffic on both paths
     // through every egress. A restarted container may come back on another address.
@@ -401,6 +396,7 @@ fn one_fault(
     Ok(Fault {
         kind,
         victim,
+        victim_id,
         at,
         detected,
         recovered: whole.ok().map(|()| healed.elapsed()),
@@ -458,7 +454,13 @@ fn spawn_writer(
                 Ok(()) => acked.lock().unwrap().push((zone, name)),
                 Err(e) => {
                     let why = format!("{e:#}");
-                    let why = why.split(':').next().unwrap_or("").to_string();
+                    let why = if let Some(status) = why.strip_prefix("answered ") {
+                        format!("answered {}", &status[..status.len().min(3)])
+                    } else if why.starts_with("not on") {
+                        "node stopped (no address)".to_string()
+                    } else {
+                        "no answer (connection failed or timed out)".to_string()
+                    };
                     *refused.lock().unwrap().entry(why).or_default() += 1;
                 }
             }
@@ -486,7 +488,7 @@ fn lost_writes(fleet: &Fleet, acked: &[(&'static str, String)]) -> anyhow::Resul
             missing.clear();
             for (zone, node, admin) in &nodes {
                 let (status, body) = get_json(admin, "/v1/meshes/default/external-services")
-                    .with_context(|| format!("{node}"))?;
+                    .with_context(|| node.to_string())?;
                 if status != 200 {
                     bail!("{node}: {status} {body}");
                 }
@@ -514,10 +516,13 @@ fn lost_writes(fleet: &Fleet, acked: &[(&'static str, String)]) -> anyhow::Resul
     }
 }
 
-/// Samples `docker stats` memory of the project's containers every [`SAMPLE_EVERY`] (bytes).
+/// Memory samples per container name: when, the container's short id, bytes.
+type Samples = BTreeMap<String, Vec<(Instant, String, u64)>>;
+
+/// Samples `docker stats` memory of the project's node containers every [`SAMPLE_EVERY`].
 fn spawn_sampler(
     stop: Arc<AtomicBool>,
-    memory: Arc<Mutex<BTreeMap<String, Vec<u64>>>>,
+    memory: Arc<Mutex<Samples>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut next = Instant::now();
@@ -528,12 +533,14 @@ fn spawn_sampler(
                     "stats",
                     "--no-stream",
                     "--format",
-                    "{{.Name}}\t{{.MemUsage}}",
+                    "{{.Name}}\t{{.ID}}\t{{.MemUsage}}",
                 ]) {
                     let mut m = memory.lock().unwrap();
                     for line in out.lines() {
                         let mut parts = line.split('\t');
-                        let (Some(name), Some(usage)) = (parts.next(), parts.next()) else {
+                        let (Some(name), Some(id), Some(usage)) =
+                            (parts.next(), parts.next(), parts.next())
+                        else {
                             continue;
                         };
                         if !name.starts_with(cluster_tests::compose::PROJECT)
@@ -542,7 +549,11 @@ fn spawn_sampler(
                             continue;
                         }
                         if let Some(bytes) = parse_size(usage.split('/').next().unwrap_or("")) {
-                            m.entry(name.to_string()).or_default().push(bytes);
+                            m.entry(name.to_string()).or_default().push((
+                                Instant::now(),
+                                id.to_string(),
+                                bytes,
+                            ));
                         }
                     }
                 }
@@ -575,37 +586,74 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
-fn report_memory(memory: &BTreeMap<String, Vec<u64>>, restarts: &BTreeMap<String, usize>) {
+/// Per node container: memory at the first sample, the peak and the last sample, and its
+/// growth over the longest stretch without a restart of that container (a kill or restart
+/// starts its memory again).
+fn report_memory(memory: &Samples, faults: &[Fault]) {
     println!("memory per node container (docker stats, sampled every {SAMPLE_EVERY:?}):");
     println!(
-        "  {:<22} {:>10} {:>10} {:>10} {:>8}",
-        "container", "first", "peak", "last", "samples"
+        "  {:<20} {:>9} {:>9} {:>9} {:>8}  growth without a restart",
+        "container", "first", "peak", "last", "restarts"
     );
     for (name, samples) in memory {
         let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
             continue;
         };
+        let restarts: Vec<Instant> = faults
+            .iter()
+            .filter(|f| {
+                f.victim_id.starts_with(&first.1)
+                    && matches!(
+                        f.kind,
+                        Kind::KillEgress
+                            | Kind::RestartEgress
+                            | Kind::KillIngress
+                            | Kind::RestartIngress
+                    )
+            })
+            .map(|f| f.at)
+            .collect();
+        // Stretches of samples between restarts; the longest one says how memory grows.
+        let mut stretches: Vec<Vec<&(Instant, String, u64)>> = vec![Vec::new()];
+        for sample in samples {
+            let cut = stretches
+                .last()
+                .and_then(|s| s.last())
+                .is_some_and(|prev| restarts.iter().any(|r| *r > prev.0 && *r <= sample.0));
+            if cut {
+                stretches.push(Vec::new());
+            }
+            stretches.last_mut().expect("one stretch").push(sample);
+        }
+        let growth = stretches
+            .iter()
+            .filter(|s| s.len() >= 2)
+            .max_by_key(|s| {
+                s.last()
+                    .map(|l| l.0)
+                    .zip(s.first().map(|f| f.0))
+                    .map(|(l, f)| l - f)
+            })
+            .map(|s| {
+                let (a, b) = (s[0], s[s.len() - 1]);
+                format!(
+                    "{:+.1} MiB over {:.1} min ({} → {})",
+                    (b.2 as f64 - a.2 as f64) / (1024.0 * 1024.0),
+                    (b.0 - a.0).as_secs_f64() / 60.0,
+                    mib(a.2),
+                    mib(b.2)
+                )
+            })
+            .unwrap_or_else(|| "-".into());
         println!(
-            "  {:<22} {:>10} {:>10} {:>10} {:>8}",
+            "  {:<20} {:>9} {:>9} {:>9} {:>8}  {growth}",
             name,
-            mib(*first),
-            mib(samples.iter().copied().max().unwrap_or(0)),
-            mib(*last),
-            samples.len()
+            mib(first.2),
+            mib(samples.iter().map(|s| s.2).max().unwrap_or(0)),
+            mib(last.2),
+            restarts.len(),
         );
     }
-    println!(
-        "  restarts by node (kill or restart; memory starts again): {}",
-        if restarts.is_empty() {
-            "none".to_string()
-        } else {
-            restarts
-                .iter()
-                .map(|(k, v)| format!("{}={v}", short(k)))
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
-    );
 }
 
 /// Prints the attempts of one client loop; false when one failed outside every detection window.
