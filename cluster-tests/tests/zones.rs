@@ -224,10 +224,16 @@ impl Zones {
     }
 
     fn curl(&self, i: usize, path: &str, out: &Path) -> (Option<i32>, String) {
+        let (code, _, err) = run(&mut self.curl_command(i, path, out)).unwrap();
+        (code, err)
+    }
+
+    /// curl fetching `https://<web>/<path>` through egress `i` into `out` (120 s limit).
+    fn curl_command(&self, i: usize, path: &str, out: &Path) -> Command {
         let listen = self.a.nodes[i].info.listen.clone().unwrap();
         let sni = &self.web_sni;
-        let (code, _, err) = run(Command::new("curl")
-            .args(["-sS", "--fail", "--max-time", "120", "-o"])
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--fail", "--max-time", "120", "-o"])
             .arg(out)
             .arg(format!("https://{sni}{path}"))
             .args(["--connect-to", &format!("{sni}:443:{listen}")])
@@ -236,9 +242,31 @@ impl Zones {
             .arg("--cert")
             .arg(self.dir.join("client/cert.pem"))
             .arg("--key")
-            .arg(self.dir.join("client/key.pem")))
+            .arg(self.dir.join("client/key.pem"));
+        cmd
+    }
+
+    /// Whether egress `i`'s link to zone-b's ingress `j` is up.
+    fn link_up(&self, i: usize, j: usize) -> bool {
+        self.links(i)
+            .iter()
+            .any(|l| l["name"] == format!("zone-b-ingress-{j}").as_str() && l["state"] == "up")
+    }
+
+    /// Restarts zone-b's ingress `j` on the same link address, with `config_edit` applied to
+    /// its config, and waits until egress 0's link to it is up.
+    fn restart_ingress(&mut self, j: usize, config_edit: impl Fn(String) -> String) {
+        let old_link = self.b.nodes[j].info.link.clone().unwrap();
+        let config = self.b.nodes[j]
+            .options
+            .config
+            .replace("listen: 127.0.0.1:0", &format!("listen: {old_link}"));
+        self.b.nodes[j].options.config = config_edit(config);
+        self.b.restart(j).unwrap();
+        eventually(CONVERGE, "the link to the restarted ingress up", || {
+            Ok(self.link_up(0, j).then_some(()))
+        })
         .unwrap();
-        (code, err)
     }
 
     fn links(&self, i: usize) -> Vec<Value> {
@@ -475,6 +503,84 @@ fn ingress_loss_service_changes_and_recovery() {
     let (code, err) = z.curl(1, "/index.html", &out);
     assert_eq!(code, Some(0), "{err}");
     let _ = z.sink_port;
+}
+
+/// An ingress that drains (SIGTERM, as `docker stop` or a rolling restart sends) stops being
+/// offered over its links at once, keeps a connection already spliced through it going until it
+/// ends (within `drain.grace`), and every new connection meanwhile goes through the other
+/// ingress. Before, the drain closed every link with the node: a download in flight through it
+/// was cut, as the chaos soak found (a "connection reset" on each graceful ingress restart).
+#[test]
+fn a_draining_ingress_finishes_its_connections_and_gets_no_new_ones() {
+    let mut z = start();
+    // Ingress 0 gets a drain grace longer than the download below; ingress 1 stops for now, so
+    // the download goes through ingress 0.
+    z.restart_ingress(0, |c| c.replace("grace: 2s", "grace: 60s"));
+    z.b.kill(1).unwrap();
+    eventually(CONVERGE, "the link to ingress 1 down", || {
+        Ok((!z.link_up(0, 1)).then_some(()))
+    })
+    .unwrap();
+    // 48 MiB at 4 MiB/s: a download of about 12 s.
+    let big = z.nginx.root.join("drain.bin");
+    let (code, _, err) = run(Command::new("head")
+        .args(["-c", "50331648", "/dev/urandom"])
+        .stdout(std::fs::File::create(&big).unwrap()))
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let down = z.dir.join("drain-down.bin");
+    let mut download = z
+        .curl_command(0, "/drain.bin", &down)
+        .args(["--limit-rate", "4M"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(CONVERGE, "the download under way", || {
+        Ok(std::fs::metadata(&down)
+            .is_ok_and(|m| m.len() > 1 << 20)
+            .then_some(()))
+    })
+    .unwrap();
+    z.restart_ingress(1, |c| c);
+
+    let draining = Instant::now();
+    z.b.terminate(0).unwrap();
+    // New connections while ingress 0 drains: every one succeeds (through ingress 1).
+    let out = z.dir.join("page.html");
+    let mut during = 0;
+    while draining.elapsed() < Duration::from_secs(4) {
+        let (code, err) = z.curl(0, "/index.html", &out);
+        assert_eq!(
+            code,
+            Some(0),
+            "a new connection while ingress 0 drains: {err}"
+        );
+        during += 1;
+    }
+    let status = download.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read as _;
+    download
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        status.success(),
+        "the download through the draining ingress: {err}"
+    );
+    assert_eq!(sha256(&down).unwrap(), sha256(&big).unwrap());
+    let finished = draining.elapsed();
+    // Then the ingress leaves by itself, well before its 60 s grace.
+    z.b.wait_exit(0, Duration::from_secs(30)).unwrap();
+    eprintln!(
+        "draining ingress: the download in flight finished {finished:?} after SIGTERM, the \
+         node exited {:?} after it; {during} new connections meanwhile, all through the other \
+         ingress",
+        draining.elapsed()
+    );
 }
 
 /// An ExternalService pinned by `kuma.io/zone` to zone-b is never dialled from zone-a: while

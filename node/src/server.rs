@@ -467,6 +467,8 @@ impl Node {
             r.draining = true;
             r.leaving = leaving;
         });
+        // An ingress tells its links at once: other zones stop sending new connections here.
+        self.links.set_draining(true);
         self.gossip
             .set(&[
                 (keys::LIFECYCLE, Lifecycle::Draining.as_str().to_string()),
@@ -485,6 +487,22 @@ impl Node {
                 self.config.drain.grace
             };
             signals.unless_hurried(forward.shutdown(grace)).await;
+        }
+        // An ingress keeps its links open while connections of other zones are spliced through
+        // it, up to drain.grace (none after a second signal).
+        if matches!(self.links, LinkPlane::Ingress { .. }) && signals.seen < 2 {
+            let mut left = None;
+            let links = &self.links;
+            let grace = self.config.drain.grace;
+            signals
+                .unless_hurried(async { left = Some(links.wait_idle(grace).await) })
+                .await;
+            if let Some(left) = left.filter(|n| *n > 0) {
+                tracing::warn!(
+                    streams = left,
+                    "drain.grace is over: cutting the cross-zone connections still in flight"
+                );
+            }
         }
         tracing::info!("drained: no longer accepting");
         self.readiness_tx.send_modify(|r| r.drained = true);
@@ -528,6 +546,7 @@ impl Node {
                 }
             }
         }
+        self.links.set_draining(false);
         self.gossip
             .set(&[(keys::LIFECYCLE, Lifecycle::Serving.as_str().to_string())])
             .await;

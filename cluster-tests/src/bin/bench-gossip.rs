@@ -26,6 +26,55 @@ struct Args {
     /// Repeats per size.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Minutes to watch a converged cluster for false dead-marks before the kill (0: skip).
+    #[arg(long, default_value_t = 0.0)]
+    watch_minutes: f64,
+}
+
+/// Polls every node's `/v1/members` every 0.5 s for `minutes`; returns the number of times an
+/// observer went from listing a member alive to listing it otherwise (every member runs, so
+/// each is false), the polls made, and the first few marks as `observer: member state`.
+fn watch_false_dead(
+    cluster: &Cluster,
+    minutes: f64,
+) -> anyhow::Result<(usize, usize, Vec<String>)> {
+    let n = cluster.nodes.len();
+    let names: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|x| x.options.name.clone())
+        .collect();
+    let mut alive = vec![vec![true; n]; n];
+    let (mut marks, mut polls, mut examples) = (0, 0, Vec::new());
+    let until = Instant::now() + Duration::from_secs_f64(minutes * 60.0);
+    let mut next = Instant::now();
+    while Instant::now() < until {
+        for (i, row) in alive.iter_mut().enumerate() {
+            let (_, members) = get_json(&cluster.admin(i), "/v1/members")?;
+            let members = members.as_array().cloned().unwrap_or_default();
+            for (j, was) in row.iter_mut().enumerate() {
+                let state = members
+                    .iter()
+                    .find(|m| m["name"] == names[j].as_str())
+                    .and_then(|m| m["state"].as_str())
+                    .unwrap_or("absent");
+                let now = state == "alive";
+                if *was && !now {
+                    marks += 1;
+                    if examples.len() < 10 {
+                        examples.push(format!("{}: {} {state}", names[i], names[j]));
+                    }
+                }
+                *was = now;
+            }
+        }
+        polls += 1;
+        next += Duration::from_millis(500);
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    Ok((marks, polls, examples))
 }
 
 fn alive_count(cluster: &Cluster, i: usize, name: Option<&str>) -> anyhow::Result<(usize, bool)> {
@@ -74,6 +123,16 @@ fn main() -> anyhow::Result<()> {
             })?;
             converge.push(started.elapsed());
             after_start.push(all_started.elapsed());
+            if args.watch_minutes > 0.0 {
+                let (marks, polls, examples) = watch_false_dead(&cluster, args.watch_minutes)?;
+                eprintln!(
+                    "{n} nodes, {:.1} min watched ({polls} polls of every node's members, 0.5 s apart): {marks} false dead-marks",
+                    args.watch_minutes
+                );
+                for e in examples {
+                    eprintln!("  {e}");
+                }
+            }
             for node in &cluster.nodes {
                 if let Some(k) = rss_kib(node.info.pid) {
                     rss.push(k);

@@ -138,3 +138,41 @@ async fn five_percent_datagram_loss_converges_without_false_dead_marks() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_nodes_converge_and_detect_a_cut_node() {
+    let transport = ChannelTransport::default();
+    let mut nodes = Vec::new();
+    for i in 0..100 {
+        nodes.push(node(i, Box::new(transport.clone())).await);
+    }
+    let took = rounds_until(80, || {
+        nodes.iter().all(|n| seen(n, MemberState::Alive) == 100)
+    })
+    .await
+    .expect("100 nodes see each other alive within 80 rounds");
+    eprintln!(
+        "100 nodes converged in {took} rounds ({:?})",
+        INTERVAL * took
+    );
+    assert!(took <= 30, "converged in {took} rounds");
+
+    for i in 0..99 {
+        transport.remove_link(addr(99), addr(i)).await;
+    }
+    let took = rounds_until(60, || {
+        nodes[..99]
+            .iter()
+            .all(|n| seen(n, MemberState::Dead) == 1 && seen(n, MemberState::Alive) == 99)
+    })
+    .await
+    .expect("the cut node is dead for the other 99");
+    eprintln!(
+        "a cut node was dead for the other 99 after {took} rounds ({:?})",
+        INTERVAL * took
+    );
+    assert!(took <= 30, "detected in {took} rounds");
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

@@ -70,14 +70,20 @@ pub fn spawn_ingress(
         services_rx,
         resolver,
         round_robin: Mutex::new(HashMap::new()),
+        draining: watch::Sender::new(false),
+        active: watch::Sender::new(0),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
+    let active_rx = ctx.active.subscribe();
+    let draining_tx = ctx.draining.clone();
     let task = tokio::spawn(accept_loop(endpoint.clone(), ctx, stop_rx));
     info!(address = %local_addr, "link ingress listening");
     Ok(IngressHandle {
         endpoint,
         local_addr,
         stop_tx,
+        draining_tx,
+        active_rx,
         task,
     })
 }
@@ -87,6 +93,8 @@ pub struct IngressHandle {
     endpoint: Endpoint,
     local_addr: SocketAddr,
     stop_tx: watch::Sender<bool>,
+    draining_tx: watch::Sender<bool>,
+    active_rx: watch::Receiver<usize>,
     task: JoinHandle<()>,
 }
 
@@ -104,8 +112,34 @@ impl IngressHandle {
         self.local_addr
     }
 
+    /// Starts (`true`) or ends (`false`, an undrain) a drain. While draining, every link is
+    /// sent a [`ServiceSet`] with no service (the zone's ingresses still listed, for discovery),
+    /// now and instead of every later change, so egresses stop
+    /// choosing this ingress for new connections within a round trip (they pick among the
+    /// links that offer a service), while streams already spliced go on and a stream that
+    /// still arrives is served as before. Ends the way Envoy's drain ends an HTTP/2 connection
+    /// with GOAWAY: no new work, the work in flight finishes.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining_tx.send_replace(draining);
+    }
+
+    /// Streams being served now (header read, dialing, or spliced).
+    pub fn active_streams(&self) -> usize {
+        *self.active_rx.borrow()
+    }
+
+    /// Waits until no stream is being served, at most `within`; returns whether that happened.
+    pub async fn wait_idle(&self, within: std::time::Duration) -> bool {
+        let mut active = self.active_rx.clone();
+        tokio::time::timeout(within, active.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Stops accepting, closes every link (application close code 0, `draining`) and releases
-    /// the socket once the connections are closed (at most a few seconds).
+    /// the socket once the connections are closed (at most a few seconds). Streams still
+    /// spliced are cut: call [`IngressHandle::set_draining`] and [`IngressHandle::wait_idle`]
+    /// first to let them finish.
     pub async fn shutdown(self) {
         let _ = self.stop_tx.send(true);
         self.endpoint.close(codes::NO_ERROR, b"draining");
@@ -124,6 +158,26 @@ struct Context {
     services_rx: watch::Receiver<Arc<ServiceSet>>,
     resolver: Resolver,
     round_robin: Mutex<HashMap<ServiceKey, usize>>,
+    /// Set while the node drains: every link is offered nothing.
+    draining: watch::Sender<bool>,
+    /// Streams being served.
+    active: watch::Sender<usize>,
+}
+
+/// Counts one stream as active for as long as it lives.
+struct ActiveStream<'a>(&'a watch::Sender<usize>);
+
+impl<'a> ActiveStream<'a> {
+    fn new(active: &'a watch::Sender<usize>) -> Self {
+        active.send_modify(|n| *n += 1);
+        ActiveStream(active)
+    }
+}
+
+impl Drop for ActiveStream<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Context {
@@ -198,7 +252,7 @@ async fn serve_connection(incoming: quinn::Incoming, ctx: Arc<Context>) {
     };
     info!(%remote, zone = %peer.zone, node = %peer.node, identity = %identity.join(","), "link accepted");
     let peer = Arc::new(peer);
-    let push = push_services(ctl_send, ctx.services_rx.clone());
+    let push = push_services(ctl_send, ctx.services_rx.clone(), ctx.draining.subscribe());
     tokio::pin!(push);
     let mut streams = JoinSet::new();
     let reason = loop {
@@ -274,24 +328,43 @@ async fn hello(
     ))
 }
 
-/// Pushes the current service set, then every change; returns when a write fails. A set too
-/// large for a frame is logged and skipped (the egress keeps the previous one).
+/// Pushes the current service set, then every change, or no service while draining; returns
+/// when a write fails. A set too large for a frame is logged and skipped (the egress keeps the
+/// previous one).
 async fn push_services(
     mut send: SendStream,
     mut services_rx: watch::Receiver<Arc<ServiceSet>>,
+    mut draining_rx: watch::Receiver<bool>,
 ) -> LinkError {
+    let mut last: Option<Arc<ServiceSet>> = None;
+    let (mut services_open, mut draining_open) = (true, true);
     loop {
-        let set = services_rx.borrow_and_update().clone();
-        match write_frame(&mut send, set.as_ref()).await {
-            Ok(()) => {}
-            Err(LinkError::Frame(e @ FrameError::TooLarge { .. })) => {
-                warn!(error = %e, services = set.services.len(), "service set not advertised");
+        let current = services_rx.borrow_and_update().clone();
+        let set = if *draining_rx.borrow_and_update() {
+            // No service, but the zone's ingresses still: the egress keeps the links it
+            // discovered through this one.
+            Arc::new(ServiceSet {
+                services: Vec::new(),
+                ingresses: current.ingresses.clone(),
+            })
+        } else {
+            current
+        };
+        if last.as_ref() != Some(&set) {
+            match write_frame(&mut send, set.as_ref()).await {
+                Ok(()) => {}
+                Err(LinkError::Frame(e @ FrameError::TooLarge { .. })) => {
+                    warn!(error = %e, services = set.services.len(), "service set not advertised");
+                }
+                Err(e) => return e,
             }
-            Err(e) => return e,
+            last = Some(set);
         }
-        if services_rx.changed().await.is_err() {
-            // No more changes will come; the last set stays advertised.
-            std::future::pending::<()>().await;
+        // A sender that is gone sends no more changes: its side is no longer waited on.
+        tokio::select! {
+            r = services_rx.changed(), if services_open => services_open = r.is_ok(),
+            r = draining_rx.changed(), if draining_open => draining_open = r.is_ok(),
+            () = std::future::pending(), if !services_open && !draining_open => {}
         }
     }
 }
@@ -303,6 +376,7 @@ async fn serve_stream(
     ctx: Arc<Context>,
     peer: Arc<Peer>,
 ) {
+    let _active = ActiveStream::new(&ctx.active);
     let header: StreamHeader = match read_frame(&mut recv, Some(HEADER_TIMEOUT)).await {
         Ok(header) => header,
         Err(e) => {

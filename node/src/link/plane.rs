@@ -109,6 +109,26 @@ impl LinkPlane {
         }
     }
 
+    /// Starts or ends a drain of the ingress end ([`IngressHandle::set_draining`]: every link
+    /// is offered nothing, streams in flight go on); nothing on other planes.
+    pub fn set_draining(&self, draining: bool) {
+        if let LinkPlane::Ingress { handle, .. } = self {
+            handle.set_draining(draining);
+        }
+    }
+
+    /// Waits up to `within` until the ingress end serves no stream; returns the streams still
+    /// served then (0 at once on other planes).
+    pub async fn wait_idle(&self, within: std::time::Duration) -> usize {
+        match self {
+            LinkPlane::Ingress { handle, .. } => {
+                handle.wait_idle(within).await;
+                handle.active_streams()
+            }
+            _ => 0,
+        }
+    }
+
     /// Closes every link (see [`LinkManager::shutdown`], [`IngressHandle::shutdown`]).
     pub async fn shutdown(self) {
         match self {
