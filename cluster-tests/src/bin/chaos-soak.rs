@@ -15,8 +15,9 @@
 //!   graceful restart has no window.
 //! * lost writes (goal 0): every write answered 200 must be on every node of its zone at the end,
 //!   after the whole fleet healed.
-//! * memory per node container (`docker stats`) at the start, the peak and the end, and how
-//!   often the node was restarted (a restart resets it).
+//! * resident memory per node (`process_resident_memory_bytes` of its `/metrics`) at the first
+//!   sample, the peak and the last, how often the node was restarted (a restart resets it) and
+//!   its growth over its longest stretch without a restart.
 //!
 //! Usage: `scripts/chaos-soak.sh [MINUTES]` (builds the images first), or
 //! `chaos-soak --minutes 10 [--seed N]`; the seed is printed so a schedule can be replayed.
@@ -120,8 +121,6 @@ impl Kind {
 struct Fault {
     kind: Kind,
     victim: String,
-    /// Container id of the victim.
-    victim_id: String,
     at: Instant,
     /// When the fault was detected everywhere (kills and partitions).
     detected: Option<Instant>,
@@ -157,6 +156,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         args.minutes, args.egresses
     );
     let mut rng = Rng(seed);
+    let _ = utc(Instant::now());
     let fleet = Fleet::up(args.egresses)?;
     let all_egresses = names(&fleet.egresses()?);
     wait_outbounds(
@@ -184,8 +184,9 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         let kind = Kind::ALL[rng.below(Kind::ALL.len())];
         let fault = one_fault(&fleet, kind, &mut rng, &admins, &all_egresses)?;
         println!(
-            "chaos-soak: {:>6.1} s  {:<33} {:<14} detected {:<9} whole again {}{}",
+            "chaos-soak: {:>6.1} s {}  {:<33} {:<14} detected {:<9} whole again {}{}",
             (fault.at - t_start).as_secs_f64(),
+            utc(fault.at),
             fault.kind.name(),
             short(&fault.victim),
             fault.detected.map_or("-".into(), |d| format!(
@@ -271,8 +272,40 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             "faults: {undetected} not detected within {DETECT_DEADLINE:?}, {unrecovered} not recovered within {RECOVER_DEADLINE:?}"
         );
     }
+    // The nodes' logs, with timestamps, for what the report points at.
+    let logs = std::env::temp_dir().join(format!("chaos-soak-{seed}.log"));
+    match fleet.compose(&["logs", "--no-color", "--timestamps"]) {
+        Ok(text) => match std::fs::write(&logs, text) {
+            Ok(()) => println!("nodes' logs: {}", logs.display()),
+            Err(e) => println!("nodes' logs not written: {e}"),
+        },
+        Err(e) => println!("nodes' logs not read: {e:#}"),
+    }
     println!("chaos-soak: {}", if ok { "PASS" } else { "FAIL" });
     Ok(ok)
+}
+
+/// `HH:MM:SS.mmm` UTC of `at`, to find a moment in the nodes' logs.
+fn utc(at: Instant) -> String {
+    static ANCHOR: std::sync::OnceLock<(Instant, std::time::SystemTime)> =
+        std::sync::OnceLock::new();
+    let (i0, w0) = *ANCHOR.get_or_init(|| (Instant::now(), std::time::SystemTime::now()));
+    let wall = if at >= i0 {
+        w0 + (at - i0)
+    } else {
+        w0 - (i0 - at)
+    };
+    let ms = wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let day_ms = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
 }
 
 fn short(name: &str) -> &str {
@@ -294,7 +327,7 @@ fn one_fault(
     ];
     let hold = rng.secs(2, 10);
     let mut note = String::new();
-    let (victim, victim_id, at, detected) = if kind.on_egress() {
+    let (victim, at, detected) = if kind.on_egress() {
         let v = egresses[rng.below(egresses.len())].clone();
         let survivors: Vec<String> = egresses
             .iter()
@@ -336,7 +369,7 @@ fn one_fault(
                 fleet.connect("zone-a", &v, zone_a_ip)?;
             }
         }
-        (v.hostname.clone(), v.id.clone(), at, detected)
+        (v.hostname.clone(), at, detected)
     } else {
         let (v, link_ip) = ingresses[rng.below(ingresses.len())].clone();
         let address = format!("{link_ip}:10001");
@@ -378,7 +411,7 @@ fn one_fault(
                 fleet.connect("link", &v, link_ip)?;
             }
         }
-        (v.hostname.clone(), v.id.clone(), at, detected)
+        (v.hostname.clone(), at, detected)
     };
     // Whole again: every egress listed everywhere, both links up and traffic on both paths
     // through every egress. A restarted container may come back on another address.
@@ -396,7 +429,6 @@ fn one_fault(
     Ok(Fault {
         kind,
         victim,
-        victim_id,
         at,
         detected,
         recovered: whole.ok().map(|()| healed.elapsed()),
@@ -516,10 +548,11 @@ fn lost_writes(fleet: &Fleet, acked: &[(&'static str, String)]) -> anyhow::Resul
     }
 }
 
-/// Memory samples per container name: when, the container's short id, bytes.
-type Samples = BTreeMap<String, Vec<(Instant, String, u64)>>;
+/// Memory samples per node (host name): when, resident bytes.
+type Samples = BTreeMap<String, Vec<(Instant, u64)>>;
 
-/// Samples `docker stats` memory of the project's node containers every [`SAMPLE_EVERY`].
+/// Samples every running node's resident memory (`process_resident_memory_bytes` of its
+/// `/metrics`, the process alone: no page cache) every [`SAMPLE_EVERY`].
 fn spawn_sampler(
     stop: Arc<AtomicBool>,
     memory: Arc<Mutex<Samples>>,
@@ -529,32 +562,37 @@ fn spawn_sampler(
         loop {
             if Instant::now() >= next {
                 next += SAMPLE_EVERY;
-                if let Ok(out) = docker(&[
-                    "stats",
-                    "--no-stream",
-                    "--format",
-                    "{{.Name}}\t{{.ID}}\t{{.MemUsage}}",
-                ]) {
-                    let mut m = memory.lock().unwrap();
-                    for line in out.lines() {
-                        let mut parts = line.split('\t');
-                        let (Some(name), Some(id), Some(usage)) =
-                            (parts.next(), parts.next(), parts.next())
-                        else {
-                            continue;
-                        };
-                        if !name.starts_with(cluster_tests::compose::PROJECT)
-                            || !(name.contains("egress") || name.contains("ingress"))
-                        {
-                            continue;
-                        }
-                        if let Some(bytes) = parse_size(usage.split('/').next().unwrap_or("")) {
-                            m.entry(name.to_string()).or_default().push((
-                                Instant::now(),
-                                id.to_string(),
-                                bytes,
-                            ));
-                        }
+                let ids = docker(&[
+                    "ps",
+                    "-q",
+                    "--filter",
+                    &format!(
+                        "label=com.docker.compose.project={}",
+                        cluster_tests::compose::PROJECT
+                    ),
+                ])
+                .unwrap_or_default();
+                for id in ids.split_whitespace() {
+                    let Ok(c) = cluster_tests::compose::inspect(id) else {
+                        continue;
+                    };
+                    let Some(ip) = c.ips.get("zone-a").or(c.ips.get("zone-b")) else {
+                        continue;
+                    };
+                    let Ok(text) = cluster_tests::metrics_raw(&format!("http://{ip}:9901")) else {
+                        continue;
+                    };
+                    let rss = text.lines().find_map(|l| {
+                        l.strip_prefix("process_resident_memory_bytes ")
+                            .and_then(|v| v.trim().parse::<f64>().ok())
+                    });
+                    if let Some(rss) = rss {
+                        memory
+                            .lock()
+                            .unwrap()
+                            .entry(c.hostname.clone())
+                            .or_default()
+                            .push((Instant::now(), rss as u64));
                     }
                 }
             }
@@ -566,22 +604,6 @@ fn spawn_sampler(
     })
 }
 
-/// `12.5MiB` → bytes.
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
-    let (number, unit) = s.split_at(split);
-    let number: f64 = number.trim().parse().ok()?;
-    let scale = match unit {
-        "B" => 1.0,
-        "KiB" | "kB" => 1024.0,
-        "MiB" | "MB" => 1024.0 * 1024.0,
-        "GiB" | "GB" => 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    Some((number * scale) as u64)
-}
-
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
@@ -590,10 +612,12 @@ fn mib(b: u64) -> String {
 /// growth over the longest stretch without a restart of that container (a kill or restart
 /// starts its memory again).
 fn report_memory(memory: &Samples, faults: &[Fault]) {
-    println!("memory per node container (docker stats, sampled every {SAMPLE_EVERY:?}):");
     println!(
-        "  {:<20} {:>9} {:>9} {:>9} {:>8}  growth without a restart",
-        "container", "first", "peak", "last", "restarts"
+        "resident memory per node (process_resident_memory_bytes, sampled every {SAMPLE_EVERY:?}):"
+    );
+    println!(
+        "  {:<14} {:>9} {:>9} {:>9} {:>8}  growth without a restart",
+        "node", "first", "peak", "last", "restarts"
     );
     for (name, samples) in memory {
         let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
@@ -602,7 +626,7 @@ fn report_memory(memory: &Samples, faults: &[Fault]) {
         let restarts: Vec<Instant> = faults
             .iter()
             .filter(|f| {
-                f.victim_id.starts_with(&first.1)
+                f.victim == *name
                     && matches!(
                         f.kind,
                         Kind::KillEgress
@@ -614,7 +638,7 @@ fn report_memory(memory: &Samples, faults: &[Fault]) {
             .map(|f| f.at)
             .collect();
         // Stretches of samples between restarts; the longest one says how memory grows.
-        let mut stretches: Vec<Vec<&(Instant, String, u64)>> = vec![Vec::new()];
+        let mut stretches: Vec<Vec<&(Instant, u64)>> = vec![Vec::new()];
         for sample in samples {
             let cut = stretches
                 .last()
@@ -638,19 +662,19 @@ fn report_memory(memory: &Samples, faults: &[Fault]) {
                 let (a, b) = (s[0], s[s.len() - 1]);
                 format!(
                     "{:+.1} MiB over {:.1} min ({} → {})",
-                    (b.2 as f64 - a.2 as f64) / (1024.0 * 1024.0),
+                    (b.1 as f64 - a.1 as f64) / (1024.0 * 1024.0),
                     (b.0 - a.0).as_secs_f64() / 60.0,
-                    mib(a.2),
-                    mib(b.2)
+                    mib(a.1),
+                    mib(b.1)
                 )
             })
             .unwrap_or_else(|| "-".into());
         println!(
-            "  {:<20} {:>9} {:>9} {:>9} {:>8}  {growth}",
-            name,
-            mib(first.2),
-            mib(samples.iter().map(|s| s.2).max().unwrap_or(0)),
-            mib(last.2),
+            "  {:<14} {:>9} {:>9} {:>9} {:>8}  {growth}",
+            short(name),
+            mib(first.1),
+            mib(samples.iter().map(|s| s.1).max().unwrap_or(0)),
+            mib(last.1),
             restarts.len(),
         );
     }
@@ -681,8 +705,9 @@ fn report_attempts(what: &str, attempts: &[Attempt], faults: &[Fault]) -> bool {
             .map(|f| format!("{} {}", f.kind.name(), short(&f.victim)))
             .unwrap_or_else(|| "before any fault".into());
         println!(
-            "  outside: at {:.1} s (last fault: {fault}) via {:?}: {}",
+            "  outside: at {:.1} s {} (last fault: {fault}) via {:?}: {}",
             first.map_or(0.0, |f| (a.start - f).as_secs_f64()),
+            utc(a.start),
             a.egress,
             a.detail
         );
