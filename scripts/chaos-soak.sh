@@ -3,7 +3,8 @@
 # fleet under two client loops (external service, zone-b's backend over a link) and a writer,
 # while one node at a time is killed, restarted or cut off a network, for MINUTES (default 10).
 # Prints failed connections outside the detection windows, lost writes and memory per node, and
-# exits 1 when either count is not 0. Not part of scripts/test.sh (it runs for minutes).
+# exits 1 when either count is not 0 or a fault was not detected or healed in time (2 when the
+# harness itself failed). Not part of scripts/test.sh (it runs for minutes).
 #   scripts/chaos-soak.sh [MINUTES] [chaos-soak args, e.g. --seed 7]
 # Needs the Docker engine with docker-compose, curl and root-free access to the bridge networks.
 set -euo pipefail

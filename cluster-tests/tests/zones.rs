@@ -263,10 +263,32 @@ impl Zones {
             .replace("listen: 127.0.0.1:0", &format!("listen: {old_link}"));
         self.b.nodes[j].options.config = config_edit(config);
         self.b.restart(j).unwrap();
-        eventually(CONVERGE, "the link to the restarted ingress up", || {
-            Ok(self.link_up(0, j).then_some(()))
-        })
+        eventually(
+            CONVERGE,
+            "the link to the restarted ingress up and offering services",
+            || {
+                Ok(self
+                    .links(0)
+                    .iter()
+                    .any(|l| {
+                        l["name"] == format!("zone-b-ingress-{j}").as_str()
+                            && l["state"] == "up"
+                            && l["services"].as_u64().unwrap_or(0) > 0
+                    })
+                    .then_some(()))
+            },
+        )
         .unwrap();
+    }
+
+    /// Streams zone-b's ingress `j` has accepted and spliced (`zone_egress_link_streams_total`).
+    fn ingress_streams(&self, j: usize) -> u64 {
+        cluster_tests::metrics_raw(&self.b.admin(j))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("zone_egress_link_streams_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
     }
 
     fn links(&self, i: usize) -> Vec<Value> {
@@ -543,10 +565,16 @@ fn a_draining_ingress_finishes_its_connections_and_gets_no_new_ones() {
     })
     .unwrap();
     z.restart_ingress(1, |c| c);
+    assert!(
+        download.try_wait().unwrap().is_none(),
+        "the download ended before the drain began: the test would prove nothing"
+    );
 
+    let through_1 = z.ingress_streams(1);
     let draining = Instant::now();
     z.b.terminate(0).unwrap();
-    // New connections while ingress 0 drains: every one succeeds (through ingress 1).
+    // New connections while ingress 0 drains: every one succeeds, through ingress 1 (one may
+    // still reach ingress 0 if it was opened before the egress heard, within a round trip).
     let out = z.dir.join("page.html");
     let mut during = 0;
     while draining.elapsed() < Duration::from_secs(4) {
@@ -558,6 +586,11 @@ fn a_draining_ingress_finishes_its_connections_and_gets_no_new_ones() {
         );
         during += 1;
     }
+    let through_1 = z.ingress_streams(1) - through_1;
+    assert!(
+        through_1 + 1 >= during,
+        "{during} new connections while ingress 0 drained, {through_1} through ingress 1"
+    );
     let status = download.wait().unwrap();
     let mut err = String::new();
     use std::io::Read as _;

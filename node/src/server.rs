@@ -489,18 +489,29 @@ impl Node {
             signals.unless_hurried(forward.shutdown(grace)).await;
         }
         // An ingress keeps its links open while connections of other zones are spliced through
-        // it, up to drain.grace (none after a second signal).
+        // it, up to drain.grace (none after a second signal). Egresses that picked it before
+        // they heard it offers nothing may still open streams for about a round trip: when no
+        // announce delay gave them that time, it waits one second first.
         if matches!(self.links, LinkPlane::Ingress { .. }) && signals.seen < 2 {
             let mut left = None;
             let links = &self.links;
             let grace = self.config.drain.grace;
+            let notice = if self.alone() {
+                LINK_DRAIN_NOTICE
+            } else {
+                Duration::ZERO
+            };
             signals
-                .unless_hurried(async { left = Some(links.wait_idle(grace).await) })
+                .unless_hurried(async {
+                    tokio::time::sleep(notice).await;
+                    left = links.wait_idle(grace).await;
+                })
                 .await;
-            if let Some(left) = left.filter(|n| *n > 0) {
+            if let Some(left) = left {
                 tracing::warn!(
                     streams = left,
-                    "drain.grace is over: cutting the cross-zone connections still in flight"
+                    "drain.grace is over with cross-zone connections still in flight: they are \
+                     cut when the node stops"
                 );
             }
         }
@@ -618,6 +629,10 @@ impl Signals {
         }
     }
 }
+
+/// Least time a draining ingress gives the egresses of other zones to hear that it offers
+/// nothing before it waits for its streams to end (when no announce delay did).
+const LINK_DRAIN_NOTICE: Duration = Duration::from_secs(1);
 
 fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr)

@@ -164,17 +164,17 @@ struct Context {
     active: watch::Sender<usize>,
 }
 
-/// Counts one stream as active for as long as it lives.
-struct ActiveStream<'a>(&'a watch::Sender<usize>);
+/// Counts one stream as active from its accept until its task ends (or is aborted).
+struct ActiveStream(watch::Sender<usize>);
 
-impl<'a> ActiveStream<'a> {
-    fn new(active: &'a watch::Sender<usize>) -> Self {
+impl ActiveStream {
+    fn new(active: &watch::Sender<usize>) -> Self {
         active.send_modify(|n| *n += 1);
-        ActiveStream(active)
+        ActiveStream(active.clone())
     }
 }
 
-impl Drop for ActiveStream<'_> {
+impl Drop for ActiveStream {
     fn drop(&mut self) {
         self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
@@ -263,7 +263,9 @@ async fn serve_connection(incoming: quinn::Incoming, ctx: Arc<Context>) {
             }
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    streams.spawn(serve_stream(send, recv, ctx.clone(), peer.clone()));
+                    // Counted from the accept on, before the task first runs.
+                    let active = ActiveStream::new(&ctx.active);
+                    streams.spawn(serve_stream(send, recv, ctx.clone(), peer.clone(), active));
                 }
                 Err(e) => break LinkError::Connection(e),
             },
@@ -375,8 +377,8 @@ async fn serve_stream(
     mut recv: RecvStream,
     ctx: Arc<Context>,
     peer: Arc<Peer>,
+    _active: ActiveStream,
 ) {
-    let _active = ActiveStream::new(&ctx.active);
     let header: StreamHeader = match read_frame(&mut recv, Some(HEADER_TIMEOUT)).await {
         Ok(header) => header,
         Err(e) => {

@@ -117,15 +117,19 @@ impl LinkPlane {
         }
     }
 
-    /// Waits up to `within` until the ingress end serves no stream; returns the streams still
-    /// served then (0 at once on other planes).
-    pub async fn wait_idle(&self, within: std::time::Duration) -> usize {
+    /// Waits up to `within` until the ingress end serves no stream; returns `None` when that
+    /// happened (at once on other planes), else the streams still served when `within` ran
+    /// out.
+    pub async fn wait_idle(&self, within: std::time::Duration) -> Option<usize> {
         match self {
             LinkPlane::Ingress { handle, .. } => {
-                handle.wait_idle(within).await;
-                handle.active_streams()
+                if handle.wait_idle(within).await {
+                    None
+                } else {
+                    Some(handle.active_streams())
+                }
             }
-            _ => 0,
+            _ => None,
         }
     }
 

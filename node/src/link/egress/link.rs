@@ -349,7 +349,18 @@ async fn run_link(inner: Arc<Inner>, link: Arc<Link>) {
         // that are up advertise is looked at again, now that this one no longer counts.
         inner.rediscover().await;
         if was_up {
-            warn!(link = %link.name, error = %error, "link down");
+            // An ingress that drains closes its links with code 0 once its streams ended: a
+            // planned end, not a fault.
+            let drained = matches!(
+                &error,
+                LinkError::Connection(quinn::ConnectionError::ApplicationClosed(close))
+                    if close.error_code == codes::NO_ERROR
+            );
+            if drained {
+                info!(link = %link.name, error = %error, "link closed by the ingress (it drains)");
+            } else {
+                warn!(link = %link.name, error = %error, "link down");
+            }
             failing_since = Some(Instant::now());
             warned_failing = false;
         } else {
