@@ -586,11 +586,14 @@ fn spawn_sampler(
                     let Ok(text) = cluster_tests::metrics_raw(&format!("http://{ip}:9901")) else {
                         continue;
                     };
+                    // `name{labels} value` or `name value`.
                     let value = |name: &str| {
                         text.lines().find_map(|l| {
-                            l.strip_prefix(name)
-                                .and_then(|v| v.strip_prefix(' '))
-                                .and_then(|v| v.trim().parse::<f64>().ok())
+                            let rest = l.strip_prefix(name)?;
+                            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                                return None;
+                            }
+                            rest.rsplit(' ').next()?.trim().parse::<f64>().ok()
                         })
                     };
                     let rss = value("process_resident_memory_bytes");

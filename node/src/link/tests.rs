@@ -1048,3 +1048,97 @@ async fn the_first_bytes_reach_the_destination_before_the_reply_is_back() {
     manager.shutdown().await;
     ingress.handle.shutdown().await;
 }
+
+/// An ingress that has just started advertises the zone's ingresses from a gossip view that may
+/// not hold the others yet. A discovered link that is up, with connections spliced through it,
+/// must not be dropped for that: it is kept while it is up, and removed once it is down and
+/// no longer advertised. (The chaos soak found a connection reset through ingress-b2 the moment
+/// a killed ingress-b1 came back and advertised only itself.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovered_link_that_is_up_survives_an_advertisement_that_omits_it() {
+    let pki = LinkPki::new("link-ca");
+    let echo = echo_server().await;
+    let socket_a = udp();
+    let socket_b = udp();
+    let (addr_a, addr_b) = (
+        socket_a.local_addr().unwrap(),
+        socket_b.local_addr().unwrap(),
+    );
+    let ingress = |name: &str, addr: SocketAddr| IngressAddr {
+        name: name.into(),
+        address: addr.ip().to_string(),
+        port: addr.port(),
+    };
+    let both = vec![ingress("ingress-a", addr_a), ingress("ingress-b", addr_b)];
+    let set = |ingresses: Vec<IngressAddr>| ServiceSet {
+        services: vec![service("backend", "v1", 1)],
+        ingresses,
+    };
+    let table = [("backend", vec![echo])];
+    let ingress_a = start_ingress(
+        &pki,
+        "ingress-a",
+        socket_a,
+        set(both.clone()),
+        resolver(&table),
+    );
+    let ingress_b = start_ingress(&pki, "ingress-b", socket_b, set(both), resolver(&table));
+    let manager = start_egress(&pki.egress_tls("egress-1"), &[("a", addr_a)]);
+    let discovered = "zone-b/ingress-b";
+    eventually("discovered link up", || is_up(&manager, discovered)).await;
+
+    // A connection spliced through the discovered link.
+    let mut stream = manager
+        .open(&header("backend"), &[], discovered)
+        .await
+        .unwrap();
+    stream.send.write_all(b"before").await.unwrap();
+    let mut got = [0u8; 6];
+    within("echo before", stream.recv.read_exact(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(&got, b"before");
+
+    // ingress-a, as if just restarted, advertises only itself (with 2 instances, so the set
+    // can be seen arriving); a later set (3 instances) is read only once the egress has dealt
+    // with that one, discovery included.
+    let only_a = |instances: u32| ServiceSet {
+        services: vec![service("backend", "v1", instances)],
+        ingresses: vec![ingress("ingress-a", addr_a)],
+    };
+    let instances_of_a = |manager: &LinkManager| {
+        manager
+            .services()
+            .borrow()
+            .candidates(MESH, "backend", &BTreeMap::new())
+            .into_iter()
+            .find(|(link, _)| link == "a")
+            .map(|(_, n)| n)
+    };
+    ingress_a.services_tx.send_replace(Arc::new(only_a(2)));
+    eventually("the partial set arrived", || {
+        instances_of_a(&manager) == Some(2)
+    })
+    .await;
+    ingress_a.services_tx.send_replace(Arc::new(only_a(3)));
+    eventually("the partial set dealt with", || {
+        instances_of_a(&manager) == Some(3)
+    })
+    .await;
+    assert!(is_up(&manager, discovered), "{:?}", manager.links());
+    stream.send.write_all(b"after!").await.unwrap();
+    within("echo after", stream.recv.read_exact(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(&got, b"after!");
+    stream.send.finish().unwrap();
+
+    // Once it is down and no longer advertised, it is removed.
+    ingress_b.handle.shutdown().await;
+    eventually("discovered link removed", || {
+        status(&manager, discovered).is_none()
+    })
+    .await;
+    manager.shutdown().await;
+    ingress_a.handle.shutdown().await;
+}

@@ -1,5 +1,6 @@
 //! Where links come from besides the static targets: the ingresses a linked zone advertises
-//! (added, followed when they move, pruned when no static link leads to them), and the static
+//! (added, followed when they move, pruned when no static link leads to them and they are not
+//! up), and the static
 //! targets kept from the zone's remote `ZoneIngress` resources.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,7 +18,7 @@ use crate::link::codes;
 
 impl Inner {
     /// Adds links to the ingresses `via`'s zone advertises; drops the ones it stopped
-    /// advertising (when nothing else keeps them).
+    /// advertising (when nothing else keeps them and they are not up).
     pub(super) async fn discover(self: &Arc<Self>, via: &Link, ack: &HelloAck, set: &ServiceSet) {
         let mut wanted: Vec<(String, String, SocketAddr)> = Vec::new();
         for ingress in &set.ingresses {
@@ -39,8 +40,13 @@ impl Inner {
         }
         let mut registry = self.registry();
         let names: BTreeSet<&str> = wanted.iter().map(|(name, _, _)| name.as_str()).collect();
+        // An ingress that just started advertises the zone's ingresses from a gossip view that
+        // may not hold the others yet: a link that is up keeps what led to it, so the
+        // connections spliced through it are not cut for that. Once it is down (the ingress
+        // left or moved), `rediscover` runs this again and the link goes unless still
+        // advertised.
         for (name, entry) in registry.iter_mut() {
-            if !names.contains(name.as_str()) {
+            if !names.contains(name.as_str()) && !entry.link.is_up() {
                 entry.discovered_by.remove(&via.name);
             }
         }
