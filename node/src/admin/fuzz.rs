@@ -142,7 +142,8 @@ fn fixture() -> &'static Fixture {
                 gossip: crate::gossip::Publisher::detached(),
                 token: Some(Secret::new(tokens().0.clone())),
                 read_token: Some(Secret::new(tokens().1.clone())),
-                metrics: Arc::new(|| "zone_egress_up 1\n".to_string()),
+                // A fixed exposition: the handlers, not the recorder, are under test.
+                metrics: Arc::new(|| "# TYPE fuzz_up gauge\nfuzz_up 1\n".to_string()),
                 started: Instant::now(),
             }
         });
